@@ -1,0 +1,229 @@
+"""The CPU engine: continuous batching of a transformers model on a worker thread.
+
+The model runs on its own thread, off the event loop, so the HTTP server keeps accepting and
+streaming while a step computes (torch releases the GIL inside its kernels). Requests and aborts
+reach the worker through a queue and are taken in between steps; each step's tokens go back to
+the event loop in one batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from adapters.cpu.model_runner import ModelRunner, PrefillItem, eos_token_ids
+from adapters.cpu.sampler import Sampler
+from adapters.cpu.scheduler import Scheduler
+from adapters.cpu.sequence import Sequence
+from adapters.engine import EngineDeadError, EngineOutput, EngineRequest, EngineStats, FinishReason
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CPUEngineConfig:
+    model_dir: Path
+    dtype: torch.dtype
+    max_model_len: int
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    threads: int
+
+
+@dataclass(frozen=True)
+class _Abort:
+    request_id: str
+
+
+class _Stop:
+    pass
+
+
+_Message = EngineRequest | _Abort | _Stop
+_Delivery = list[tuple[str, EngineOutput]]
+
+
+class CPUEngine:
+    def __init__(self, config: CPUEngineConfig) -> None:
+        self.config = config
+        self._eos = eos_token_ids(config.model_dir)
+        self._scheduler = Scheduler(
+            max_num_seqs=config.max_num_seqs, max_num_batched_tokens=config.max_num_batched_tokens
+        )
+        self._sampler = Sampler(self._eos)
+        self._runner: ModelRunner | None = None
+        self._inbox: queue.SimpleQueue[_Message] = queue.SimpleQueue()
+        self._streams: dict[str, asyncio.Queue[EngineOutput | BaseException]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.steps = 0
+
+    @property
+    def max_model_len(self) -> int:
+        return self.config.max_model_len
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        return self._eos
+
+    @property
+    def is_alive(self) -> bool:
+        return self._error is None and self._thread is not None and self._thread.is_alive()
+
+    async def start(self) -> None:
+        torch.set_num_threads(self.config.threads)
+        self._loop = asyncio.get_running_loop()
+        self._runner = await asyncio.to_thread(
+            ModelRunner,
+            self.config.model_dir,
+            dtype=self.config.dtype,
+            num_slots=self.config.max_num_seqs,
+            max_model_len=self.config.max_model_len,
+        )
+        self._thread = threading.Thread(target=self._run, name="ise-cpu-engine", daemon=True)
+        self._thread.start()
+
+    async def shutdown(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            self._inbox.put(_Stop())
+            await asyncio.to_thread(self._thread.join)
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            running=len(self._scheduler.running),
+            waiting=len(self._scheduler.waiting),
+            extra={"steps": float(self.steps)},
+        )
+
+    async def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
+        if not self.is_alive:
+            raise EngineDeadError("The engine is not running") from self._error
+        outputs: asyncio.Queue[EngineOutput | BaseException] = asyncio.Queue()
+        self._streams[request.request_id] = outputs
+        self._inbox.put(request)
+        finished = False
+        try:
+            while True:
+                item = await outputs.get()
+                if isinstance(item, BaseException):
+                    raise item
+                finished = item.finish_reason is not None
+                yield item
+                if finished:
+                    return
+        finally:
+            self._streams.pop(request.request_id, None)
+            if not finished:
+                self.abort(request.request_id)
+
+    def abort(self, request_id: str) -> None:
+        self._inbox.put(_Abort(request_id))
+
+    def _run(self) -> None:
+        try:
+            while True:
+                if not self._take_messages(block=not self._scheduler.has_work()):
+                    return
+                delivery = self._step()
+                if delivery:
+                    self._send(delivery)
+        except BaseException as exc:  # the worker must report any failure, never die silently
+            log.exception("CPU engine step failed; the engine is stopping")
+            self._error = exc
+            self._send_error(EngineDeadError(f"The engine failed: {exc!r}"))
+
+    def _take_messages(self, *, block: bool) -> bool:
+        """Apply queued submissions and aborts; False when asked to stop."""
+        while True:
+            try:
+                message = self._inbox.get(block=block)
+            except queue.Empty:
+                return True
+            block = False
+            if isinstance(message, _Stop):
+                return False
+            if isinstance(message, _Abort):
+                seq = self._scheduler.find(message.request_id)
+                if seq is not None:
+                    self._finish(seq)
+            else:
+                self._scheduler.add(Sequence(message))
+
+    def _step(self) -> _Delivery:
+        assert self._runner is not None
+        plan = self._scheduler.schedule()
+        if not plan:
+            return []
+        self.steps += 1
+        new_tokens: list[tuple[Sequence, int]] = []
+        if plan.prefill:
+            items = [
+                PrefillItem(slot=s.slot, start=s.num_cached, token_ids=s.token_ids()[s.num_cached :])
+                for s in plan.prefill
+            ]
+            logits = self._runner.prefill(items)
+            self._mark_cached(plan.prefill)
+            new_tokens += zip(plan.prefill, self._sampler.sample(logits, plan.prefill), strict=True)
+        if plan.decode:
+            logits = self._runner.decode(
+                [s.output_ids[-1] for s in plan.decode], [s.num_tokens - 1 for s in plan.decode]
+            )
+            self._mark_cached(plan.decode)
+            new_tokens += zip(plan.decode, self._sampler.sample(logits, plan.decode), strict=True)
+        delivery: _Delivery = []
+        for seq, token in new_tokens:
+            seq.append(token)
+            reason = self._finish_reason(seq, token)
+            if reason is not None:
+                seq.finish_reason = reason
+                self._finish(seq)
+            delivery.append((seq.request_id, EngineOutput([token], reason)))
+        return delivery
+
+    @staticmethod
+    def _mark_cached(seqs: list[Sequence]) -> None:
+        # Before any request leaves: a departure copies the last slot's cached length, which
+        # must already count the token this step wrote.
+        for seq in seqs:
+            seq.num_cached = seq.num_tokens
+
+    def _finish_reason(self, seq: Sequence, token: int) -> FinishReason | None:
+        params = seq.request.params
+        if token in params.stop_token_ids or (token in self._eos and not params.ignore_eos):
+            return "stop"
+        if len(seq.output_ids) >= params.max_tokens or seq.num_tokens >= self.config.max_model_len:
+            return "length"
+        return None
+
+    def _finish(self, seq: Sequence) -> None:
+        assert self._runner is not None
+        move = self._scheduler.remove(seq)
+        if move is not None:
+            self._runner.cache.move(move.src, move.dst, move.length)
+
+    def _send(self, delivery: _Delivery) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._deliver, delivery)
+
+    def _deliver(self, delivery: _Delivery) -> None:
+        for request_id, output in delivery:
+            stream = self._streams.get(request_id)
+            if stream is not None:
+                stream.put_nowait(output)
+
+    def _send_error(self, error: BaseException) -> None:
+        assert self._loop is not None
+
+        def fail_all() -> None:
+            for stream in self._streams.values():
+                stream.put_nowait(error)
+
+        self._loop.call_soon_threadsafe(fail_all)

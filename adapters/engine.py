@@ -1,0 +1,88 @@
+"""The one interface every engine implements: submit a request, iterate its outputs, abort it.
+
+Engines speak token ids only. Text (chat templates, detokenization, stop strings) is the
+server's job, so that every engine behaves identically at the byte level and a new engine only
+has to turn token ids into more token ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+FinishReason = Literal["stop", "length", "abort"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-request sampling settings; every request in a batch keeps its own."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    stop_token_ids: tuple[int, ...] = ()
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0 or self.top_k == 1
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+
+
+@dataclass(frozen=True)
+class EngineOutput:
+    """What one engine step produced for one request: new tokens, and why it ended if it did."""
+
+    new_token_ids: list[int]
+    finish_reason: FinishReason | None = None
+
+
+@dataclass
+class EngineStats:
+    """A snapshot of the engine's load, read by health checks and metrics."""
+
+    running: int = 0
+    waiting: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class EngineDeadError(RuntimeError):
+    """The engine's worker stopped; no request can be served until the server restarts."""
+
+
+class Engine(Protocol):
+    """The engine contract shared by the CPU engine and the vLLM adapter."""
+
+    @property
+    def max_model_len(self) -> int: ...
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]: ...
+
+    def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
+        """Submit the request and iterate its outputs; closing the iterator early aborts it."""
+        ...
+
+    def abort(self, request_id: str) -> None: ...
+
+    def stats(self) -> EngineStats: ...
+
+    @property
+    def is_alive(self) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    async def shutdown(self) -> None: ...

@@ -1,0 +1,93 @@
+"""The ``ise`` command: ``ise serve`` loads a model and serves it over the OpenAI API."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+import uvicorn
+
+from adapters.builtin_model import BUILTIN_MODEL_NAME, ensure_builtin_model
+from adapters.cpu.engine import CPUEngine, CPUEngineConfig
+from adapters.cpu.model_runner import model_context_length
+from adapters.cpu.numerics import cpu_description, default_threads, resolve_dtype
+from server.app import create_app
+from server.settings import Settings
+from server.state import ServerState
+from server.text import Tokenization
+
+log = logging.getLogger("ise")
+
+# Enough for chat and benchmark prompts while keeping the default KV cache near 1.5-3 GiB.
+DEFAULT_MAX_MODEL_LEN = 2048
+
+USAGE = """usage: ise serve [options]   (ise serve --help lists them)
+
+Serve a model over an OpenAI-compatible API; with no --model, the built-in SmolLM2-135M-Instruct."""
+
+
+def build_state(settings: Settings) -> ServerState:
+    """Resolve the model, size the engine and load the tokenizer; the model loads at app start."""
+    model: str | Path
+    if settings.model is None:
+        model, default_name = ensure_builtin_model(settings.cache_dir), BUILTIN_MODEL_NAME
+    else:
+        model, default_name = settings.model, settings.model
+    context = model_context_length(model)
+    max_model_len = settings.max_model_len or min(context, DEFAULT_MAX_MODEL_LEN)
+    if max_model_len > context:
+        raise SystemExit(f"--max-model-len {max_model_len} exceeds the model's context window of {context} tokens")
+    dtype = resolve_dtype(settings.dtype)
+    threads = settings.threads or default_threads()
+    log.info("CPU: %s; dtype %s; %d threads", cpu_description(), str(dtype).removeprefix("torch."), threads)
+    engine = CPUEngine(
+        CPUEngineConfig(
+            model_dir=Path(model),
+            dtype=dtype,
+            max_model_len=max_model_len,
+            max_num_seqs=settings.max_num_seqs,
+            max_num_batched_tokens=settings.max_num_batched_tokens,
+            threads=threads,
+        )
+    )
+    return ServerState(
+        engine=engine, tokenization=Tokenization(model), model_name=settings.served_model_name or default_name
+    )
+
+
+def serve(argv: list[str]) -> None:
+    started = time.monotonic()
+    settings = Settings.load(argv)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    state = build_state(settings)
+    app = create_app(
+        state,
+        on_ready=lambda: log.info(
+            "Serving %s at http://%s:%d/v1 (ready %.1f s after start)",
+            state.model_name,
+            settings.host,
+            settings.port,
+            time.monotonic() - started,
+        ),
+    )
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    uvicorn.Server(config).run()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE)
+        raise SystemExit(0 if args else 2)
+    command, rest = args[0], args[1:]
+    if command == "serve":
+        serve(rest)
+    else:
+        print(f"ise: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+if __name__ == "__main__":
+    main()

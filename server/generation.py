@@ -1,0 +1,173 @@
+"""From an OpenAI request to text events: sampling settings, context checks, choices, usage.
+
+Both endpoints share this: they differ only in how prompts become token ids and how events are
+dressed as JSON (``server/completions.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass
+
+from adapters.engine import Engine, EngineRequest, SamplingParams
+from server.errors import invalid_request
+from server.protocol import FinishReason, SamplingFields, Usage, new_id
+from server.text import Tokenization
+
+
+@dataclass(frozen=True)
+class ChoiceEvent:
+    """New text for one choice; ``finish_reason`` is set on its last event."""
+
+    index: int
+    text: str
+    num_tokens: int
+    finish_reason: FinishReason | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    """One request, checked and ready for the engine: a prompt per entry, ``n`` choices each."""
+
+    prompts: list[list[int]]
+    params: list[SamplingParams]  # one per prompt
+    n: int
+    stop: list[str]
+
+    def usage(self, completion_tokens: int) -> Usage:
+        prompt_tokens = sum(len(p) for p in self.prompts)
+        return Usage(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+        )
+
+
+def build_job(
+    req: SamplingFields,
+    prompts: list[list[int]],
+    *,
+    max_tokens: int | None,
+    max_model_len: int,
+    vocab_size: int,
+    prompt_param: str,
+) -> Job:
+    unsupported = req.unsupported_fields()
+    if unsupported:
+        raise invalid_request(f"ise does not support '{unsupported[0]}'.", param=unsupported[0])
+    bad_ids = [t for t in req.stop_token_ids if not 0 <= t < vocab_size]
+    if bad_ids:
+        raise invalid_request(f"stop_token_ids holds ids outside the vocabulary: {bad_ids}", param="stop_token_ids")
+    params = []
+    for prompt in prompts:
+        if not prompt:
+            raise invalid_request("The prompt is empty.", param=prompt_param)
+        if any(not 0 <= t < vocab_size for t in prompt):
+            raise invalid_request("The prompt holds token ids outside the vocabulary.", param=prompt_param)
+        params.append(_sampling_params(req, len(prompt), max_tokens, max_model_len, prompt_param))
+    return Job(prompts=prompts, params=params, n=req.n, stop=req.stop_strings())
+
+
+def _sampling_params(
+    req: SamplingFields, prompt_len: int, max_tokens: int | None, max_model_len: int, prompt_param: str
+) -> SamplingParams:
+    room = max_model_len - prompt_len
+    if (max_tokens is None and room < 1) or (max_tokens is not None and max_tokens > room):
+        asked = prompt_len + (max_tokens or 1)
+        raise invalid_request(
+            f"This model's maximum context length is {max_model_len} tokens. However, you requested "
+            f"{asked} tokens ({prompt_len} in the {prompt_param}, {max_tokens or 1} in the completion). "
+            "Please reduce the length of the prompt or completion.",
+            param=prompt_param,
+            code="context_length_exceeded",
+        )
+    top_k = req.top_k if req.top_k is not None and req.top_k > 0 else 0
+    return SamplingParams(
+        max_tokens=max_tokens if max_tokens is not None else room,
+        temperature=1.0 if req.temperature is None else req.temperature,
+        top_p=1.0 if req.top_p is None else req.top_p,
+        top_k=top_k,
+        seed=req.seed,
+        presence_penalty=req.presence_penalty,
+        frequency_penalty=req.frequency_penalty,
+        repetition_penalty=req.repetition_penalty,
+        min_tokens=req.min_tokens,
+        ignore_eos=req.ignore_eos,
+        stop_token_ids=tuple(req.stop_token_ids),
+    )
+
+
+class Generation:
+    """Runs a job's choices on the engine and yields their text as it comes."""
+
+    def __init__(self, engine: Engine, tokenization: Tokenization) -> None:
+        self.engine = engine
+        self.tokenization = tokenization
+
+    def run(self, job: Job) -> AsyncGenerator[ChoiceEvent, None]:
+        choices = [
+            self._choice(prompt_index * job.n + k, prompt, _choice_params(params, k), job.stop)
+            for prompt_index, (prompt, params) in enumerate(zip(job.prompts, job.params, strict=True))
+            for k in range(job.n)
+        ]
+        return choices[0] if len(choices) == 1 else _merge(choices)
+
+    async def _choice(
+        self, index: int, prompt: list[int], params: SamplingParams, stop: Sequence[str]
+    ) -> AsyncGenerator[ChoiceEvent, None]:
+        text = self.tokenization.text_stream(stop)
+        request = EngineRequest(request_id=new_id("req"), prompt_token_ids=prompt, params=params)
+        # Leaving this block early (stop string, client gone) closes the engine's stream, which
+        # aborts the request and frees its slot.
+        async with aclosing(self.engine.generate(request)) as outputs:
+            async for out in outputs:
+                delta = text.push(out.new_token_ids)
+                count = len(out.new_token_ids)
+                if text.stopped:
+                    yield ChoiceEvent(index, delta, count, "stop")
+                    return
+                if out.finish_reason is not None:
+                    reason: FinishReason = "length" if out.finish_reason == "length" else "stop"
+                    yield ChoiceEvent(index, delta + text.flush(), count, reason)
+                    return
+                if delta or count:
+                    yield ChoiceEvent(index, delta, count)
+
+
+def _choice_params(params: SamplingParams, k: int) -> SamplingParams:
+    """Choice ``k`` of a seeded request gets its own seed, so ``n`` choices differ but repeat."""
+    if params.seed is None or k == 0:
+        return params
+    return SamplingParams(**{**params.__dict__, "seed": params.seed + k})
+
+
+async def _merge(streams: list[AsyncGenerator[ChoiceEvent, None]]) -> AsyncGenerator[ChoiceEvent, None]:
+    """Interleave several choices' events in arrival order; closing the merge closes them all."""
+    queue: asyncio.Queue[ChoiceEvent | BaseException | None] = asyncio.Queue()
+
+    async def pump(stream: AsyncGenerator[ChoiceEvent, None]) -> None:
+        try:
+            async for event in stream:
+                queue.put_nowait(event)
+        except Exception as exc:
+            queue.put_nowait(exc)
+        finally:
+            queue.put_nowait(None)
+
+    tasks = [asyncio.create_task(pump(s)) for s in streams]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            item = await queue.get()
+            if item is None:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,103 @@
+"""One real ise server for the whole session: ``ise serve`` on a free loopback port, the built-in model.
+
+The server runs in float32: there, batched and solo greedy outputs agree token for token, which
+several tests assert. The first run of a fresh machine also prepares the built-in model here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from adapters.builtin_model import BUILTIN_MODEL_NAME, builtin_model_dir
+from server.settings import Settings
+
+START_TIMEOUT_S = 900  # a first run downloads and converts the model
+
+
+@dataclass(frozen=True)
+class ServerHandle:
+    base_url: str  # ends in /v1, as the OpenAI SDK wants it
+    root_url: str
+    model: str
+    model_dir: Path
+    log_path: Path
+
+    def metric(self, name: str) -> float:
+        text = httpx.get(f"{self.root_url}/metrics", timeout=10).text
+        match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+        assert match, f"{name} missing from /metrics"
+        return float(match.group(1))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("server") / "ise.log"
+    cache_dir = Settings().cache_dir
+    cmd = [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--dtype", "float32"]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    root = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_healthy(proc, root, log_path)
+        yield ServerHandle(
+            base_url=f"{root}/v1",
+            root_url=root,
+            model=BUILTIN_MODEL_NAME,
+            model_dir=builtin_model_dir(cache_dir),
+            log_path=log_path,
+        )
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _wait_until_healthy(proc: subprocess.Popen[bytes], root: str, log_path: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"ise serve exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+        try:
+            if httpx.get(f"{root}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    pytest.fail(f"ise serve was not healthy within {START_TIMEOUT_S} s:\n{log_path.read_text()[-4000:]}")
+
+
+@pytest.fixture(scope="session")
+def client(server: ServerHandle) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=300) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+async def aclient(server: ServerHandle) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with openai.AsyncOpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=300) as c:
+        yield c

@@ -1,0 +1,134 @@
+"""Chat completions through the real openai SDK, streamed and not."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+from tests.conftest import ServerHandle
+
+FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def test_greedy_answer_is_sensible(client: openai.OpenAI, server: ServerHandle) -> None:
+    reply = client.chat.completions.create(model=server.model, messages=FRANCE, temperature=0)
+    assert reply.object == "chat.completion"
+    assert reply.id.startswith("chatcmpl-")
+    assert reply.model == server.model
+    choice = reply.choices[0]
+    assert choice.index == 0
+    assert choice.message.role == "assistant"
+    assert "Paris" in (choice.message.content or "")
+    assert choice.finish_reason == "stop"
+    usage = reply.usage
+    assert usage is not None
+    assert usage.prompt_tokens > 5 and usage.completion_tokens > 0
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+
+def test_stream_matches_whole_reply(client: openai.OpenAI, server: ServerHandle) -> None:
+    whole = client.chat.completions.create(model=server.model, messages=FRANCE, temperature=0)
+    chunks = list(
+        client.chat.completions.create(
+            model=server.model,
+            messages=FRANCE,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert all(c.object == "chat.completion.chunk" and c.id == chunks[0].id for c in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    content_chunks = [c for c in chunks if c.choices]
+    assert [c.choices[0].finish_reason for c in content_chunks][-1] == "stop"
+    assert all(c.choices[0].finish_reason is None for c in content_chunks[:-1])
+    text = "".join(c.choices[0].delta.content or "" for c in content_chunks)
+    assert text == whole.choices[0].message.content
+    usage_chunk = chunks[-1]
+    assert usage_chunk.choices == [] and usage_chunk.usage is not None
+    assert usage_chunk.usage.model_dump() == whole.usage.model_dump() if whole.usage else False
+
+
+def test_stream_without_usage_has_no_usage_chunk(client: openai.OpenAI, server: ServerHandle) -> None:
+    chunks = list(
+        client.chat.completions.create(model=server.model, messages=FRANCE, temperature=0, max_tokens=5, stream=True)
+    )
+    assert all(c.choices for c in chunks)
+    assert all(c.usage is None for c in chunks)
+
+
+def test_max_tokens_finishes_with_length(client: openai.OpenAI, server: ServerHandle) -> None:
+    story = [{"role": "user", "content": "Write a long story about a dragon."}]
+    for field in ("max_tokens", "max_completion_tokens"):
+        reply = client.chat.completions.create(model=server.model, messages=story, temperature=0, **{field: 7})
+        assert reply.choices[0].finish_reason == "length"
+        assert reply.usage is not None and reply.usage.completion_tokens == 7
+
+
+def test_system_prompt_and_text_parts(client: openai.OpenAI, server: ServerHandle) -> None:
+    plain = client.chat.completions.create(
+        model=server.model,
+        messages=[
+            {"role": "system", "content": "Answer in one word."},
+            {"role": "user", "content": "What is the capital of France?"},
+        ],
+        temperature=0,
+        max_tokens=10,
+    )
+    parts = client.chat.completions.create(
+        model=server.model,
+        messages=[
+            {"role": "system", "content": [{"type": "text", "text": "Answer in one word."}]},
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "What is the capital "}, {"type": "text", "text": "of France?"}],
+            },
+        ],
+        temperature=0,
+        max_tokens=10,
+    )
+    assert plain.choices[0].message.content == parts.choices[0].message.content
+    assert plain.usage is not None and parts.usage is not None
+    assert plain.usage.prompt_tokens == parts.usage.prompt_tokens
+
+
+def test_multi_turn_conversation(client: openai.OpenAI, server: ServerHandle) -> None:
+    reply = client.chat.completions.create(
+        model=server.model,
+        messages=[
+            *FRANCE,
+            {"role": "assistant", "content": "The capital of France is Paris."},
+            {"role": "user", "content": "And what is the capital of Germany?"},
+        ],
+        temperature=0,
+        max_tokens=20,
+    )
+    assert "Berlin" in (reply.choices[0].message.content or "")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_n_choices(client: openai.OpenAI, server: ServerHandle, stream: bool) -> None:
+    kwargs = dict(model=server.model, messages=FRANCE, temperature=1.0, seed=7, n=3, max_tokens=12)
+    if stream:
+        texts = ["", "", ""]
+        finished = set()
+        for chunk in client.chat.completions.create(**kwargs, stream=True):  # type: ignore[call-overload]
+            for choice in chunk.choices:
+                texts[choice.index] += choice.delta.content or ""
+                if choice.finish_reason:
+                    finished.add(choice.index)
+        assert finished == {0, 1, 2}
+    else:
+        reply = client.chat.completions.create(**kwargs)  # type: ignore[call-overload]
+        assert [c.index for c in reply.choices] == [0, 1, 2]
+        texts = [c.message.content or "" for c in reply.choices]
+    assert all(texts)
+    assert len(set(texts)) > 1, "seeded choices should differ from one another"
+
+
+async def test_async_client(aclient: openai.AsyncOpenAI, server: ServerHandle) -> None:
+    reply = await aclient.chat.completions.create(model=server.model, messages=FRANCE, temperature=0)
+    assert "Paris" in (reply.choices[0].message.content or "")
+    stream = await aclient.chat.completions.create(model=server.model, messages=FRANCE, temperature=0, stream=True)
+    text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    assert text == reply.choices[0].message.content
