@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import uvicorn
+from pydantic import ValidationError
 
 from adapters.builtin_model import BUILTIN_MODEL_NAME, ensure_builtin_model
 from adapters.cpu.engine import CPUEngine, CPUEngineConfig
@@ -59,7 +60,11 @@ def build_state(settings: Settings) -> ServerState:
 
 def serve(argv: list[str]) -> None:
     started = time.monotonic()
-    settings = Settings.load(argv)
+    try:
+        settings = Settings.load(argv)
+    except ValidationError as exc:
+        print(f"ise serve: invalid settings:\n{exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     state = build_state(settings)
     app = create_app(

@@ -7,8 +7,9 @@ strings are matched here, on text, because they can span token boundaries.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Tokenizer
 from tokenizers.decoders import DecodeStream
@@ -83,9 +84,9 @@ class Tokenization:
         self.hf = AutoTokenizer.from_pretrained(model)
         self.backend: Tokenizer = self.hf.backend_tokenizer
 
-    def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
+    def chat_prompt(self, messages: Sequence[Mapping[str, Any]]) -> list[int]:
         try:
-            text = self.hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            text = self.hf.apply_chat_template([dict(m) for m in messages], add_generation_prompt=True, tokenize=False)
         except Exception as exc:  # a template may raise on any message layout it does not accept
             raise invalid_request(f"The chat template rejected these messages: {exc}", param="messages") from exc
         # The template already wrote the special tokens it wants.

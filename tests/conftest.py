@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from adapters.builtin_model import BUILTIN_MODEL_NAME, builtin_model_dir
 from server.settings import Settings
@@ -40,6 +41,11 @@ class ServerHandle:
         match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
         assert match, f"{name} missing from /metrics"
         return float(match.group(1))
+
+
+def user(text: str) -> list[ChatCompletionMessageParam]:
+    """A one-message conversation, typed as the SDK wants it."""
+    return [{"role": "user", "content": text}]
 
 
 def free_port() -> int:

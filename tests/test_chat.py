@@ -5,9 +5,9 @@ from __future__ import annotations
 import openai
 import pytest
 
-from tests.conftest import ServerHandle
+from tests.conftest import ServerHandle, user
 
-FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
+FRANCE = user("What is the capital of France?")
 
 
 def test_greedy_answer_is_sensible(client: openai.OpenAI, server: ServerHandle) -> None:
@@ -46,7 +46,7 @@ def test_stream_matches_whole_reply(client: openai.OpenAI, server: ServerHandle)
     assert text == whole.choices[0].message.content
     usage_chunk = chunks[-1]
     assert usage_chunk.choices == [] and usage_chunk.usage is not None
-    assert usage_chunk.usage.model_dump() == whole.usage.model_dump() if whole.usage else False
+    assert usage_chunk.usage == whole.usage
 
 
 def test_stream_without_usage_has_no_usage_chunk(client: openai.OpenAI, server: ServerHandle) -> None:
@@ -58,9 +58,12 @@ def test_stream_without_usage_has_no_usage_chunk(client: openai.OpenAI, server: 
 
 
 def test_max_tokens_finishes_with_length(client: openai.OpenAI, server: ServerHandle) -> None:
-    story = [{"role": "user", "content": "Write a long story about a dragon."}]
-    for field in ("max_tokens", "max_completion_tokens"):
-        reply = client.chat.completions.create(model=server.model, messages=story, temperature=0, **{field: 7})
+    story = user("Write a long story about a dragon.")
+    by_old_name = client.chat.completions.create(model=server.model, messages=story, temperature=0, max_tokens=7)
+    by_new_name = client.chat.completions.create(
+        model=server.model, messages=story, temperature=0, max_completion_tokens=7
+    )
+    for reply in (by_old_name, by_new_name):
         assert reply.choices[0].finish_reason == "length"
         assert reply.usage is not None and reply.usage.completion_tokens == 7
 
@@ -108,18 +111,22 @@ def test_multi_turn_conversation(client: openai.OpenAI, server: ServerHandle) ->
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_n_choices(client: openai.OpenAI, server: ServerHandle, stream: bool) -> None:
-    kwargs = dict(model=server.model, messages=FRANCE, temperature=1.0, seed=7, n=3, max_tokens=12)
     if stream:
         texts = ["", "", ""]
         finished = set()
-        for chunk in client.chat.completions.create(**kwargs, stream=True):  # type: ignore[call-overload]
+        chunks = client.chat.completions.create(
+            model=server.model, messages=FRANCE, temperature=1.0, seed=7, n=3, max_tokens=12, stream=True
+        )
+        for chunk in chunks:
             for choice in chunk.choices:
                 texts[choice.index] += choice.delta.content or ""
                 if choice.finish_reason:
                     finished.add(choice.index)
         assert finished == {0, 1, 2}
     else:
-        reply = client.chat.completions.create(**kwargs)  # type: ignore[call-overload]
+        reply = client.chat.completions.create(
+            model=server.model, messages=FRANCE, temperature=1.0, seed=7, n=3, max_tokens=12
+        )
         assert [c.index for c in reply.choices] == [0, 1, 2]
         texts = [c.message.content or "" for c in reply.choices]
     assert all(texts)
