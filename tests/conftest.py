@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,12 +56,11 @@ def free_port() -> int:
         return port
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
+@contextmanager
+def running_server(args: list[str], log_path: Path, model: str = BUILTIN_MODEL_NAME) -> Iterator[ServerHandle]:
+    """``ise serve ARGS`` on a free port, until the block ends."""
     port = free_port()
-    log_path = tmp_path_factory.mktemp("server") / "ise.log"
-    cache_dir = Settings().cache_dir
-    cmd = [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--dtype", "float32"]
+    cmd = [sys.executable, "-m", "server.cli", "serve", "--port", str(port), *args]
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     root = f"http://127.0.0.1:{port}"
@@ -69,8 +69,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
         yield ServerHandle(
             base_url=f"{root}/v1",
             root_url=root,
-            model=BUILTIN_MODEL_NAME,
-            model_dir=builtin_model_dir(cache_dir),
+            model=model,
+            model_dir=builtin_model_dir(Settings().cache_dir),
             log_path=log_path,
         )
     finally:
@@ -80,6 +80,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
+    with running_server(["--dtype", "float32"], tmp_path_factory.mktemp("server") / "ise.log") as handle:
+        yield handle
 
 
 def _wait_until_healthy(proc: subprocess.Popen[bytes], root: str, log_path: Path) -> None:
