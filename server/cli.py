@@ -15,6 +15,7 @@ from adapters.cpu.engine import CPUEngine, CPUEngineConfig
 from adapters.cpu.model_runner import model_context_length
 from adapters.cpu.numerics import cpu_description, default_threads, resolve_dtype
 from server.app import create_app
+from server.generation import SamplingDefaults
 from server.settings import Settings
 from server.state import ServerState
 from server.text import Tokenization
@@ -54,7 +55,12 @@ def build_state(settings: Settings) -> ServerState:
         )
     )
     return ServerState(
-        engine=engine, tokenization=Tokenization(model), model_name=settings.served_model_name or default_name
+        engine=engine,
+        tokenization=Tokenization(model),
+        model_name=settings.served_model_name or default_name,
+        sampling_defaults=SamplingDefaults.from_model(model)
+        if settings.generation_config == "auto"
+        else SamplingDefaults(),
     )
 
 

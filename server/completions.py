@@ -138,6 +138,7 @@ def _job(
         max_model_len=state.engine.max_model_len,
         vocab_size=state.tokenization.vocab_size(),
         prompt_param=param,
+        defaults=state.sampling_defaults,
     )
 
 

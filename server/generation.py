@@ -9,12 +9,39 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from transformers import GenerationConfig
 
 from adapters.engine import Engine, EngineRequest, SamplingParams
 from server.errors import invalid_request
 from server.protocol import FinishReason, SamplingFields, Usage, new_id
 from server.text import Tokenization
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """Values for sampling fields a request leaves out.
+
+    Like vLLM, ise takes them from the model's ``generation_config.json`` where it sets them:
+    small models are tuned for a low temperature, and OpenAI's default of 1.0 makes them ramble.
+    What the model does not set falls back to OpenAI's defaults.
+    """
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+
+    @classmethod
+    def from_model(cls, model: str | Path) -> SamplingDefaults:
+        try:
+            explicit = GenerationConfig.from_pretrained(model).to_diff_dict()
+        except OSError:
+            return cls()
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in explicit.items() if k in known and v is not None})
 
 
 @dataclass(frozen=True)
@@ -53,6 +80,7 @@ def build_job(
     max_model_len: int,
     vocab_size: int,
     prompt_param: str,
+    defaults: SamplingDefaults,
 ) -> Job:
     unsupported = req.unsupported_fields()
     if unsupported:
@@ -66,12 +94,17 @@ def build_job(
             raise invalid_request("The prompt is empty.", param=prompt_param)
         if any(not 0 <= t < vocab_size for t in prompt):
             raise invalid_request("The prompt holds token ids outside the vocabulary.", param=prompt_param)
-        params.append(_sampling_params(req, len(prompt), max_tokens, max_model_len, prompt_param))
+        params.append(_sampling_params(req, len(prompt), max_tokens, max_model_len, prompt_param, defaults))
     return Job(prompts=prompts, params=params, n=req.n, stop=req.stop_strings())
 
 
 def _sampling_params(
-    req: SamplingFields, prompt_len: int, max_tokens: int | None, max_model_len: int, prompt_param: str
+    req: SamplingFields,
+    prompt_len: int,
+    max_tokens: int | None,
+    max_model_len: int,
+    prompt_param: str,
+    defaults: SamplingDefaults,
 ) -> SamplingParams:
     room = max_model_len - prompt_len
     if (max_tokens is None and room < 1) or (max_tokens is not None and max_tokens > room):
@@ -83,16 +116,16 @@ def _sampling_params(
             param=prompt_param,
             code="context_length_exceeded",
         )
-    top_k = req.top_k if req.top_k is not None and req.top_k > 0 else 0
+    top_k = defaults.top_k if req.top_k is None else req.top_k
     return SamplingParams(
         max_tokens=max_tokens if max_tokens is not None else room,
-        temperature=1.0 if req.temperature is None else req.temperature,
-        top_p=1.0 if req.top_p is None else req.top_p,
-        top_k=top_k,
+        temperature=defaults.temperature if req.temperature is None else req.temperature,
+        top_p=defaults.top_p if req.top_p is None else req.top_p,
+        top_k=max(top_k, 0),
         seed=req.seed,
         presence_penalty=req.presence_penalty,
         frequency_penalty=req.frequency_penalty,
-        repetition_penalty=req.repetition_penalty,
+        repetition_penalty=defaults.repetition_penalty if req.repetition_penalty is None else req.repetition_penalty,
         min_tokens=req.min_tokens,
         ignore_eos=req.ignore_eos,
         stop_token_ids=tuple(req.stop_token_ids),

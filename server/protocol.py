@@ -44,7 +44,7 @@ class SamplingFields(_Request):
     # vLLM's extensions, so benchmark clients written for vLLM work unchanged.
     ignore_eos: bool = False
     min_tokens: int = Field(0, ge=0)
-    repetition_penalty: float = Field(1.0, gt=0.0)
+    repetition_penalty: float | None = Field(None, gt=0.0)
     stop_token_ids: list[int] = Field(default_factory=list)
 
     def stop_strings(self) -> list[str]:

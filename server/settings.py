@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     max_model_len: int | None = Field(
         None, gt=0, description="Context window in tokens, prompt plus output; defaults to min(model's, 2048)"
     )
+    generation_config: Literal["auto", "none"] = Field(
+        "auto",
+        description="Sampling defaults for fields a request omits: auto takes the model's generation_config.json, "
+        "none uses OpenAI's (temperature 1)",
+    )
     max_num_seqs: int = Field(32, gt=0, description="Requests decoded together at most; the rest wait")
     max_num_batched_tokens: int = Field(2048, gt=0, description="Prompt tokens prefilled per engine step")
     threads: int | None = Field(None, gt=0, description="Torch threads; defaults to the usable cores")

@@ -8,6 +8,7 @@ from fastapi import Request
 
 from adapters.engine import Engine
 from server.errors import APIError
+from server.generation import SamplingDefaults
 from server.protocol import now
 from server.text import Tokenization
 
@@ -17,6 +18,7 @@ class ServerState:
     engine: Engine
     tokenization: Tokenization
     model_name: str
+    sampling_defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
     created: int = field(default_factory=now)
 
     def check_model(self, model: str) -> None:
