@@ -49,9 +49,17 @@ class _Format(Protocol):
     def whole(self, texts: list[str], reasons: list[FinishReason], usage: Usage) -> BaseModel: ...
 
 
-class _ChatFormat:
+class _Identity:
+    """What every chunk of one response repeats: its id, creation time and model name."""
+
+    id_prefix = ""
+
     def __init__(self, model: str) -> None:
-        self.id, self.created, self.model = new_id("chatcmpl"), now(), model
+        self.id, self.created, self.model = new_id(self.id_prefix), now(), model
+
+
+class _ChatFormat(_Identity):
+    id_prefix = "chatcmpl"
 
     def _chunk(self, choices: list[ChatChunkChoice], usage: Usage | None = None) -> ChatCompletionChunk:
         return ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=choices, usage=usage)
@@ -74,9 +82,8 @@ class _ChatFormat:
         return ChatCompletion(id=self.id, created=self.created, model=self.model, choices=choices, usage=usage)
 
 
-class _TextFormat:
-    def __init__(self, model: str) -> None:
-        self.id, self.created, self.model = new_id("cmpl"), now(), model
+class _TextFormat(_Identity):
+    id_prefix = "cmpl"
 
     def _completion(self, choices: list[CompletionChoice], usage: Usage | None = None) -> Completion:
         return Completion(id=self.id, created=self.created, model=self.model, choices=choices, usage=usage)

@@ -148,14 +148,25 @@ class ChatChoice(_Response):
     finish_reason: FinishReason
 
 
-class ChatCompletion(_Response):
+class _Envelope(_Response):
+    """The fields every completion response and chunk shares, in OpenAI's order.
+
+    Subclasses narrow ``object`` and ``choices``; pydantic keeps overridden fields in place.
+    """
+
     id: str
-    object: Literal["chat.completion"] = "chat.completion"
+    object: str
     created: int
     model: str
+    choices: list[Any]
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
+
+
+class ChatCompletion(_Envelope):
+    object: Literal["chat.completion"] = "chat.completion"
     choices: list[ChatChoice]
     usage: Usage
-    system_fingerprint: str | None = None
 
 
 class Delta(_Response):
@@ -176,14 +187,9 @@ class ChatChunkChoice(_Response):
     finish_reason: FinishReason | None = None
 
 
-class ChatCompletionChunk(_Response):
-    id: str
+class ChatCompletionChunk(_Envelope):
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
     choices: list[ChatChunkChoice]
-    system_fingerprint: str | None = None
-    usage: Usage | None = None
 
 
 class CompletionChoice(_Response):
@@ -193,16 +199,11 @@ class CompletionChoice(_Response):
     finish_reason: FinishReason | None = None
 
 
-class Completion(_Response):
+class Completion(_Envelope):
     """Both the whole text completion and each of its streamed chunks: OpenAI uses one shape."""
 
-    id: str
     object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
     choices: list[CompletionChoice]
-    system_fingerprint: str | None = None
-    usage: Usage | None = None
 
 
 class ModelCard(_Response):
