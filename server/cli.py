@@ -25,9 +25,10 @@ log = logging.getLogger("ise")
 # Enough for chat and benchmark prompts while keeping the default KV cache near 1.5-3 GiB.
 DEFAULT_MAX_MODEL_LEN = 2048
 
-USAGE = """usage: ise serve [options]   (ise serve --help lists them)
+USAGE = """usage: ise serve [options]          serve a model over an OpenAI-compatible API
+       ise bench {run,compare} ...    benchmark an endpoint, or ise against its peers
 
-Serve a model over an OpenAI-compatible API; with no --model, the built-in SmolLM2-135M-Instruct."""
+With no --model, ise serve serves the built-in SmolLM2-135M-Instruct; --help after a command lists its options."""
 
 
 def build_state(settings: Settings) -> ServerState:
@@ -95,6 +96,10 @@ def main(argv: list[str] | None = None) -> None:
     command, rest = args[0], args[1:]
     if command == "serve":
         serve(rest)
+    elif command == "bench":
+        from benchmarks.cli import main as bench_main  # heavy imports, only for benchmarks
+
+        bench_main(rest)
     else:
         print(f"ise: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         raise SystemExit(2)

