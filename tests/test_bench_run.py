@@ -1,0 +1,56 @@
+"""The load generator and ``ise bench run`` against the real test server, on a handful of requests."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from transformers import AutoTokenizer
+
+from benchmarks.clients import HttpClient
+from benchmarks.loadgen import LoadShape, run_load
+from benchmarks.workloads import random_workload, shared_prefix_workload
+from tests.conftest import ServerHandle
+
+
+async def test_every_request_is_accounted_for(server: ServerHandle) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(server.model_dir)
+    specs = random_workload(tokenizer, count=5, input_len=24, output_len=12, seed=3)
+    assert specs == random_workload(tokenizer, count=5, input_len=24, output_len=12, seed=3), "seeded workloads repeat"
+    specs += shared_prefix_workload(tokenizer, count=2, prefix_len=40, input_len=8, output_len=12, seed=3)
+    client = HttpClient(server.base_url, server.model)
+    try:
+        closed = await run_load(client, specs, LoadShape(concurrency=3))
+        poisson = await run_load(client, specs, LoadShape(rate=20.0, seed=1))
+    finally:
+        await client.aclose()
+    for result in (closed, poisson):
+        assert len(result.records) == len(specs)
+        assert all(r.ok for r in result.records), [r.error for r in result.records]
+        assert all(r.output_tokens == 12 for r in result.records)
+        assert all(r.prompt_tokens > 0 for r in result.records)
+        assert all(r.ttft is not None and 0 < r.ttft <= r.latency for r in result.records)
+        assert all(0 < len(r.chunk_times) <= 12 for r in result.records)
+        assert result.duration_s >= max(r.latency for r in result.records)
+
+
+def test_bench_run_command_writes_results(server: ServerHandle, tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    cmd = [
+        sys.executable, "-m", "server.cli", "bench", "run", "--base-url", server.base_url, "--model", server.model,
+        "--model-dir", str(server.model_dir), "--concurrency", "1", "2", "--input-len", "16", "--output-len", "6",
+        "--min-prompts", "3", "--warmup", "1", "--out", str(out),
+    ]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads((out / "results.json").read_text())
+    assert [run["concurrency"] for run in data["runs"]] == [1, 2]
+    assert [len(run["records"]) for run in data["runs"]] == [3, 4]
+    assert all(run["summary"]["completed"] == len(run["records"]) for run in data["runs"])
+    assert data["machine"]["cores"] >= 1 and data["machine"]["cpu"]
+    table = (out / "table.md").read_text()
+    assert table.count("\n") == 4 and "output tok/s" in table
+    for plot in ("throughput.png", "ttft.png", "itl.png"):
+        assert (out / plot).read_bytes()[:4] == b"\x89PNG"
