@@ -174,7 +174,7 @@ def vllm_serve(config: TargetConfig) -> AbstractAsyncContextManager[Client]:
     cmd = [
         str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(config.model_dir),
         "--served-model-name", "bench", "--port", str(port), "--host", "127.0.0.1", "--dtype", config.dtype,
-        "--max-num-seqs", str(config.max_num_seqs), "--max-model-len", "2048", "--disable-log-requests",
+        "--max-num-seqs", str(config.max_num_seqs), "--max-model-len", "2048",
     ]  # fmt: skip
     return _http_target("vllm", cmd, env, config, port, "bench", vllm_fixed_length, timeout_s=1200)
 
