@@ -215,6 +215,7 @@ def write_results_md(path: Path, meta: dict[str, Any], table: str, images: list[
         f"- Command: `{meta['command']}`",
         "",
         table,
+        METRIC_NOTES,
     ]
     goals = targets_check(runs)
     if goals:
@@ -225,6 +226,16 @@ def write_results_md(path: Path, meta: dict[str, Any], table: str, images: list[
     lines += ["", "## Plots", "", *[f"![{p.stem}]({p})" for p in rel], ""]
     path.write_text("\n".join(lines))
 
+
+METRIC_NOTES = """
+Metrics are defined as `vllm bench serve` defines them: TTFT from sending a request to its first
+text-carrying chunk; ITL, every gap between consecutive text chunks; TPOT, per request
+(E2EL - TTFT) / (output tokens - 1); throughput over the wall time from the first request sent
+to the last answered; goodput, requests per second that met every SLO. Where we differ: the
+in-process engine target has no chunks, so its ITL is the gap between engine outputs (one token
+each), and token counts come from each server's usage report (tiktoken's cl100k_base only for a
+server that reports none). Load levels are closed-loop: N requests in flight at once.
+"""
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {"run": run_one, "compare": compare}
 
