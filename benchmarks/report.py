@@ -115,25 +115,31 @@ def plots(runs: list[Run], out_dir: Path) -> list[Path]:
         ("itl.png", "Inter-token latency", "ms", [("p50", lambda s: s.itl.p50 * 1e3),
                                                   ("p99", lambda s: s.itl.p99 * 1e3)]),
     ]  # fmt: skip
+    colors = [plt.get_cmap("tab10")(i) for i in range(10)]
+    levels = sorted({x_of(r) for r in runs})
     written = []
     for filename, title, unit, series in charts:
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for label, target_runs in by_target.items():
+        for color, (label, target_runs) in zip(colors, by_target.items(), strict=False):
             ordered = sorted(target_runs, key=x_of)
             for name, value in series:
-                style = "--" if name == "p99" else "-"
                 ax.plot(
                     [x_of(r) for r in ordered],
                     [value(r.summary) for r in ordered],
-                    style,
+                    "--" if name == "p99" else "-",
+                    color=color,
                     marker="o",
-                    label=f"{label} {name}".strip(),
+                    label=None if name == "p99" else label,
                 )
         ax.set_xscale("log", base=2)
+        ax.set_xticks(levels, [f"{x:g}" for x in levels])
+        if unit == "ms":
+            # Latencies of a one-at-a-time server and a batching one differ by orders of magnitude.
+            ax.set_yscale("log")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(unit)
-        ax.set_title(title)
-        ax.grid(True, alpha=0.3)
+        ax.set_title(title + (" (dashed: p99)" if len(series) > 1 else ""))
+        ax.grid(True, alpha=0.3, which="both")
         ax.legend(fontsize=7)
         fig.tight_layout()
         path = out_dir / filename
