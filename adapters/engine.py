@@ -8,7 +8,7 @@ has to turn token ids into more token ids.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 FinishReason = Literal["stop", "length", "abort"]
@@ -50,13 +50,22 @@ class EngineOutput:
     finish_reason: FinishReason | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class EngineStats:
-    """A snapshot of the engine's load, read by health checks and metrics."""
+    """A snapshot of the engine's load and counters, read by health checks and metrics.
+
+    Counters (``*_total`` in Prometheus) only grow; the rest are levels at the time of reading.
+    """
 
     running: int = 0
     waiting: int = 0
-    extra: dict[str, float] = field(default_factory=dict)
+    kv_blocks_used: int = 0
+    kv_blocks_total: int = 0
+    steps: int = 0
+    tokens_computed: int = 0  # prompt and decode tokens run through the model
+    prefix_cache_queried_tokens: int = 0
+    prefix_cache_hit_tokens: int = 0
+    preemptions: int = 0
 
 
 class EngineDeadError(RuntimeError):

@@ -53,6 +53,11 @@ def build_state(settings: Settings) -> ServerState:
             max_num_seqs=settings.max_num_seqs,
             max_num_batched_tokens=settings.max_num_batched_tokens,
             threads=threads,
+            kv_cache_bytes=int(settings.kv_cache_gib * 2**30),
+            kernel_dir=settings.cache_dir,
+            block_size=settings.block_size,
+            prefill_chunk_tokens=settings.prefill_chunk_tokens,
+            prefix_caching=settings.prefix_caching,
         )
     )
     return ServerState(

@@ -48,7 +48,20 @@ class Settings(BaseSettings):
         "none uses OpenAI's (temperature 1)",
     )
     max_num_seqs: int = Field(32, gt=0, description="Requests decoded together at most; the rest wait")
-    max_num_batched_tokens: int = Field(2048, gt=0, description="Prompt tokens prefilled per engine step")
+    max_num_batched_tokens: int = Field(
+        2048, gt=0, description="Tokens one engine step computes at most: prompt chunks plus one per decoding request"
+    )
+    prefill_chunk_tokens: int = Field(
+        64,
+        gt=0,
+        description="Largest prompt chunk a step takes while other requests are decoding; "
+        "smaller keeps their inter-token latency flat while a long prompt arrives",
+    )
+    kv_cache_gib: float = Field(2.0, gt=0, description="Memory for the paged KV cache, in GiB")
+    block_size: int = Field(16, gt=0, le=1024, description="Tokens per KV cache block")
+    prefix_caching: bool = Field(
+        True, description="Reuse the KV cache of prompt prefixes earlier requests computed (--no-prefix-caching)"
+    )
     threads: int | None = Field(None, gt=0, description="Torch threads; defaults to the usable cores")
     cache_dir: Path = Field(default_factory=default_cache_dir, description="Where the built-in model is prepared")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Server log level")

@@ -20,6 +20,7 @@ import uvicorn
 
 from adapters.cpu.engine import CPUEngine, CPUEngineConfig
 from server.app import create_app
+from server.settings import Settings
 from server.state import ServerState
 from server.text import Tokenization
 from tests.conftest import ServerHandle, free_port, user
@@ -45,6 +46,8 @@ def crashing_server(server: ServerHandle) -> Iterator[str]:
             max_num_seqs=2,
             max_num_batched_tokens=256,
             threads=1,
+            kv_cache_bytes=64 * 2**20,
+            kernel_dir=Settings().cache_dir,
         )
     )
     app = create_app(ServerState(engine=engine, tokenization=Tokenization(model_dir), model_name="crashy"))

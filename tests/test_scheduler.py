@@ -1,59 +1,157 @@
-"""The scheduler's policy, without a model: admission, budgets and dense slots."""
+"""The scheduler's and block manager's policy, without a model: budgets, chunks, blocks, preemption, prefixes.
+
+Each test plays the engine's part by hand: schedule, then mark the scheduled tokens computed (and
+append a sampled token where a chunk reaches a sequence's end), as the engine does after a step.
+"""
 
 from __future__ import annotations
 
-from adapters.cpu.scheduler import Scheduler, SlotMove
+import itertools
+
+from adapters.cpu.block_manager import BlockManager
+from adapters.cpu.scheduler import Chunk, Scheduler
 from adapters.cpu.sequence import Sequence
 from adapters.engine import EngineRequest, SamplingParams
 
-
-def _seq(name: str, prompt_len: int) -> Sequence:
-    return Sequence(EngineRequest(name, list(range(1, prompt_len + 1)), SamplingParams(max_tokens=4)))
+BLOCK = 4
 
 
-def test_admits_up_to_slots_and_budget_then_queues() -> None:
-    scheduler = Scheduler(max_num_seqs=3, max_num_batched_tokens=100)
+_fresh = itertools.count(1000, 1000)
+
+
+def _seq(name: str, prompt: list[int] | int) -> Sequence:
+    """A sequence with the given prompt, or with that many tokens no other prompt shares."""
+    tokens = list(range(next(_fresh), 0, -1))[:prompt] if isinstance(prompt, int) else prompt
+    return Sequence(EngineRequest(name, tokens, SamplingParams(max_tokens=100)))
+
+
+def _scheduler(num_blocks: int, *, seqs: int = 8, budget: int = 64, chunk: int = 64) -> Scheduler:
+    return Scheduler(
+        BlockManager(num_blocks, BLOCK),
+        max_num_seqs=seqs,
+        max_num_batched_tokens=budget,
+        prefill_chunk_tokens=chunk,
+    )
+
+
+def _run(scheduler: Scheduler, chunks: list[Chunk]) -> None:
+    """What the engine does after a step: the tokens are computed; a chunk at the end samples one more."""
+    for chunk in chunks:
+        sampled = chunk.samples
+        chunk.seq.num_computed += chunk.num_tokens
+        scheduler.blocks.register_full_blocks(chunk.seq)
+        if sampled:
+            chunk.seq.append(7)
+
+
+def _plan(chunks: list[Chunk]) -> list[tuple[str, int]]:
+    return [(c.seq.request_id, c.num_tokens) for c in chunks]
+
+
+def test_admits_within_budget_and_batch_size_then_queues() -> None:
+    scheduler = _scheduler(100, seqs=3, budget=100)
     seqs = [_seq(f"r{i}", 40) for i in range(5)]
     for seq in seqs:
         scheduler.add(seq)
-    plan = scheduler.schedule()
-    assert plan.prefill == seqs[:2]  # a third 40-token prompt would exceed the 100-token budget
-    assert plan.decode == []
-    plan = scheduler.schedule()
-    assert plan.prefill == [seqs[2]] and plan.decode == seqs[:2]
-    assert [s.slot for s in scheduler.running] == [0, 1, 2]
+    first = scheduler.schedule()
+    # The third prompt gets what is left of the budget; it finishes its prompt next step.
+    assert _plan(first) == [("r0", 40), ("r1", 40), ("r2", 20)]
+    _run(scheduler, first)
+    second = scheduler.schedule()
+    # Decoding now, so r2's remaining chunk is capped too; r3 waits for a free place in the batch.
+    assert _plan(second) == [("r0", 1), ("r1", 1), ("r2", 20)]
     assert list(scheduler.waiting) == seqs[3:]
 
 
-def test_oversized_prompt_is_admitted_alone() -> None:
-    scheduler = Scheduler(max_num_seqs=4, max_num_batched_tokens=10)
-    big, small = _seq("big", 50), _seq("small", 5)
-    scheduler.add(big)
-    scheduler.add(small)
-    assert scheduler.schedule().prefill == [big]
-    assert scheduler.schedule().prefill == [small]
+def test_long_prompt_is_chunked_while_others_decode() -> None:
+    scheduler = _scheduler(200, budget=64, chunk=8)
+    short = _seq("short", 5)
+    scheduler.add(short)
+    _run(scheduler, scheduler.schedule())
+    long = _seq("long", 30)
+    scheduler.add(long)
+    plans = []
+    for _ in range(5):
+        chunks = scheduler.schedule()
+        plans.append(_plan(chunks))
+        _run(scheduler, chunks)
+    # Every step still decodes the running request; the long prompt arrives 8 tokens at a time.
+    assert plans == [
+        [("short", 1), ("long", 8)],
+        [("short", 1), ("long", 8)],
+        [("short", 1), ("long", 8)],
+        [("short", 1), ("long", 6)],
+        [("short", 1), ("long", 1)],
+    ]
 
 
-def test_departure_keeps_slots_dense() -> None:
-    scheduler = Scheduler(max_num_seqs=4, max_num_batched_tokens=1000)
-    seqs = [_seq(f"r{i}", 3) for i in range(4)]
-    for seq in seqs:
-        scheduler.add(seq)
-    scheduler.schedule()
-    for seq in seqs:
-        seq.num_cached = seq.num_tokens
-    assert scheduler.remove(seqs[1]) == SlotMove(src=3, dst=1, length=3)
-    assert scheduler.running == [seqs[0], seqs[3], seqs[2]]
-    assert [s.slot for s in scheduler.running] == [0, 1, 2]
-    assert scheduler.remove(seqs[2]) is None  # the last slot leaves no hole
-    assert scheduler.find("r3") is seqs[3] and scheduler.find("r1") is None
+def test_newest_request_is_preempted_when_blocks_run_out_and_resumes() -> None:
+    scheduler = _scheduler(4, budget=64)  # 16 tokens of cache
+    old, new = _seq("old", 8), _seq("new", 7)
+    scheduler.add(old)
+    scheduler.add(new)
+    _run(scheduler, scheduler.schedule())
+    assert scheduler.blocks.num_free == 0
+    chunks = scheduler.schedule()
+    # old's 9th token needs a third block: new gives its two back and waits at the front.
+    assert _plan(chunks) == [("old", 1)]
+    assert scheduler.num_preemptions == 1
+    assert list(scheduler.waiting) == [new] and new.num_computed == 0 and not new.block_table
+    _run(scheduler, chunks)
+    scheduler.finish(old)
+    # Resumed, new recomputes its prompt and the token it had already produced, except for its
+    # first block, which it had registered in the prefix cache and nobody has evicted since.
+    assert _plan(scheduler.schedule()) == [("new", 4)]
+    assert new.num_computed == 4 and new.output_ids == [7]
+
+
+def test_shared_prefix_reuses_blocks_and_leaves_the_last_token_to_compute() -> None:
+    scheduler = _scheduler(50)
+    prefix = list(range(100, 112))  # three full blocks
+    first = _seq("first", [*prefix, 1, 2])
+    scheduler.add(first)
+    _run(scheduler, scheduler.schedule())
+    first_blocks = list(first.block_table[:3])
+    scheduler.finish(first)  # its blocks stay cached
+    second = _seq("second", [*prefix, 3, 4, 5])
+    scheduler.add(second)
+    assert _plan(scheduler.schedule()) == [("second", 3)]
+    assert second.num_computed == 12 and second.block_table[:3] == first_blocks
+    assert scheduler.blocks.stats.hit_tokens == 12
+    # A prompt that is exactly the cached prefix still computes its last block's final token.
+    third = _seq("third", prefix)
+    scheduler.add(third)
+    chunks = scheduler.schedule()
+    assert ("third", 4) in _plan(chunks)
+
+
+def test_blocks_are_all_freed_and_evicted_least_recently_used() -> None:
+    manager = BlockManager(6, BLOCK)
+    a, b = _seq("a", [1, 2, 3, 4, 5]), _seq("b", [9, 9, 9, 9, 9])
+    for seq in (a, b):
+        assert manager.allocate(seq, 5)
+        seq.num_computed = 5
+        manager.register_full_blocks(seq)
+    assert manager.num_free == 2
+    b_head = b.block_table[0]
+    manager.free(a)
+    manager.free(b)
+    assert manager.num_free == 6 and manager.num_used == 0
+    # Taking four blocks evicts a's tail, b's tail, then a's cached prefix: the oldest releases go first.
+    c = _seq("c", 16)
+    assert manager.allocate(c, 16)
+    assert manager.lookup(_seq("a2", [1, 2, 3, 4, 0])) == []
+    assert [blk.block_id for blk in manager.lookup(_seq("b2", [9, 9, 9, 9, 0]))] == [b_head]
+    assert not manager.allocate(_seq("d", 12), 12)  # two blocks free, three needed: nothing taken
+    assert manager.num_free == 2
 
 
 def test_waiting_request_can_be_removed() -> None:
-    scheduler = Scheduler(max_num_seqs=1, max_num_batched_tokens=1000)
+    scheduler = _scheduler(10, seqs=1)
     first, second = _seq("a", 3), _seq("b", 3)
     scheduler.add(first)
     scheduler.add(second)
     scheduler.schedule()
-    assert scheduler.remove(second) is None
+    scheduler.finish(second)
     assert not scheduler.waiting and scheduler.running == [first]
+    assert scheduler.find("a") is first and scheduler.find("b") is None

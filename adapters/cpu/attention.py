@@ -1,49 +1,63 @@
-"""Attention over the slot KV cache, plugged into transformers' attention interface.
+"""Attention over the paged KV cache, plugged into transformers' attention interface.
 
 Registering our own attention function lets ise run any transformers model that dispatches
 through ``ALL_ATTENTION_FUNCTIONS`` (Llama, Qwen, Mistral and most others) while owning the KV
 cache and the batch layout: transformers computes projections, rotary embeddings and MLPs, we
 decide where keys and values live and which of them each query sees.
+
+A step packs every scheduled token of every request into one row. Single-token segments (decode)
+go through the paged kernel together, reading the cache in place; longer segments (prompt chunks)
+go through torch's SDPA, which computes many queries per key far faster: a chunk that starts a
+prompt attends to its own keys as computed, a later chunk to its context gathered from the cache.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 
-from adapters.cpu.kv_cache import SlotKVCache
+from adapters.cpu.kv_cache import PagedKVCache
 
-ATTN_IMPLEMENTATION = "ise_slots"
+ATTN_IMPLEMENTATION = "ise_paged"
+
+# q [T, H, D], k and v blocks [N, B, KVH, D], block tables [S, M], seq index [T], context length
+# [T], scale -> [T, H, D]; see paged_attention.cpp.
+PagedKernel = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor
+]
 
 
 @dataclass(frozen=True)
-class PrefillSegment:
-    """One request's new tokens in a packed prefill batch."""
+class PromptSegment:
+    """One request's chunk of several tokens in the packed row."""
 
-    slot: int
-    start: int  # positions already in the cache before this step
-    offset: int  # where its tokens begin in the packed batch
+    offset: int  # where its tokens begin in the packed row
     length: int
+    start: int  # its position in the request: tokens already in the cache before this chunk
+    context_slots: torch.Tensor | None  # cache slots of positions 0..start+length-1; None when start is 0
 
 
 @dataclass(frozen=True)
 class StepLayout:
-    """How this forward pass's tokens map to requests and cache slots.
+    """How this forward pass's packed tokens map to requests and cache slots.
 
-    Prefill packs every new prompt into one row (``[1, total_tokens]``); decode puts one token
-    per request in a batch of rows (``[n, 1]``) whose request ``i`` lives in slot ``i``.
+    The first ``num_decode`` tokens are single-token segments; prompt segments follow.
     """
 
-    cache: SlotKVCache
-    prefill: tuple[PrefillSegment, ...] = ()
-    decode_positions: torch.Tensor | None = None  # [n] position of each row's new token
-    decode_mask: torch.Tensor | None = None  # [n, 1, 1, kv_len] True where a key is visible
+    cache: PagedKVCache
+    kernel: PagedKernel
+    slot_mapping: torch.Tensor  # [T] cache slot each new token's keys and values go to
+    num_decode: int
+    block_tables: torch.Tensor  # [num_decode, max_blocks] int32
+    context_lens: torch.Tensor  # [num_decode] int32: positions each decode token sees, itself included
+    prompts: tuple[PromptSegment, ...]
 
 
-def slot_attention(
+def paged_attention(
     module: torch.nn.Module,
     query: torch.Tensor,
     key: torch.Tensor,
@@ -55,72 +69,43 @@ def slot_attention(
     ise_layout: StepLayout,
     **_: object,
 ) -> tuple[torch.Tensor, None]:
+    layout = ise_layout
     layer: int = module.layer_idx  # type: ignore[assignment]
-    cache_k = ise_layout.cache.keys[layer]
-    cache_v = ise_layout.cache.values[layer]
-    if ise_layout.decode_positions is not None:
-        out = _decode(query, key, value, cache_k, cache_v, ise_layout, scaling)
-    else:
-        out = _prefill(query, key, value, cache_k, cache_v, ise_layout.prefill, scaling)
-    return out.transpose(1, 2).contiguous(), None
-
-
-def _decode(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    cache_k: torch.Tensor,
-    cache_v: torch.Tensor,
-    layout: StepLayout,
-    scaling: float | None,
-) -> torch.Tensor:
-    assert layout.decode_positions is not None and layout.decode_mask is not None
-    batch, heads, _, head_dim = query.shape
-    kv_heads = key.shape[1]
-    rows = torch.arange(batch)
-    cache_k[rows, :, layout.decode_positions] = key[:, :, 0]
-    cache_v[rows, :, layout.decode_positions] = value[:, :, 0]
-    kv_len = layout.decode_mask.shape[-1]
-    # One query token per request: fold the query heads that share a KV head into the query
-    # length axis, so grouped-query attention needs no repeated keys.
-    grouped = query.reshape(batch, kv_heads, heads // kv_heads, head_dim)
-    out = F.scaled_dot_product_attention(
-        grouped,
-        cache_k[:batch, :, :kv_len],
-        cache_v[:batch, :, :kv_len],
-        attn_mask=layout.decode_mask,
-        scale=scaling,
-    )
-    return out.reshape(batch, heads, 1, head_dim)
-
-
-def _prefill(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    cache_k: torch.Tensor,
-    cache_v: torch.Tensor,
-    segments: tuple[PrefillSegment, ...],
-    scaling: float | None,
-) -> torch.Tensor:
-    outs = []
-    for seg in segments:
-        span = slice(seg.offset, seg.offset + seg.length)
-        end = seg.start + seg.length
-        cache_k[seg.slot, :, seg.start : end] = key[0, :, span]
-        cache_v[seg.slot, :, seg.start : end] = value[0, :, span]
-        q = query[:, :, span]
-        if seg.start == 0:
-            k, v, mask, causal = key[:, :, span], value[:, :, span], None, True
-        else:
-            k = cache_k[seg.slot : seg.slot + 1, :, :end]
-            v = cache_v[seg.slot : seg.slot + 1, :, :end]
-            q_pos = torch.arange(seg.start, end).unsqueeze(1)
-            mask, causal = torch.arange(end).unsqueeze(0) <= q_pos, False
-        outs.append(
-            F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scaling, enable_gqa=True)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    cache_k, cache_v = layout.cache.keys[layer], layout.cache.values[layer]
+    # query [1, H, T, D], key and value [1, KVH, T, D]: the packed row, as transformers gives it.
+    q = query[0].transpose(0, 1)
+    k = key[0].transpose(0, 1)
+    v = value[0].transpose(0, 1)
+    cache_k.index_copy_(0, layout.slot_mapping, k)
+    cache_v.index_copy_(0, layout.slot_mapping, v)
+    out = torch.empty_like(q)
+    if layout.num_decode:
+        blocks_k, blocks_v = layout.cache.blocked(layer)
+        out[: layout.num_decode] = layout.kernel(
+            q[: layout.num_decode].contiguous(),
+            blocks_k,
+            blocks_v,
+            layout.block_tables,
+            torch.arange(layout.num_decode, dtype=torch.int32),
+            layout.context_lens,
+            scale,
         )
-    return torch.cat(outs, dim=2)
+    for seg in layout.prompts:
+        span = slice(seg.offset, seg.offset + seg.length)
+        if seg.context_slots is None:
+            ctx_k, ctx_v, mask, causal = key[:, :, span], value[:, :, span], None, True
+        else:
+            ctx_k = cache_k.index_select(0, seg.context_slots).transpose(0, 1).unsqueeze(0)
+            ctx_v = cache_v.index_select(0, seg.context_slots).transpose(0, 1).unsqueeze(0)
+            # Query i sits at position start + i and sees positions 0..start + i.
+            visible = torch.arange(seg.start + seg.length).unsqueeze(0)
+            mask, causal = visible <= torch.arange(seg.start, seg.start + seg.length).unsqueeze(1), False
+        attended = F.scaled_dot_product_attention(
+            query[:, :, span], ctx_k, ctx_v, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=True
+        )
+        out[span] = attended[0].transpose(0, 1)
+    return out.unsqueeze(0), None
 
 
-AttentionInterface.register(ATTN_IMPLEMENTATION, slot_attention)
+AttentionInterface.register(ATTN_IMPLEMENTATION, paged_attention)

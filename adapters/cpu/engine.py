@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from adapters.cpu.model_runner import ModelRunner, PrefillItem, eos_token_ids
+from adapters.cpu.block_manager import BlockManager
+from adapters.cpu.model_runner import ModelRunner, eos_token_ids
 from adapters.cpu.sampler import Sampler
 from adapters.cpu.scheduler import Scheduler
 from adapters.cpu.sequence import Sequence
@@ -35,6 +36,11 @@ class CPUEngineConfig:
     max_num_seqs: int
     max_num_batched_tokens: int
     threads: int
+    kv_cache_bytes: int
+    kernel_dir: Path  # where the attention kernel is built and cached
+    block_size: int = 16
+    prefill_chunk_tokens: int = 64
+    prefix_caching: bool = True
 
 
 @dataclass(frozen=True)
@@ -54,17 +60,16 @@ class CPUEngine:
     def __init__(self, config: CPUEngineConfig) -> None:
         self.config = config
         self._eos = eos_token_ids(config.model_dir)
-        self._scheduler = Scheduler(
-            max_num_seqs=config.max_num_seqs, max_num_batched_tokens=config.max_num_batched_tokens
-        )
         self._sampler = Sampler(self._eos)
         self._runner: ModelRunner | None = None
+        self._scheduler: Scheduler | None = None
         self._inbox: queue.SimpleQueue[_Message] = queue.SimpleQueue()
         self._streams: dict[str, asyncio.Queue[EngineOutput | BaseException]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self.steps = 0
+        self.tokens_computed = 0
 
     @property
     def max_model_len(self) -> int:
@@ -92,10 +97,20 @@ class CPUEngine:
             await asyncio.to_thread(self._thread.join)
 
     def stats(self) -> EngineStats:
+        scheduler = self._scheduler
+        if scheduler is None:
+            return EngineStats()
+        blocks = scheduler.blocks
         return EngineStats(
-            running=len(self._scheduler.running),
-            waiting=len(self._scheduler.waiting),
-            extra={"steps": float(self.steps)},
+            running=len(scheduler.running),
+            waiting=len(scheduler.waiting),
+            kv_blocks_used=blocks.num_used,
+            kv_blocks_total=blocks.num_blocks,
+            steps=self.steps,
+            tokens_computed=self.tokens_computed,
+            prefix_cache_queried_tokens=blocks.stats.queried_tokens,
+            prefix_cache_hit_tokens=blocks.stats.hit_tokens,
+            preemptions=scheduler.num_preemptions,
         )
 
     async def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
@@ -127,13 +142,28 @@ class CPUEngine:
         # once any other thread (say, the event loop's) has run a parallel region, parallel
         # regions started from this thread wake their workers slowly: measured here, a
         # batch-1 decode step went from 31 ms to 52 ms.
-        torch.set_num_threads(self.config.threads)
-        return ModelRunner(
-            self.config.model_dir,
-            dtype=self.config.dtype,
-            num_slots=self.config.max_num_seqs,
-            max_model_len=self.config.max_model_len,
+        config = self.config
+        torch.set_num_threads(config.threads)
+        runner = ModelRunner(
+            config.model_dir,
+            dtype=config.dtype,
+            kv_cache_bytes=config.kv_cache_bytes,
+            block_size=config.block_size,
+            kernel_dir=config.kernel_dir,
         )
+        capacity = runner.cache.num_blocks * config.block_size
+        if capacity < config.max_model_len:
+            raise ValueError(
+                f"The KV cache holds {capacity} tokens, fewer than one request of --max-model-len "
+                f"{config.max_model_len}; give it more memory (--kv-cache-gib) or lower --max-model-len"
+            )
+        self._scheduler = Scheduler(
+            BlockManager(runner.cache.num_blocks, config.block_size, prefix_caching=config.prefix_caching),
+            max_num_seqs=config.max_num_seqs,
+            max_num_batched_tokens=config.max_num_batched_tokens,
+            prefill_chunk_tokens=config.prefill_chunk_tokens,
+        )
+        return runner
 
     def _run(self, ready: asyncio.Future[None]) -> None:
         assert self._loop is not None
@@ -144,6 +174,7 @@ class CPUEngine:
             self._loop.call_soon_threadsafe(ready.set_exception, exc)
             return
         self._loop.call_soon_threadsafe(ready.set_result, None)
+        assert self._scheduler is not None
         try:
             while True:
                 if not self._take_messages(block=not self._scheduler.has_work()):
@@ -158,6 +189,7 @@ class CPUEngine:
 
     def _take_messages(self, *, block: bool) -> bool:
         """Apply queued submissions and aborts; False when asked to stop."""
+        assert self._scheduler is not None
         while True:
             try:
                 message = self._inbox.get(block=block)
@@ -174,28 +206,19 @@ class CPUEngine:
                 self._scheduler.add(Sequence(message))
 
     def _step(self) -> _Delivery:
-        assert self._runner is not None
-        plan = self._scheduler.schedule()
-        if not plan:
+        assert self._runner is not None and self._scheduler is not None
+        chunks = self._scheduler.schedule()
+        if not chunks:
             return []
         self.steps += 1
-        new_tokens: list[tuple[Sequence, int]] = []
-        if plan.prefill:
-            items = [
-                PrefillItem(slot=s.slot, start=s.num_cached, token_ids=s.token_ids()[s.num_cached :])
-                for s in plan.prefill
-            ]
-            logits = self._runner.prefill(items)
-            self._mark_cached(plan.prefill)
-            new_tokens += zip(plan.prefill, self._sampler.sample(logits, plan.prefill), strict=True)
-        if plan.decode:
-            logits = self._runner.decode(
-                [s.output_ids[-1] for s in plan.decode], [s.num_tokens - 1 for s in plan.decode]
-            )
-            self._mark_cached(plan.decode)
-            new_tokens += zip(plan.decode, self._sampler.sample(logits, plan.decode), strict=True)
+        self.tokens_computed += sum(c.num_tokens for c in chunks)
+        sampled, logits = self._runner.step(chunks)
+        for chunk in chunks:
+            chunk.seq.num_computed += chunk.num_tokens
+            self._scheduler.blocks.register_full_blocks(chunk.seq)
+        seqs = [c.seq for c in sampled]
         delivery: _Delivery = []
-        for seq, token in new_tokens:
+        for seq, token in zip(seqs, self._sampler.sample(logits, seqs), strict=True):
             seq.append(token)
             reason = self._finish_reason(seq, token)
             if reason is not None:
@@ -203,13 +226,6 @@ class CPUEngine:
                 self._finish(seq)
             delivery.append((seq.request_id, EngineOutput([token], reason)))
         return delivery
-
-    @staticmethod
-    def _mark_cached(seqs: list[Sequence]) -> None:
-        # Before any request leaves: a departure copies the last slot's cached length, which
-        # must already count the token this step wrote.
-        for seq in seqs:
-            seq.num_cached = seq.num_tokens
 
     def _finish_reason(self, seq: Sequence, token: int) -> FinishReason | None:
         params = seq.request.params
@@ -220,10 +236,8 @@ class CPUEngine:
         return None
 
     def _finish(self, seq: Sequence) -> None:
-        assert self._runner is not None
-        move = self._scheduler.remove(seq)
-        if move is not None:
-            self._runner.cache.move(move.src, move.dst, move.length)
+        assert self._scheduler is not None
+        self._scheduler.finish(seq)
 
     def _send(self, delivery: _Delivery) -> None:
         assert self._loop is not None

@@ -1,9 +1,9 @@
-"""A preallocated key/value cache with one fixed slot per running request.
+"""The paged key/value cache: per layer, one preallocated tensor of fixed-size blocks.
 
-Nothing is copied or re-padded per step: a decode step attends to a view of the first slots.
-To keep that view dense the scheduler keeps running requests in slots ``0..n-1`` and moves the
-last request into the hole a finished one leaves, which costs one copy per departure, not per
-step.
+Which block holds which request's positions is the block manager's business; this class only
+owns the memory. Layout ``[num_blocks * block_size, kv_heads, head_dim]``, flat over positions:
+a new token's keys are written with one indexed copy per layer, and one position's keys for every
+head form a contiguous row, which is what the attention kernel reads.
 """
 
 from __future__ import annotations
@@ -11,29 +11,27 @@ from __future__ import annotations
 import torch
 
 
-class SlotKVCache:
+class PagedKVCache:
     def __init__(
-        self,
-        *,
-        num_layers: int,
-        num_slots: int,
-        num_kv_heads: int,
-        max_len: int,
-        head_dim: int,
-        dtype: torch.dtype,
+        self, *, num_layers: int, num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype
     ) -> None:
-        # Zeros, not empty: masked-out positions still pass through the attention arithmetic,
-        # and never-written memory could hold NaN bit patterns that poison the sums.
-        shape = (num_slots, num_kv_heads, max_len, head_dim)
+        shape = (num_blocks * block_size, num_kv_heads, head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype) for _ in range(num_layers)]
         self.values = [torch.zeros(shape, dtype=dtype) for _ in range(num_layers)]
-        self.num_slots = num_slots
-        self.max_len = max_len
+        self.num_blocks = num_blocks
+        self.block_size = block_size
 
-    def move(self, src: int, dst: int, length: int) -> None:
-        """Copy a request's first ``length`` cached positions from one slot to another."""
-        for cache in (*self.keys, *self.values):
-            cache[dst, :, :length] = cache[src, :, :length]
+    @staticmethod
+    def bytes_per_block(
+        *, num_layers: int, block_size: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype
+    ) -> int:
+        return 2 * num_layers * block_size * num_kv_heads * head_dim * dtype.itemsize
+
+    def blocked(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``layer``'s keys and values viewed as ``[num_blocks, block_size, kv_heads, head_dim]``."""
+        k, v = self.keys[layer], self.values[layer]
+        shape = (self.num_blocks, self.block_size, *k.shape[1:])
+        return k.view(shape), v.view(shape)
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))

@@ -1,26 +1,20 @@
-"""Runs the transformers model over the slot KV cache: one forward pass per prefill or decode batch."""
+"""Runs the transformers model over the paged KV cache: one forward pass per engine step."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence as Seq
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
-from adapters.cpu.attention import ATTN_IMPLEMENTATION, PrefillSegment, StepLayout
-from adapters.cpu.kv_cache import SlotKVCache
+from adapters.cpu.attention import ATTN_IMPLEMENTATION, PromptSegment, StepLayout
+from adapters.cpu.kernels import paged_attention_kernel
+from adapters.cpu.kv_cache import PagedKVCache
+from adapters.cpu.scheduler import Chunk
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PrefillItem:
-    slot: int
-    start: int
-    token_ids: list[int]
 
 
 def model_context_length(model_dir: str | Path) -> int:
@@ -44,67 +38,80 @@ def eos_token_ids(model_dir: str | Path) -> frozenset[int]:
 
 class ModelRunner:
     def __init__(
-        self,
-        model_dir: str | Path,
-        *,
-        dtype: torch.dtype,
-        num_slots: int,
-        max_model_len: int,
+        self, model_dir: str | Path, *, dtype: torch.dtype, kv_cache_bytes: int, block_size: int, kernel_dir: Path
     ) -> None:
         self.model = AutoModelForCausalLM.from_pretrained(
             model_dir, dtype=dtype, attn_implementation=ATTN_IMPLEMENTATION
         )
         self.model.eval()
         config = self.model.config
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        self.cache = SlotKVCache(
-            num_layers=config.num_hidden_layers,
-            num_slots=num_slots,
-            num_kv_heads=config.num_key_value_heads,
-            max_len=max_model_len,
-            head_dim=head_dim,
-            dtype=dtype,
+        shape = {
+            "num_layers": config.num_hidden_layers,
+            "block_size": block_size,
+            "num_kv_heads": config.num_key_value_heads,
+            "head_dim": getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads,
+            "dtype": dtype,
+        }
+        num_blocks = kv_cache_bytes // PagedKVCache.bytes_per_block(**shape)
+        self.cache = PagedKVCache(num_blocks=num_blocks, **shape)
+        self.kernel = paged_attention_kernel(kernel_dir)
+        log.info(
+            "KV cache: %d blocks of %d tokens (%d tokens), %.2f GiB",
+            num_blocks,
+            block_size,
+            num_blocks * block_size,
+            self.cache.nbytes() / 2**30,
         )
-        log.info("KV cache: %d slots x %d tokens, %.2f GiB", num_slots, max_model_len, self.cache.nbytes() / 2**30)
 
     @torch.inference_mode()
-    def prefill(self, items: Seq[PrefillItem]) -> torch.Tensor:
-        """Run the new tokens of several requests as one packed row; return each one's last logits."""
-        segments: list[PrefillSegment] = []
+    def step(self, chunks: Seq[Chunk]) -> tuple[list[Chunk], torch.Tensor]:
+        """Compute every chunk in one forward pass over a packed row of tokens.
+
+        Returns the chunks that end their sequence's known tokens, in order, and the next-token
+        logits of each (one row per chunk).
+        """
+        ordered = sorted(chunks, key=lambda c: c.num_tokens > 1)  # decode tokens first
+        num_decode = sum(1 for c in ordered if c.num_tokens == 1)
+        bs = self.cache.block_size
         ids: list[int] = []
         positions: list[int] = []
+        slots: list[int] = []
+        prompts: list[PromptSegment] = []
+        sampled: list[Chunk] = []
         last: list[int] = []
-        offset = 0
-        for item in items:
-            n = len(item.token_ids)
-            segments.append(PrefillSegment(slot=item.slot, start=item.start, offset=offset, length=n))
-            ids.extend(item.token_ids)
-            positions.extend(range(item.start, item.start + n))
-            offset += n
-            last.append(offset - 1)
-        layout = StepLayout(cache=self.cache, prefill=tuple(segments))
+        for chunk in ordered:
+            seq, start, n = chunk.seq, chunk.seq.num_computed, chunk.num_tokens
+            table = seq.block_table
+            if n > 1:
+                context = None
+                if start:
+                    context = torch.tensor([table[p // bs] * bs + p % bs for p in range(start + n)])
+                prompts.append(PromptSegment(offset=len(ids), length=n, start=start, context_slots=context))
+            ids += seq.token_ids()[start : start + n]
+            positions += range(start, start + n)
+            slots += [table[p // bs] * bs + p % bs for p in range(start, start + n)]
+            if chunk.samples:
+                sampled.append(chunk)
+                last.append(len(ids) - 1)
+        decode = ordered[:num_decode]
+        width = max((len(c.seq.block_table) for c in decode), default=0)
+        layout = StepLayout(
+            cache=self.cache,
+            kernel=self.kernel,
+            slot_mapping=torch.tensor(slots),
+            num_decode=num_decode,
+            block_tables=torch.tensor(
+                [c.seq.block_table + [0] * (width - len(c.seq.block_table)) for c in decode], dtype=torch.int32
+            ).view(num_decode, width),
+            context_lens=torch.tensor([c.seq.num_computed + 1 for c in decode], dtype=torch.int32),
+            prompts=tuple(prompts),
+        )
         out = self.model(
             input_ids=torch.tensor([ids]),
             position_ids=torch.tensor([positions]),
             use_cache=False,
-            logits_to_keep=torch.tensor(last),
+            logits_to_keep=torch.tensor(last, dtype=torch.long),
             ise_layout=layout,
         )
         logits: torch.Tensor = out.logits[0]
-        return logits
-
-    @torch.inference_mode()
-    def decode(self, token_ids: Seq[int], positions: Seq[int]) -> torch.Tensor:
-        """One new token for each of the requests in slots ``0..n-1``; return their next logits."""
-        pos = torch.tensor(positions)
-        kv_len = int(pos.max()) + 1
-        mask = (torch.arange(kv_len).unsqueeze(0) <= pos.unsqueeze(1)).view(len(positions), 1, 1, kv_len)
-        layout = StepLayout(cache=self.cache, decode_positions=pos, decode_mask=mask)
-        out = self.model(
-            input_ids=torch.tensor(token_ids).unsqueeze(1),
-            position_ids=pos.unsqueeze(1),
-            use_cache=False,
-            ise_layout=layout,
-        )
-        logits: torch.Tensor = out.logits[:, -1]
-        return logits
+        return sampled, logits

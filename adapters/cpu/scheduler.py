@@ -1,42 +1,53 @@
-"""Iteration-level scheduling: which requests prefill and which decode at each engine step.
+"""Iteration-level scheduling: how many tokens of which requests each engine step computes.
 
-Kept apart from model execution so the policy can be read and tested without a model. Running
-requests occupy cache slots ``0..n-1`` in order, which is what lets a decode step attend to a
-dense view of the cache.
+Kept apart from model execution so the policy can be read and tested without a model. Every step
+has a token budget. Running requests come first, oldest first: a decoding request needs one token,
+a request still prefilling takes the next chunk of its prompt. While any request is decoding, a
+prompt chunk is capped further, so a long prompt arriving cannot stall the streams already
+running: it is prefilled a chunk per step, interleaved with their tokens. Waiting requests are
+then admitted, reusing cached prefix blocks, while the budget, the batch size and free blocks
+last. When a running request needs a block and none is free, the newest request is preempted:
+its blocks are released and it waits at the front of the queue, to be recomputed later.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from adapters.cpu.block_manager import BlockManager
 from adapters.cpu.sequence import Sequence
 
 
-@dataclass
-class StepPlan:
-    prefill: list[Sequence] = field(default_factory=list)
-    decode: list[Sequence] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(self.prefill or self.decode)
-
-
 @dataclass(frozen=True)
-class SlotMove:
-    """The cache copy a departure needs: the last running request fills the freed slot."""
+class Chunk:
+    """``num_tokens`` tokens of ``seq``, starting at its first uncomputed position."""
 
-    src: int
-    dst: int
-    length: int
+    seq: Sequence
+    num_tokens: int
+
+    @property
+    def samples(self) -> bool:
+        """Whether this chunk reaches the sequence's last token, so a new token follows it."""
+        return self.seq.num_computed + self.num_tokens == self.seq.num_tokens
 
 
 class Scheduler:
-    def __init__(self, *, max_num_seqs: int, max_num_batched_tokens: int) -> None:
+    def __init__(
+        self,
+        blocks: BlockManager,
+        *,
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+        prefill_chunk_tokens: int,
+    ) -> None:
+        self.blocks = blocks
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
+        self.prefill_chunk_tokens = prefill_chunk_tokens
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
+        self.num_preemptions = 0
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -44,40 +55,54 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
-    def schedule(self) -> StepPlan:
-        """Admit waiting requests while slots and the prefill token budget last; decode the rest.
-
-        A prompt longer than the whole budget is still admitted when it comes first, alone,
-        so no request can wait forever.
-        """
-        plan = StepPlan(decode=list(self.running))
+    def schedule(self) -> list[Chunk]:
+        chunks: list[Chunk] = []
         budget = self.max_num_batched_tokens
-        while self.waiting and len(self.running) < self.max_num_seqs:
+        decoding = any(s.num_tokens - s.num_computed == 1 for s in self.running)
+        prefill_cap = self.prefill_chunk_tokens if decoding else budget
+        preempted = False
+        index = 0
+        while index < len(self.running) and budget > 0:
+            seq = self.running[index]
+            remaining = seq.num_tokens - seq.num_computed
+            n = min(remaining, budget) if remaining == 1 else min(remaining, budget, prefill_cap)
+            if self.blocks.allocate(seq, n):
+                chunks.append(Chunk(seq, n))
+                budget -= n
+                index += 1
+                continue
+            preempted = True
+            victim = self.running.pop()
+            self._preempt(victim)
+            if victim is seq:
+                break
+        while not preempted and self.waiting and len(self.running) < self.max_num_seqs and budget > 0:
             seq = self.waiting[0]
-            need = seq.num_tokens - seq.num_cached
-            if need > budget and plan.prefill:
+            cached = self.blocks.lookup(seq)
+            remaining = seq.num_tokens - len(cached) * self.blocks.block_size
+            n = min(remaining, budget, prefill_cap)
+            if not self.blocks.allocate(seq, n, cached):
+                if not self.running:
+                    raise RuntimeError(f"request {seq.request_id} cannot fit in an empty KV cache")
                 break
             self.waiting.popleft()
-            seq.slot = len(self.running)
             self.running.append(seq)
-            plan.prefill.append(seq)
-            budget -= need
-        return plan
+            chunks.append(Chunk(seq, n))
+            budget -= n
+        return chunks
 
-    def remove(self, seq: Sequence) -> SlotMove | None:
-        """Take a request out of the queues; return the cache move that keeps slots dense."""
+    def _preempt(self, seq: Sequence) -> None:
+        self.blocks.free(seq)
+        self.waiting.appendleft(seq)
+        self.num_preemptions += 1
+
+    def finish(self, seq: Sequence) -> None:
+        """Take a request out of the queues and release its blocks."""
         if seq in self.waiting:
             self.waiting.remove(seq)
-            return None
-        if seq.slot < 0 or seq.slot >= len(self.running) or self.running[seq.slot] is not seq:
-            return None
-        hole, last = seq.slot, self.running.pop()
-        seq.slot = -1
-        if last is seq:
-            return None
-        self.running[hole] = last
-        last.slot = hole
-        return SlotMove(src=len(self.running), dst=hole, length=last.num_cached)
+        elif seq in self.running:
+            self.running.remove(seq)
+            self.blocks.free(seq)
 
     def find(self, request_id: str) -> Sequence | None:
         for seq in (*self.running, *self.waiting):

@@ -1,4 +1,4 @@
-"""A request's state inside the CPU engine, shared by the scheduler, the sampler and the runner."""
+"""A request's state inside the CPU engine, shared by the scheduler, the block manager and the runner."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from adapters.engine import EngineRequest, FinishReason
 class Sequence:
     request: EngineRequest
     output_ids: list[int] = field(default_factory=list)
-    slot: int = -1
-    num_cached: int = 0  # tokens whose keys and values are in the cache
+    num_computed: int = 0  # tokens whose keys and values are in the cache
+    block_table: list[int] = field(default_factory=list)  # cache blocks holding its tokens, in order
+    chain_ids: list[int] = field(default_factory=list)  # prefix-cache identity of its full blocks
     finish_reason: FinishReason | None = None
     output_counts: Counter[int] = field(default_factory=Counter)
     generator: torch.Generator = field(init=False)
