@@ -22,6 +22,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from adapters.builtin_model import ensure_builtin_model
 from adapters.cpu.numerics import resolve_dtype
 from benchmarks.clients import Client, HttpClient
+from benchmarks.interference import measure, save, table
 from benchmarks.loadgen import LoadShape, run_load, warm_up
 from benchmarks.metrics import SLO, summarize
 from benchmarks.report import Run, machine, markdown_table, plots, write_json
@@ -58,6 +59,15 @@ def parse(argv: list[str]) -> argparse.Namespace:
     run.add_argument("--base-url", required=True, help="e.g. http://127.0.0.1:8000/v1")
     run.add_argument("--model", required=True, help="model name the endpoint serves")
     _workload_args(run)
+    interfere = sub.add_parser("interference", help="ITL of running streams while a long prompt arrives")
+    interfere.add_argument("--base-url", required=True, help="e.g. http://127.0.0.1:8000/v1")
+    interfere.add_argument("--model", required=True, help="model name the endpoint serves")
+    interfere.add_argument("--model-dir", type=Path, help="model directory for tokenizing prompts (default: built-in)")
+    interfere.add_argument("--streams", type=int, default=8, help="streams decoding when the long prompt arrives")
+    interfere.add_argument("--prompt-len", type=int, default=1500, help="tokens in the long prompt")
+    interfere.add_argument("--stream-output", type=int, default=256, help="output tokens of each stream")
+    interfere.add_argument("--seed", type=int, default=0)
+    interfere.add_argument("--out", type=Path, default=DEFAULT_OUT)
     compare = sub.add_parser("compare", help="start each target in turn and compare them")
     compare.add_argument("--targets", nargs="+", default=DEFAULT_TARGETS, choices=list(TARGETS))
     compare.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
@@ -124,6 +134,25 @@ async def run_one(args: argparse.Namespace) -> None:
     finally:
         await client.aclose()
     _write(args, runs, {"notes": []})
+
+
+async def interference(args: argparse.Namespace) -> None:
+    _, tokenizer = _tokenizer(args)
+    client = HttpClient(args.base_url, args.model)
+    try:
+        result = await measure(
+            client,
+            tokenizer,
+            streams=args.streams,
+            prompt_len=args.prompt_len,
+            stream_output=args.stream_output,
+            seed=args.seed,
+        )
+    finally:
+        await client.aclose()
+    save(result, args.out)
+    print(table(result))
+    print(f"Wrote {args.out}/interference.json and interference.png")
 
 
 async def compare(args: argparse.Namespace) -> None:
@@ -237,7 +266,11 @@ each), and token counts come from each server's usage report (tiktoken's cl100k_
 server that reports none). Load levels are closed-loop: N requests in flight at once.
 """
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {"run": run_one, "compare": compare}
+COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
+    "run": run_one,
+    "compare": compare,
+    "interference": interference,
+}
 
 
 def main(argv: list[str]) -> None:

@@ -12,6 +12,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 from adapters.cpu.attention import ATTN_IMPLEMENTATION, PromptSegment, StepLayout
 from adapters.cpu.kernels import paged_attention_kernel
 from adapters.cpu.kv_cache import PagedKVCache
+from adapters.cpu.packed_linear import can_pack, pack_linears
 from adapters.cpu.scheduler import Chunk
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ class ModelRunner:
             model_dir, dtype=dtype, attn_implementation=ATTN_IMPLEMENTATION
         )
         self.model.eval()
+        if can_pack(dtype):
+            log.info("Packed %d linear layers for oneDNN", pack_linears(self.model, batch_hint=32))
         config = self.model.config
         shape = {
             "num_layers": config.num_hidden_layers,

@@ -1,0 +1,119 @@
+"""What a long prompt does to streams already running: their inter-token latency while it is prefilled.
+
+``N`` streams decode; once they are all going, one request with a long prompt arrives. A server
+that prefills that prompt in one piece stalls every stream for the whole prefill; one that takes
+it in chunks between decode steps keeps their pace. Reported: the streams' median and p99 ITL,
+the worst gap while the long prompt was being prefilled, and the long request's TTFT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+from transformers import PreTrainedTokenizerBase
+
+from benchmarks.clients import HttpClient
+from benchmarks.metrics import RequestRecord
+from benchmarks.workloads import RequestSpec, random_workload
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+
+@dataclass(frozen=True)
+class InterferenceResult:
+    itl_p50_ms: float
+    itl_p99_ms: float
+    worst_gap_during_prefill_ms: float
+    long_prompt_ttft_s: float
+    long_prompt_tokens: int
+    streams: int
+    gaps: list[tuple[float, float]]  # (when a gap ended, its length), seconds
+    prefill_window: tuple[float, float]  # the long prompt sent, its first token
+
+    @property
+    def p99_over_median(self) -> float:
+        return self.itl_p99_ms / self.itl_p50_ms
+
+
+async def measure(
+    client: HttpClient,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    streams: int,
+    prompt_len: int,
+    stream_output: int,
+    seed: int,
+) -> InterferenceResult:
+    stream_specs = random_workload(tokenizer, count=streams, input_len=64, output_len=stream_output, seed=seed)
+    [long_spec] = random_workload(tokenizer, count=1, input_len=prompt_len, output_len=8, seed=seed + 1)
+    clock = time.perf_counter()
+
+    async def timed(spec: RequestSpec) -> RequestRecord:
+        sent = time.perf_counter()
+        record = await client.send(spec)
+        record.start = sent - clock
+        return record
+
+    running = [asyncio.create_task(timed(spec)) for spec in stream_specs]
+    await asyncio.sleep(1.5)  # every stream admitted and decoding
+    long_record = await timed(long_spec)
+    records = await asyncio.gather(*running)
+    failed = [r.error for r in [*records, long_record] if not r.ok]
+    if failed:
+        raise RuntimeError(f"requests failed: {failed[:3]}")
+    assert long_record.ttft is not None
+    window = (long_record.start, long_record.start + long_record.ttft)
+    gaps = [(r.start + b, b - a) for r in records for a, b in zip(r.chunk_times, r.chunk_times[1:], strict=False)]
+    itls = np.array([g for _, g in gaps])
+    during = [g for end, g in gaps if window[0] < end <= window[1] + 0.5]
+    result = InterferenceResult(
+        itl_p50_ms=float(np.percentile(itls, 50) * 1e3),
+        itl_p99_ms=float(np.percentile(itls, 99) * 1e3),
+        worst_gap_during_prefill_ms=max(during, default=0.0) * 1e3,
+        long_prompt_ttft_s=long_record.ttft,
+        long_prompt_tokens=long_record.prompt_tokens,
+        streams=streams,
+        gaps=gaps,
+        prefill_window=window,
+    )
+    return result
+
+
+def save(result: InterferenceResult, out: Path) -> None:
+    """Write the result as JSON and plot every gap over time, the prefill window shaded."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "interference.json").write_text(json.dumps(result.__dict__, indent=1))
+    _plot(result.gaps, result.prefill_window, out / "interference.png")
+
+
+def _plot(gaps: list[tuple[float, float]], window: tuple[float, float], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.axvspan(*window, color="orange", alpha=0.25, label="long prompt: sent to first token")
+    ax.scatter([t for t, _ in gaps], [g * 1e3 for _, g in gaps], s=4)
+    ax.set_xlabel("time since the first stream started (s)")
+    ax.set_ylabel("inter-token gap of the running streams (ms)")
+    ax.set_yscale("log")
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def table(result: InterferenceResult) -> str:
+    return "\n".join(
+        [
+            "| streams | long prompt tokens | ITL p50 ms | ITL p99 ms | p99 / p50 | worst gap while prefilling ms "
+            "| long prompt TTFT s |",
+            "|---|---|---|---|---|---|---|",
+            f"| {result.streams} | {result.long_prompt_tokens} | {result.itl_p50_ms:.1f} | {result.itl_p99_ms:.1f} "
+            f"| {result.p99_over_median:.2f} | {result.worst_gap_during_prefill_ms:.0f} "
+            f"| {result.long_prompt_ttft_s:.2f} |",
+        ]
+    )
