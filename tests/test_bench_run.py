@@ -10,6 +10,7 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from benchmarks.clients import HttpClient
+from benchmarks.interference import measure, save
 from benchmarks.loadgen import LoadShape, run_load
 from benchmarks.workloads import random_workload, shared_prefix_workload
 from tests.conftest import ServerHandle
@@ -54,3 +55,20 @@ def test_bench_run_command_writes_results(server: ServerHandle, tmp_path: Path) 
     assert table.count("\n") == 4 and "output tok/s" in table
     for plot in ("throughput.png", "ttft.png", "itl.png"):
         assert (out / plot).read_bytes()[:4] == b"\x89PNG"
+
+
+async def test_interference_measures_the_streams_around_a_long_prompt(server: ServerHandle, tmp_path: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(server.model_dir)
+    client = HttpClient(server.base_url, server.model)
+    try:
+        result = await measure(client, tokenizer, streams=2, prompt_len=300, stream_output=40, seed=5)
+    finally:
+        await client.aclose()
+    save(result, tmp_path)
+    assert result.streams == 2 and result.long_prompt_tokens >= 300
+    assert len(result.gaps) == 2 * 39, "every stream's every gap between its 40 tokens"
+    start, first_token = result.prefill_window
+    assert 0 < start < first_token and result.long_prompt_ttft_s > 0
+    assert 0 < result.itl_p50_ms <= result.itl_p99_ms
+    assert (tmp_path / "interference.png").stat().st_size > 0
+    assert json.loads((tmp_path / "interference.json").read_text())["streams"] == 2
