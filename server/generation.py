@@ -153,7 +153,7 @@ class Generation:
         text = self.tokenization.text_stream(stop)
         request = EngineRequest(request_id=new_id("req"), prompt_token_ids=prompt, params=params)
         # Leaving this block early (stop string, client gone) closes the engine's stream, which
-        # aborts the request and frees its slot.
+        # aborts the request and frees its KV cache blocks.
         async with aclosing(self.engine.generate(request)) as outputs:
             async for out in outputs:
                 delta = text.push(out.new_token_ids)
