@@ -53,6 +53,7 @@ class StepLayout:
     slot_mapping: torch.Tensor  # [T] cache slot each new token's keys and values go to
     num_decode: int
     block_tables: torch.Tensor  # [num_decode, max_blocks] int32
+    decode_rows: torch.Tensor  # [num_decode] int32: the row of block_tables each decode token reads
     context_lens: torch.Tensor  # [num_decode] int32: positions each decode token sees, itself included
     prompts: tuple[PromptSegment, ...]
 
@@ -87,7 +88,7 @@ def paged_attention(
             blocks_k,
             blocks_v,
             layout.block_tables,
-            torch.arange(layout.num_decode, dtype=torch.int32),
+            layout.decode_rows,
             layout.context_lens,
             scale,
         )

@@ -36,10 +36,6 @@ class PrefixCacheStats:
     queried_tokens: int = 0
     hit_tokens: int = 0
 
-    @property
-    def hit_rate(self) -> float:
-        return self.hit_tokens / self.queried_tokens if self.queried_tokens else 0.0
-
 
 class BlockManager:
     def __init__(self, num_blocks: int, block_size: int, *, prefix_caching: bool = True) -> None:
@@ -117,10 +113,10 @@ class BlockManager:
 
     def register_full_blocks(self, seq: Sequence) -> None:
         """Make the sequence's newly completed blocks findable by later requests."""
-        if not self.prefix_caching:
+        full = seq.num_computed // self.block_size
+        if not self.prefix_caching or full == len(seq.chain_ids):
             return
         tokens = seq.token_ids()
-        full = seq.num_computed // self.block_size
         for index in range(len(seq.chain_ids), full):
             parent = seq.chain_ids[-1] if seq.chain_ids else ROOT
             start = index * self.block_size

@@ -85,14 +85,15 @@ class ModelRunner:
         for chunk in ordered:
             seq, start, n = chunk.seq, chunk.seq.num_computed, chunk.num_tokens
             table = seq.block_table
+            # A later prompt chunk attends to its whole context, so map every position's slot.
+            first = 0 if n > 1 and start else start
+            chunk_slots = [table[p // bs] * bs + p % bs for p in range(first, start + n)]
             if n > 1:
-                context = None
-                if start:
-                    context = torch.tensor([table[p // bs] * bs + p % bs for p in range(start + n)])
+                context = torch.tensor(chunk_slots) if start else None
                 prompts.append(PromptSegment(offset=len(ids), length=n, start=start, context_slots=context))
             ids += seq.token_ids()[start : start + n]
             positions += range(start, start + n)
-            slots += [table[p // bs] * bs + p % bs for p in range(start, start + n)]
+            slots += chunk_slots[start - first :]
             if chunk.samples:
                 sampled.append(chunk)
                 last.append(len(ids) - 1)
@@ -106,6 +107,7 @@ class ModelRunner:
             block_tables=torch.tensor(
                 [c.seq.block_table + [0] * (width - len(c.seq.block_table)) for c in decode], dtype=torch.int32
             ).view(num_decode, width),
+            decode_rows=torch.arange(num_decode, dtype=torch.int32),
             context_lens=torch.tensor([c.seq.num_computed + 1 for c in decode], dtype=torch.int32),
             prompts=tuple(prompts),
         )
