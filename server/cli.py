@@ -58,6 +58,7 @@ def build_state(settings: Settings) -> ServerState:
             block_size=settings.block_size,
             prefill_chunk_tokens=settings.prefill_chunk_tokens,
             prefix_caching=settings.prefix_caching,
+            model_impl=settings.model_impl,
         )
     )
     return ServerState(

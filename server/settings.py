@@ -62,6 +62,11 @@ class Settings(BaseSettings):
     prefix_caching: bool = Field(
         True, description="Reuse the KV cache of prompt prefixes earlier requests computed (--no-prefix-caching)"
     )
+    model_impl: Literal["auto", "ise", "transformers"] = Field(
+        "auto",
+        description="Model code: ise's fused forward for Llama-family models (llama, mistral, qwen2), "
+        "transformers' for any causal LM; auto takes ise's where it covers the model",
+    )
     threads: int | None = Field(None, gt=0, description="Torch threads; defaults to the usable cores")
     cache_dir: Path = Field(default_factory=default_cache_dir, description="Where the built-in model is prepared")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Server log level")

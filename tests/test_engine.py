@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from dataclasses import replace
 
 import pytest
 import torch
+from transformers import AutoConfig, LlamaConfig
 
 from adapters.cpu.engine import CPUEngine, CPUEngineConfig
+from adapters.cpu.llama import unsupported_reason
 from adapters.engine import EngineRequest, SamplingParams
 from server.settings import Settings
 from server.text import Tokenization
@@ -112,3 +115,30 @@ async def test_burst_larger_than_the_cache_drains(engine: CPUEngine, tokenizatio
     assert [len(o) for o in outputs] == [60] * 16
     stats = engine.stats()
     assert stats.waiting == 0 and stats.running == 0 and stats.kv_blocks_used == 0
+
+
+async def test_ise_forward_computes_what_transformers_computes(engine: CPUEngine, tokenization: Tokenization) -> None:
+    """The fused Llama-family forward (the default for the built-in model) against transformers'
+    own modules on the same cache and kernels: same greedy tokens, through chunked prefill (the
+    long prompt arrives in 32-token chunks while the others decode) and batching."""
+    prompts = [
+        _prompt(tokenization, "Explain what a compiler does, step by step. " * 4),
+        _prompt(tokenization, "Name three rivers."),
+        _prompt(tokenization, "Write a haiku about the sea."),
+    ]
+    reference = CPUEngine(replace(engine.config, model_impl="transformers"))
+    await reference.start()
+    try:
+        expected = await asyncio.gather(*[_generate(reference, f"hf{i}", p, 40) for i, p in enumerate(prompts)])
+    finally:
+        await reference.shutdown()
+    assert engine.config.model_impl == "auto"
+    got = await asyncio.gather(*[_generate(engine, f"ise{i}", p, 40) for i, p in enumerate(prompts)])
+    assert got == expected
+
+
+def test_ise_forward_refuses_models_it_would_compute_differently() -> None:
+    assert unsupported_reason(LlamaConfig()) is None
+    assert "gpt2" in (unsupported_reason(AutoConfig.for_model("gpt2")) or "")
+    assert "gelu" in (unsupported_reason(LlamaConfig(hidden_act="gelu")) or "")
+    assert "sliding" in (unsupported_reason(AutoConfig.for_model("mistral", sliding_window=512)) or "")

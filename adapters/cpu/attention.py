@@ -1,34 +1,28 @@
-"""Attention over the paged KV cache, plugged into transformers' attention interface.
+"""Attention over the paged KV cache, for a step that packs every scheduled token into one row.
 
-Registering our own attention function lets ise run any transformers model that dispatches
-through ``ALL_ATTENTION_FUNCTIONS`` (Llama, Qwen, Mistral and most others) while owning the KV
-cache and the batch layout: transformers computes projections, rotary embeddings and MLPs, we
-decide where keys and values live and which of them each query sees.
+Single-token segments (decode) come first and go through the paged kernel together, reading the
+cache in place; longer segments (prompt chunks) go through torch's SDPA, which computes many
+queries per key far faster: a chunk that starts a prompt attends to its own keys as computed, a
+later chunk to its context gathered from the cache.
 
-A step packs every scheduled token of every request into one row. Single-token segments (decode)
-go through the paged kernel together, reading the cache in place; longer segments (prompt chunks)
-go through torch's SDPA, which computes many queries per key far faster: a chunk that starts a
-prompt attends to its own keys as computed, a later chunk to its context gathered from the cache.
+The same function also plugs into transformers' attention interface, so models that ise's own
+Llama-family forward does not cover still run on the paged cache: transformers computes their
+projections, rotary embeddings and MLPs, ise decides where keys and values live and which of them
+each query sees.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 
+from adapters.cpu.kernels import CPUKernels
 from adapters.cpu.kv_cache import PagedKVCache
 
 ATTN_IMPLEMENTATION = "ise_paged"
-
-# q [T, H, D], k and v blocks [N, B, KVH, D], block tables [S, M], seq index [T], context length
-# [T], scale -> [T, H, D]; see paged_attention.cpp.
-PagedKernel = Callable[
-    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor
-]
 
 
 @dataclass(frozen=True)
@@ -49,8 +43,8 @@ class StepLayout:
     """
 
     cache: PagedKVCache
-    kernel: PagedKernel
-    slot_mapping: torch.Tensor  # [T] cache slot each new token's keys and values go to
+    kernels: CPUKernels
+    slot_mapping: torch.Tensor  # [T] int64: cache slot each new token's keys and values go to
     num_decode: int
     block_tables: torch.Tensor  # [num_decode, max_blocks] int32
     decode_rows: torch.Tensor  # [num_decode] int32: the row of block_tables each decode token reads
@@ -58,7 +52,49 @@ class StepLayout:
     prompts: tuple[PromptSegment, ...]
 
 
-def paged_attention(
+def attend(
+    layout: StepLayout, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """Attention of the step's queries ``q`` [T, H, D]; the new keys and values ``k``, ``v``
+    [T, KVH, D] are already in the cache. Returns [T, H * D]."""
+    tokens, heads, head_dim = q.shape
+    cache_k, cache_v = layout.cache.keys[layer], layout.cache.values[layer]
+    out = q.new_empty(tokens, heads * head_dim)
+    if layout.num_decode:
+        layout.kernels.paged_attention(
+            out[: layout.num_decode],
+            q[: layout.num_decode],
+            cache_k,
+            cache_v,
+            layout.block_tables,
+            layout.decode_rows,
+            layout.context_lens,
+            layout.cache.block_size,
+            scale,
+        )
+    for seg in layout.prompts:
+        span = slice(seg.offset, seg.offset + seg.length)
+        if seg.context_slots is None:
+            ctx_k, ctx_v, mask, causal = k[span], v[span], None, True
+        else:
+            ctx_k, ctx_v = cache_k.index_select(0, seg.context_slots), cache_v.index_select(0, seg.context_slots)
+            # Query i sits at position start + i and sees positions 0..start + i.
+            visible = torch.arange(seg.start + seg.length).unsqueeze(0)
+            mask, causal = visible <= torch.arange(seg.start, seg.start + seg.length).unsqueeze(1), False
+        attended = F.scaled_dot_product_attention(
+            q[span].transpose(0, 1),
+            ctx_k.transpose(0, 1),
+            ctx_v.transpose(0, 1),
+            attn_mask=mask,
+            is_causal=causal,
+            scale=scale,
+            enable_gqa=True,
+        )
+        out[span] = attended.transpose(0, 1).reshape(seg.length, heads * head_dim)
+    return out
+
+
+def transformers_attention(
     module: torch.nn.Module,
     query: torch.Tensor,
     key: torch.Tensor,
@@ -70,43 +106,16 @@ def paged_attention(
     ise_layout: StepLayout,
     **_: object,
 ) -> tuple[torch.Tensor, None]:
-    layout = ise_layout
+    """transformers' attention interface over ``attend``: query [1, H, T, D], key and value
+    [1, KVH, T, D] in, [1, T, H, D] out."""
     layer: int = module.layer_idx  # type: ignore[assignment]
+    q = query[0].transpose(0, 1).contiguous()
+    k, v = key[0].transpose(0, 1), value[0].transpose(0, 1)
+    ise_layout.cache.keys[layer].index_copy_(0, ise_layout.slot_mapping, k)
+    ise_layout.cache.values[layer].index_copy_(0, ise_layout.slot_mapping, v)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    cache_k, cache_v = layout.cache.keys[layer], layout.cache.values[layer]
-    # query [1, H, T, D], key and value [1, KVH, T, D]: the packed row, as transformers gives it.
-    q = query[0].transpose(0, 1)
-    k = key[0].transpose(0, 1)
-    v = value[0].transpose(0, 1)
-    cache_k.index_copy_(0, layout.slot_mapping, k)
-    cache_v.index_copy_(0, layout.slot_mapping, v)
-    out = torch.empty_like(q)
-    if layout.num_decode:
-        blocks_k, blocks_v = layout.cache.blocked(layer)
-        out[: layout.num_decode] = layout.kernel(
-            q[: layout.num_decode].contiguous(),
-            blocks_k,
-            blocks_v,
-            layout.block_tables,
-            layout.decode_rows,
-            layout.context_lens,
-            scale,
-        )
-    for seg in layout.prompts:
-        span = slice(seg.offset, seg.offset + seg.length)
-        if seg.context_slots is None:
-            ctx_k, ctx_v, mask, causal = key[:, :, span], value[:, :, span], None, True
-        else:
-            ctx_k = cache_k.index_select(0, seg.context_slots).transpose(0, 1).unsqueeze(0)
-            ctx_v = cache_v.index_select(0, seg.context_slots).transpose(0, 1).unsqueeze(0)
-            # Query i sits at position start + i and sees positions 0..start + i.
-            visible = torch.arange(seg.start + seg.length).unsqueeze(0)
-            mask, causal = visible <= torch.arange(seg.start, seg.start + seg.length).unsqueeze(1), False
-        attended = F.scaled_dot_product_attention(
-            query[:, :, span], ctx_k, ctx_v, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=True
-        )
-        out[span] = attended[0].transpose(0, 1)
-    return out.unsqueeze(0), None
+    out = attend(ise_layout, layer, q, k, v, scale)
+    return out.view(q.shape).unsqueeze(0), None
 
 
-AttentionInterface.register(ATTN_IMPLEMENTATION, paged_attention)
+AttentionInterface.register(ATTN_IMPLEMENTATION, transformers_attention)

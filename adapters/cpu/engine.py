@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from adapters.cpu.block_manager import BlockManager
-from adapters.cpu.model_runner import ModelRunner, eos_token_ids
+from adapters.cpu.model_runner import ModelImpl, ModelRunner, eos_token_ids
 from adapters.cpu.sampler import Sampler
 from adapters.cpu.scheduler import Scheduler
 from adapters.cpu.sequence import Sequence
@@ -37,10 +37,11 @@ class CPUEngineConfig:
     max_num_batched_tokens: int
     threads: int
     kv_cache_bytes: int
-    kernel_dir: Path  # where the attention kernel is built and cached
+    kernel_dir: Path  # where ise's CPU kernels are built and cached
     block_size: int = 16
     prefill_chunk_tokens: int = 64
     prefix_caching: bool = True
+    model_impl: ModelImpl = "auto"
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,7 @@ class CPUEngine:
             kv_cache_bytes=config.kv_cache_bytes,
             block_size=config.block_size,
             kernel_dir=config.kernel_dir,
+            model_impl=config.model_impl,
         )
         capacity = runner.cache.num_blocks * config.block_size
         if capacity < config.max_model_len:

@@ -27,11 +27,5 @@ class PagedKVCache:
     ) -> int:
         return 2 * num_layers * block_size * num_kv_heads * head_dim * dtype.itemsize
 
-    def blocked(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Layer ``layer``'s keys and values viewed as ``[num_blocks, block_size, kv_heads, head_dim]``."""
-        k, v = self.keys[layer], self.values[layer]
-        shape = (self.num_blocks, self.block_size, *k.shape[1:])
-        return k.view(shape), v.view(shape)
-
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))

@@ -1,19 +1,23 @@
-"""Runs the transformers model over the paged KV cache: one forward pass per engine step."""
+"""Runs the model over the paged KV cache: one forward pass per engine step."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence as Seq
 from pathlib import Path
+from typing import Literal, Protocol
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedModel
 
 from adapters.cpu.attention import ATTN_IMPLEMENTATION, PromptSegment, StepLayout
-from adapters.cpu.kernels import paged_attention_kernel
+from adapters.cpu.kernels import CPUKernels, cpu_kernels
 from adapters.cpu.kv_cache import PagedKVCache
+from adapters.cpu.llama import BATCH_HINT, LlamaForward, unsupported_reason
 from adapters.cpu.packed_linear import can_pack, pack_linears
 from adapters.cpu.scheduler import Chunk
+
+ModelImpl = Literal["auto", "ise", "transformers"]
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +41,61 @@ def eos_token_ids(model_dir: str | Path) -> frozenset[int]:
     return frozenset(ids)
 
 
+class Forward(Protocol):
+    def __call__(
+        self, ids: torch.Tensor, positions: torch.Tensor, layout: StepLayout, keep: torch.Tensor
+    ) -> torch.Tensor: ...
+
+
+class TransformersForward:
+    """Any transformers causal LM, its attention routed to ise's paged cache."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        self.model = model
+        if can_pack(model.dtype):
+            log.info("Packed %d linear layers for oneDNN", pack_linears(model, batch_hint=BATCH_HINT))
+
+    def __call__(
+        self, ids: torch.Tensor, positions: torch.Tensor, layout: StepLayout, keep: torch.Tensor
+    ) -> torch.Tensor:
+        out = self.model(
+            input_ids=ids.unsqueeze(0),
+            position_ids=positions.unsqueeze(0),
+            use_cache=False,
+            logits_to_keep=keep,
+            ise_layout=layout,
+        )
+        logits: torch.Tensor = out.logits[0]
+        return logits
+
+
+def _forward(model: PreTrainedModel, impl: ModelImpl, kernels: CPUKernels) -> Forward:
+    reason = unsupported_reason(model.config)
+    if impl == "ise" and reason:
+        raise ValueError(f"--model-impl ise cannot run this model: {reason}; use auto or transformers")
+    if impl == "transformers" or reason:
+        log.info("Running the model through transformers%s", f" ({reason})" if reason else "")
+        return TransformersForward(model)
+    log.info("Running the model on ise's Llama-family forward")
+    return LlamaForward(model, kernels)
+
+
 class ModelRunner:
     def __init__(
-        self, model_dir: str | Path, *, dtype: torch.dtype, kv_cache_bytes: int, block_size: int, kernel_dir: Path
+        self,
+        model_dir: str | Path,
+        *,
+        dtype: torch.dtype,
+        kv_cache_bytes: int,
+        block_size: int,
+        kernel_dir: Path,
+        model_impl: ModelImpl = "auto",
     ) -> None:
-        self.model = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=dtype, attn_implementation=ATTN_IMPLEMENTATION
-        )
-        self.model.eval()
-        if can_pack(dtype):
-            log.info("Packed %d linear layers for oneDNN", pack_linears(self.model, batch_hint=32))
-        config = self.model.config
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=ATTN_IMPLEMENTATION)
+        model.eval()
+        self.kernels = cpu_kernels(kernel_dir)
+        self.forward = _forward(model, model_impl, self.kernels)
+        config = model.config
         shape = {
             "num_layers": config.num_hidden_layers,
             "block_size": block_size,
@@ -57,7 +105,6 @@ class ModelRunner:
         }
         num_blocks = kv_cache_bytes // PagedKVCache.bytes_per_block(**shape)
         self.cache = PagedKVCache(num_blocks=num_blocks, **shape)
-        self.kernel = paged_attention_kernel(kernel_dir)
         log.info(
             "KV cache: %d blocks of %d tokens (%d tokens), %.2f GiB",
             num_blocks,
@@ -101,8 +148,8 @@ class ModelRunner:
         width = max((len(c.seq.block_table) for c in decode), default=0)
         layout = StepLayout(
             cache=self.cache,
-            kernel=self.kernel,
-            slot_mapping=torch.tensor(slots),
+            kernels=self.kernels,
+            slot_mapping=torch.tensor(slots, dtype=torch.int64),
             num_decode=num_decode,
             block_tables=torch.tensor(
                 [c.seq.block_table + [0] * (width - len(c.seq.block_table)) for c in decode], dtype=torch.int32
@@ -111,12 +158,5 @@ class ModelRunner:
             context_lens=torch.tensor([c.seq.num_computed + 1 for c in decode], dtype=torch.int32),
             prompts=tuple(prompts),
         )
-        out = self.model(
-            input_ids=torch.tensor([ids]),
-            position_ids=torch.tensor([positions]),
-            use_cache=False,
-            logits_to_keep=torch.tensor(last, dtype=torch.long),
-            ise_layout=layout,
-        )
-        logits: torch.Tensor = out.logits[0]
+        logits = self.forward(torch.tensor(ids), torch.tensor(positions), layout, torch.tensor(last, dtype=torch.long))
         return sampled, logits

@@ -1,0 +1,114 @@
+"""ise's own forward pass for Llama-family decoders (Llama, Mistral, Qwen2), on ise's kernels.
+
+transformers' modules spend a decode step of a small model mostly outside the matrix
+multiplications: each layer is some sixty small torch ops (separate q, k and v projections,
+rotary embedding and RMSNorm built from elementwise ops, a cache write per tensor), each paying
+dispatch and an OpenMP wake-up. This forward fuses the q, k and v weights into one matrix and the
+gate and up weights into another, and runs the elementwise work in three fused kernels, which
+leaves nine calls per layer. The weights and the rotary embedding are taken from the loaded
+transformers model, so it computes what transformers computes; models it does not cover run
+through transformers with ise's attention plugged in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
+
+from adapters.cpu.attention import StepLayout, attend
+from adapters.cpu.kernels import CPUKernels
+from adapters.cpu.packed_linear import fast_linear
+
+FAMILY = frozenset({"llama", "mistral", "qwen2"})
+# Decode steps are the common case; oneDNN tunes a packed weight's layout to a typical row count.
+BATCH_HINT = 32
+
+
+def unsupported_reason(config: PretrainedConfig) -> str | None:
+    """Why this forward cannot run the model exactly as transformers would, or None when it can."""
+    if config.model_type not in FAMILY:
+        return f"model type {config.model_type!r} is not one of {', '.join(sorted(FAMILY))}"
+    if getattr(config, "hidden_act", "silu") != "silu":
+        return f"activation {config.hidden_act!r} is not silu"
+    if getattr(config, "sliding_window", None) is not None and getattr(config, "use_sliding_window", True):
+        return "sliding-window attention"
+    if getattr(config, "partial_rotary_factor", 1.0) != 1.0:
+        return "partial rotary embedding"
+    return None
+
+
+@dataclass
+class _Layer:
+    input_norm: torch.Tensor
+    qkv: nn.Module
+    o: nn.Module
+    post_norm: torch.Tensor
+    gate_up: nn.Module
+    down: nn.Module
+
+
+def _fuse(*linears: nn.Linear) -> nn.Module:
+    """One layer computing all of ``linears``' outputs side by side."""
+    bias = None
+    if any(lin.bias is not None for lin in linears):
+        bias = torch.cat([lin.weight.new_zeros(lin.out_features) if lin.bias is None else lin.bias for lin in linears])
+    return fast_linear(torch.cat([lin.weight for lin in linears]), bias, BATCH_HINT)
+
+
+class LlamaForward:
+    def __init__(self, model: PreTrainedModel, kernels: CPUKernels) -> None:
+        config = model.config
+        self.kernels = kernels
+        self.heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.scale = self.head_dim**-0.5
+        self.eps = float(config.rms_norm_eps)
+        decoder = model.model
+        self.embed = decoder.embed_tokens.weight.detach()
+        self.rotary = decoder.rotary_emb
+        self.norm = decoder.norm.weight.detach()
+        lm_head = model.lm_head
+        self.lm_head = fast_linear(lm_head.weight, lm_head.bias, BATCH_HINT)
+        self.layers = [
+            _Layer(
+                input_norm=layer.input_layernorm.weight.detach(),
+                qkv=_fuse(layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj),
+                o=fast_linear(layer.self_attn.o_proj.weight, layer.self_attn.o_proj.bias, BATCH_HINT),
+                post_norm=layer.post_attention_layernorm.weight.detach(),
+                gate_up=_fuse(layer.mlp.gate_proj, layer.mlp.up_proj),
+                down=fast_linear(layer.mlp.down_proj.weight, layer.mlp.down_proj.bias, BATCH_HINT),
+            )
+            for layer in decoder.layers
+        ]
+
+    def __call__(
+        self, ids: torch.Tensor, positions: torch.Tensor, layout: StepLayout, keep: torch.Tensor
+    ) -> torch.Tensor:
+        """Next-token logits [len(keep), vocab] of the packed rows ``keep``."""
+        kernels, cache = self.kernels, layout.cache
+        heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
+        tokens = ids.shape[0]
+        residual = F.embedding(ids, self.embed)
+        cos, sin = self.rotary(residual, positions.unsqueeze(0))
+        cos, sin = cos[0].float().contiguous(), sin[0].float().contiguous()
+        hidden = kernels.rms_norm(residual, None, self.layers[0].input_norm, self.eps)
+        for index, layer in enumerate(self.layers):
+            qkv = layer.qkv(hidden)
+            kernels.rotary_cache_write(
+                qkv, cos, sin, heads, cache.keys[index], cache.values[index], layout.slot_mapping
+            )
+            q = qkv[:, : heads * dim].view(tokens, heads, dim)
+            k = qkv[:, heads * dim : (heads + kv_heads) * dim].view(tokens, kv_heads, dim)
+            v = qkv[:, (heads + kv_heads) * dim :].view(tokens, kv_heads, dim)
+            attended = attend(layout, index, q, k, v, self.scale)
+            hidden = kernels.rms_norm(layer.o(attended), residual, layer.post_norm, self.eps)
+            mlp = layer.down(kernels.silu_mul(layer.gate_up(hidden)))
+            following = self.layers[index + 1].input_norm if index + 1 < len(self.layers) else self.norm
+            hidden = kernels.rms_norm(mlp, residual, following, self.eps)
+        logits: torch.Tensor = self.lm_head(hidden[keep])
+        return logits
