@@ -72,6 +72,7 @@ def attend(
             layout.cache.block_size,
             scale,
         )
+    group = heads // k.shape[1]
     for seg in layout.prompts:
         span = slice(seg.offset, seg.offset + seg.length)
         if seg.context_slots is None:
@@ -81,16 +82,18 @@ def attend(
             # Query i sits at position start + i and sees positions 0..start + i.
             visible = torch.arange(seg.start + seg.length).unsqueeze(0)
             mask, causal = visible <= torch.arange(seg.start, seg.start + seg.length).unsqueeze(1), False
+        # Keys and values repeated for every query head, in four dimensions: that is the shape
+        # torch's fused CPU attention takes. With enable_gqa it falls back to the unfused path,
+        # measured 6x slower on a 1,500-token prompt.
         attended = F.scaled_dot_product_attention(
-            q[span].transpose(0, 1),
-            ctx_k.transpose(0, 1),
-            ctx_v.transpose(0, 1),
+            q[span].transpose(0, 1).unsqueeze(0),
+            ctx_k.repeat_interleave(group, dim=1).transpose(0, 1).unsqueeze(0),
+            ctx_v.repeat_interleave(group, dim=1).transpose(0, 1).unsqueeze(0),
             attn_mask=mask,
             is_causal=causal,
             scale=scale,
-            enable_gqa=True,
         )
-        out[span] = attended.transpose(0, 1).reshape(seg.length, heads * head_dim)
+        out[span] = attended[0].transpose(0, 1).reshape(seg.length, heads * head_dim)
     return out
 
 
