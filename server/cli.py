@@ -57,6 +57,7 @@ def build_state(settings: Settings) -> ServerState:
             kernel_dir=settings.cache_dir,
             block_size=settings.block_size,
             prefill_chunk_tokens=settings.prefill_chunk_tokens,
+            long_prompt_tokens=settings.long_prompt_tokens,
             prefix_caching=settings.prefix_caching,
             model_impl=settings.model_impl,
         )

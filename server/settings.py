@@ -52,10 +52,16 @@ class Settings(BaseSettings):
         2048, gt=0, description="Tokens one engine step computes at most: prompt chunks plus one per decoding request"
     )
     prefill_chunk_tokens: int = Field(
-        64,
+        32,
         gt=0,
-        description="Largest prompt chunk a step takes while other requests are decoding; "
+        description="Largest chunk of a long prompt a step takes while other requests are decoding; "
         "smaller keeps their inter-token latency flat while a long prompt arrives",
+    )
+    long_prompt_tokens: int = Field(
+        256,
+        gt=0,
+        description="Prompts longer than this are prefilled in chunks of --prefill-chunk-tokens while other "
+        "requests decode; shorter ones are taken whole, first come first served",
     )
     kv_cache_gib: float = Field(2.0, gt=0, description="Memory for the paged KV cache, in GiB")
     block_size: int = Field(16, gt=0, le=1024, description="Tokens per KV cache block")

@@ -44,6 +44,7 @@ async def engine(server: ServerHandle) -> AsyncIterator[CPUEngine]:
             kernel_dir=Settings().cache_dir,
             block_size=BLOCK,
             prefill_chunk_tokens=32,
+            long_prompt_tokens=64,
         )
     )
     await cpu.start()

@@ -25,12 +25,15 @@ def _seq(name: str, prompt: list[int] | int) -> Sequence:
     return Sequence(EngineRequest(name, tokens, SamplingParams(max_tokens=100)))
 
 
-def _scheduler(num_blocks: int, *, seqs: int = 8, budget: int = 64, chunk: int = 64) -> Scheduler:
+def _scheduler(
+    num_blocks: int, *, seqs: int = 8, budget: int = 64, chunk: int = 64, long_prompt: int = 16
+) -> Scheduler:
     return Scheduler(
         BlockManager(num_blocks, BLOCK),
         max_num_seqs=seqs,
         max_num_batched_tokens=budget,
         prefill_chunk_tokens=chunk,
+        long_prompt_tokens=long_prompt,
     )
 
 
@@ -83,6 +86,21 @@ def test_long_prompt_is_chunked_while_others_decode() -> None:
         [("short", 1), ("long", 6)],
         [("short", 1), ("long", 1)],
     ]
+
+
+def test_short_prompts_are_taken_whole_first_come_first_served_while_others_decode() -> None:
+    scheduler = _scheduler(200, budget=32, chunk=4, long_prompt=16)
+    running = _seq("running", 5)
+    scheduler.add(running)
+    _run(scheduler, scheduler.schedule())
+    burst = [_seq(f"b{i}", 12) for i in range(4)]
+    for seq in burst:
+        scheduler.add(seq)
+    first = scheduler.schedule()
+    # Two whole prompts fit the budget beside the decode, the third gets the rest; nobody is cut
+    # to 4-token chunks, so b0 and b1 sample their first token from this very step.
+    assert _plan(first) == [("running", 1), ("b0", 12), ("b1", 12), ("b2", 7)]
+    assert [c.samples for c in first] == [True, True, True, False]
 
 
 def test_newest_request_is_preempted_when_blocks_run_out_and_resumes() -> None:

@@ -72,29 +72,60 @@ def attend(
             layout.cache.block_size,
             scale,
         )
-    group = heads // k.shape[1]
     for seg in layout.prompts:
         span = slice(seg.offset, seg.offset + seg.length)
         if seg.context_slots is None:
-            ctx_k, ctx_v, mask, causal = k[span], v[span], None, True
+            attended = _prompt_start(q[span], k[span], v[span], scale)
         else:
-            ctx_k, ctx_v = cache_k.index_select(0, seg.context_slots), cache_v.index_select(0, seg.context_slots)
-            # Query i sits at position start + i and sees positions 0..start + i.
-            visible = torch.arange(seg.start + seg.length).unsqueeze(0)
-            mask, causal = visible <= torch.arange(seg.start, seg.start + seg.length).unsqueeze(1), False
-        # Keys and values repeated for every query head, in four dimensions: that is the shape
-        # torch's fused CPU attention takes. With enable_gqa it falls back to the unfused path,
-        # measured 6x slower on a 1,500-token prompt.
-        attended = F.scaled_dot_product_attention(
-            q[span].transpose(0, 1).unsqueeze(0),
-            ctx_k.repeat_interleave(group, dim=1).transpose(0, 1).unsqueeze(0),
-            ctx_v.repeat_interleave(group, dim=1).transpose(0, 1).unsqueeze(0),
-            attn_mask=mask,
-            is_causal=causal,
-            scale=scale,
-        )
-        out[span] = attended[0].transpose(0, 1).reshape(seg.length, heads * head_dim)
+            context_k = cache_k.index_select(0, seg.context_slots)
+            context_v = cache_v.index_select(0, seg.context_slots)
+            attended = _prompt_continuation(q[span], context_k, context_v, seg.start, scale)
+        out[span] = attended.reshape(seg.length, heads * head_dim)
     return out
+
+
+def _prompt_start(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """A prompt's first chunk, causal over itself: q [L, H, D], k and v [L, KVH, D] -> [L, H, D].
+
+    Keys and values are repeated for every query head, in four dimensions: the shape torch's
+    fused CPU attention takes. With enable_gqa it falls back to its unfused path, measured 6x
+    slower on a 1,500-token prompt.
+    """
+    group = q.shape[1] // k.shape[1]
+    attended = F.scaled_dot_product_attention(
+        q.transpose(0, 1).unsqueeze(0),
+        k.repeat_interleave(group, dim=1).transpose(0, 1).unsqueeze(0),
+        v.repeat_interleave(group, dim=1).transpose(0, 1).unsqueeze(0),
+        is_causal=True,
+        scale=scale,
+    )
+    return attended[0].transpose(0, 1)
+
+
+def _prompt_continuation(
+    q: torch.Tensor, context_k: torch.Tensor, context_v: torch.Tensor, start: int, scale: float
+) -> torch.Tensor:
+    """A later chunk of a prompt: q [L, H, D] at positions start.. over the cached context
+    [start + L, KVH, D] -> [L, H, D].
+
+    The query heads that share a KV head are stacked along the query axis ([KVH, group * L, D])
+    instead of repeating the whole context for every query head: the context is long, the chunk
+    short, so this copies a few rows instead of the whole context at every layer.
+    """
+    length, heads, dim = q.shape
+    kv_heads = context_k.shape[1]
+    group = heads // kv_heads
+    stacked = q.view(length, kv_heads, group, dim).permute(1, 2, 0, 3).reshape(1, kv_heads, group * length, dim)
+    # Query i sits at position start + i and sees positions 0..start + i.
+    visible = torch.arange(start + length).unsqueeze(0) <= torch.arange(start, start + length).unsqueeze(1)
+    attended = F.scaled_dot_product_attention(
+        stacked,
+        context_k.transpose(0, 1).unsqueeze(0),
+        context_v.transpose(0, 1).unsqueeze(0),
+        attn_mask=visible.repeat(group, 1),
+        scale=scale,
+    )
+    return attended[0].view(kv_heads, group, length, dim).permute(2, 0, 1, 3)
 
 
 def transformers_attention(

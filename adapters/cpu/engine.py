@@ -39,7 +39,8 @@ class CPUEngineConfig:
     kv_cache_bytes: int
     kernel_dir: Path  # where ise's CPU kernels are built and cached
     block_size: int = 16
-    prefill_chunk_tokens: int = 64
+    prefill_chunk_tokens: int = 32
+    long_prompt_tokens: int = 256
     prefix_caching: bool = True
     model_impl: ModelImpl = "auto"
 
@@ -164,6 +165,7 @@ class CPUEngine:
             max_num_seqs=config.max_num_seqs,
             max_num_batched_tokens=config.max_num_batched_tokens,
             prefill_chunk_tokens=config.prefill_chunk_tokens,
+            long_prompt_tokens=config.long_prompt_tokens,
         )
         return runner
 
