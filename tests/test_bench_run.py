@@ -72,3 +72,19 @@ async def test_interference_measures_the_streams_around_a_long_prompt(server: Se
     assert 0 < result.itl_p50_ms <= result.itl_p99_ms
     assert (tmp_path / "interference.png").stat().st_size > 0
     assert json.loads((tmp_path / "interference.json").read_text())["streams"] == 2
+
+
+def test_static_batch_command_times_batched_generate(server: ServerHandle, tmp_path: Path) -> None:
+    out = tmp_path / "static"
+    cmd = [
+        sys.executable, "-m", "server.cli", "bench", "static", "--model-dir", str(server.model_dir),
+        "--batch", "1", "3", "--input-len", "16", "--output-len", "5", "--dtype", "float32", "--out", str(out),
+    ]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads((out / "static.json").read_text())
+    # Every row of the batch generated exactly the asked-for tokens, padding or not.
+    assert [(r["batch"], r["output_tokens"]) for r in data["results"]] == [(1, 5), (3, 15)]
+    assert all(r["throughput"] > 0 for r in data["results"])
+    assert "| 3 | 16 | 5 |" in (out / "static.md").read_text()
+    assert (out / "static.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,101 @@
+"""Static batched ``model.generate``: the throughput bar a serving engine should clear.
+
+A static batch has no streaming and no scheduling: every prompt is left-padded to the longest,
+all rows decode together until the last is done. It wastes compute on padding but pays no
+per-request bookkeeping, so on a CPU it is a strong baseline for aggregate tokens per second.
+The prompts are the same seeded random prompts ``ise bench compare`` sends.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
+
+from adapters.cpu.numerics import default_threads
+from benchmarks.workloads import random_workload
+
+
+@dataclass(frozen=True)
+class StaticResult:
+    batch: int
+    input_len: int
+    output_len: int
+    seconds: float
+    output_tokens: int
+
+    @property
+    def throughput(self) -> float:
+        return self.output_tokens / self.seconds
+
+
+def measure(
+    model_dir: Path,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    dtype: torch.dtype,
+    batches: list[int],
+    input_len: int,
+    output_len: int,
+    seed: int,
+) -> list[StaticResult]:
+    torch.set_num_threads(default_threads())
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    model.eval()
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    results = []
+    for batch in batches:
+        prompts = [spec.prompt or "" for spec in random_workload(
+            tokenizer, count=batch, input_len=input_len, output_len=output_len, seed=seed
+        )]  # fmt: skip
+        inputs = tokenizer(prompts, return_tensors="pt", padding=True)
+        with torch.inference_mode():
+            model.generate(**inputs, max_new_tokens=4, do_sample=False)  # type: ignore[misc]  # warm-up
+            started = time.perf_counter()
+            out: torch.Tensor = model.generate(  # type: ignore[misc,assignment]
+                **inputs,
+                max_new_tokens=output_len,
+                min_new_tokens=output_len,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            seconds = time.perf_counter() - started
+        generated = (out.shape[1] - inputs["input_ids"].shape[1]) * batch
+        results.append(StaticResult(batch, input_len, output_len, seconds, generated))
+        print(f"static batch {batch}: {generated} tokens, {seconds:.1f} s, {generated / seconds:.1f} tok/s", flush=True)
+    return results
+
+
+def save(results: list[StaticResult], meta: Mapping[str, object], out: Path) -> str:
+    """Write JSON, a Markdown table and a bar plot; return the table."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [{**asdict(r), "throughput": r.throughput} for r in results]
+    (out / "static.json").write_text(json.dumps({**meta, "results": rows}, indent=1))
+    table = "\n".join(
+        [
+            "| batch | prompt tokens | output tokens each | seconds | output tok/s |",
+            "|---|---|---|---|---|",
+            *[
+                f"| {r.batch} | {r.input_len} | {r.output_len} | {r.seconds:.1f} | {r.throughput:.1f} |"
+                for r in results
+            ],
+        ]
+    )
+    (out / "static.md").write_text(table + "\n")
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.bar([str(r.batch) for r in results], [r.throughput for r in results])
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("output tokens/s")
+    ax.set_title("static batched generate")
+    fig.tight_layout()
+    fig.savefig(out / "static.png", dpi=110)
+    plt.close(fig)
+    return table
