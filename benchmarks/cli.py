@@ -2,6 +2,7 @@
 
 ``ise bench run --base-url URL --model NAME`` drives one endpoint.
 ``ise bench static`` times static batched ``model.generate``, the bar without scheduling.
+``ise bench step`` times the CPU engine's steps directly, for each model implementation.
 ``ise bench compare`` starts each target in turn on loopback, sends each the identical requests,
 stops it, and writes JSON, a Markdown table with ratios to the first target, PNG plots and
 ``benchmarks/RESULTS.md``.
@@ -23,6 +24,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from adapters.builtin_model import ensure_builtin_model
 from adapters.cpu.numerics import resolve_dtype
 from benchmarks import static_batch
+from benchmarks import step as engine_step
 from benchmarks.clients import Client, HttpClient
 from benchmarks.interference import measure, save, table
 from benchmarks.loadgen import LoadShape, run_load, warm_up
@@ -78,6 +80,15 @@ def parse(argv: list[str]) -> argparse.Namespace:
     static.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     static.add_argument("--seed", type=int, default=0)
     static.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    step = sub.add_parser("step", help="time the CPU engine's steps directly, per model implementation")
+    step.add_argument("--model-dir", type=Path, help="model directory (default: built-in)")
+    step.add_argument("--model-impl", nargs="+", default=["ise", "transformers"], choices=["ise", "transformers"])
+    step.add_argument("--batch", type=int, nargs="+", default=[1, 32], help="decode batch sizes")
+    step.add_argument("--prompt-len", type=int, default=128, help="prompt tokens of each request")
+    step.add_argument("--steps", type=int, default=20, help="decode steps timed per batch size")
+    step.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    step.add_argument("--seed", type=int, default=0)
+    step.add_argument("--out", type=Path, default=DEFAULT_OUT)
     compare = sub.add_parser("compare", help="start each target in turn and compare them")
     compare.add_argument("--targets", nargs="+", default=DEFAULT_TARGETS, choices=list(TARGETS))
     compare.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
@@ -180,6 +191,24 @@ async def static(args: argparse.Namespace) -> None:
     meta = {"machine": machine(), "command": _command(), "dtype": str(dtype).removeprefix("torch.")}
     print(static_batch.save(results, meta, args.out))
     print(f"Wrote {args.out}/static.json, static.md and static.png")
+
+
+async def step(args: argparse.Namespace) -> None:
+    model_dir = args.model_dir or ensure_builtin_model(Settings().cache_dir)
+    dtype = resolve_dtype(args.dtype)
+    results = engine_step.measure(
+        model_dir,
+        impls=args.model_impl,
+        dtype=dtype,
+        batches=args.batch,
+        prompt_len=args.prompt_len,
+        steps=args.steps,
+        kernel_dir=Settings().cache_dir,
+        seed=args.seed,
+    )
+    meta = {"machine": machine(), "command": _command(), "dtype": str(dtype).removeprefix("torch.")}
+    print(engine_step.save(results, meta, args.out))
+    print(f"Wrote {args.out}/step.json, step.md and step.png")
 
 
 async def compare(args: argparse.Namespace) -> None:
@@ -303,6 +332,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
     "compare": compare,
     "interference": interference,
     "static": static,
+    "step": step,
 }
 
 

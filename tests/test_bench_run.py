@@ -88,3 +88,19 @@ def test_static_batch_command_times_batched_generate(server: ServerHandle, tmp_p
     assert all(r["throughput"] > 0 for r in data["results"])
     assert "| 3 | 16 | 5 |" in (out / "static.md").read_text()
     assert (out / "static.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_step_command_times_each_model_implementation(server: ServerHandle, tmp_path: Path) -> None:
+    out = tmp_path / "step"
+    cmd = [
+        sys.executable, "-m", "server.cli", "bench", "step", "--model-dir", str(server.model_dir),
+        "--model-impl", "ise", "transformers", "--batch", "1", "2", "--prompt-len", "16", "--steps", "4",
+        "--dtype", "float32", "--out", str(out),
+    ]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((out / "step.json").read_text())["results"]
+    assert [(r["impl"], r["batch"]) for r in rows] == [("ise", 1), ("ise", 2), ("transformers", 1), ("transformers", 2)]
+    assert all(r["decode_step_ms"] > 0 and r["prefill_tokens_per_s"] > 0 for r in rows)
+    assert (out / "step.md").read_text().count("\n") == 6
+    assert (out / "step.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,132 @@
+"""Engine steps timed directly, below the scheduler's and the server's overheads.
+
+Answers "what did this change buy": the same decode batch and prompt burst through each model
+implementation (ise's fused Llama-family forward, transformers' modules on the same paged cache
+and kernels) in one process, one after the other, so the ratios hold on a noisy machine.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+
+from adapters.cpu.block_manager import BlockManager
+from adapters.cpu.model_runner import ModelImpl, ModelRunner
+from adapters.cpu.numerics import default_threads
+from adapters.cpu.scheduler import Chunk, Scheduler
+from adapters.cpu.sequence import Sequence
+from adapters.engine import EngineRequest, SamplingParams
+
+BLOCK_SIZE = 16
+
+
+@dataclass(frozen=True)
+class StepResult:
+    impl: str
+    batch: int
+    prompt_len: int
+    prefill_tokens_per_s: float  # the whole batch's prompts in one step
+    decode_step_ms: float  # median step, every request decoding one token
+    decode_tokens_per_s: float
+
+
+def _advance(runner: ModelRunner, chunks: list[Chunk]) -> None:
+    """One engine step without the engine: compute, mark computed, append the greedy tokens."""
+    sampled, logits = runner.step(chunks)
+    for chunk in chunks:
+        chunk.seq.num_computed += chunk.num_tokens
+    for chunk, token in zip(sampled, torch.argmax(logits, dim=-1).tolist(), strict=True):
+        chunk.seq.append(token)
+
+
+def _measure(runner: ModelRunner, impl: str, batch: int, prompt_len: int, steps: int, seed: int) -> StepResult:
+    scheduler = Scheduler(
+        BlockManager(runner.cache.num_blocks, BLOCK_SIZE, prefix_caching=False),
+        max_num_seqs=batch,
+        max_num_batched_tokens=batch * prompt_len,
+        prefill_chunk_tokens=prompt_len,
+        long_prompt_tokens=prompt_len,
+    )
+    rng = random.Random(seed)
+    params = SamplingParams(max_tokens=steps + 10, temperature=0.0, ignore_eos=True)
+    for i in range(batch):
+        prompt = [rng.randrange(1000, 40000) for _ in range(prompt_len)]
+        scheduler.add(Sequence(EngineRequest(f"step{i}", prompt, params)))
+    started = time.perf_counter()
+    _advance(runner, scheduler.schedule())
+    prefill_s = time.perf_counter() - started
+    times = []
+    for _ in range(steps):
+        chunks = scheduler.schedule()
+        started = time.perf_counter()
+        _advance(runner, chunks)
+        times.append(time.perf_counter() - started)
+    step_s = statistics.median(times[2:])  # the first steps warm up
+    return StepResult(impl, batch, prompt_len, batch * prompt_len / prefill_s, step_s * 1e3, batch / step_s)
+
+
+def measure(
+    model_dir: Path,
+    *,
+    impls: list[ModelImpl],
+    dtype: torch.dtype,
+    batches: list[int],
+    prompt_len: int,
+    steps: int,
+    kernel_dir: Path,
+    seed: int,
+) -> list[StepResult]:
+    torch.set_num_threads(default_threads())
+    results = []
+    for impl in impls:
+        runner = ModelRunner(
+            model_dir, dtype=dtype, kv_cache_bytes=2**30, block_size=BLOCK_SIZE, kernel_dir=kernel_dir, model_impl=impl
+        )
+        for batch in batches:
+            result = _measure(runner, impl, batch, prompt_len, steps, seed)
+            results.append(result)
+            print(
+                f"{impl} batch {batch}: prefill {result.prefill_tokens_per_s:.0f} tok/s, "
+                f"decode step {result.decode_step_ms:.1f} ms = {result.decode_tokens_per_s:.1f} tok/s",
+                flush=True,
+            )
+        del runner
+    return results
+
+
+def save(results: list[StepResult], meta: Mapping[str, object], out: Path) -> str:
+    """Write JSON, a Markdown table (ratios to the first implementation) and a plot; return the table."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "step.json").write_text(json.dumps({**meta, "results": [asdict(r) for r in results]}, indent=1))
+    first = {r.batch: r for r in results if r.impl == results[0].impl}
+    rows = [
+        f"| {r.impl} | {r.batch} | {r.prompt_len} | {r.prefill_tokens_per_s:.0f} | {r.decode_step_ms:.1f} "
+        f"| {r.decode_tokens_per_s:.1f} | {first[r.batch].decode_step_ms / r.decode_step_ms:.2f}x |"
+        for r in results
+    ]
+    header = "| model impl | batch | prompt tokens | prefill tok/s | decode step ms | decode tok/s | speed vs first |"
+    table = "\n".join([header, "|---|---|---|---|---|---|---|", *rows])
+    (out / "step.md").write_text(table + "\n")
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    impls = list(dict.fromkeys(r.impl for r in results))
+    batches = sorted({r.batch for r in results})
+    width = 0.8 / len(impls)
+    for index, impl in enumerate(impls):
+        values = [next(r.decode_tokens_per_s for r in results if r.impl == impl and r.batch == b) for b in batches]
+        ax.bar([i + index * width for i in range(len(batches))], values, width, label=impl)
+    ax.set_xticks([i + width * (len(impls) - 1) / 2 for i in range(len(batches))], [str(b) for b in batches])
+    ax.set_xlabel("decode batch")
+    ax.set_ylabel("decode tokens/s (engine step only)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "step.png", dpi=110)
+    plt.close(fig)
+    return table
