@@ -27,8 +27,11 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("kernels.cpp")
 # -march=native and -ffast-math let the compiler vectorize the inner loops (SIMD partial sums)
 # and the exponentials (glibc's vector expf). No kernel meets an infinity: the softmax subtracts
-# the largest real score.
-CFLAGS = ["-O3", "-march=native", "-ffast-math"]
+# the largest real score. Without -fopenmp, at::parallel_for compiles to a plain loop and every
+# kernel runs on one core; with it, the kernels share torch's OpenMP runtime (the libgomp.so.1
+# torch loaded first is the one the dynamic loader hands this module) and its thread count.
+CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
+LDFLAGS = ["-fopenmp"]
 
 
 class CPUKernels(Protocol):
@@ -67,7 +70,14 @@ class CPUKernels(Protocol):
 
 def _build_dir(cache_dir: Path) -> tuple[str, Path]:
     key = hashlib.sha256(
-        b"\0".join([SOURCE.read_bytes(), " ".join(sorted(cpu_flags())).encode(), torch.__version__.encode()])
+        b"\0".join(
+            [
+                SOURCE.read_bytes(),
+                " ".join([*CFLAGS, *LDFLAGS]).encode(),
+                " ".join(sorted(cpu_flags())).encode(),
+                torch.__version__.encode(),
+            ]
+        )
     ).hexdigest()[:16]
     name = f"ise_kernels_{key}"
     return name, cache_dir / "kernels" / name
@@ -89,6 +99,7 @@ def cpu_kernels(cache_dir: Path) -> CPUKernels:
             name=name,
             sources=[str(SOURCE)],
             extra_cflags=CFLAGS,
+            extra_ldflags=LDFLAGS,
             build_directory=str(build),
             verbose=False,
         )
