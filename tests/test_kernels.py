@@ -67,3 +67,19 @@ def test_paged_attention_matches_torch(
     expected = _reference_attention(q, k, v, slots, scale)
     tolerance = 1e-5 if dtype == torch.float32 else 1e-2
     torch.testing.assert_close(out.double(), expected, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize(("k", "n"), [(576, 960), (1536, 37), (8, 16)])
+def test_linear_matches_torch_and_gives_each_row_the_same_bits_at_any_batch(
+    kernels: CPUKernels, k: int, n: int
+) -> None:
+    torch.manual_seed(0)
+    weight, bias = torch.randn(n, k), torch.randn(n)
+    packed = kernels.pack_linear_weight(weight)
+    x = torch.randn(300, k)  # more rows than one row block holds, and a ragged tail of rows
+    out = kernels.linear(x, packed, bias, n)
+    expected = x.double() @ weight.double().T + bias.double()
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-4 * k**0.5)
+    for rows in (slice(0, 1), slice(5, 12), slice(17, 49), slice(290, 300)):
+        assert torch.equal(kernels.linear(x[rows].contiguous(), packed, bias, n), out[rows])
+    torch.testing.assert_close(kernels.linear(x[:3].contiguous(), packed, None, n), out[:3] - bias)

@@ -56,6 +56,10 @@ class CPUKernels(Protocol):
 
     def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor: ...
 
+    def pack_linear_weight(self, weight: torch.Tensor) -> torch.Tensor: ...
+
+    def linear(self, x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, n: int) -> torch.Tensor: ...
+
     def rotary_cache_write(
         self,
         qkv: torch.Tensor,

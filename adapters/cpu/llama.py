@@ -24,8 +24,6 @@ from adapters.cpu.kernels import CPUKernels
 from adapters.cpu.packed_linear import fast_linear
 
 FAMILY = frozenset({"llama", "mistral", "qwen2"})
-# Decode steps are the common case; oneDNN tunes a packed weight's layout to a typical row count.
-BATCH_HINT = 32
 
 
 def unsupported_reason(config: PretrainedConfig) -> str | None:
@@ -51,12 +49,12 @@ class _Layer:
     down: nn.Module
 
 
-def _fuse(*linears: nn.Linear) -> nn.Module:
+def _fuse(kernels: CPUKernels, *linears: nn.Linear) -> nn.Module:
     """One layer computing all of ``linears``' outputs side by side."""
     bias = None
     if any(lin.bias is not None for lin in linears):
         bias = torch.cat([lin.weight.new_zeros(lin.out_features) if lin.bias is None else lin.bias for lin in linears])
-    return fast_linear(torch.cat([lin.weight for lin in linears]), bias, BATCH_HINT)
+    return fast_linear(torch.cat([lin.weight for lin in linears]), bias, kernels)
 
 
 class LlamaForward:
@@ -73,15 +71,15 @@ class LlamaForward:
         self.rotary = decoder.rotary_emb
         self.norm = decoder.norm.weight.detach()
         lm_head = model.lm_head
-        self.lm_head = fast_linear(lm_head.weight, lm_head.bias, BATCH_HINT)
+        self.lm_head = fast_linear(lm_head.weight, lm_head.bias, kernels)
         self.layers = [
             _Layer(
                 input_norm=layer.input_layernorm.weight.detach(),
-                qkv=_fuse(layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj),
-                o=fast_linear(layer.self_attn.o_proj.weight, layer.self_attn.o_proj.bias, BATCH_HINT),
+                qkv=_fuse(kernels, layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj),
+                o=fast_linear(layer.self_attn.o_proj.weight, layer.self_attn.o_proj.bias, kernels),
                 post_norm=layer.post_attention_layernorm.weight.detach(),
-                gate_up=_fuse(layer.mlp.gate_proj, layer.mlp.up_proj),
-                down=fast_linear(layer.mlp.down_proj.weight, layer.mlp.down_proj.bias, BATCH_HINT),
+                gate_up=_fuse(kernels, layer.mlp.gate_proj, layer.mlp.up_proj),
+                down=fast_linear(layer.mlp.down_proj.weight, layer.mlp.down_proj.bias, kernels),
             )
             for layer in decoder.layers
         ]

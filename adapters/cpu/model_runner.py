@@ -13,7 +13,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, Pre
 from adapters.cpu.attention import ATTN_IMPLEMENTATION, PromptSegment, StepLayout
 from adapters.cpu.kernels import CPUKernels, cpu_kernels
 from adapters.cpu.kv_cache import PagedKVCache
-from adapters.cpu.llama import BATCH_HINT, LlamaForward, unsupported_reason
+from adapters.cpu.llama import LlamaForward, unsupported_reason
 from adapters.cpu.packed_linear import can_pack, pack_linears
 from adapters.cpu.scheduler import Chunk
 
@@ -50,10 +50,10 @@ class Forward(Protocol):
 class TransformersForward:
     """Any transformers causal LM, its attention routed to ise's paged cache."""
 
-    def __init__(self, model: PreTrainedModel) -> None:
+    def __init__(self, model: PreTrainedModel, kernels: CPUKernels) -> None:
         self.model = model
         if can_pack(model.dtype):
-            log.info("Packed %d linear layers for oneDNN", pack_linears(model, batch_hint=BATCH_HINT))
+            log.info("Packed %d linear layers for ise's GEMM", pack_linears(model, kernels))
 
     def __call__(
         self, ids: torch.Tensor, positions: torch.Tensor, layout: StepLayout, keep: torch.Tensor
@@ -75,7 +75,7 @@ def _forward(model: PreTrainedModel, impl: ModelImpl, kernels: CPUKernels) -> Fo
         raise ValueError(f"--model-impl ise cannot run this model: {reason}; use auto or transformers")
     if impl == "transformers" or reason:
         log.info("Running the model through transformers%s", f" ({reason})" if reason else "")
-        return TransformersForward(model)
+        return TransformersForward(model, kernels)
     log.info("Running the model on ise's Llama-family forward")
     return LlamaForward(model, kernels)
 
