@@ -31,8 +31,8 @@ def _reference_attention(
     rows = []
     for t, context in enumerate(slots):
         index = torch.tensor(context)
-        keys = k[index].double().repeat_interleave(heads // kv_heads, dim=1)  # [n, H, D]
-        values = v[index].double().repeat_interleave(heads // kv_heads, dim=1)
+        keys = k[index // BLOCK, :, index % BLOCK].double().repeat_interleave(heads // kv_heads, dim=1)  # [n, H, D]
+        values = v[index // BLOCK, :, index % BLOCK].double().repeat_interleave(heads // kv_heads, dim=1)
         weights = torch.softmax(torch.einsum("hd,nhd->hn", q[t].double() * scale, keys), dim=-1)
         rows.append(torch.einsum("hn,nhd->hd", weights, values).reshape(-1))
     return torch.stack(rows)
@@ -49,8 +49,8 @@ def test_paged_attention_matches_torch(
     num_blocks = sum(-(-n // BLOCK) for n in lengths) + 5
     order = list(range(num_blocks))
     rng.shuffle(order)  # blocks scattered over the cache, as after eviction and reuse
-    k = torch.randn(num_blocks * BLOCK, kv_heads, head_dim).to(dtype)
-    v = torch.randn(num_blocks * BLOCK, kv_heads, head_dim).to(dtype)
+    k = torch.randn(num_blocks, kv_heads, BLOCK, head_dim).to(dtype)
+    v = torch.randn(num_blocks, kv_heads, BLOCK, head_dim).to(dtype)
     tables, slots = [], []
     for n in lengths:
         table = [order.pop() for _ in range(-(-n // BLOCK))]

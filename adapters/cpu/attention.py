@@ -32,7 +32,7 @@ class PromptSegment:
     offset: int  # where its tokens begin in the packed row
     length: int
     start: int  # its position in the request: tokens already in the cache before this chunk
-    context_slots: torch.Tensor | None  # cache slots of positions 0..start+length-1; None when start is 0
+    context_blocks: torch.Tensor | None  # cache blocks holding positions 0..start+length-1; None when start is 0
 
 
 @dataclass(frozen=True)
@@ -58,14 +58,14 @@ def attend(
     """Attention of the step's queries ``q`` [T, H, D]; the new keys and values ``k``, ``v``
     [T, KVH, D] are already in the cache. Returns [T, H * D]."""
     tokens, heads, head_dim = q.shape
-    cache_k, cache_v = layout.cache.keys[layer], layout.cache.values[layer]
+    cache = layout.cache
     out = q.new_empty(tokens, heads * head_dim)
     if layout.num_decode:
         layout.kernels.paged_attention(
             out[: layout.num_decode],
             q[: layout.num_decode],
-            cache_k,
-            cache_v,
+            cache.keys[layer],
+            cache.values[layer],
             layout.block_tables,
             layout.decode_rows,
             layout.context_lens,
@@ -74,11 +74,10 @@ def attend(
         )
     for seg in layout.prompts:
         span = slice(seg.offset, seg.offset + seg.length)
-        if seg.context_slots is None:
+        if seg.context_blocks is None:
             attended = _prompt_start(q[span], k[span], v[span], scale)
         else:
-            context_k = cache_k.index_select(0, seg.context_slots)
-            context_v = cache_v.index_select(0, seg.context_slots)
+            context_k, context_v = cache.gather(layer, seg.context_blocks, seg.start + seg.length)
             attended = _prompt_continuation(q[span], context_k, context_v, seg.start, scale)
         out[span] = attended.reshape(seg.length, heads * head_dim)
     return out
@@ -106,22 +105,22 @@ def _prompt_continuation(
     q: torch.Tensor, context_k: torch.Tensor, context_v: torch.Tensor, start: int, scale: float
 ) -> torch.Tensor:
     """A later chunk of a prompt: q [L, H, D] at positions start.. over the cached context
-    [start + L, KVH, D] -> [L, H, D].
+    [KVH, start + L, D] -> [L, H, D].
 
     The query heads that share a KV head are stacked along the query axis ([KVH, group * L, D])
     instead of repeating the whole context for every query head: the context is long, the chunk
     short, so this copies a few rows instead of the whole context at every layer.
     """
     length, heads, dim = q.shape
-    kv_heads = context_k.shape[1]
+    kv_heads = context_k.shape[0]
     group = heads // kv_heads
     stacked = q.view(length, kv_heads, group, dim).permute(1, 2, 0, 3).reshape(1, kv_heads, group * length, dim)
     # Query i sits at position start + i and sees positions 0..start + i.
     visible = torch.arange(start + length).unsqueeze(0) <= torch.arange(start, start + length).unsqueeze(1)
     attended = F.scaled_dot_product_attention(
         stacked,
-        context_k.transpose(0, 1).unsqueeze(0),
-        context_v.transpose(0, 1).unsqueeze(0),
+        context_k.unsqueeze(0),
+        context_v.unsqueeze(0),
         attn_mask=visible.repeat(group, 1),
         scale=scale,
     )
@@ -145,8 +144,7 @@ def transformers_attention(
     layer: int = module.layer_idx  # type: ignore[assignment]
     q = query[0].transpose(0, 1).contiguous()
     k, v = key[0].transpose(0, 1), value[0].transpose(0, 1)
-    ise_layout.cache.keys[layer].index_copy_(0, ise_layout.slot_mapping, k)
-    ise_layout.cache.values[layer].index_copy_(0, ise_layout.slot_mapping, v)
+    ise_layout.cache.write(layer, ise_layout.slot_mapping, k, v)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     out = attend(ise_layout, layer, q, k, v, scale)
     return out.view(q.shape).unsqueeze(0), None

@@ -8,7 +8,8 @@
 // avoids gathering every request's context at every layer.
 //
 // All math is in float32; tensors of other floating types are converted on load and store.
-// Layouts: caches [num_slots, KVH, D] flat over positions (slot = block * block_size + offset);
+// Layouts: caches [num_blocks, KVH, block_size, D], so one KV head's rows of a block are one
+// contiguous stretch (slot = block * block_size + offset);
 // block_tables [S, M] int32; q rows [T, H, D] with any row stride; out [T, H * D].
 
 #include <torch/extension.h>
@@ -74,16 +75,23 @@ inline void store_floats(const float* src, scalar_t* dst, int64_t n) {
 // stay in L1 while every query head of the group reads them.
 constexpr int64_t kTile = 32;
 
+// Where a KV head's row of each position starts in a cache, less the head's own offset.
+inline void row_offsets(const int32_t* table, int64_t n, int64_t block_size, int64_t kv_heads, int64_t head_dim,
+                        int64_t* offsets) {
+    for (int64_t j = 0; j < n; ++j)
+        offsets[j] = ((static_cast<int64_t>(table[j / block_size]) * kv_heads) * block_size + j % block_size) * head_dim;
+}
+
 // One KV head's rows of a tile of positions, as float pointers: into the cache itself for float32,
 // into `buffer` (converted) otherwise. Rows of the next tile are prefetched: the hardware
-// prefetcher follows rows within a cache block but loses the stream at each jump to another block.
+// prefetcher follows a block's rows but loses the stream at each jump to another block.
 template <typename scalar_t>
-inline void tile_rows(const scalar_t* cache, const int64_t* slots, int64_t count, int64_t next, int64_t width,
+inline void tile_rows(const scalar_t* cache, const int64_t* offsets, int64_t count, int64_t next,
                       int64_t head_offset, int64_t head_dim, float* buffer, const float** rows) {
     for (int64_t i = 0; i < next; ++i)
-        prefetch(cache + slots[count + i] * width + head_offset, head_dim * static_cast<int64_t>(sizeof(scalar_t)));
+        prefetch(cache + offsets[count + i] + head_offset, head_dim * static_cast<int64_t>(sizeof(scalar_t)));
     for (int64_t i = 0; i < count; ++i) {
-        const scalar_t* src = cache + slots[i] * width + head_offset;
+        const scalar_t* src = cache + offsets[i] + head_offset;
         if constexpr (std::is_same_v<scalar_t, float>) {
             rows[i] = src;
         } else {
@@ -157,7 +165,7 @@ void attend(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::T
             const int32_t* block_tables, int64_t max_blocks, const int32_t* seq_index, const int32_t* ctx_len,
             int64_t block_size, float scale, torch::Tensor& out) {
     const int64_t tokens = q.size(0), heads = q.size(1), head_dim = q.size(2), kv_heads = k_cache.size(1);
-    const int64_t group = heads / kv_heads, width = kv_heads * head_dim, q_stride = q.stride(0);
+    const int64_t group = heads / kv_heads, q_stride = q.stride(0);
     const scalar_t* qp = q.data_ptr<scalar_t>();
     const scalar_t* kp = k_cache.data_ptr<scalar_t>();
     const scalar_t* vp = v_cache.data_ptr<scalar_t>();
@@ -167,19 +175,18 @@ void attend(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::T
     at::parallel_for(0, tokens * kv_heads, 1, [&](int64_t begin, int64_t end) {
         std::vector<float> qf(group * head_dim), acc(group * head_dim), scores(group * longest);
         std::vector<float> buffer(kTile * head_dim);
-        std::vector<int64_t> slots(longest + kTile);
+        std::vector<int64_t> offsets(longest + kTile);
         const float* rows[kTile];
         for (int64_t item = begin; item < end; ++item) {
-            const int64_t t = item / kv_heads, g = item % kv_heads, offset = g * head_dim;
-            const int32_t* table = block_tables + static_cast<int64_t>(seq_index[t]) * max_blocks;
+            const int64_t t = item / kv_heads, g = item % kv_heads, offset = g * block_size * head_dim;
             const int64_t n = ctx_len[t];
-            for (int64_t j = 0; j < n; ++j)
-                slots[j] = static_cast<int64_t>(table[j / block_size]) * block_size + j % block_size;
+            row_offsets(block_tables + static_cast<int64_t>(seq_index[t]) * max_blocks, n, block_size, kv_heads,
+                        head_dim, offsets.data());
             load_floats(qp + t * q_stride + g * group * head_dim, qf.data(), group * head_dim);
             for (float& x : qf) x *= scale;
             for (int64_t j = 0; j < n; j += kTile) {
                 const int64_t count = std::min(kTile, n - j), next = std::min(kTile, n - j - count);
-                tile_rows(kp, slots.data() + j, count, next, width, offset, head_dim, buffer.data(), rows);
+                tile_rows(kp, offsets.data() + j, count, next, offset, head_dim, buffer.data(), rows);
                 for (int64_t h = 0; h < group; ++h)
                     dot_rows(qf.data() + h * head_dim, rows, count, head_dim, scores.data() + h * n + j);
             }
@@ -187,7 +194,7 @@ void attend(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::T
             std::fill(acc.begin(), acc.end(), 0.0f);
             for (int64_t j = 0; j < n; j += kTile) {
                 const int64_t count = std::min(kTile, n - j), next = std::min(kTile, n - j - count);
-                tile_rows(vp, slots.data() + j, count, next, width, offset, head_dim, buffer.data(), rows);
+                tile_rows(vp, offsets.data() + j, count, next, offset, head_dim, buffer.data(), rows);
                 for (int64_t h = 0; h < group; ++h)
                     accumulate_rows(scores.data() + h * n + j, rows, count, head_dim, acc.data() + h * head_dim);
             }
@@ -200,15 +207,15 @@ void paged_attention(torch::Tensor out, const torch::Tensor& q, const torch::Ten
                      const torch::Tensor& v_cache, const torch::Tensor& block_tables, const torch::Tensor& seq_index,
                      const torch::Tensor& ctx_len, int64_t block_size, double scale) {
     TORCH_CHECK(q.dim() == 3 && q.stride(2) == 1 && q.stride(1) == q.size(2), "q: [T, H, D] with dense rows");
-    TORCH_CHECK(k_cache.dim() == 3 && k_cache.is_contiguous() && v_cache.sizes() == k_cache.sizes() &&
-                    v_cache.is_contiguous(),
-                "caches: contiguous [slots, KVH, D]");
+    TORCH_CHECK(k_cache.dim() == 4 && k_cache.is_contiguous() && v_cache.sizes() == k_cache.sizes() &&
+                    v_cache.is_contiguous() && k_cache.size(2) == block_size,
+                "caches: contiguous [blocks, KVH, block_size, D]");
     TORCH_CHECK(out.is_contiguous() && out.size(0) == q.size(0) && out.numel() == q.size(0) * q.size(1) * q.size(2),
                 "out: contiguous [T, H * D]");
     TORCH_CHECK(q.scalar_type() == k_cache.scalar_type() && out.scalar_type() == q.scalar_type(), "one dtype");
     TORCH_CHECK(block_tables.scalar_type() == torch::kInt32 && block_tables.is_contiguous(), "block_tables: int32");
     TORCH_CHECK(seq_index.scalar_type() == torch::kInt32 && ctx_len.scalar_type() == torch::kInt32, "int32 indices");
-    TORCH_CHECK(q.size(1) % k_cache.size(1) == 0 && k_cache.size(2) == q.size(2), "head counts or sizes disagree");
+    TORCH_CHECK(q.size(1) % k_cache.size(1) == 0 && k_cache.size(3) == q.size(2), "head counts or sizes disagree");
     TORCH_CHECK(q.size(2) % kLane == 0, "head_dim must be a multiple of 8");
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "paged_attention", [&] {
         attend<scalar_t>(q, k_cache, v_cache, block_tables.data_ptr<int32_t>(), block_tables.size(1),
@@ -281,9 +288,11 @@ torch::Tensor silu_mul(const torch::Tensor& gate_up) {
 // token's keys and values into its cache slot. cos and sin: [T, D].
 void rotary_cache_write(torch::Tensor qkv, const torch::Tensor& cos, const torch::Tensor& sin, int64_t heads,
                         torch::Tensor k_cache, torch::Tensor v_cache, const torch::Tensor& slots) {
-    TORCH_CHECK(qkv.dim() == 2 && qkv.is_contiguous() && k_cache.is_contiguous() && v_cache.is_contiguous(),
-                "contiguous qkv and caches");
-    const int64_t tokens = qkv.size(0), kv_heads = k_cache.size(1), head_dim = k_cache.size(2);
+    TORCH_CHECK(qkv.dim() == 2 && qkv.is_contiguous() && k_cache.dim() == 4 && k_cache.is_contiguous() &&
+                    v_cache.sizes() == k_cache.sizes() && v_cache.is_contiguous(),
+                "contiguous qkv and caches [blocks, KVH, block_size, D]");
+    const int64_t tokens = qkv.size(0), kv_heads = k_cache.size(1), block_size = k_cache.size(2);
+    const int64_t head_dim = k_cache.size(3);
     TORCH_CHECK(qkv.size(1) == (heads + 2 * kv_heads) * head_dim && head_dim % 2 == 0, "qkv width");
     TORCH_CHECK(cos.is_contiguous() && sin.is_contiguous() && cos.size(0) == tokens && cos.size(1) == head_dim &&
                     cos.scalar_type() == torch::kFloat32 && sin.sizes() == cos.sizes() &&
@@ -291,7 +300,7 @@ void rotary_cache_write(torch::Tensor qkv, const torch::Tensor& cos, const torch
                 "cos, sin: float32 [T, D]");
     TORCH_CHECK(slots.scalar_type() == torch::kInt64 && slots.numel() == tokens, "slots: int64 [T]");
     TORCH_CHECK(k_cache.scalar_type() == qkv.scalar_type() && v_cache.scalar_type() == qkv.scalar_type(), "one dtype");
-    const int64_t half = head_dim / 2, width = qkv.size(1), kv_width = kv_heads * head_dim;
+    const int64_t half = head_dim / 2, width = qkv.size(1);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, qkv.scalar_type(), "rotary_cache_write", [&] {
         scalar_t* base = qkv.data_ptr<scalar_t>();
         scalar_t* kc = k_cache.data_ptr<scalar_t>();
@@ -313,8 +322,14 @@ void rotary_cache_write(torch::Tensor qkv, const torch::Tensor& cos, const torch
                         head[i + half] = static_cast<scalar_t>(x[i + half] * c[i + half] + x[i] * s[i + half]);
                     }
                 }
-                std::copy(row + heads * head_dim, row + heads * head_dim + kv_width, kc + slot[t] * kv_width);
-                std::copy(row + heads * head_dim + kv_width, row + width, vc + slot[t] * kv_width);
+                const int64_t block = slot[t] / block_size, at = slot[t] % block_size;
+                for (int64_t h = 0; h < kv_heads; ++h) {
+                    const int64_t dst = ((block * kv_heads + h) * block_size + at) * head_dim;
+                    const scalar_t* k = row + (heads + h) * head_dim;
+                    const scalar_t* v = row + (heads + kv_heads + h) * head_dim;
+                    std::copy(k, k + head_dim, kc + dst);
+                    std::copy(v, v + head_dim, vc + dst);
+                }
             }
         });
     });

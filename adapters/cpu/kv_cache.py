@@ -1,9 +1,10 @@
 """The paged key/value cache: per layer, one preallocated tensor of fixed-size blocks.
 
 Which block holds which request's positions is the block manager's business; this class only
-owns the memory. Layout ``[num_blocks * block_size, kv_heads, head_dim]``, flat over positions:
-a new token's keys are written with one indexed copy per layer, and one position's keys for every
-head form a contiguous row, which is what the attention kernel reads.
+owns the memory. Layout ``[num_blocks, kv_heads, block_size, head_dim]``: one KV head's rows of a
+block are one contiguous stretch (4 KB for the built-in model), which decode attention, reading
+one KV head at a time, streams from memory in order, and which a prompt's attention gathers
+whole blocks of.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ class PagedKVCache:
     def __init__(
         self, *, num_layers: int, num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype
     ) -> None:
-        shape = (num_blocks * block_size, num_kv_heads, head_dim)
+        shape = (num_blocks, num_kv_heads, block_size, head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype) for _ in range(num_layers)]
         self.values = [torch.zeros(shape, dtype=dtype) for _ in range(num_layers)]
         self.num_blocks = num_blocks
@@ -29,3 +30,22 @@ class PagedKVCache:
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+
+    def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store the keys and values [T, KVH, D] of tokens at cache ``slots`` [T] of ``layer``."""
+        _, kv_heads, block_size, head_dim = self.keys[layer].shape
+        heads = torch.arange(kv_heads)
+        rows = ((slots // block_size * kv_heads).unsqueeze(1) + heads) * block_size + (slots % block_size).unsqueeze(1)
+        flat = rows.reshape(-1)
+        self.keys[layer].view(-1, head_dim).index_copy_(0, flat, k.reshape(-1, head_dim))
+        self.values[layer].view(-1, head_dim).index_copy_(0, flat, v.reshape(-1, head_dim))
+
+    def gather(self, layer: int, blocks: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys and values [KVH, length, D] of the first ``length`` positions held in ``blocks``."""
+        _, kv_heads, _, head_dim = self.keys[layer].shape
+
+        def take(cache: torch.Tensor) -> torch.Tensor:
+            picked = cache.index_select(0, blocks).transpose(0, 1).reshape(kv_heads, -1, head_dim)
+            return picked[:, :length]
+
+        return take(self.keys[layer]), take(self.values[layer])

@@ -132,15 +132,13 @@ class ModelRunner:
         for chunk in ordered:
             seq, start, n = chunk.seq, chunk.seq.num_computed, chunk.num_tokens
             table = seq.block_table
-            # A later prompt chunk attends to its whole context, so map every position's slot.
-            first = 0 if n > 1 and start else start
-            chunk_slots = [table[p // bs] * bs + p % bs for p in range(first, start + n)]
             if n > 1:
-                context = torch.tensor(chunk_slots) if start else None
-                prompts.append(PromptSegment(offset=len(ids), length=n, start=start, context_slots=context))
+                # A later prompt chunk attends to its whole context: every block up to its end.
+                context = torch.tensor(table[: (start + n + bs - 1) // bs]) if start else None
+                prompts.append(PromptSegment(offset=len(ids), length=n, start=start, context_blocks=context))
             ids += seq.token_ids()[start : start + n]
             positions += range(start, start + n)
-            slots += chunk_slots[start - first :]
+            slots += [table[p // bs] * bs + p % bs for p in range(start, start + n)]
             if chunk.samples:
                 sampled.append(chunk)
                 last.append(len(ids) - 1)
