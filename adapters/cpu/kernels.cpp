@@ -369,12 +369,15 @@ torch::Tensor pack_linear_weight(const torch::Tensor& weight) {
 }
 
 // `rows` (at most kRows) rows of x times one weight panel, into `cols` (at most kPanel) columns of out.
+// With `ahead`, each step over k also asks for one cache line (one k) of that panel: the next
+// panel arrives from memory while this one is computed.
 template <int rows>
-inline void panel_rows(const float* x, int64_t k, const float* panel, const float* bias, float* out, int64_t ldo,
-                       int64_t cols) {
+inline void panel_rows(const float* x, int64_t k, const float* panel, const float* ahead, const float* bias,
+                       float* out, int64_t ldo, int64_t cols) {
     vec8 acc[rows][2];
     for (int r = 0; r < rows; ++r) acc[r][0] = acc[r][1] = vec8{};
     for (int64_t i = 0; i < k; ++i) {
+        if (ahead) __builtin_prefetch(ahead + i * kPanel);
         const vec8 w0 = load8(panel + i * kPanel), w1 = load8(panel + i * kPanel + kLane);
         for (int r = 0; r < rows; ++r) {
             const vec8 xv = splat8(x[r * k + i]);
@@ -412,15 +415,18 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& packed, const 
                 const float* panel = wp + p * k * kPanel;
                 const int64_t c0 = p * kPanel, cols = std::min(kPanel, n - c0);
                 const float* b = bp ? bp + c0 : nullptr;
+                // The first pass over this panel fetches the next one; later passes find both cached.
+                const float* ahead = p + 1 < end ? panel + k * kPanel : nullptr;
                 int64_t r = r0;
-                for (; r + kRows <= r1; r += kRows) panel_rows<kRows>(xp + r * k, k, panel, b, op + r * n + c0, n, cols);
+                for (; r + kRows <= r1; r += kRows, ahead = nullptr)
+                    panel_rows<kRows>(xp + r * k, k, panel, ahead, b, op + r * n + c0, n, cols);
                 float* o = op + r * n + c0;
                 switch (r1 - r) {
-                    case 1: panel_rows<1>(xp + r * k, k, panel, b, o, n, cols); break;
-                    case 2: panel_rows<2>(xp + r * k, k, panel, b, o, n, cols); break;
-                    case 3: panel_rows<3>(xp + r * k, k, panel, b, o, n, cols); break;
-                    case 4: panel_rows<4>(xp + r * k, k, panel, b, o, n, cols); break;
-                    case 5: panel_rows<5>(xp + r * k, k, panel, b, o, n, cols); break;
+                    case 1: panel_rows<1>(xp + r * k, k, panel, ahead, b, o, n, cols); break;
+                    case 2: panel_rows<2>(xp + r * k, k, panel, ahead, b, o, n, cols); break;
+                    case 3: panel_rows<3>(xp + r * k, k, panel, ahead, b, o, n, cols); break;
+                    case 4: panel_rows<4>(xp + r * k, k, panel, ahead, b, o, n, cols); break;
+                    case 5: panel_rows<5>(xp + r * k, k, panel, ahead, b, o, n, cols); break;
                     default: break;
                 }
             }
