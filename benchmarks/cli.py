@@ -3,6 +3,8 @@
 ``ise bench run --base-url URL --model NAME`` drives one endpoint.
 ``ise bench static`` times static batched ``model.generate``, the bar without scheduling.
 ``ise bench step`` times the CPU engine's steps directly, for each model implementation.
+``ise bench limits`` measures this machine's memory bandwidth and GEMM rate, the ceiling they put
+on a run, and how close ise's run (a ``compare`` results.json) came to it.
 ``ise bench compare`` starts each target in turn on loopback, sends each the identical requests,
 stops it, and writes JSON, a Markdown table with ratios to the first target, PNG plots and
 ``benchmarks/RESULTS.md``.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import shlex
 import sys
 import time
@@ -23,6 +26,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from adapters.builtin_model import ensure_builtin_model
 from adapters.cpu.numerics import resolve_dtype
+from benchmarks import limits as machine_limits
 from benchmarks import static_batch
 from benchmarks import step as engine_step
 from benchmarks.clients import Client, HttpClient
@@ -89,6 +93,13 @@ def parse(argv: list[str]) -> argparse.Namespace:
     step.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     step.add_argument("--seed", type=int, default=0)
     step.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    limits = sub.add_parser("limits", help="this machine's ceiling for the model, and a run's share of it")
+    limits.add_argument("--model-dir", type=Path, help="model directory (default: built-in)")
+    limits.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    limits.add_argument("--input-len", type=int, default=128, help="prompt tokens of the run")
+    limits.add_argument("--output-len", type=int, default=128, help="output tokens per request of the run")
+    limits.add_argument("--results", type=Path, help="a compare results.json whose ise runs to rate")
+    limits.add_argument("--out", type=Path, default=DEFAULT_OUT)
     compare = sub.add_parser("compare", help="start each target in turn and compare them")
     compare.add_argument("--targets", nargs="+", default=DEFAULT_TARGETS, choices=list(TARGETS))
     compare.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
@@ -209,6 +220,20 @@ async def step(args: argparse.Namespace) -> None:
     meta = {"machine": machine(), "command": _command(), "dtype": str(dtype).removeprefix("torch.")}
     print(engine_step.save(results, meta, args.out))
     print(f"Wrote {args.out}/step.json, step.md and step.png")
+
+
+async def limits(args: argparse.Namespace) -> None:
+    model_dir = args.model_dir or ensure_builtin_model(Settings().cache_dir)
+    dtype = resolve_dtype(args.dtype)
+    measured: dict[int, float] = {}
+    if args.results:
+        for run in json.loads(args.results.read_text())["runs"]:
+            if run["target"] == "ise" and run["concurrency"]:
+                measured[run["concurrency"]] = run["summary"]["output_throughput"]
+    found = machine_limits.measure(model_dir, dtype, Settings().cache_dir)
+    meta = {"machine": machine(), "command": _command(), "dtype": str(dtype).removeprefix("torch.")}
+    print(machine_limits.save(found, meta, measured, args.input_len, args.output_len, args.out))
+    print(f"Wrote {args.out}/limits.json and limits.md")
 
 
 async def compare(args: argparse.Namespace) -> None:
@@ -332,6 +357,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
     "compare": compare,
     "interference": interference,
     "static": static,
+    "limits": limits,
     "step": step,
 }
 

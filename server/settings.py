@@ -52,7 +52,7 @@ class Settings(BaseSettings):
         2048, gt=0, description="Tokens one engine step computes at most: prompt chunks plus one per decoding request"
     )
     prefill_chunk_tokens: int = Field(
-        32,
+        16,
         gt=0,
         description="Largest chunk of a long prompt a step takes while other requests are decoding; "
         "smaller keeps their inter-token latency flat while a long prompt arrives",

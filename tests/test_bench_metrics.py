@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from benchmarks.limits import Limits, ModelCost
 from benchmarks.metrics import SLO, Distribution, RequestRecord, summarize
 
 
@@ -50,3 +51,18 @@ def test_summary_throughput_and_goodput() -> None:
     assert summary.goodput == pytest.approx(0.5)
     assert summary.ttft.p50 == pytest.approx(0.2)
     assert summary.itl.mean == pytest.approx((0.05 * 4 + 0.3 * 2) / 6)
+
+
+def test_roofline_is_memory_bound_for_one_stream_and_compute_bound_for_many() -> None:
+    cost = ModelCost(
+        weight_bytes=1e9,
+        flops_per_token=1e9,
+        prompt_flops_per_token=0.5e9,
+        kv_bytes_per_token=1e3,
+        attention_flops_per_context_token=1e3,
+    )
+    limits = Limits(threads=2, memory_gb_s=10.0, gemm_gflop_s=100.0, gemm_source="test", cost=cost)
+    assert limits.decode_step_s(1, 0) == pytest.approx(0.1)  # 1 GB of weights at 10 GB/s
+    assert limits.decode_step_s(1000, 0) == pytest.approx(10.0)  # 1,000 GFLOP at 100 GFLOP/s
+    # One stream, 2 prompt tokens, 3 output tokens: a 1 GFLOP prefill, then two weight-bound steps.
+    assert limits.run_throughput(1, 2, 3) == pytest.approx(3 / (0.01 + 0.1 + 0.1), rel=1e-3)

@@ -43,27 +43,33 @@ def _reference_attention(
 def test_paged_attention_matches_torch(
     kernels: CPUKernels, dtype: torch.dtype, heads: int, kv_heads: int, head_dim: int
 ) -> None:
+    """Decode tokens of several requests, then a prompt chunk: 11 tokens of one request, each
+    seeing its context up to itself (more tokens than the kernel takes together, so two runs)."""
     rng = random.Random(0)
     torch.manual_seed(0)
     lengths = [1, 7, 8, 33, 100, 257]  # under a vector, ragged vector and tile tails, several blocks
-    num_blocks = sum(-(-n // BLOCK) for n in lengths) + 5
+    chunk = list(range(40, 51))  # context lengths of the chunk's tokens: positions 39..49
+    num_blocks = sum(-(-n // BLOCK) for n in [*lengths, chunk[-1]]) + 5
     order = list(range(num_blocks))
     rng.shuffle(order)  # blocks scattered over the cache, as after eviction and reuse
     k = torch.randn(num_blocks, kv_heads, BLOCK, head_dim).to(dtype)
     v = torch.randn(num_blocks, kv_heads, BLOCK, head_dim).to(dtype)
-    tables, slots = [], []
-    for n in lengths:
-        table = [order.pop() for _ in range(-(-n // BLOCK))]
-        tables.append(table)
-        slots.append([table[p // BLOCK] * BLOCK + p % BLOCK for p in range(n)])
+    tables = [[order.pop() for _ in range(-(-n // BLOCK))] for n in [*lengths, chunk[-1]]]
+    table_rows = [*range(len(lengths)), *[len(lengths)] * len(chunk)]
+    context_lens = [*lengths, *chunk]
+    slots = [
+        [tables[row][p // BLOCK] * BLOCK + p % BLOCK for p in range(n)]
+        for row, n in zip(table_rows, context_lens, strict=True)
+    ]
     width = max(len(t) for t in tables)
     block_tables = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32)
-    q = torch.randn(len(lengths), heads, head_dim).to(dtype)
-    out = torch.empty(len(lengths), heads * head_dim, dtype=dtype)
+    q = torch.randn(len(context_lens), heads, head_dim).to(dtype)
+    out = torch.empty(len(context_lens), heads * head_dim, dtype=dtype)
     scale = head_dim**-0.5
-    rows = torch.arange(len(lengths), dtype=torch.int32)
-    context_lens = torch.tensor(lengths, dtype=torch.int32)
-    kernels.paged_attention(out, q, k, v, block_tables, rows, context_lens, BLOCK, scale)
+    rows = torch.tensor(table_rows, dtype=torch.int32)
+    kernels.paged_attention(
+        out, q, k, v, block_tables, rows, torch.tensor(context_lens, dtype=torch.int32), BLOCK, scale
+    )
     expected = _reference_attention(q, k, v, slots, scale)
     tolerance = 1e-5 if dtype == torch.float32 else 1e-2
     torch.testing.assert_close(out.double(), expected, rtol=tolerance, atol=tolerance)

@@ -1,9 +1,10 @@
 """Attention over the paged KV cache, for a step that packs every scheduled token into one row.
 
-Single-token segments (decode) come first and go through the paged kernel together, reading the
-cache in place; longer segments (prompt chunks) go through torch's SDPA, which computes many
-queries per key far faster: a chunk that starts a prompt attends to its own keys as computed, a
-later chunk to its context gathered from the cache.
+Tokens of decode steps and of short later chunks of a prompt come first and go through the paged
+kernel together, each reading its own context in the cache in place, up to itself. Prompt starts
+and long chunks go through torch's SDPA, which computes many queries per key far faster: a chunk
+that starts a prompt attends to its own keys as computed, a long later chunk to its context
+gathered from the cache.
 
 The same function also plugs into transformers' attention interface, so models that ise's own
 Llama-family forward does not cover still run on the paged cache: transformers computes their
@@ -39,16 +40,16 @@ class PromptSegment:
 class StepLayout:
     """How this forward pass's packed tokens map to requests and cache slots.
 
-    The first ``num_decode`` tokens are single-token segments; prompt segments follow.
+    The first ``num_paged`` tokens attend through the paged kernel; prompt segments follow.
     """
 
     cache: PagedKVCache
     kernels: CPUKernels
     slot_mapping: torch.Tensor  # [T] int64: cache slot each new token's keys and values go to
-    num_decode: int
-    block_tables: torch.Tensor  # [num_decode, max_blocks] int32
-    decode_rows: torch.Tensor  # [num_decode] int32: the row of block_tables each decode token reads
-    context_lens: torch.Tensor  # [num_decode] int32: positions each decode token sees, itself included
+    num_paged: int
+    block_tables: torch.Tensor  # [requests, max_blocks] int32: one row per request among the paged tokens
+    table_rows: torch.Tensor  # [num_paged] int32: the row of block_tables each paged token reads
+    context_lens: torch.Tensor  # [num_paged] int32: positions each paged token sees, itself included
     prompts: tuple[PromptSegment, ...]
 
 
@@ -60,14 +61,14 @@ def attend(
     tokens, heads, head_dim = q.shape
     cache = layout.cache
     out = q.new_empty(tokens, heads * head_dim)
-    if layout.num_decode:
+    if layout.num_paged:
         layout.kernels.paged_attention(
-            out[: layout.num_decode],
-            q[: layout.num_decode],
+            out[: layout.num_paged],
+            q[: layout.num_paged],
             cache.keys[layer],
             cache.values[layer],
             layout.block_tables,
-            layout.decode_rows,
+            layout.table_rows,
             layout.context_lens,
             layout.cache.block_size,
             scale,

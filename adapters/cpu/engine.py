@@ -39,7 +39,7 @@ class CPUEngineConfig:
     kv_cache_bytes: int
     kernel_dir: Path  # where ise's CPU kernels are built and cached
     block_size: int = 16
-    prefill_chunk_tokens: int = 32
+    prefill_chunk_tokens: int = 16
     long_prompt_tokens: int = 256
     prefix_caching: bool = True
     model_impl: ModelImpl = "auto"

@@ -17,6 +17,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <vector>
 
@@ -141,25 +142,31 @@ inline void accumulate_rows(const float* weights, const float* const* rows, int6
     }
 }
 
-// In place over each of `heads` rows of n scores: softmax. The whole context's scores fit in a
-// small buffer, so no running rescaling is needed.
-inline void softmax_rows(float* scores, int64_t heads, int64_t n) {
-    for (int64_t h = 0; h < heads; ++h) {
-        float* s = scores + h * n;
-        const float top = *std::max_element(s, s + n);
-        float sum = 0.0f;
-        for (int64_t j = 0; j < n; ++j) {
-            s[j] = std::exp(s[j] - top);
-            sum += s[j];
-        }
-        const float inv = 1.0f / sum;
-        for (int64_t j = 0; j < n; ++j) s[j] *= inv;
+// In place over n scores: softmax. The whole context's scores fit in a small buffer, so no
+// running rescaling is needed.
+inline void softmax(float* s, int64_t n) {
+    const float top = *std::max_element(s, s + n);
+    float sum = 0.0f;
+    for (int64_t j = 0; j < n; ++j) {
+        s[j] = std::exp(s[j] - top);
+        sum += s[j];
     }
+    const float inv = 1.0f / sum;
+    for (int64_t j = 0; j < n; ++j) s[j] *= inv;
 }
 
-// One work item is one query token and one KV head: the `group` query heads sharing that KV head
-// read each of its key and value rows while the row is in L1, and a batch of one still has a work
-// item per KV head for the second core.
+// Query tokens of one request attended together: consecutive positions of a prompt chunk share
+// their context, so each key and value row is read once for all of them.
+constexpr int64_t kQueryTokens = 8;
+
+// One work item: up to kQueryTokens consecutive query tokens of one request (a decode token alone)
+// and one KV head. All their query heads sharing that KV head read each tile of its rows while
+// the tile is in L1, each up to its own position; a batch of one still has a work item per KV
+// head for the second core.
+struct AttendItem {
+    int64_t first, count, kv_head;
+};
+
 template <typename scalar_t>
 void attend(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tensor& v_cache,
             const int32_t* block_tables, int64_t max_blocks, const int32_t* seq_index, const int32_t* ctx_len,
@@ -171,34 +178,69 @@ void attend(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::T
     const scalar_t* vp = v_cache.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
     int64_t longest = 0;
-    for (int64_t t = 0; t < tokens; ++t) longest = std::max<int64_t>(longest, ctx_len[t]);
-    at::parallel_for(0, tokens * kv_heads, 1, [&](int64_t begin, int64_t end) {
-        std::vector<float> qf(group * head_dim), acc(group * head_dim), scores(group * longest);
+    std::vector<AttendItem> items;
+    for (int64_t t = 0; t < tokens;) {
+        int64_t end = t + 1;
+        while (end < tokens && end - t < kQueryTokens && seq_index[end] == seq_index[t] &&
+               ctx_len[end] == ctx_len[end - 1] + 1)
+            ++end;
+        for (int64_t g = 0; g < kv_heads; ++g) items.push_back({t, end - t, g});
+        longest = std::max<int64_t>(longest, ctx_len[end - 1]);
+        t = end;
+    }
+    // Items differ in cost (a chunk's tokens against a long context, a decode token against a
+    // short one): the costliest go first, and each thread takes the next item when it is free.
+    std::stable_sort(items.begin(), items.end(), [&](const AttendItem& a, const AttendItem& b) {
+        return a.count * ctx_len[a.first + a.count - 1] > b.count * ctx_len[b.first + b.count - 1];
+    });
+    const int64_t rows_max = kQueryTokens * group, num_items = static_cast<int64_t>(items.size());
+    std::atomic<int64_t> next{0};
+    at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
+        std::vector<float> qf(rows_max * head_dim), acc(rows_max * head_dim), scores(rows_max * longest);
         std::vector<float> buffer(kTile * head_dim);
         std::vector<int64_t> offsets(longest + kTile);
         const float* rows[kTile];
-        for (int64_t item = begin; item < end; ++item) {
-            const int64_t t = item / kv_heads, g = item % kv_heads, offset = g * block_size * head_dim;
-            const int64_t n = ctx_len[t];
-            row_offsets(block_tables + static_cast<int64_t>(seq_index[t]) * max_blocks, n, block_size, kv_heads,
-                        head_dim, offsets.data());
-            load_floats(qp + t * q_stride + g * group * head_dim, qf.data(), group * head_dim);
+        for (int64_t index = next++; index < num_items; index = next++) {
+            const AttendItem item = items[index];
+            const int64_t offset = item.kv_head * block_size * head_dim;
+            const int64_t n = ctx_len[item.first + item.count - 1];  // the last token sees the most
+            row_offsets(block_tables + static_cast<int64_t>(seq_index[item.first]) * max_blocks, n, block_size,
+                        kv_heads, head_dim, offsets.data());
+            for (int64_t i = 0; i < item.count; ++i)
+                load_floats(qp + (item.first + i) * q_stride + item.kv_head * group * head_dim,
+                            qf.data() + i * group * head_dim, group * head_dim);
             for (float& x : qf) x *= scale;
+            // Row r = i * group + h: query token i, head h of the group; it sees ctx_len[first + i] positions.
+            auto visible = [&](int64_t i, int64_t j, int64_t count) {
+                return std::clamp<int64_t>(ctx_len[item.first + i] - j, 0, count);
+            };
             for (int64_t j = 0; j < n; j += kTile) {
                 const int64_t count = std::min(kTile, n - j), next = std::min(kTile, n - j - count);
                 tile_rows(kp, offsets.data() + j, count, next, offset, head_dim, buffer.data(), rows);
-                for (int64_t h = 0; h < group; ++h)
-                    dot_rows(qf.data() + h * head_dim, rows, count, head_dim, scores.data() + h * n + j);
+                for (int64_t i = 0; i < item.count; ++i)
+                    for (int64_t h = 0; h < group; ++h) {
+                        const int64_t r = i * group + h;
+                        dot_rows(qf.data() + r * head_dim, rows, visible(i, j, count), head_dim,
+                                 scores.data() + r * n + j);
+                    }
             }
-            softmax_rows(scores.data(), group, n);
-            std::fill(acc.begin(), acc.end(), 0.0f);
+            for (int64_t i = 0; i < item.count; ++i)
+                for (int64_t h = 0; h < group; ++h) softmax(scores.data() + (i * group + h) * n, ctx_len[item.first + i]);
+            std::fill(acc.begin(), acc.begin() + item.count * group * head_dim, 0.0f);
             for (int64_t j = 0; j < n; j += kTile) {
                 const int64_t count = std::min(kTile, n - j), next = std::min(kTile, n - j - count);
                 tile_rows(vp, offsets.data() + j, count, next, offset, head_dim, buffer.data(), rows);
-                for (int64_t h = 0; h < group; ++h)
-                    accumulate_rows(scores.data() + h * n + j, rows, count, head_dim, acc.data() + h * head_dim);
+                for (int64_t i = 0; i < item.count; ++i)
+                    for (int64_t h = 0; h < group; ++h) {
+                        const int64_t r = i * group + h;
+                        accumulate_rows(scores.data() + r * n + j, rows, visible(i, j, count), head_dim,
+                                        acc.data() + r * head_dim);
+                    }
             }
-            store_floats(acc.data(), op + t * heads * head_dim + g * group * head_dim, group * head_dim);
+            for (int64_t i = 0; i < item.count; ++i)
+                store_floats(acc.data() + i * group * head_dim,
+                             op + (item.first + i) * heads * head_dim + item.kv_head * group * head_dim,
+                             group * head_dim);
         }
     });
 }

@@ -80,6 +80,16 @@ def _forward(model: PreTrainedModel, impl: ModelImpl, kernels: CPUKernels) -> Fo
     return LlamaForward(model, kernels)
 
 
+# Longest later chunk of a prompt the paged kernel attends; longer ones gather their context for
+# SDPA, which reads it once for all queries where the kernel reads it once per query.
+PAGED_CHUNK_TOKENS = 64
+
+
+def _paged(chunk: Chunk) -> bool:
+    """Whether the chunk's tokens attend through the paged kernel: one token, or a short later chunk."""
+    return chunk.num_tokens == 1 or (chunk.seq.num_computed > 0 and chunk.num_tokens <= PAGED_CHUNK_TOKENS)
+
+
 class ModelRunner:
     def __init__(
         self,
@@ -120,8 +130,11 @@ class ModelRunner:
         Returns the chunks that end their sequence's known tokens, in order, and the next-token
         logits of each (one row per chunk).
         """
-        ordered = sorted(chunks, key=lambda c: c.num_tokens > 1)  # decode tokens first
-        num_decode = sum(1 for c in ordered if c.num_tokens == 1)
+        # Tokens the paged kernel attends come first: decode tokens, and short later chunks of a
+        # prompt (each of their tokens sees its context in the cache, up to itself). Prompt starts
+        # and long chunks follow, for SDPA.
+        ordered = sorted(chunks, key=lambda c: not _paged(c))
+        paged = [c for c in ordered if _paged(c)]
         bs = self.cache.block_size
         ids: list[int] = []
         positions: list[int] = []
@@ -132,7 +145,7 @@ class ModelRunner:
         for chunk in ordered:
             seq, start, n = chunk.seq, chunk.seq.num_computed, chunk.num_tokens
             table = seq.block_table
-            if n > 1:
+            if not _paged(chunk):
                 # A later prompt chunk attends to its whole context: every block up to its end.
                 context = torch.tensor(table[: (start + n + bs - 1) // bs]) if start else None
                 prompts.append(PromptSegment(offset=len(ids), length=n, start=start, context_blocks=context))
@@ -142,18 +155,22 @@ class ModelRunner:
             if chunk.samples:
                 sampled.append(chunk)
                 last.append(len(ids) - 1)
-        decode = ordered[:num_decode]
-        width = max((len(c.seq.block_table) for c in decode), default=0)
+        width = max((len(c.seq.block_table) for c in paged), default=0)
         layout = StepLayout(
             cache=self.cache,
             kernels=self.kernels,
             slot_mapping=torch.tensor(slots, dtype=torch.int64),
-            num_decode=num_decode,
+            num_paged=len(positions) - sum(seg.length for seg in prompts),
             block_tables=torch.tensor(
-                [c.seq.block_table + [0] * (width - len(c.seq.block_table)) for c in decode], dtype=torch.int32
-            ).view(num_decode, width),
-            decode_rows=torch.arange(num_decode, dtype=torch.int32),
-            context_lens=torch.tensor([c.seq.num_computed + 1 for c in decode], dtype=torch.int32),
+                [c.seq.block_table + [0] * (width - len(c.seq.block_table)) for c in paged], dtype=torch.int32
+            ).view(len(paged), width),
+            table_rows=torch.tensor(
+                [row for row, c in enumerate(paged) for _ in range(c.num_tokens)], dtype=torch.int32
+            ),
+            context_lens=torch.tensor(
+                [p + 1 for c in paged for p in range(c.seq.num_computed, c.seq.num_computed + c.num_tokens)],
+                dtype=torch.int32,
+            ),
             prompts=tuple(prompts),
         )
         logits = self.forward(torch.tensor(ids), torch.tensor(positions), layout, torch.tensor(last, dtype=torch.long))
