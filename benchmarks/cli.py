@@ -5,15 +5,16 @@
 ``ise bench step`` times the CPU engine's steps directly, for each model implementation.
 ``ise bench limits`` measures this machine's memory bandwidth and GEMM rate, the ceiling they put
 on a run, and how close ise's run (a ``compare`` results.json) came to it.
-``ise bench compare`` starts each target in turn on loopback, sends each the identical requests,
-stops it, and writes JSON, a Markdown table with ratios to the first target, PNG plots and
-``benchmarks/RESULTS.md``.
+``ise bench compare`` starts every target on loopback (or in process), sends each in turn the
+identical requests, ``--repeats`` times over, alternating, stops them, and writes JSON, a
+Markdown table with ratios to the first target, PNG plots and ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import shlex
 import sys
@@ -33,7 +34,7 @@ from benchmarks.clients import Client, HttpClient
 from benchmarks.interference import measure, save, table
 from benchmarks.loadgen import LoadShape, run_load, warm_up
 from benchmarks.metrics import SLO, summarize
-from benchmarks.report import Run, machine, markdown_table, plots, write_json
+from benchmarks.report import Run, machine, markdown_table, median_runs, plots, write_json
 from benchmarks.targets import TARGETS, TargetConfig
 from benchmarks.workloads import RequestSpec, random_workload, shared_prefix_workload
 from server.settings import Settings
@@ -105,6 +106,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     compare.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     compare.add_argument("--max-num-seqs", type=int, default=64, help="batch size limit for servers that take one")
     compare.add_argument("--results-md", type=Path, default=Path("benchmarks/RESULTS.md"))
+    compare.add_argument(
+        "--repeats", type=int, default=1, help="passes over the targets, alternating; the table shows each median"
+    )
     _workload_args(compare)
     return parser.parse_args(argv)
 
@@ -130,9 +134,9 @@ class Bench:
             )
         return random_workload(self.tokenizer, count=count, input_len=a.input_len, output_len=out, seed=seed)
 
-    async def measure(self, target: str, label: str, client: Client) -> list[Run]:
+    async def measure(self, target: str, label: str, client: Client, repeat: int = 0) -> list[Run]:
         a = self.args
-        if a.warmup:
+        if a.warmup and not repeat:
             await warm_up(client, self.specs(a.warmup, seed=a.seed + 10_000, output_len=16), a.warmup)
         runs = []
         for index, (concurrency, rate) in enumerate(self.levels):
@@ -142,7 +146,7 @@ class Bench:
             shape = LoadShape(concurrency=concurrency, rate=rate, max_duration_s=a.max_duration, seed=a.seed)
             result = await run_load(client, specs, shape, desc=f"{target} {shape.label()}")
             summary = summarize(result.records, result.duration_s, self.slo)
-            runs.append(Run(target, label, concurrency, rate, summary, result.records))
+            runs.append(Run(target, label, concurrency, rate, summary, result.records, repeat))
             print(
                 f"{label:45s} {shape.label():16s} {summary.output_throughput:8.1f} tok/s  "
                 f"TTFT p50 {summary.ttft.p50 * 1e3:7.0f} ms  ITL p50 {summary.itl.p50 * 1e3:6.1f} ms  "
@@ -243,16 +247,28 @@ async def compare(args: argparse.Namespace) -> None:
     config = TargetConfig(model_dir=model_dir, dtype=dtype, log_dir=args.out / "logs", max_num_seqs=args.max_num_seqs)
     runs: list[Run] = []
     notes: list[str] = []
-    for name in args.targets:
-        label, factory = TARGETS[name]
-        started = time.monotonic()
-        try:
-            async with factory(config) as client:
+    async with contextlib.AsyncExitStack() as stack:
+        # Every target is up before any is measured, so repeats can alternate between them; an
+        # idle target computes nothing.
+        clients: dict[str, Client] = {}
+        for name in args.targets:
+            label, factory = TARGETS[name]
+            started = time.monotonic()
+            try:
+                clients[name] = await stack.enter_async_context(factory(config))
                 print(f"{label}: ready in {time.monotonic() - started:.0f} s", flush=True)
-                runs += await bench.measure(name, label, client)
-        except Exception as exc:  # one peer failing must not lose the others' results
-            notes.append(f"{label} did not run: {exc}")
-            print(notes[-1], file=sys.stderr, flush=True)
+            except Exception as exc:  # one peer failing must not lose the others' results
+                notes.append(f"{label} did not run: {exc}")
+                print(notes[-1], file=sys.stderr, flush=True)
+        for repeat in range(args.repeats):
+            for name, client in list(clients.items()):
+                label = TARGETS[name][0]
+                try:
+                    runs += await bench.measure(name, label, client, repeat)
+                except Exception as exc:
+                    notes.append(f"{label} failed in pass {repeat + 1}: {exc}")
+                    print(notes[-1], file=sys.stderr, flush=True)
+                    del clients[name]
     _write(args, runs, {"notes": notes, "dtype": dtype})
 
 
@@ -280,6 +296,7 @@ def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
 
 def targets_check(runs: list[Run]) -> list[str]:
     """The performance goals of the benchmark issue, checked against this run's numbers."""
+    runs = median_runs(runs)
 
     def get(target: str, concurrency: int) -> Run | None:
         return next((r for r in runs if r.target == target and r.concurrency == concurrency), None)

@@ -126,3 +126,26 @@ def test_limits_command_rates_a_run_against_this_machines_ceiling(server: Server
     [row32] = [r for r in rows if r.startswith("| 32 |")]
     ceiling = float(row32.split("|")[2])
     assert f"50.0 ({50 / ceiling:.0%})" in row32
+
+
+def test_compare_alternates_targets_over_repeats_and_reports_each_median(server: ServerHandle, tmp_path: Path) -> None:
+    out, results_md = tmp_path / "compare", tmp_path / "RESULTS.md"
+    cmd = [
+        sys.executable, "-m", "server.cli", "bench", "compare", "--targets", "engine", "transformers",
+        "--model-dir", str(server.model_dir), "--dtype", "float32", "--repeats", "2", "--concurrency", "1",
+        "--input-len", "16", "--output-len", "6", "--min-prompts", "2", "--warmup", "1",
+        "--out", str(out), "--results-md", str(results_md),
+    ]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert [(r["target"], r["repeat"]) for r in runs] == [
+        ("engine", 0), ("transformers", 0), ("engine", 1), ("transformers", 1)
+    ]  # fmt: skip
+    assert all(r["summary"]["completed"] == 2 for r in runs)
+    rows = [line for line in (out / "table.md").read_text().splitlines() if line.startswith("| 1 |")]
+    assert len(rows) == 2, "one row per target: the median of its repeats"
+    for row, target in zip(rows, ("engine", "transformers"), strict=True):
+        each = [f"{r['summary']['output_throughput']:.1f}" for r in runs if r["target"] == target]
+        assert row.endswith(f"| {', '.join(each)} |")
+    assert "## Plots" in results_md.read_text()
