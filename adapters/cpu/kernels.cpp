@@ -87,9 +87,9 @@ inline void row_offsets(const int32_t* table, int64_t n, int64_t block_size, int
 // into `buffer` (converted) otherwise. Rows of the next tile are prefetched: the hardware
 // prefetcher follows a block's rows but loses the stream at each jump to another block.
 template <typename scalar_t>
-inline void tile_rows(const scalar_t* cache, const int64_t* offsets, int64_t count, int64_t next,
+inline void tile_rows(const scalar_t* cache, const int64_t* offsets, int64_t count, int64_t ahead,
                       int64_t head_offset, int64_t head_dim, float* buffer, const float** rows) {
-    for (int64_t i = 0; i < next; ++i)
+    for (int64_t i = 0; i < ahead; ++i)
         prefetch(cache + offsets[count + i] + head_offset, head_dim * static_cast<int64_t>(sizeof(scalar_t)));
     for (int64_t i = 0; i < count; ++i) {
         const scalar_t* src = cache + offsets[i] + head_offset;
@@ -189,58 +189,63 @@ void attend(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::T
         t = end;
     }
     // Items differ in cost (a chunk's tokens against a long context, a decode token against a
-    // short one): the costliest go first, and each thread takes the next item when it is free.
+    // short one): the costliest go first, and each thread takes the next few when it is free.
+    // Taking a few neighbours at a time keeps a thread on adjacent cache blocks (a token's KV
+    // heads lie side by side), which the memory prefetchers follow.
     std::stable_sort(items.begin(), items.end(), [&](const AttendItem& a, const AttendItem& b) {
         return a.count * ctx_len[a.first + a.count - 1] > b.count * ctx_len[b.first + b.count - 1];
     });
     const int64_t rows_max = kQueryTokens * group, num_items = static_cast<int64_t>(items.size());
+    const int64_t threads = at::get_num_threads(), grab = std::max<int64_t>(1, num_items / (8 * threads));
     std::atomic<int64_t> next{0};
-    at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
+    at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
         std::vector<float> qf(rows_max * head_dim), acc(rows_max * head_dim), scores(rows_max * longest);
         std::vector<float> buffer(kTile * head_dim);
         std::vector<int64_t> offsets(longest + kTile);
         const float* rows[kTile];
-        for (int64_t index = next++; index < num_items; index = next++) {
-            const AttendItem item = items[index];
-            const int64_t offset = item.kv_head * block_size * head_dim;
-            const int64_t n = ctx_len[item.first + item.count - 1];  // the last token sees the most
-            row_offsets(block_tables + static_cast<int64_t>(seq_index[item.first]) * max_blocks, n, block_size,
-                        kv_heads, head_dim, offsets.data());
-            for (int64_t i = 0; i < item.count; ++i)
-                load_floats(qp + (item.first + i) * q_stride + item.kv_head * group * head_dim,
-                            qf.data() + i * group * head_dim, group * head_dim);
-            for (float& x : qf) x *= scale;
-            // Row r = i * group + h: query token i, head h of the group; it sees ctx_len[first + i] positions.
-            auto visible = [&](int64_t i, int64_t j, int64_t count) {
-                return std::clamp<int64_t>(ctx_len[item.first + i] - j, 0, count);
-            };
-            for (int64_t j = 0; j < n; j += kTile) {
-                const int64_t count = std::min(kTile, n - j), next = std::min(kTile, n - j - count);
-                tile_rows(kp, offsets.data() + j, count, next, offset, head_dim, buffer.data(), rows);
+        for (int64_t first = next.fetch_add(grab); first < num_items; first = next.fetch_add(grab)) {
+            for (int64_t index = first; index < std::min(num_items, first + grab); ++index) {
+                const AttendItem item = items[index];
+                const int64_t offset = item.kv_head * block_size * head_dim;
+                const int64_t n = ctx_len[item.first + item.count - 1];  // the last token sees the most
+                row_offsets(block_tables + static_cast<int64_t>(seq_index[item.first]) * max_blocks, n, block_size,
+                            kv_heads, head_dim, offsets.data());
                 for (int64_t i = 0; i < item.count; ++i)
-                    for (int64_t h = 0; h < group; ++h) {
-                        const int64_t r = i * group + h;
-                        dot_rows(qf.data() + r * head_dim, rows, visible(i, j, count), head_dim,
-                                 scores.data() + r * n + j);
-                    }
-            }
-            for (int64_t i = 0; i < item.count; ++i)
-                for (int64_t h = 0; h < group; ++h) softmax(scores.data() + (i * group + h) * n, ctx_len[item.first + i]);
-            std::fill(acc.begin(), acc.begin() + item.count * group * head_dim, 0.0f);
-            for (int64_t j = 0; j < n; j += kTile) {
-                const int64_t count = std::min(kTile, n - j), next = std::min(kTile, n - j - count);
-                tile_rows(vp, offsets.data() + j, count, next, offset, head_dim, buffer.data(), rows);
+                    load_floats(qp + (item.first + i) * q_stride + item.kv_head * group * head_dim,
+                                qf.data() + i * group * head_dim, group * head_dim);
+                std::for_each(qf.begin(), qf.begin() + item.count * group * head_dim, [&](float& x) { x *= scale; });
+                // Row r = i * group + h: query token i, head h of the group; it sees ctx_len[first + i] positions.
+                auto visible = [&](int64_t i, int64_t j, int64_t count) {
+                    return std::clamp<int64_t>(ctx_len[item.first + i] - j, 0, count);
+                };
+                for (int64_t j = 0; j < n; j += kTile) {
+                    const int64_t count = std::min(kTile, n - j), ahead = std::min(kTile, n - j - count);
+                    tile_rows(kp, offsets.data() + j, count, ahead, offset, head_dim, buffer.data(), rows);
+                    for (int64_t i = 0; i < item.count; ++i)
+                        for (int64_t h = 0; h < group; ++h) {
+                            const int64_t r = i * group + h;
+                            dot_rows(qf.data() + r * head_dim, rows, visible(i, j, count), head_dim,
+                                     scores.data() + r * n + j);
+                        }
+                }
                 for (int64_t i = 0; i < item.count; ++i)
-                    for (int64_t h = 0; h < group; ++h) {
-                        const int64_t r = i * group + h;
-                        accumulate_rows(scores.data() + r * n + j, rows, visible(i, j, count), head_dim,
-                                        acc.data() + r * head_dim);
-                    }
+                    for (int64_t h = 0; h < group; ++h) softmax(scores.data() + (i * group + h) * n, ctx_len[item.first + i]);
+                std::fill(acc.begin(), acc.begin() + item.count * group * head_dim, 0.0f);
+                for (int64_t j = 0; j < n; j += kTile) {
+                    const int64_t count = std::min(kTile, n - j), ahead = std::min(kTile, n - j - count);
+                    tile_rows(vp, offsets.data() + j, count, ahead, offset, head_dim, buffer.data(), rows);
+                    for (int64_t i = 0; i < item.count; ++i)
+                        for (int64_t h = 0; h < group; ++h) {
+                            const int64_t r = i * group + h;
+                            accumulate_rows(scores.data() + r * n + j, rows, visible(i, j, count), head_dim,
+                                            acc.data() + r * head_dim);
+                        }
+                }
+                for (int64_t i = 0; i < item.count; ++i)
+                    store_floats(acc.data() + i * group * head_dim,
+                                 op + (item.first + i) * heads * head_dim + item.kv_head * group * head_dim,
+                                 group * head_dim);
             }
-            for (int64_t i = 0; i < item.count; ++i)
-                store_floats(acc.data() + i * group * head_dim,
-                             op + (item.first + i) * heads * head_dim + item.kv_head * group * head_dim,
-                             group * head_dim);
         }
     });
 }

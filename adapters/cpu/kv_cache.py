@@ -2,9 +2,8 @@
 
 Which block holds which request's positions is the block manager's business; this class only
 owns the memory. Layout ``[num_blocks, kv_heads, block_size, head_dim]``: one KV head's rows of a
-block are one contiguous stretch (4 KB for the built-in model), which decode attention, reading
-one KV head at a time, streams from memory in order, and which a prompt's attention gathers
-whole blocks of.
+block are one contiguous stretch (4 KB for the built-in model), which attention, reading one KV
+head at a time, streams from memory in order.
 """
 
 from __future__ import annotations
@@ -39,13 +38,3 @@ class PagedKVCache:
         flat = rows.reshape(-1)
         self.keys[layer].view(-1, head_dim).index_copy_(0, flat, k.reshape(-1, head_dim))
         self.values[layer].view(-1, head_dim).index_copy_(0, flat, v.reshape(-1, head_dim))
-
-    def gather(self, layer: int, blocks: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The keys and values [KVH, length, D] of the first ``length`` positions held in ``blocks``."""
-        _, kv_heads, _, head_dim = self.keys[layer].shape
-
-        def take(cache: torch.Tensor) -> torch.Tensor:
-            picked = cache.index_select(0, blocks).transpose(0, 1).reshape(kv_heads, -1, head_dim)
-            return picked[:, :length]
-
-        return take(self.keys[layer]), take(self.values[layer])

@@ -62,7 +62,6 @@ class LlamaForward:
         config = model.config
         self.kernels = kernels
         self.heads = config.num_attention_heads
-        self.kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.scale = self.head_dim**-0.5
         self.eps = float(config.rms_norm_eps)
@@ -89,7 +88,7 @@ class LlamaForward:
     ) -> torch.Tensor:
         """Next-token logits [len(keep), vocab] of the packed rows ``keep``."""
         kernels, cache = self.kernels, layout.cache
-        heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
+        heads, dim = self.heads, self.head_dim
         tokens = ids.shape[0]
         residual = F.embedding(ids, self.embed)
         cos, sin = self.rotary(residual, positions.unsqueeze(0))
@@ -100,10 +99,7 @@ class LlamaForward:
             kernels.rotary_cache_write(
                 qkv, cos, sin, heads, cache.keys[index], cache.values[index], layout.slot_mapping
             )
-            q = qkv[:, : heads * dim].view(tokens, heads, dim)
-            k = qkv[:, heads * dim : (heads + kv_heads) * dim].view(tokens, kv_heads, dim)
-            v = qkv[:, (heads + kv_heads) * dim :].view(tokens, kv_heads, dim)
-            attended = attend(layout, index, q, k, v, self.scale)
+            attended = attend(layout, index, qkv[:, : heads * dim].view(tokens, heads, dim), self.scale)
             hidden = kernels.rms_norm(layer.o(attended), residual, layer.post_norm, self.eps)
             mlp = layer.down(kernels.silu_mul(layer.gate_up(hidden)))
             following = self.layers[index + 1].input_norm if index + 1 < len(self.layers) else self.norm

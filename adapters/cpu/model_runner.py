@@ -10,7 +10,7 @@ from typing import Literal, Protocol
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedModel
 
-from adapters.cpu.attention import ATTN_IMPLEMENTATION, PromptSegment, StepLayout
+from adapters.cpu.attention import ATTN_IMPLEMENTATION, StepLayout
 from adapters.cpu.kernels import CPUKernels, cpu_kernels
 from adapters.cpu.kv_cache import PagedKVCache
 from adapters.cpu.llama import LlamaForward, unsupported_reason
@@ -80,16 +80,6 @@ def _forward(model: PreTrainedModel, impl: ModelImpl, kernels: CPUKernels) -> Fo
     return LlamaForward(model, kernels)
 
 
-# Longest later chunk of a prompt the paged kernel attends; longer ones gather their context for
-# SDPA, which reads it once for all queries where the kernel reads it once per query.
-PAGED_CHUNK_TOKENS = 64
-
-
-def _paged(chunk: Chunk) -> bool:
-    """Whether the chunk's tokens attend through the paged kernel: one token, or a short later chunk."""
-    return chunk.num_tokens == 1 or (chunk.seq.num_computed > 0 and chunk.num_tokens <= PAGED_CHUNK_TOKENS)
-
-
 class ModelRunner:
     def __init__(
         self,
@@ -130,48 +120,33 @@ class ModelRunner:
         Returns the chunks that end their sequence's known tokens, in order, and the next-token
         logits of each (one row per chunk).
         """
-        # Tokens the paged kernel attends come first: decode tokens, and short later chunks of a
-        # prompt (each of their tokens sees its context in the cache, up to itself). Prompt starts
-        # and long chunks follow, for SDPA.
-        ordered = sorted(chunks, key=lambda c: not _paged(c))
-        paged = [c for c in ordered if _paged(c)]
         bs = self.cache.block_size
         ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
-        prompts: list[PromptSegment] = []
+        rows: list[int] = []
         sampled: list[Chunk] = []
         last: list[int] = []
-        for chunk in ordered:
+        for row, chunk in enumerate(chunks):
             seq, start, n = chunk.seq, chunk.seq.num_computed, chunk.num_tokens
             table = seq.block_table
-            if not _paged(chunk):
-                # A later prompt chunk attends to its whole context: every block up to its end.
-                context = torch.tensor(table[: (start + n + bs - 1) // bs]) if start else None
-                prompts.append(PromptSegment(offset=len(ids), length=n, start=start, context_blocks=context))
             ids += seq.token_ids()[start : start + n]
             positions += range(start, start + n)
             slots += [table[p // bs] * bs + p % bs for p in range(start, start + n)]
+            rows += [row] * n
             if chunk.samples:
                 sampled.append(chunk)
                 last.append(len(ids) - 1)
-        width = max((len(c.seq.block_table) for c in paged), default=0)
+        width = max(len(c.seq.block_table) for c in chunks)
         layout = StepLayout(
             cache=self.cache,
             kernels=self.kernels,
             slot_mapping=torch.tensor(slots, dtype=torch.int64),
-            num_paged=len(positions) - sum(seg.length for seg in prompts),
             block_tables=torch.tensor(
-                [c.seq.block_table + [0] * (width - len(c.seq.block_table)) for c in paged], dtype=torch.int32
-            ).view(len(paged), width),
-            table_rows=torch.tensor(
-                [row for row, c in enumerate(paged) for _ in range(c.num_tokens)], dtype=torch.int32
+                [c.seq.block_table + [0] * (width - len(c.seq.block_table)) for c in chunks], dtype=torch.int32
             ),
-            context_lens=torch.tensor(
-                [p + 1 for c in paged for p in range(c.seq.num_computed, c.seq.num_computed + c.num_tokens)],
-                dtype=torch.int32,
-            ),
-            prompts=tuple(prompts),
+            table_rows=torch.tensor(rows, dtype=torch.int32),
+            context_lens=torch.tensor([p + 1 for p in positions], dtype=torch.int32),
         )
         logits = self.forward(torch.tensor(ids), torch.tensor(positions), layout, torch.tensor(last, dtype=torch.long))
         return sampled, logits
