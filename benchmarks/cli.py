@@ -142,7 +142,9 @@ class Bench:
         for index, (concurrency, rate) in enumerate(self.levels):
             width = concurrency or max(int((rate or 1) * 4), 1)
             count = max(a.min_prompts, a.prompts_per_stream * width)
-            specs = self.specs(count, seed=a.seed + index)
+            # Every target gets the same prompts in a pass; each pass new ones, or a repeat would
+            # be served from the prefix cache the pass before filled.
+            specs = self.specs(count, seed=a.seed + index + 1000 * repeat)
             shape = LoadShape(concurrency=concurrency, rate=rate, max_duration_s=a.max_duration, seed=a.seed)
             result = await run_load(client, specs, shape, desc=f"{target} {shape.label()}")
             summary = summarize(result.records, result.duration_s, self.slo)
