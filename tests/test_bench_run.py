@@ -95,10 +95,11 @@ def test_step_command_times_each_model_implementation(server: ServerHandle, tmp_
     cmd = [
         sys.executable, "-m", "server.cli", "bench", "step", "--model-dir", str(server.model_dir),
         "--model-impl", "ise", "transformers", "--batch", "1", "2", "--prompt-len", "16", "--steps", "4",
-        "--dtype", "float32", "--out", str(out),
+        "--dtype", "float32", "--repeats", "2", "--out", str(out),
     ]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("(median of 2)") == 4
     rows = json.loads((out / "step.json").read_text())["results"]
     assert [(r["impl"], r["batch"]) for r in rows] == [("ise", 1), ("ise", 2), ("transformers", 1), ("transformers", 2)]
     assert all(r["decode_step_ms"] > 0 and r["prefill_tokens_per_s"] > 0 for r in rows)
