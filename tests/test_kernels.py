@@ -75,17 +75,23 @@ def test_paged_attention_matches_torch(
     torch.testing.assert_close(out.double(), expected, rtol=tolerance, atol=tolerance)
 
 
+@pytest.mark.parametrize("quantize", [False, True], ids=["float32", "int8"])
 @pytest.mark.parametrize(("k", "n"), [(576, 960), (1536, 37), (8, 16)])
 def test_linear_matches_torch_and_gives_each_row_the_same_bits_at_any_batch(
-    kernels: CPUKernels, k: int, n: int
+    kernels: CPUKernels, k: int, n: int, quantize: bool
 ) -> None:
     torch.manual_seed(0)
     weight, bias = torch.randn(n, k), torch.randn(n)
-    packed = kernels.pack_linear_weight(weight)
+    packed, scales = kernels.pack_linear_weight(weight, quantize)
+    if quantize:
+        # What the kernel must compute: the weights as their int8 codes times each column's scale.
+        step = weight.abs().amax(dim=1, keepdim=True) / 127
+        assert packed.dtype == torch.int8 and torch.allclose(scales, step.squeeze(1))
+        weight = torch.round(weight / step) * step
     x = torch.randn(300, k)  # more rows than one row block holds, and a ragged tail of rows
-    out = kernels.linear(x, packed, bias, n)
+    out = kernels.linear(x, packed, scales, bias, n)
     expected = x.double() @ weight.double().T + bias.double()
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-4 * k**0.5)
     for rows in (slice(0, 1), slice(5, 12), slice(17, 49), slice(290, 300)):
-        assert torch.equal(kernels.linear(x[rows].contiguous(), packed, bias, n), out[rows])
-    torch.testing.assert_close(kernels.linear(x[:3].contiguous(), packed, None, n), out[:3] - bias)
+        assert torch.equal(kernels.linear(x[rows].contiguous(), packed, scales, bias, n), out[rows])
+    torch.testing.assert_close(kernels.linear(x[:3].contiguous(), packed, scales, None, n), out[:3] - bias)

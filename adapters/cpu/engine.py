@@ -20,6 +20,7 @@ import torch
 
 from adapters.cpu.block_manager import BlockManager
 from adapters.cpu.model_runner import ModelImpl, ModelRunner, eos_token_ids
+from adapters.cpu.packed_linear import Quantization
 from adapters.cpu.sampler import Sampler
 from adapters.cpu.scheduler import Scheduler
 from adapters.cpu.sequence import Sequence
@@ -43,6 +44,7 @@ class CPUEngineConfig:
     long_prompt_tokens: int = 256
     prefix_caching: bool = True
     model_impl: ModelImpl = "auto"
+    quantization: Quantization = "none"
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,7 @@ class CPUEngine:
             block_size=config.block_size,
             kernel_dir=config.kernel_dir,
             model_impl=config.model_impl,
+            quantization=config.quantization,
         )
         capacity = runner.cache.num_blocks * config.block_size
         if capacity < config.max_model_len:

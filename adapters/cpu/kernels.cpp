@@ -17,6 +17,9 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 #include <atomic>
 #include <cmath>
 #include <vector>
@@ -402,31 +405,73 @@ static_assert(kRows == 6, "linear()'s switch covers tails of 1 to 5 rows");
 constexpr int64_t kRowBlockBytes = 128 * 1024;
 constexpr int64_t kPanelsPerItem = 4;
 
-torch::Tensor pack_linear_weight(const torch::Tensor& weight) {
+// Weights as stored: float32, or int8 with one float scale per output column (weight-only
+// quantization: the arithmetic stays float32, a quarter of the bytes stream from memory).
+template <typename W>
+inline void load_weights(const W* p, vec8& w0, vec8& w1) {
+    if constexpr (std::is_same_v<W, float>) {
+        w0 = load8(p);
+        w1 = load8(p + kLane);
+    } else {
+#if defined(__AVX2__)
+        // GCC lowers the portable conversion below to one scalar load per byte; these are two
+        // instructions per eight weights.
+        const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+        w0 = reinterpret_cast<vec8>(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes)));
+        w1 = reinterpret_cast<vec8>(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(bytes, 8))));
+#else
+        typedef int8_t bytes8 __attribute__((vector_size(8), aligned(1)));
+        w0 = __builtin_convertvector(*reinterpret_cast<const bytes8*>(p), vec8);
+        w1 = __builtin_convertvector(*reinterpret_cast<const bytes8*>(p + kLane), vec8);
+#endif
+    }
+}
+
+// Steps over k that one 64-byte cache line of a panel holds.
+template <typename W>
+constexpr int64_t kStepsPerLine = 64 / (kPanel * static_cast<int64_t>(sizeof(W)));
+
+// Packs weight [N, K] into panels. With `quantize`, also returns each output column's scale:
+// symmetric int8, the column's largest magnitude mapped to 127.
+std::vector<torch::Tensor> pack_linear_weight(const torch::Tensor& weight, bool quantize) {
     TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == torch::kFloat32, "weight: float32 [N, K]");
     const int64_t n = weight.size(0), k = weight.size(1), panels = (n + kPanel - 1) / kPanel;
-    auto packed = torch::zeros({panels, k, kPanel}, weight.options());
-    auto accessor = weight.accessor<float, 2>();
-    float* dst = packed.data_ptr<float>();
+    auto packed = torch::zeros({panels, k, kPanel}, weight.options().dtype(quantize ? torch::kInt8 : torch::kFloat32));
+    auto scales = torch::ones({quantize ? n : 0}, weight.options());
+    auto w = weight.accessor<float, 2>();
+    float* sp = scales.data_ptr<float>();
     at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
         for (int64_t p = begin; p < end; ++p)
-            for (int64_t c = 0; c < kPanel && p * kPanel + c < n; ++c)
-                for (int64_t i = 0; i < k; ++i) dst[(p * k + i) * kPanel + c] = accessor[p * kPanel + c][i];
+            for (int64_t c = 0; c < kPanel && p * kPanel + c < n; ++c) {
+                const int64_t col = p * kPanel + c;
+                if (!quantize) {
+                    float* dst = packed.data_ptr<float>();
+                    for (int64_t i = 0; i < k; ++i) dst[(p * k + i) * kPanel + c] = w[col][i];
+                    continue;
+                }
+                float top = 0.0f;
+                for (int64_t i = 0; i < k; ++i) top = std::max(top, std::abs(w[col][i]));
+                sp[col] = top > 0.0f ? top / 127.0f : 1.0f;
+                int8_t* dst = packed.data_ptr<int8_t>();
+                for (int64_t i = 0; i < k; ++i)
+                    dst[(p * k + i) * kPanel + c] = static_cast<int8_t>(std::lround(w[col][i] / sp[col]));
+            }
     });
-    return packed;
+    return {packed, scales};
 }
 
 // `rows` (at most kRows) rows of x times one weight panel, into `cols` (at most kPanel) columns of out.
-// With `ahead`, each step over k also asks for one cache line (one k) of that panel: the next
-// panel arrives from memory while this one is computed.
-template <int rows>
-inline void panel_rows(const float* x, int64_t k, const float* panel, const float* ahead, const float* bias,
-                       float* out, int64_t ldo, int64_t cols) {
+// With `ahead`, each step over k also asks for the next panel's bytes of that k: the next panel
+// arrives from memory while this one is computed.
+template <int rows, typename W>
+inline void panel_rows(const float* x, int64_t k, const W* panel, const W* ahead, const float* scale,
+                       const float* bias, float* out, int64_t ldo, int64_t cols) {
     vec8 acc[rows][2];
     for (int r = 0; r < rows; ++r) acc[r][0] = acc[r][1] = vec8{};
     for (int64_t i = 0; i < k; ++i) {
-        if (ahead) __builtin_prefetch(ahead + i * kPanel);
-        const vec8 w0 = load8(panel + i * kPanel), w1 = load8(panel + i * kPanel + kLane);
+        if (ahead && i % kStepsPerLine<W> == 0) __builtin_prefetch(ahead + i * kPanel);
+        vec8 w0, w1;
+        load_weights(panel + i * kPanel, w0, w1);
         for (int r = 0; r < rows; ++r) {
             const vec8 xv = splat8(x[r * k + i]);
             acc[r][0] += xv * w0;
@@ -437,24 +482,35 @@ inline void panel_rows(const float* x, int64_t k, const float* panel, const floa
     for (int r = 0; r < rows; ++r) {
         store8(tile, acc[r][0]);
         store8(tile + kLane, acc[r][1]);
-        for (int64_t c = 0; c < cols; ++c) out[r * ldo + c] = bias ? tile[c] + bias[c] : tile[c];
+        for (int64_t c = 0; c < cols; ++c) {
+            const float value = scale ? tile[c] * scale[c] : tile[c];
+            out[r * ldo + c] = bias ? value + bias[c] : value;
+        }
     }
 }
 
-torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& packed, const std::optional<torch::Tensor>& bias,
-                     int64_t n) {
-    TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.scalar_type() == torch::kFloat32, "x: contiguous float32 [M, K]");
-    TORCH_CHECK(packed.dim() == 3 && packed.size(1) == x.size(1) && packed.size(2) == kPanel &&
-                    packed.size(0) == (n + kPanel - 1) / kPanel && packed.is_contiguous(),
-                "packed weight does not match x or n");
-    TORCH_CHECK(!bias || (bias->is_contiguous() && bias->numel() == n && bias->scalar_type() == torch::kFloat32),
-                "bias: float32 [N]");
-    const int64_t m = x.size(0), k = x.size(1), panels = packed.size(0);
-    auto out = torch::empty({m, n}, x.options());
-    const float* xp = x.data_ptr<float>();
-    const float* wp = packed.data_ptr<float>();
-    const float* bp = bias ? bias->data_ptr<float>() : nullptr;
-    float* op = out.data_ptr<float>();
+// Rows r0..r1 of x times one panel: full tiles of kRows rows, then the rest.
+template <typename W>
+inline void panel_passes(const float* xp, int64_t k, const W* panel, const W* ahead, const float* s, const float* b,
+                         float* op, int64_t n, int64_t r0, int64_t r1, int64_t c0, int64_t cols) {
+    int64_t r = r0;
+    for (; r + kRows <= r1; r += kRows, ahead = nullptr)
+        panel_rows<kRows>(xp + r * k, k, panel, ahead, s, b, op + r * n + c0, n, cols);
+    float* o = op + r * n + c0;
+    const float* xr = xp + r * k;
+    switch (r1 - r) {
+        case 1: panel_rows<1>(xr, k, panel, ahead, s, b, o, n, cols); break;
+        case 2: panel_rows<2>(xr, k, panel, ahead, s, b, o, n, cols); break;
+        case 3: panel_rows<3>(xr, k, panel, ahead, s, b, o, n, cols); break;
+        case 4: panel_rows<4>(xr, k, panel, ahead, s, b, o, n, cols); break;
+        case 5: panel_rows<5>(xr, k, panel, ahead, s, b, o, n, cols); break;
+        default: break;
+    }
+}
+
+template <typename W>
+void linear_rows(const float* xp, const W* wp, const float* sp, const float* bp, float* op, int64_t m, int64_t k,
+                 int64_t n, int64_t panels) {
     const int64_t block = std::max<int64_t>(kRows, kRowBlockBytes / (k * 4) / kRows * kRows);
     // Work items: a block of rows times a few neighbouring panels, handed to whichever thread is
     // free. A static half for each core waited on the slower one whenever the other tenants of
@@ -462,30 +518,61 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& packed, const 
     const int64_t groups = (panels + kPanelsPerItem - 1) / kPanelsPerItem, items = groups * ((m + block - 1) / block);
     std::atomic<int64_t> next{0};
     at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
+        std::vector<float> widened(std::is_same_v<W, float> ? 0 : k * kPanel);
         for (int64_t item = next++; item < items; item = next++) {
             const int64_t r0 = item / groups * block, r1 = std::min(m, r0 + block);
             const int64_t p0 = item % groups * kPanelsPerItem, p1 = std::min(panels, p0 + kPanelsPerItem);
             for (int64_t p = p0; p < p1; ++p) {
-                const float* panel = wp + p * k * kPanel;
+                const W* stored = wp + p * k * kPanel;
                 const int64_t c0 = p * kPanel, cols = std::min(kPanel, n - c0);
+                const float* s = sp ? sp + c0 : nullptr;
                 const float* b = bp ? bp + c0 : nullptr;
                 // The first pass over this panel fetches the next one; later passes find both cached.
-                const float* ahead = p + 1 < p1 ? panel + k * kPanel : nullptr;
-                int64_t r = r0;
-                for (; r + kRows <= r1; r += kRows, ahead = nullptr)
-                    panel_rows<kRows>(xp + r * k, k, panel, ahead, b, op + r * n + c0, n, cols);
-                float* o = op + r * n + c0;
-                switch (r1 - r) {
-                    case 1: panel_rows<1>(xp + r * k, k, panel, ahead, b, o, n, cols); break;
-                    case 2: panel_rows<2>(xp + r * k, k, panel, ahead, b, o, n, cols); break;
-                    case 3: panel_rows<3>(xp + r * k, k, panel, ahead, b, o, n, cols); break;
-                    case 4: panel_rows<4>(xp + r * k, k, panel, ahead, b, o, n, cols); break;
-                    case 5: panel_rows<5>(xp + r * k, k, panel, ahead, b, o, n, cols); break;
-                    default: break;
+                const W* next_panel = p + 1 < p1 ? stored + k * kPanel : nullptr;
+                if constexpr (!std::is_same_v<W, float>) {
+                    // Several passes over an int8 panel: widen it to float once, in cache, rather
+                    // than at every pass. Same values, so the same sums to the bit either way.
+                    if (r1 - r0 > kRows) {
+                        for (int64_t i = 0; i < k; ++i) {
+                            if (next_panel && i % kStepsPerLine<W> == 0) __builtin_prefetch(next_panel + i * kPanel);
+                            vec8 w0, w1;
+                            load_weights(stored + i * kPanel, w0, w1);
+                            store8(widened.data() + i * kPanel, w0);
+                            store8(widened.data() + i * kPanel + kLane, w1);
+                        }
+                        panel_passes(xp, k, widened.data(), static_cast<const float*>(nullptr), s, b, op, n, r0, r1,
+                                     c0, cols);
+                        continue;
+                    }
                 }
+                panel_passes(xp, k, stored, next_panel, s, b, op, n, r0, r1, c0, cols);
             }
         }
     });
+}
+
+// out = x @ W^T (* scales, for int8 weights) + bias.
+torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& packed, const torch::Tensor& scales,
+                     const std::optional<torch::Tensor>& bias, int64_t n) {
+    TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.scalar_type() == torch::kFloat32, "x: contiguous float32 [M, K]");
+    TORCH_CHECK(packed.dim() == 3 && packed.size(1) == x.size(1) && packed.size(2) == kPanel &&
+                    packed.size(0) == (n + kPanel - 1) / kPanel && packed.is_contiguous(),
+                "packed weight does not match x or n");
+    const bool quantized = packed.scalar_type() == torch::kInt8;
+    TORCH_CHECK(quantized || packed.scalar_type() == torch::kFloat32, "packed weight: float32 or int8");
+    TORCH_CHECK(!quantized || (scales.numel() == n && scales.is_contiguous() && scales.scalar_type() == torch::kFloat32),
+                "int8 weights need float32 scales [N]");
+    TORCH_CHECK(!bias || (bias->is_contiguous() && bias->numel() == n && bias->scalar_type() == torch::kFloat32),
+                "bias: float32 [N]");
+    const int64_t m = x.size(0), k = x.size(1);
+    auto out = torch::empty({m, n}, x.options());
+    const float* bp = bias ? bias->data_ptr<float>() : nullptr;
+    if (quantized)
+        linear_rows(x.data_ptr<float>(), packed.data_ptr<int8_t>(), scales.data_ptr<float>(), bp,
+                    out.data_ptr<float>(), m, k, n, packed.size(0));
+    else
+        linear_rows(x.data_ptr<float>(), packed.data_ptr<float>(), static_cast<const float*>(nullptr), bp,
+                    out.data_ptr<float>(), m, k, n, packed.size(0));
     return out;
 }
 

@@ -21,7 +21,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from adapters.cpu.attention import StepLayout, attend
 from adapters.cpu.kernels import CPUKernels
-from adapters.cpu.packed_linear import fast_linear
+from adapters.cpu.packed_linear import Quantization, fast_linear
 
 FAMILY = frozenset({"llama", "mistral", "qwen2"})
 
@@ -49,16 +49,16 @@ class _Layer:
     down: nn.Module
 
 
-def _fuse(kernels: CPUKernels, *linears: nn.Linear) -> nn.Module:
+def _fuse(kernels: CPUKernels, quantization: Quantization, *linears: nn.Linear) -> nn.Module:
     """One layer computing all of ``linears``' outputs side by side."""
     bias = None
     if any(lin.bias is not None for lin in linears):
         bias = torch.cat([lin.weight.new_zeros(lin.out_features) if lin.bias is None else lin.bias for lin in linears])
-    return fast_linear(torch.cat([lin.weight for lin in linears]), bias, kernels)
+    return fast_linear(torch.cat([lin.weight for lin in linears]), bias, kernels, quantization)
 
 
 class LlamaForward:
-    def __init__(self, model: PreTrainedModel, kernels: CPUKernels) -> None:
+    def __init__(self, model: PreTrainedModel, kernels: CPUKernels, quantization: Quantization = "none") -> None:
         config = model.config
         self.kernels = kernels
         self.heads = config.num_attention_heads
@@ -74,11 +74,13 @@ class LlamaForward:
         self.layers = [
             _Layer(
                 input_norm=layer.input_layernorm.weight.detach(),
-                qkv=_fuse(kernels, layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj),
-                o=fast_linear(layer.self_attn.o_proj.weight, layer.self_attn.o_proj.bias, kernels),
+                qkv=_fuse(
+                    kernels, quantization, layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj
+                ),
+                o=fast_linear(layer.self_attn.o_proj.weight, layer.self_attn.o_proj.bias, kernels, quantization),
                 post_norm=layer.post_attention_layernorm.weight.detach(),
-                gate_up=_fuse(kernels, layer.mlp.gate_proj, layer.mlp.up_proj),
-                down=fast_linear(layer.mlp.down_proj.weight, layer.mlp.down_proj.bias, kernels),
+                gate_up=_fuse(kernels, quantization, layer.mlp.gate_proj, layer.mlp.up_proj),
+                down=fast_linear(layer.mlp.down_proj.weight, layer.mlp.down_proj.bias, kernels, quantization),
             )
             for layer in decoder.layers
         ]

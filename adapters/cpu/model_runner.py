@@ -14,7 +14,7 @@ from adapters.cpu.attention import ATTN_IMPLEMENTATION, StepLayout
 from adapters.cpu.kernels import CPUKernels, cpu_kernels
 from adapters.cpu.kv_cache import PagedKVCache
 from adapters.cpu.llama import LlamaForward, unsupported_reason
-from adapters.cpu.packed_linear import can_pack, pack_linears
+from adapters.cpu.packed_linear import Quantization, pack_linears, quantization_problem
 from adapters.cpu.scheduler import Chunk
 
 ModelImpl = Literal["auto", "ise", "transformers"]
@@ -50,10 +50,13 @@ class Forward(Protocol):
 class TransformersForward:
     """Any transformers causal LM, its attention routed to ise's paged cache."""
 
-    def __init__(self, model: PreTrainedModel, kernels: CPUKernels) -> None:
+    def __init__(self, model: PreTrainedModel, kernels: CPUKernels, quantization: Quantization) -> None:
         self.model = model
-        if can_pack(model.dtype):
-            log.info("Packed %d linear layers for ise's GEMM", pack_linears(model, kernels))
+        if model.dtype == torch.float32:
+            count = pack_linears(model, kernels, quantization)
+            log.info(
+                "%d linear layers on ise's GEMM, %s weights", count, "int8" if quantization == "int8" else "float32"
+            )
 
     def __call__(
         self, ids: torch.Tensor, positions: torch.Tensor, layout: StepLayout, keep: torch.Tensor
@@ -69,15 +72,15 @@ class TransformersForward:
         return logits
 
 
-def _forward(model: PreTrainedModel, impl: ModelImpl, kernels: CPUKernels) -> Forward:
+def _forward(model: PreTrainedModel, impl: ModelImpl, kernels: CPUKernels, quantization: Quantization) -> Forward:
     reason = unsupported_reason(model.config)
     if impl == "ise" and reason:
         raise ValueError(f"--model-impl ise cannot run this model: {reason}; use auto or transformers")
     if impl == "transformers" or reason:
         log.info("Running the model through transformers%s", f" ({reason})" if reason else "")
-        return TransformersForward(model, kernels)
+        return TransformersForward(model, kernels, quantization)
     log.info("Running the model on ise's Llama-family forward")
-    return LlamaForward(model, kernels)
+    return LlamaForward(model, kernels, quantization)
 
 
 class ModelRunner:
@@ -90,11 +93,15 @@ class ModelRunner:
         block_size: int,
         kernel_dir: Path,
         model_impl: ModelImpl = "auto",
+        quantization: Quantization = "none",
     ) -> None:
+        problem = quantization_problem(quantization, dtype)
+        if problem:
+            raise ValueError(problem)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=ATTN_IMPLEMENTATION)
         model.eval()
         self.kernels = cpu_kernels(kernel_dir)
-        self.forward = _forward(model, model_impl, self.kernels)
+        self.forward = _forward(model, model_impl, self.kernels, quantization)
         config = model.config
         shape = {
             "num_layers": config.num_hidden_layers,
@@ -150,3 +157,25 @@ class ModelRunner:
         )
         logits = self.forward(torch.tensor(ids), torch.tensor(positions), layout, torch.tensor(last, dtype=torch.long))
         return sampled, logits
+
+    @torch.inference_mode()
+    def prompt_logits(self, token_ids: list[int]) -> torch.Tensor:
+        """Next-token logits [len(token_ids), vocab] after every position of one sequence.
+
+        For scoring text (quality checks), not serving: the sequence takes the cache's first blocks,
+        so the runner must not be serving requests at the same time.
+        """
+        n, bs = len(token_ids), self.cache.block_size
+        blocks = -(-n // bs)
+        if blocks > self.cache.num_blocks:
+            raise ValueError(f"{n} tokens do not fit the KV cache of {self.cache.num_blocks * bs}")
+        layout = StepLayout(
+            cache=self.cache,
+            kernels=self.kernels,
+            slot_mapping=torch.arange(n, dtype=torch.int64),
+            block_tables=torch.arange(blocks, dtype=torch.int32).unsqueeze(0),
+            table_rows=torch.zeros(n, dtype=torch.int32),
+            context_lens=torch.arange(1, n + 1, dtype=torch.int32),
+        )
+        positions = torch.arange(n)
+        return self.forward(torch.tensor(token_ids), positions, layout, positions)
