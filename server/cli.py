@@ -99,7 +99,12 @@ def serve(argv: list[str]) -> None:
         ),
     )
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level)
-    uvicorn.Server(config).run()
+    try:
+        uvicorn.Server(config).run()
+    except KeyboardInterrupt:
+        # uvicorn shuts down gracefully on Ctrl-C, then raises the signal again; the shutdown is
+        # already logged, so a traceback would only alarm.
+        log.info("Stopped")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -31,7 +31,9 @@ def test_local_model_directory_in_bfloat16(server: ServerHandle, tmp_path: Path)
         assert "Paris" in (reply.choices[0].message.content or "")
         with pytest.raises(openai.BadRequestError, match="512"):
             client.chat.completions.create(model="local-smol", messages=user("Hi"), max_tokens=600)
-    assert "dtype bfloat16" in (tmp_path / "ise.log").read_text()
+    log = (tmp_path / "ise.log").read_text()
+    assert "dtype bfloat16" in log
+    assert "Application shutdown complete" in log and "Traceback" not in log, "Ctrl-C stops it cleanly"
 
 
 @pytest.mark.parametrize(
