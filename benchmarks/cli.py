@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from adapters.builtin_model import ensure_builtin_model
@@ -168,7 +169,7 @@ class Bench:
 
 
 def _tokenizer(args: argparse.Namespace) -> tuple[Path, PreTrainedTokenizerBase]:
-    model_dir = args.model_dir or ensure_builtin_model(Settings().cache_dir)
+    model_dir = _model_dir(args)
     return model_dir, AutoTokenizer.from_pretrained(model_dir)
 
 
@@ -202,6 +203,18 @@ async def interference(args: argparse.Namespace) -> None:
     print(f"Wrote {args.out}/interference.json and interference.png")
 
 
+def _model_dir(args: argparse.Namespace) -> Path:
+    return args.model_dir or ensure_builtin_model(Settings().cache_dir)
+
+
+def _meta(dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """What every result file records: the machine, the command, and the dtype where one applies."""
+    meta: dict[str, Any] = {"machine": machine(), "command": _command()}
+    if dtype is not None:
+        meta["dtype"] = str(dtype).removeprefix("torch.")
+    return meta
+
+
 async def static(args: argparse.Namespace) -> None:
     model_dir, tokenizer = _tokenizer(args)
     dtype = resolve_dtype(args.dtype)
@@ -214,16 +227,14 @@ async def static(args: argparse.Namespace) -> None:
         output_len=args.output_len,
         seed=args.seed,
     )
-    meta = {"machine": machine(), "command": _command(), "dtype": str(dtype).removeprefix("torch.")}
-    print(static_batch.save(results, meta, args.out))
+    print(static_batch.save(results, _meta(dtype), args.out))
     print(f"Wrote {args.out}/static.json, static.md and static.png")
 
 
 async def step(args: argparse.Namespace) -> None:
-    model_dir = args.model_dir or ensure_builtin_model(Settings().cache_dir)
     dtype = resolve_dtype(args.dtype)
     results = engine_step.measure(
-        model_dir,
+        _model_dir(args),
         impls=args.model_impl,
         dtype=dtype,
         batches=args.batch,
@@ -233,13 +244,11 @@ async def step(args: argparse.Namespace) -> None:
         seed=args.seed,
         repeats=args.repeats,
     )
-    meta = {"machine": machine(), "command": _command(), "dtype": str(dtype).removeprefix("torch.")}
-    print(engine_step.save(results, meta, args.out))
+    print(engine_step.save(results, _meta(dtype), args.out))
     print(f"Wrote {args.out}/step.json, step.md and step.png")
 
 
 async def limits(args: argparse.Namespace) -> None:
-    model_dir = args.model_dir or ensure_builtin_model(Settings().cache_dir)
     dtype = resolve_dtype(args.dtype)
     measured: dict[int, float] = {}
     if args.results:
@@ -248,18 +257,15 @@ async def limits(args: argparse.Namespace) -> None:
             if run["target"] == "ise" and run["concurrency"]:
                 passes.setdefault(run["concurrency"], []).append(run["summary"]["output_throughput"])
         measured = {level: statistics.median_low(values) for level, values in passes.items()}  # as the table
-    found = machine_limits.measure(model_dir, dtype, Settings().cache_dir)
-    meta = {"machine": machine(), "command": _command(), "dtype": str(dtype).removeprefix("torch.")}
-    print(machine_limits.save(found, meta, measured, args.input_len, args.output_len, args.out))
+    found = machine_limits.measure(_model_dir(args), dtype, Settings().cache_dir)
+    print(machine_limits.save(found, _meta(dtype), measured, args.input_len, args.output_len, args.out))
     print(f"Wrote {args.out}/limits.json and limits.md")
 
 
 async def quality(args: argparse.Namespace) -> None:
-    model_dir = args.model_dir or ensure_builtin_model(Settings().cache_dir)
     text = args.text_file.read_text() if args.text_file else quantization_quality.REFERENCE_TEXT
-    result = quantization_quality.measure(model_dir, Settings().cache_dir, args.quantization, text)
-    meta = {"machine": machine(), "command": _command()}
-    print(quantization_quality.save(result, meta, args.out))
+    result = quantization_quality.measure(_model_dir(args), Settings().cache_dir, args.quantization, text)
+    print(quantization_quality.save(result, _meta(), args.out))
     print(f"Wrote {args.out}/quality.json and quality.md")
 
 
@@ -298,7 +304,7 @@ async def compare(args: argparse.Namespace) -> None:
 def _write(args: argparse.Namespace, runs: list[Run], extra: dict[str, Any]) -> None:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"machine": machine(), "command": _command(), "args": _jsonable(vars(args)), **extra}
+    meta = {**_meta(), "args": _jsonable(vars(args)), **extra}
     write_json(out / "results.json", meta, runs)
     table = markdown_table(runs)
     (out / "table.md").write_text(table)

@@ -217,33 +217,27 @@ void attend(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::T
                     load_floats(qp + (item.first + i) * q_stride + item.kv_head * group * head_dim,
                                 qf.data() + i * group * head_dim, group * head_dim);
                 std::for_each(qf.begin(), qf.begin() + item.count * group * head_dim, [&](float& x) { x *= scale; });
-                // Row r = i * group + h: query token i, head h of the group; it sees ctx_len[first + i] positions.
-                auto visible = [&](int64_t i, int64_t j, int64_t count) {
-                    return std::clamp<int64_t>(ctx_len[item.first + i] - j, 0, count);
-                };
-                for (int64_t j = 0; j < n; j += kTile) {
-                    const int64_t count = std::min(kTile, n - j), ahead = std::min(kTile, n - j - count);
-                    tile_rows(kp, offsets.data() + j, count, ahead, offset, head_dim, buffer.data(), rows);
-                    for (int64_t i = 0; i < item.count; ++i)
-                        for (int64_t h = 0; h < group; ++h) {
-                            const int64_t r = i * group + h;
-                            dot_rows(qf.data() + r * head_dim, rows, visible(i, j, count), head_dim,
-                                     scores.data() + r * n + j);
+                // Every tile of the context's rows, and for each row r = i * group + h (query token i,
+                // head h of the group) the part of the tile that token sees: ctx_len[first + i] positions.
+                auto sweep = [&](const scalar_t* cache, auto&& per_row) {
+                    for (int64_t j = 0; j < n; j += kTile) {
+                        const int64_t count = std::min(kTile, n - j), ahead = std::min(kTile, n - j - count);
+                        tile_rows(cache, offsets.data() + j, count, ahead, offset, head_dim, buffer.data(), rows);
+                        for (int64_t i = 0; i < item.count; ++i) {
+                            const int64_t visible = std::clamp<int64_t>(ctx_len[item.first + i] - j, 0, count);
+                            for (int64_t h = 0; h < group; ++h) per_row(i * group + h, j, visible);
                         }
-                }
+                    }
+                };
+                sweep(kp, [&](int64_t r, int64_t j, int64_t visible) {
+                    dot_rows(qf.data() + r * head_dim, rows, visible, head_dim, scores.data() + r * n + j);
+                });
                 for (int64_t i = 0; i < item.count; ++i)
                     for (int64_t h = 0; h < group; ++h) softmax(scores.data() + (i * group + h) * n, ctx_len[item.first + i]);
                 std::fill(acc.begin(), acc.begin() + item.count * group * head_dim, 0.0f);
-                for (int64_t j = 0; j < n; j += kTile) {
-                    const int64_t count = std::min(kTile, n - j), ahead = std::min(kTile, n - j - count);
-                    tile_rows(vp, offsets.data() + j, count, ahead, offset, head_dim, buffer.data(), rows);
-                    for (int64_t i = 0; i < item.count; ++i)
-                        for (int64_t h = 0; h < group; ++h) {
-                            const int64_t r = i * group + h;
-                            accumulate_rows(scores.data() + r * n + j, rows, visible(i, j, count), head_dim,
-                                            acc.data() + r * head_dim);
-                        }
-                }
+                sweep(vp, [&](int64_t r, int64_t j, int64_t visible) {
+                    accumulate_rows(scores.data() + r * n + j, rows, visible, head_dim, acc.data() + r * head_dim);
+                });
                 for (int64_t i = 0; i < item.count; ++i)
                     store_floats(acc.data() + i * group * head_dim,
                                  op + (item.first + i) * heads * head_dim + item.kv_head * group * head_dim,
