@@ -108,10 +108,11 @@ def save(limits: Limits, meta: Mapping[str, object], measured: Mapping[int, floa
          output_len: int, out: Path) -> str:  # fmt: skip
     """Write limits.json and limits.md; ``measured`` maps streams to a run's output tokens/s."""
     out.mkdir(parents=True, exist_ok=True)
-    levels = sorted(set(measured) | {1, 32})
+    ceilings = {
+        streams: limits.run_throughput(streams, input_len, output_len) for streams in sorted({*measured, 1, 32})
+    }
     rows = []
-    for streams in levels:
-        ceiling = limits.run_throughput(streams, input_len, output_len)
+    for streams, ceiling in ceilings.items():
         got = measured.get(streams)
         share = f"{got:.1f} ({got / ceiling:.0%})" if got else "—"
         rows.append(f"| {streams} | {ceiling:.0f} | {share} |")
@@ -127,7 +128,14 @@ def save(limits: Limits, meta: Mapping[str, object], measured: Mapping[int, floa
         *rows,
     ]
     table = "\n".join(lines)
-    payload = {**meta, "limits": asdict(limits), "measured": measured, "input_len": input_len, "output_len": output_len}
+    payload = {
+        **meta,
+        "limits": asdict(limits),
+        "ceilings": ceilings,
+        "measured": measured,
+        "input_len": input_len,
+        "output_len": output_len,
+    }
     (out / "limits.json").write_text(json.dumps(payload, indent=1))
     (out / "limits.md").write_text(table + "\n")
     return table
