@@ -88,6 +88,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     static.add_argument("--output-len", type=int, default=128, help="output tokens per request")
     static.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     static.add_argument("--seed", type=int, default=0)
+    static.add_argument(
+        "--compile", action="store_true", help="also time each batch decoding through torch.compile over a static cache"
+    )
     static.add_argument("--out", type=Path, default=DEFAULT_OUT)
     step = sub.add_parser("step", help="time the CPU engine's steps directly, per model implementation")
     step.add_argument("--model-dir", type=Path, help="model directory (default: built-in)")
@@ -226,6 +229,7 @@ async def static(args: argparse.Namespace) -> None:
         input_len=args.input_len,
         output_len=args.output_len,
         seed=args.seed,
+        compiled=args.compile,
     )
     print(static_batch.save(results, _meta(dtype), args.out))
     print(f"Wrote {args.out}/static.json, static.md and static.png")

@@ -4,6 +4,10 @@ A static batch has no streaming and no scheduling: every prompt is left-padded t
 all rows decode together until the last is done. It wastes compute on padding but pays no
 per-request bookkeeping, so on a CPU it is a strong baseline for aggregate tokens per second.
 The prompts are the same seeded random prompts ``ise bench compare`` sends.
+
+With ``compiled``, each batch is also timed decoding through ``torch.compile`` (inductor) over a
+static cache, as transformers compiles it on a GPU, right after the eager run: the side-by-side
+measurement behind ise's choice not to compile its engine.
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
+from transformers.generation.configuration_utils import CompileConfig
 
 from adapters.cpu.numerics import default_threads
 from benchmarks.workloads import random_workload
@@ -29,6 +35,7 @@ class StaticResult:
     output_len: int
     seconds: float
     output_tokens: int
+    compiled: bool
 
     @property
     def throughput(self) -> float:
@@ -44,6 +51,7 @@ def measure(
     input_len: int,
     output_len: int,
     seed: int,
+    compiled: bool = False,
 ) -> list[StaticResult]:
     torch.set_num_threads(default_threads())
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
@@ -51,26 +59,38 @@ def measure(
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    config = CompileConfig()
+    # transformers compiles the decoding step by itself only on a GPU; this opts the CPU in.
+    config._compile_all_devices = True  # type: ignore[assignment]  # declared None, read as a flag
+    modes: dict[bool, dict[str, Any]] = {False: {}}
+    if compiled:
+        modes[True] = {"cache_implementation": "static", "compile_config": config}
     results = []
     for batch in batches:
         prompts = [spec.prompt or "" for spec in random_workload(
             tokenizer, count=batch, input_len=input_len, output_len=output_len, seed=seed
         )]  # fmt: skip
         inputs = tokenizer(prompts, return_tensors="pt", padding=True)
-        with torch.inference_mode():
-            model.generate(**inputs, max_new_tokens=4, do_sample=False)  # type: ignore[misc]  # warm-up
-            started = time.perf_counter()
-            out: torch.Tensor = model.generate(  # type: ignore[misc,assignment]
-                **inputs,
-                max_new_tokens=output_len,
-                min_new_tokens=output_len,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-            seconds = time.perf_counter() - started
-        generated = (out.shape[1] - inputs["input_ids"].shape[1]) * batch
-        results.append(StaticResult(batch, input_len, output_len, seconds, generated))
-        print(f"static batch {batch}: {generated} tokens, {seconds:.1f} s, {generated / seconds:.1f} tok/s", flush=True)
+        for mode, options in modes.items():
+            label = f"static batch {batch}{', compiled' if mode else ''}"
+            # The warm-up has the timed run's shapes, so a compiled step is compiled before timing.
+            for timed in (False, True):
+                started = time.perf_counter()
+                with torch.inference_mode():
+                    out: torch.Tensor = model.generate(  # type: ignore[misc,assignment]
+                        **inputs,
+                        max_new_tokens=output_len,
+                        min_new_tokens=output_len,
+                        do_sample=False,
+                        pad_token_id=tokenizer.pad_token_id,
+                        **options,
+                    )
+                seconds = time.perf_counter() - started
+                if not timed:
+                    print(f"{label}: warm-up {seconds:.1f} s", flush=True)
+            generated = (out.shape[1] - inputs["input_ids"].shape[1]) * batch
+            results.append(StaticResult(batch, input_len, output_len, seconds, generated, mode))
+            print(f"{label}: {generated} tokens, {seconds:.1f} s, {generated / seconds:.1f} tok/s", flush=True)
     return results
 
 
@@ -81,17 +101,18 @@ def save(results: list[StaticResult], meta: Mapping[str, object], out: Path) -> 
     (out / "static.json").write_text(json.dumps({**meta, "results": rows}, indent=1))
     table = "\n".join(
         [
-            "| batch | prompt tokens | output tokens each | seconds | output tok/s |",
-            "|---|---|---|---|---|",
+            "| batch | prompt tokens | output tokens each | torch.compile | seconds | output tok/s |",
+            "|---|---|---|---|---|---|",
             *[
-                f"| {r.batch} | {r.input_len} | {r.output_len} | {r.seconds:.1f} | {r.throughput:.1f} |"
+                f"| {r.batch} | {r.input_len} | {r.output_len} | {'yes' if r.compiled else 'no'} | {r.seconds:.1f}"
+                f" | {r.throughput:.1f} |"
                 for r in results
             ],
         ]
     )
     (out / "static.md").write_text(table + "\n")
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.bar([str(r.batch) for r in results], [r.throughput for r in results])
+    ax.bar([f"{r.batch}{' compiled' if r.compiled else ''}" for r in results], [r.throughput for r in results])
     ax.set_xlabel("batch size")
     ax.set_ylabel("output tokens/s")
     ax.set_title("static batched generate")
