@@ -59,11 +59,11 @@ def measure(
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    config = CompileConfig()
-    # transformers compiles the decoding step by itself only on a GPU; this opts the CPU in.
-    config._compile_all_devices = True  # type: ignore[assignment]  # declared None, read as a flag
     modes: dict[bool, dict[str, Any]] = {False: {}}
     if compiled:
+        config = CompileConfig()
+        # transformers compiles the decoding step by itself only on a GPU; this opts the CPU in.
+        config._compile_all_devices = True  # type: ignore[assignment]  # declared None, read as a flag
         modes[True] = {"cache_implementation": "static", "compile_config": config}
     results = []
     for batch in batches:
