@@ -13,6 +13,20 @@ from typing import Literal, Protocol
 
 FinishReason = Literal["stop", "length", "abort"]
 
+# Temperatures below this sample greedily, as in vLLM (its _SAMPLING_EPS): dividing logits by a
+# smaller temperature overflows float32 (a logit of 10 over 1e-40 is inf) and turns the sampler's
+# probabilities into NaN.
+SAMPLING_EPS = 1e-5
+
+# Seeds are torch's (and vLLM's) signed 64-bit integers; seeds derived from one wrap within it.
+SEED_MIN = -(2**63)
+SEED_MAX = 2**63 - 1
+
+
+def wrap_seed(seed: int) -> int:
+    """``seed`` folded into [SEED_MIN, SEED_MAX], two's-complement style (2**63 becomes -2**63)."""
+    return (seed - SEED_MIN) % 2**64 + SEED_MIN
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -32,7 +46,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0 or self.top_k == 1
+        return self.temperature < SAMPLING_EPS or self.top_k == 1
 
 
 @dataclass(frozen=True)
@@ -70,6 +84,13 @@ class EngineStats:
 
 class EngineDeadError(RuntimeError):
     """The engine's worker stopped; no request can be served until the server restarts."""
+
+
+class RequestFailedError(RuntimeError):
+    """One request failed inside the engine (its seeding or sampling, not the model's forward pass).
+
+    Only that request ends, with this error; the engine and every other request go on.
+    """
 
 
 class Engine(Protocol):

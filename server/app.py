@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from server.errors import install_error_handlers
 from server.metrics import Metrics
+from server.request_id import RequestIdMiddleware
 from server.routes import router
 from server.state import ServerState
 
@@ -27,5 +28,6 @@ def create_app(state: ServerState, on_ready: Callable[[], None] = lambda: None) 
     app.state.ise = state
     app.state.metrics = Metrics(state.engine)
     install_error_handlers(app)
+    app.add_middleware(RequestIdMiddleware)
     app.include_router(router)
     return app

@@ -17,6 +17,7 @@ from adapters.cpu.numerics import cpu_description, default_threads, resolve_dtyp
 from adapters.cpu.packed_linear import quantization_problem
 from server.app import create_app
 from server.generation import SamplingDefaults
+from server.request_id import RequestIdLogFilter
 from server.settings import Settings
 from server.state import ServerState
 from server.text import Tokenization
@@ -86,7 +87,11 @@ def serve(argv: list[str]) -> None:
     except ValidationError as exc:
         print(f"ise serve: invalid settings:\n{exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
+    )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RequestIdLogFilter())
     state = build_state(settings)
     app = create_app(
         state,

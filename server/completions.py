@@ -17,8 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 
-from adapters.engine import EngineDeadError
-from server.errors import APIError, error_body, invalid_request
+from server.errors import APIError, error_body, generation_error, invalid_request
 from server.generation import ChoiceEvent, Generation, Job, build_job
 from server.protocol import (
     ChatChoice,
@@ -168,15 +167,12 @@ async def _collect(events: AsyncGenerator[ChoiceEvent, None], job: Job, fmt: _Fo
     texts: list[list[str]] = [[] for _ in range(count)]
     reasons: list[FinishReason] = ["stop"] * count
     tokens = 0
-    try:
-        async with aclosing(events):
-            async for event in events:
-                texts[event.index].append(event.text)
-                tokens += event.num_tokens
-                if event.finish_reason is not None:
-                    reasons[event.index] = event.finish_reason
-    except EngineDeadError as exc:
-        raise APIError(503, str(exc)) from exc
+    async with aclosing(events):
+        async for event in events:
+            texts[event.index].append(event.text)
+            tokens += event.num_tokens
+            if event.finish_reason is not None:
+                reasons[event.index] = event.finish_reason
     return fmt.whole(["".join(t) for t in texts], reasons, job.usage(tokens))
 
 
@@ -202,9 +198,11 @@ async def _sse(
                     yield fmt.chunk(event.index, event.text, None).model_dump_json(exclude=exclude)
                 if event.finish_reason is not None:
                     yield fmt.chunk(event.index, "", event.finish_reason).model_dump_json(exclude=exclude)
-    except EngineDeadError as exc:
+    except Exception as exc:  # whatever failed, the client gets an error event, then [DONE]
         # Headers are gone already; OpenAI reports mid-stream failures as an error event.
-        yield error_body(503, str(exc)).model_dump_json()
+        error = generation_error(exc)
+        yield error_body(error.status, error.message, param=error.param, code=error.code).model_dump_json()
+        yield "[DONE]"
         return
     if include_usage:
         yield fmt.usage_chunk(job.usage(tokens)).model_dump_json()

@@ -14,7 +14,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from adapters.engine import EngineDeadError, RequestFailedError
 from server.protocol import ErrorDetail, ErrorResponse
+from server.request_id import HEADER, current_request_id
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +51,30 @@ def error_body(status: int, message: str, *, param: str | None = None, code: str
     )
 
 
+def generation_error(exc: Exception) -> APIError:
+    """The API error for a failure while generating: 503 once the engine is dead, else 500.
+
+    A request that failed alone (``RequestFailedError``) says why; anything else is logged with
+    its traceback and described only generically, as OpenAI does.
+    """
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, EngineDeadError):
+        return APIError(503, str(exc))
+    if isinstance(exc, RequestFailedError):
+        return APIError(500, str(exc))
+    log.exception("Generation failed", exc_info=exc)
+    return APIError(500, "The server had an error while processing your request.")
+
+
 def error_response(status: int, message: str, *, param: str | None = None, code: str | None = None) -> JSONResponse:
     body = error_body(status, message, param=param, code=code)
     return JSONResponse(body.model_dump(), status_code=status)
 
 
 async def _api_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, APIError)
-    return error_response(exc.status, exc.message, param=exc.param, code=exc.code)
+    error = generation_error(exc)
+    return error_response(error.status, error.message, param=error.param, code=error.code)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
@@ -85,11 +103,17 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
     log.exception("Unhandled error", exc_info=exc)
-    return error_response(500, "The server had an error while processing your request.")
+    response = error_response(500, "The server had an error while processing your request.")
+    # Starlette answers this one outside every middleware, so the request id is added here.
+    request_id = current_request_id.get()
+    if request_id is not None:
+        response.headers[HEADER] = request_id
+    return response
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(APIError, _api_error)
+    for error_type in (APIError, EngineDeadError, RequestFailedError):
+        app.add_exception_handler(error_type, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from transformers import GenerationConfig
 
-from adapters.engine import Engine, EngineRequest, SamplingParams
+from adapters.engine import Engine, EngineRequest, SamplingParams, wrap_seed
 from server.errors import invalid_request
 from server.protocol import FinishReason, SamplingFields, Usage, new_id
 from server.text import Tokenization
@@ -85,6 +85,10 @@ def build_job(
     unsupported = req.unsupported_fields()
     if unsupported:
         raise invalid_request(f"ise does not support '{unsupported[0]}'.", param=unsupported[0])
+    if req.stream_options is not None and not req.stream:
+        raise invalid_request(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.", param="stream_options"
+        )
     bad_ids = [t for t in req.stop_token_ids if not 0 <= t < vocab_size]
     if bad_ids:
         raise invalid_request(f"stop_token_ids holds ids outside the vocabulary: {bad_ids}", param="stop_token_ids")
@@ -116,9 +120,13 @@ def _sampling_params(
             param=prompt_param,
             code="context_length_exceeded",
         )
+    max_new_tokens = max_tokens if max_tokens is not None else room
+    if req.min_tokens > max_new_tokens:
+        limit = f"max_tokens ({max_tokens})" if max_tokens is not None else f"the {room} tokens left in the context"
+        raise invalid_request(f"min_tokens ({req.min_tokens}) must not exceed {limit}.", param="min_tokens")
     top_k = defaults.top_k if req.top_k is None else req.top_k
     return SamplingParams(
-        max_tokens=max_tokens if max_tokens is not None else room,
+        max_tokens=max_new_tokens,
         temperature=defaults.temperature if req.temperature is None else req.temperature,
         top_p=defaults.top_p if req.top_p is None else req.top_p,
         top_k=max(top_k, 0),
@@ -128,7 +136,7 @@ def _sampling_params(
         repetition_penalty=defaults.repetition_penalty if req.repetition_penalty is None else req.repetition_penalty,
         min_tokens=req.min_tokens,
         ignore_eos=req.ignore_eos,
-        stop_token_ids=tuple(req.stop_token_ids),
+        stop_token_ids=tuple(sorted(set(req.stop_token_ids))),
     )
 
 
@@ -150,7 +158,7 @@ class Generation:
     async def _choice(
         self, index: int, prompt: list[int], params: SamplingParams, stop: Sequence[str]
     ) -> AsyncGenerator[ChoiceEvent, None]:
-        text = self.tokenization.text_stream(stop)
+        text = self.tokenization.text_stream(stop, params.min_tokens)
         request = EngineRequest(request_id=new_id("req"), prompt_token_ids=prompt, params=params)
         # Leaving this block early (stop string, client gone) closes the engine's stream, which
         # aborts the request and frees its KV cache blocks.
@@ -170,10 +178,13 @@ class Generation:
 
 
 def _choice_params(params: SamplingParams, k: int) -> SamplingParams:
-    """Choice ``k`` of a seeded request gets its own seed, so ``n`` choices differ but repeat."""
+    """Choice ``k`` of a seeded request gets its own seed, so ``n`` choices differ but repeat.
+
+    The seed wraps within the signed 64-bit range, so a seed at its top still derives valid seeds.
+    """
     if params.seed is None or k == 0:
         return params
-    return SamplingParams(**{**params.__dict__, "seed": params.seed + k})
+    return replace(params, seed=wrap_seed(params.seed + k))
 
 
 async def _merge(streams: list[AsyncGenerator[ChoiceEvent, None]]) -> AsyncGenerator[ChoiceEvent, None]:

@@ -3,6 +3,10 @@
 Requests accept (and ignore) OpenAI fields ise has no use for, so SDKs and UIs that send them
 keep working; fields whose silent omission would change the answer are refused instead (see
 ``unsupported_fields``). vLLM's sampling extensions are accepted so vLLM benchmark clients work.
+
+Every number a request carries is bounded here, at the edge, to what the engines can take:
+finite floats only (Python's JSON parser turns ``1e400`` into inf and accepts ``NaN``), seeds in
+the signed 64-bit range torch and vLLM use, penalties where float32 sampling stays finite.
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
+from adapters.engine import SEED_MAX, SEED_MIN
+
 FinishReason = Literal["stop", "length"]
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
 class StreamOptions(_Request):
@@ -31,7 +37,7 @@ class SamplingFields(_Request):
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     top_k: int | None = Field(None, ge=-1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
     stop: str | list[str] | None = None
     n: int = Field(1, ge=1, le=128)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
@@ -44,7 +50,9 @@ class SamplingFields(_Request):
     # vLLM's extensions, so benchmark clients written for vLLM work unchanged.
     ignore_eos: bool = False
     min_tokens: int = Field(0, ge=0)
-    repetition_penalty: float | None = Field(None, gt=0.0)
+    # vLLM takes any positive value; dividing logits by less than ~1e-36 overflows float32, and
+    # outside [0.01, 100] the penalty is a ban or a forced repeat, not a nudge.
+    repetition_penalty: float | None = Field(None, ge=0.01, le=100.0)
     stop_token_ids: list[int] = Field(default_factory=list)
 
     def stop_strings(self) -> list[str]:

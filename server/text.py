@@ -7,13 +7,15 @@ strings are matched here, on text, because they can span token boundaries.
 
 from __future__ import annotations
 
+import re
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tokenizers import Tokenizer
+from tokenizers import AddedToken, Tokenizer
 from tokenizers.decoders import DecodeStream
-from transformers import AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 
 from server.errors import invalid_request
 
@@ -25,10 +27,14 @@ class TextStream:
     settle it, so the stop text itself is never sent, even when it arrives a piece at a time.
     """
 
-    def __init__(self, tokenizer: Tokenizer, stop: Sequence[str]) -> None:
+    def __init__(self, tokenizer: Tokenizer, stop: Sequence[str], min_tokens: int = 0) -> None:
         self._tokenizer = tokenizer
         self._decoder = DecodeStream(skip_special_tokens=True)
         self._stop = list(stop)
+        self._min_tokens = min_tokens
+        self._num_tokens = 0
+        # vLLM's min_tokens: no stop string may end within the text of the first min_tokens tokens.
+        self._stop_from = 0
         self._text = ""
         self._sent = 0
         self.stopped = False
@@ -39,7 +45,10 @@ class TextStream:
             piece = self._decoder.step(self._tokenizer, token_id)
             if piece:
                 self._text += piece
-            if self._stop and self._cut_at_stop():
+            self._num_tokens += 1
+            if self._num_tokens <= self._min_tokens:
+                self._stop_from = len(self._text)
+            elif self._stop and self._cut_at_stop():
                 return self._take(len(self._text))
         return self._take(len(self._text) - self._held_back())
 
@@ -52,10 +61,11 @@ class TextStream:
         return self._text
 
     def _cut_at_stop(self) -> bool:
-        # A stop string can only end in text not yet sent, so search from just before it.
-        longest = max(len(s) for s in self._stop)
-        window_start = max(0, self._sent - longest + 1)
-        hits = [i for i in (self._text.find(s, window_start) for s in self._stop) if i >= 0]
+        # A stop string can only end in text not yet searched (unsent, and past the min_tokens
+        # text), so each is searched for from just before that.
+        searched = max(self._sent, self._stop_from)
+        found = (self._text.find(s, max(0, searched - len(s) + 1)) for s in self._stop)
+        hits = [i for i in found if i >= 0]
         if not hits:
             return False
         self._text = self._text[: min(hits)]
@@ -83,14 +93,62 @@ class Tokenization:
     def __init__(self, model: str | Path) -> None:
         self.hf = AutoTokenizer.from_pretrained(model)
         self.backend: Tokenizer = self.hf.backend_tokenizer
+        specials = [(i, t) for i, t in self.hf.added_tokens_decoder.items() if t.special and t.content]
+        self._specials: dict[str, AddedToken] = {t.content: t for _, t in specials}
+        self._special_ids: dict[str, int] = {t.content: i for i, t in specials}
+        # Longest first, so a special token that contains another is matched whole.
+        names = sorted(self._specials, key=len, reverse=True)
+        self._special_re = re.compile("(" + "|".join(map(re.escape, names)) + ")") if names else None
+        # Token ids the model can take: its embedding rows and the tokenizer's vocabulary both.
+        model_vocab = getattr(AutoConfig.from_pretrained(model), "vocab_size", None)
+        self._vocab_size = min(len(self.hf), model_vocab) if model_vocab else len(self.hf)
 
     def chat_prompt(self, messages: Sequence[Mapping[str, Any]]) -> list[int]:
+        """The prompt's token ids: the template's markers as control tokens, message text as text.
+
+        Special-token text inside a message (a user typing ``<|im_end|>``) must not become the
+        control token, or a user could forge turns of the conversation. Such text is swapped for
+        placeholders before the template runs; the template's own output is then split at its
+        special tokens, and each piece between them (where the placeholders go back to the
+        text they held) is tokenized with special tokens read as plain text. Tokenizers tokenize
+        the text between special tokens independently anyway, so the result equals ordinary
+        tokenization everywhere but the forged tokens.
+        """
+        pattern = self._special_re
+        if pattern is None or not any(pattern.search(str(m.get("content") or "")) for m in messages):
+            # The template already wrote the special tokens it wants.
+            return self.encode(self._render(messages), add_special_tokens=False)
+        nonce = uuid.uuid4().hex
+        held: list[str] = []
+
+        def hold(match: re.Match[str]) -> str:
+            held.append(match.group())
+            return f"\ue000{nonce}:{len(held) - 1}\ue001"
+
+        masked = [{**m, "content": pattern.sub(hold, str(m.get("content") or ""))} for m in messages]
+        placeholder = re.compile(f"\ue000{nonce}:(\\d+)\ue001")
+        pieces = pattern.split(self._render(masked))  # odd indices: the template's special tokens
+        ids: list[int] = []
+        for i, piece in enumerate(pieces):
+            if i % 2:
+                ids.append(self._special_ids[piece])
+                continue
+            # Honour the neighbouring special tokens' whitespace stripping, as tokenizers would.
+            if i > 0 and self._specials[pieces[i - 1]].rstrip:
+                piece = piece.lstrip()
+            if i + 1 < len(pieces) and self._specials[pieces[i + 1]].lstrip:
+                piece = piece.rstrip()
+            text = placeholder.sub(lambda m: held[int(m.group(1))], piece)
+            if text:
+                ids += self.hf.encode(text, add_special_tokens=False, split_special_tokens=True)
+        return ids
+
+    def _render(self, messages: Sequence[Mapping[str, Any]]) -> str:
         try:
             text = self.hf.apply_chat_template([dict(m) for m in messages], add_generation_prompt=True, tokenize=False)
         except Exception as exc:  # a template may raise on any message layout it does not accept
             raise invalid_request(f"The chat template rejected these messages: {exc}", param="messages") from exc
-        # The template already wrote the special tokens it wants.
-        return self.encode(str(text), add_special_tokens=False)
+        return str(text)
 
     def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
         return list(self.hf.encode(text, add_special_tokens=add_special_tokens))
@@ -99,7 +157,8 @@ class Tokenization:
         return str(self.hf.decode(list(token_ids), skip_special_tokens=True))
 
     def vocab_size(self) -> int:
-        return len(self.hf)
+        """Token ids below this are valid in prompts and ``stop_token_ids``."""
+        return self._vocab_size
 
-    def text_stream(self, stop: Sequence[str]) -> TextStream:
-        return TextStream(self.backend, stop)
+    def text_stream(self, stop: Sequence[str], min_tokens: int = 0) -> TextStream:
+        return TextStream(self.backend, stop, min_tokens)

@@ -6,12 +6,14 @@ several tests assert. The first run of a fresh machine also prepares the built-i
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -21,6 +23,8 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+import uvicorn
+from fastapi import FastAPI
 from openai.types.chat import ChatCompletionMessageParam
 
 from adapters.builtin_model import BUILTIN_MODEL_NAME, builtin_model_dir
@@ -80,6 +84,28 @@ def running_server(args: list[str], log_path: Path, model: str = BUILTIN_MODEL_N
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextmanager
+def serving_in_thread(app: FastAPI) -> Iterator[str]:
+    """Serve an app built in process with uvicorn on a free loopback port; yields its root URL.
+
+    For engines with an injected fault, which ``ise serve`` cannot be told to build.
+    """
+    port = free_port()
+    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=lambda: asyncio.run(uv.serve()), daemon=True)
+    thread.start()
+    root = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while not uv.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert uv.started, "the in-process server did not start"
+    try:
+        yield root
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=30)
 
 
 @pytest.fixture(scope="session")

@@ -7,8 +7,6 @@ server, uvicorn and the openai SDK are all real.
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,14 +14,13 @@ import httpx
 import openai
 import pytest
 import torch
-import uvicorn
 
 from adapters.cpu.engine import CPUEngine, CPUEngineConfig
 from server.app import create_app
 from server.settings import Settings
 from server.state import ServerState
 from server.text import Tokenization
-from tests.conftest import ServerHandle, free_port, user
+from tests.conftest import ServerHandle, serving_in_thread, user
 
 CRASH_AFTER_STEPS = 5
 
@@ -51,21 +48,8 @@ def crashing_server(server: ServerHandle) -> Iterator[str]:
         )
     )
     app = create_app(ServerState(engine=engine, tokenization=Tokenization(model_dir), model_name="crashy"))
-    port = free_port()
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=lambda: asyncio.run(uv.serve()), daemon=True)
-    thread.start()
-    root = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(f"{root}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        threading.Event().wait(0.1)
-    yield root
-    uv.should_exit = True
-    thread.join(timeout=30)
+    with serving_in_thread(app) as root:
+        yield root
 
 
 def test_crash_fails_requests_cleanly(crashing_server: str) -> None:

@@ -4,6 +4,11 @@ The model runs on its own thread, off the event loop, so the HTTP server keeps a
 streaming while a step computes (torch releases the GIL inside its kernels). Requests and aborts
 reach the worker through a queue and are taken in between steps; each step's tokens go back to
 the event loop in one batch.
+
+Only a failure of the engine itself (the model's forward pass, the scheduler) stops the worker.
+What belongs to one request is isolated: its sequence and seeded generator are built on the
+event loop before it reaches the worker, and a failure while sampling for it ends that request
+alone with a ``RequestFailedError``.
 """
 
 from __future__ import annotations
@@ -24,7 +29,14 @@ from adapters.cpu.packed_linear import Quantization
 from adapters.cpu.sampler import Sampler
 from adapters.cpu.scheduler import Scheduler
 from adapters.cpu.sequence import Sequence
-from adapters.engine import EngineDeadError, EngineOutput, EngineRequest, EngineStats, FinishReason
+from adapters.engine import (
+    EngineDeadError,
+    EngineOutput,
+    EngineRequest,
+    EngineStats,
+    FinishReason,
+    RequestFailedError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +68,8 @@ class _Stop:
     pass
 
 
-_Message = EngineRequest | _Abort | _Stop
-_Delivery = list[tuple[str, EngineOutput]]
+_Message = Sequence | _Abort | _Stop
+_Delivery = list[tuple[str, EngineOutput | RequestFailedError]]
 
 
 class CPUEngine:
@@ -120,9 +132,13 @@ class CPUEngine:
     async def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
         if not self.is_alive:
             raise EngineDeadError("The engine is not running") from self._error
+        try:
+            seq = Sequence(request)
+        except Exception as exc:  # e.g. a seed torch refuses: this request fails, the worker never sees it
+            raise RequestFailedError(f"The request could not be set up: {exc}") from exc
         outputs: asyncio.Queue[EngineOutput | BaseException] = asyncio.Queue()
         self._streams[request.request_id] = outputs
-        self._inbox.put(request)
+        self._inbox.put(seq)
         finished = False
         try:
             while True:
@@ -210,7 +226,7 @@ class CPUEngine:
                 if seq is not None:
                     self._finish(seq)
             else:
-                self._scheduler.add(Sequence(message))
+                self._scheduler.add(message)
 
     def _step(self) -> _Delivery:
         assert self._runner is not None and self._scheduler is not None
@@ -226,6 +242,11 @@ class CPUEngine:
         seqs = [c.seq for c in sampled]
         delivery: _Delivery = []
         for seq, token in zip(seqs, self._sampler.sample(logits, seqs), strict=True):
+            if isinstance(token, RequestFailedError):
+                log.warning("Request %s failed while sampling: %s", seq.request_id, token)
+                self._finish(seq)
+                delivery.append((seq.request_id, token))
+                continue
             seq.append(token)
             reason = self._finish_reason(seq, token)
             if reason is not None:

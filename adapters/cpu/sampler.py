@@ -2,7 +2,8 @@
 
 Greedy rows take the argmax; sampled rows apply penalties, temperature, top-k and top-p and draw
 from the request's own seeded generator, so a seeded request gives the same tokens whatever else
-shares its batch.
+shares its batch. A row whose settings make sampling fail (probabilities that are not finite, say)
+fails its own request only: the engine and the rest of the batch go on.
 """
 
 from __future__ import annotations
@@ -12,19 +13,24 @@ from collections.abc import Sequence as Seq
 import torch
 
 from adapters.cpu.sequence import Sequence
+from adapters.engine import RequestFailedError
 
 
 class Sampler:
     def __init__(self, eos_token_ids: frozenset[int]) -> None:
         self.eos_token_ids = eos_token_ids
 
-    def sample(self, logits: torch.Tensor, seqs: Seq[Sequence]) -> list[int]:
+    def sample(self, logits: torch.Tensor, seqs: Seq[Sequence]) -> list[int | RequestFailedError]:
+        """One next token per row of ``logits`` [len(seqs), vocab], or the error that ended that row's request."""
         logits = logits.float()
         if all(self._is_plain_greedy(seq) for seq in seqs):
             return [int(t) for t in torch.argmax(logits, dim=-1)]
-        tokens: list[int] = []
+        tokens: list[int | RequestFailedError] = []
         for row, seq in zip(logits, seqs, strict=True):
-            tokens.append(self._sample_row(row, seq))
+            try:
+                tokens.append(self._sample_row(row, seq))
+            except Exception as exc:  # one request's settings must never stop the engine
+                tokens.append(RequestFailedError(f"Sampling failed for this request: {exc}"))
         return tokens
 
     @staticmethod
@@ -55,8 +61,10 @@ class Sampler:
         if params.top_p < 1.0:
             sorted_probs, order = torch.sort(probs, descending=True)
             cumulative = torch.cumsum(sorted_probs, dim=-1)
-            # Keep the smallest prefix whose mass reaches top_p; the top token always stays.
+            # Keep the smallest prefix whose mass reaches top_p. The top token always stays, also
+            # when top_p is below float32's smallest value (5e-324 is 0 there, which drops all).
             drop = (cumulative - sorted_probs) >= params.top_p
+            drop[0] = False
             sorted_probs = sorted_probs.masked_fill(drop, 0.0)
             probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
         return int(torch.multinomial(probs, 1, generator=seq.generator))
