@@ -6,7 +6,7 @@ import openai
 import pytest
 
 from server.generation import SamplingDefaults
-from tests.conftest import ServerHandle, user
+from tests.real.conftest import ServerHandle, user
 
 FRANCE = user("What is the capital of France?")
 

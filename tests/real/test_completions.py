@@ -5,7 +5,7 @@ from __future__ import annotations
 import openai
 
 from server.text import Tokenization
-from tests.conftest import ServerHandle
+from tests.real.conftest import ServerHandle
 
 PROMPT = "The three primary colors are"
 

@@ -20,7 +20,7 @@ from server.app import create_app
 from server.settings import Settings
 from server.state import ServerState
 from server.text import Tokenization
-from tests.conftest import ServerHandle, serving_in_thread, user
+from tests.real.conftest import ServerHandle, serving_in_thread, user
 
 CRASH_AFTER_STEPS = 5
 

@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from server.text import Tokenization
-from tests.conftest import ServerHandle, user
+from tests.real.conftest import ServerHandle, user
 
 QUESTION = user("What is the capital of France?")
 

@@ -9,7 +9,7 @@ import time
 import httpx
 import openai
 
-from tests.conftest import ServerHandle, user
+from tests.real.conftest import ServerHandle, user
 
 QUESTIONS = [
     "What is the capital of France?",

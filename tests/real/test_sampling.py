@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from server.text import Tokenization
-from tests.conftest import ServerHandle, user
+from tests.real.conftest import ServerHandle, user
 
 STORY = user("Tell me a short story about a lighthouse keeper.")
 

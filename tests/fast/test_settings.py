@@ -11,7 +11,7 @@ import pytest
 
 from server.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_default_config_file_matches_the_defaults(monkeypatch: pytest.MonkeyPatch) -> None:

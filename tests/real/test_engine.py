@@ -21,7 +21,7 @@ from adapters.cpu.llama import unsupported_reason
 from adapters.engine import EngineRequest, SamplingParams
 from server.settings import Settings
 from server.text import Tokenization
-from tests.conftest import ServerHandle
+from tests.real.conftest import ServerHandle
 
 BLOCK = 16
 MAX_MODEL_LEN = 256

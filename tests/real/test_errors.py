@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import ServerHandle, user
+from tests.real.conftest import ServerHandle, user
 
 FRANCE = user("What is the capital of France?")
 

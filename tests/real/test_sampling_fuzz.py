@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import ServerHandle
+from tests.real.conftest import ServerHandle
 
 EXAMPLES = 150
 BATCH = 10  # examples between two checks that a plain request still succeeds
