@@ -29,6 +29,7 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from adapters.builtin_model import ensure_builtin_model
+from adapters.config import DTYPES, MODEL_IMPLS, QUANTIZATIONS
 from adapters.cpu.numerics import resolve_dtype
 from benchmarks import limits as machine_limits
 from benchmarks import quality as quantization_quality
@@ -86,7 +87,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     static.add_argument("--batch", type=int, nargs="+", default=[32], help="batch sizes")
     static.add_argument("--input-len", type=int, default=128, help="prompt tokens")
     static.add_argument("--output-len", type=int, default=128, help="output tokens per request")
-    static.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    static.add_argument("--dtype", default="auto", choices=DTYPES)
     static.add_argument("--seed", type=int, default=0)
     static.add_argument(
         "--compile", action="store_true", help="also time each batch decoding through torch.compile over a static cache"
@@ -94,29 +95,29 @@ def parse(argv: list[str]) -> argparse.Namespace:
     static.add_argument("--out", type=Path, default=DEFAULT_OUT)
     step = sub.add_parser("step", help="time the CPU engine's steps directly, per model implementation")
     step.add_argument("--model-dir", type=Path, help="model directory (default: built-in)")
-    step.add_argument("--model-impl", nargs="+", default=["ise", "transformers"], choices=["ise", "transformers"])
+    step.add_argument("--model-impl", nargs="+", default=["ise", "transformers"], choices=MODEL_IMPLS[1:])
     step.add_argument("--batch", type=int, nargs="+", default=[1, 32], help="decode batch sizes")
     step.add_argument("--prompt-len", type=int, default=128, help="prompt tokens of each request")
     step.add_argument("--steps", type=int, default=20, help="decode steps timed per batch size")
     step.add_argument("--repeats", type=int, default=3, help="passes over the implementations, alternating")
-    step.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    step.add_argument("--dtype", default="auto", choices=DTYPES)
     step.add_argument("--seed", type=int, default=0)
     step.add_argument("--out", type=Path, default=DEFAULT_OUT)
     limits = sub.add_parser("limits", help="this machine's ceiling for the model, and a run's share of it")
     limits.add_argument("--model-dir", type=Path, help="model directory (default: built-in)")
-    limits.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    limits.add_argument("--dtype", default="auto", choices=DTYPES)
     limits.add_argument("--input-len", type=int, default=128, help="prompt tokens of the run")
     limits.add_argument("--output-len", type=int, default=128, help="output tokens per request of the run")
     limits.add_argument("--results", type=Path, help="a compare results.json whose ise runs to rate")
     limits.add_argument("--out", type=Path, default=DEFAULT_OUT)
     quality = sub.add_parser("quality", help="perplexity and top-1 agreement of a quantized model with float32")
     quality.add_argument("--model-dir", type=Path, help="model directory (default: built-in)")
-    quality.add_argument("--quantization", default="int8", choices=["int8"])
+    quality.add_argument("--quantization", default="int8", choices=QUANTIZATIONS[1:])
     quality.add_argument("--text-file", type=Path, help="text to score (default: a built-in English passage)")
     quality.add_argument("--out", type=Path, default=DEFAULT_OUT)
     compare = sub.add_parser("compare", help="start each target in turn and compare them")
     compare.add_argument("--targets", nargs="+", default=DEFAULT_TARGETS, choices=list(TARGETS))
-    compare.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    compare.add_argument("--dtype", default="auto", choices=DTYPES)
     compare.add_argument("--max-num-seqs", type=int, default=64, help="batch size limit for servers that take one")
     compare.add_argument("--results-md", type=Path, default=Path("benchmarks/RESULTS.md"))
     compare.add_argument(

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
+from adapters.config import Quantization
 from adapters.cpu.model_runner import ModelRunner
 from adapters.cpu.numerics import default_threads
-from adapters.cpu.packed_linear import Quantization
 
 # Plain English prose written for this check (no data set is reachable offline), long enough for
 # a few hundred predictions across ordinary grammar, numbers and names.

@@ -19,10 +19,11 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
+from adapters.config import ModelImpl
 from adapters.cpu.block_manager import BlockManager
-from adapters.cpu.model_runner import ModelImpl, ModelRunner
+from adapters.cpu.model_runner import ModelRunner
 from adapters.cpu.numerics import default_threads
-from adapters.cpu.scheduler import Chunk, Scheduler
+from adapters.cpu.scheduler import Scheduler
 from adapters.cpu.sequence import Sequence
 from adapters.engine import EngineRequest, SamplingParams
 
@@ -39,13 +40,10 @@ class StepResult:
     decode_tokens_per_s: float
 
 
-def _advance(runner: ModelRunner, chunks: list[Chunk]) -> None:
-    """One engine step without the engine: compute, mark computed, append the greedy tokens."""
-    sampled, logits = runner.step(chunks)
-    for chunk in chunks:
-        chunk.seq.num_computed += chunk.num_tokens
-    for chunk, token in zip(sampled, torch.argmax(logits, dim=-1).tolist(), strict=True):
-        chunk.seq.append(token)
+def _step(runner: ModelRunner, scheduler: Scheduler) -> None:
+    """One engine step, as ``EngineCore.step`` runs it: schedule, execute, update."""
+    scheduler_output = scheduler.schedule()
+    scheduler.update_from_output(scheduler_output, runner.execute_model(scheduler_output))
 
 
 def _measure(runner: ModelRunner, impl: str, batch: int, prompt_len: int, steps: int, seed: int) -> StepResult:
@@ -54,21 +52,22 @@ def _measure(runner: ModelRunner, impl: str, batch: int, prompt_len: int, steps:
         max_num_seqs=batch,
         max_num_batched_tokens=batch * prompt_len,
         prefill_chunk_tokens=prompt_len,
-        long_prompt_tokens=prompt_len,
+        long_prefill_token_threshold=prompt_len,
+        max_model_len=prompt_len + steps + 10,
+        eos_token_ids=frozenset(),
     )
     rng = random.Random(seed)
     params = SamplingParams(max_tokens=steps + 10, temperature=0.0, ignore_eos=True)
     for i in range(batch):
         prompt = [rng.randrange(1000, 40000) for _ in range(prompt_len)]
-        scheduler.add(Sequence(EngineRequest(f"step{i}", prompt, params)))
+        scheduler.add_request(Sequence(EngineRequest(f"step{i}", prompt, params)))
     started = time.perf_counter()
-    _advance(runner, scheduler.schedule())
+    _step(runner, scheduler)
     prefill_s = time.perf_counter() - started
     times = []
     for _ in range(steps):
-        chunks = scheduler.schedule()
         started = time.perf_counter()
-        _advance(runner, chunks)
+        _step(runner, scheduler)
         times.append(time.perf_counter() - started)
     step_s = statistics.median(times[2:])  # the first steps warm up
     return StepResult(impl, batch, prompt_len, batch * prompt_len / prefill_s, step_s * 1e3, batch / step_s)

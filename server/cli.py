@@ -11,10 +11,8 @@ import uvicorn
 from pydantic import ValidationError
 
 from adapters.builtin_model import BUILTIN_MODEL_NAME, ensure_builtin_model
-from adapters.cpu.engine import CPUEngine, CPUEngineConfig
-from adapters.cpu.model_runner import model_context_length
-from adapters.cpu.numerics import cpu_description, default_threads, resolve_dtype
-from adapters.cpu.packed_linear import quantization_problem
+from adapters.factory import build_engine
+from adapters.model_info import ModelInfo
 from server.app import create_app
 from server.generation import SamplingDefaults
 from server.request_id import RequestIdLogFilter
@@ -24,9 +22,6 @@ from server.text import Tokenization
 
 log = logging.getLogger("ise")
 
-# Enough for chat and benchmark prompts while keeping the default KV cache near 1.5-3 GiB.
-DEFAULT_MAX_MODEL_LEN = 2048
-
 USAGE = """usage: ise serve [options]          serve a model over an OpenAI-compatible API
        ise bench {run,compare} ...    benchmark an endpoint, or ise against its peers
 
@@ -34,47 +29,22 @@ With no --model, ise serve serves the built-in SmolLM2-135M-Instruct; --help aft
 
 
 def build_state(settings: Settings) -> ServerState:
-    """Resolve the model, size the engine and load the tokenizer; the model loads at app start."""
+    """Resolve the model, build its engine and load the tokenizer; the model loads at app start."""
     model: str | Path
     if settings.model is None:
         model, default_name = ensure_builtin_model(settings.cache_dir), BUILTIN_MODEL_NAME
     else:
         model, default_name = settings.model, settings.model
-    context = model_context_length(model)
-    max_model_len = settings.max_model_len or min(context, DEFAULT_MAX_MODEL_LEN)
-    if max_model_len > context:
-        raise SystemExit(f"--max-model-len {max_model_len} exceeds the model's context window of {context} tokens")
-    dtype = resolve_dtype(settings.dtype)
-    problem = quantization_problem(settings.quantization, dtype)
-    if problem:
-        raise SystemExit(problem)
-    threads = settings.threads or default_threads()
-    weights = "int8 weights" if settings.quantization == "int8" else "weights as dtype"
-    dtype_name = str(dtype).removeprefix("torch.")
-    log.info("CPU: %s; dtype %s, %s; %d threads", cpu_description(), dtype_name, weights, threads)
-    engine = CPUEngine(
-        CPUEngineConfig(
-            model_dir=Path(model),
-            dtype=dtype,
-            max_model_len=max_model_len,
-            max_num_seqs=settings.max_num_seqs,
-            max_num_batched_tokens=settings.max_num_batched_tokens,
-            threads=threads,
-            kv_cache_bytes=int(settings.kv_cache_gib * 2**30),
-            kernel_dir=settings.cache_dir,
-            block_size=settings.block_size,
-            prefill_chunk_tokens=settings.prefill_chunk_tokens,
-            long_prompt_tokens=settings.long_prompt_tokens,
-            prefix_caching=settings.prefix_caching,
-            model_impl=settings.model_impl,
-            quantization=settings.quantization,
-        )
-    )
+    info = ModelInfo.load(model)
+    try:
+        engine = build_engine(settings, info, cache_dir=settings.cache_dir)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     return ServerState(
         engine=engine,
-        tokenization=Tokenization(model),
+        tokenization=Tokenization(model, info.vocab_size),
         model_name=settings.served_model_name or default_name,
-        sampling_defaults=SamplingDefaults.from_model(model)
+        sampling_defaults=SamplingDefaults.from_model(info)
         if settings.generation_config == "auto"
         else SamplingDefaults(),
     )

@@ -10,11 +10,9 @@ import asyncio
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, fields, replace
-from pathlib import Path
-
-from transformers import GenerationConfig
 
 from adapters.engine import Engine, EngineRequest, SamplingParams, wrap_seed
+from adapters.model_info import ModelInfo
 from server.errors import invalid_request
 from server.protocol import FinishReason, SamplingFields, Usage, new_id
 from server.text import Tokenization
@@ -35,13 +33,9 @@ class SamplingDefaults:
     repetition_penalty: float = 1.0
 
     @classmethod
-    def from_model(cls, model: str | Path) -> SamplingDefaults:
-        try:
-            explicit = GenerationConfig.from_pretrained(model).to_diff_dict()
-        except OSError:
-            return cls()
+    def from_model(cls, model: ModelInfo) -> SamplingDefaults:
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in explicit.items() if k in known and v is not None})
+        return cls(**{k: v for k, v in model.generation_defaults.items() if k in known and v is not None})
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any
 
 from tokenizers import AddedToken, Tokenizer
 from tokenizers.decoders import DecodeStream
-from transformers import AutoConfig, AutoTokenizer
+from transformers import AutoTokenizer
 
 from server.errors import invalid_request
 
@@ -90,7 +90,8 @@ class TextStream:
 class Tokenization:
     """The model's tokenizer and chat template, as the API needs them."""
 
-    def __init__(self, model: str | Path) -> None:
+    def __init__(self, model: str | Path, model_vocab_size: int | None = None) -> None:
+        """``model_vocab_size``: the model's embedding rows (``ModelInfo.vocab_size``), where known."""
         self.hf = AutoTokenizer.from_pretrained(model)
         self.backend: Tokenizer = self.hf.backend_tokenizer
         specials = [(i, t) for i, t in self.hf.added_tokens_decoder.items() if t.special and t.content]
@@ -100,8 +101,7 @@ class Tokenization:
         names = sorted(self._specials, key=len, reverse=True)
         self._special_re = re.compile("(" + "|".join(map(re.escape, names)) + ")") if names else None
         # Token ids the model can take: its embedding rows and the tokenizer's vocabulary both.
-        model_vocab = getattr(AutoConfig.from_pretrained(model), "vocab_size", None)
-        self._vocab_size = min(len(self.hf), model_vocab) if model_vocab else len(self.hf)
+        self._vocab_size = min(len(self.hf), model_vocab_size) if model_vocab_size else len(self.hf)
 
     def chat_prompt(self, messages: Sequence[Mapping[str, Any]]) -> list[int]:
         """The prompt's token ids: the template's markers as control tokens, message text as text.

@@ -29,31 +29,31 @@ ATTN_IMPLEMENTATION = "ise_paged"
 
 
 @dataclass(frozen=True)
-class StepLayout:
+class AttentionMetadata:
     """How this forward pass's packed tokens map to requests and cache slots."""
 
     cache: PagedKVCache
     kernels: CPUKernels
     slot_mapping: torch.Tensor  # [T] int64: cache slot each new token's keys and values go to
     block_tables: torch.Tensor  # [requests, max_blocks] int32: one row per request in the step
-    table_rows: torch.Tensor  # [T] int32: the row of block_tables each token reads
+    seq_index: torch.Tensor  # [T] int32: the row of block_tables each token reads
     context_lens: torch.Tensor  # [T] int32: positions each token sees, itself included
 
 
-def attend(layout: StepLayout, layer: int, q: torch.Tensor, scale: float) -> torch.Tensor:
+def attend(attn_metadata: AttentionMetadata, layer: int, q: torch.Tensor, scale: float) -> torch.Tensor:
     """Attention of the step's queries ``q`` [T, H, D], whose keys and values are already in the
     cache. Returns [T, H * D]."""
     tokens, heads, head_dim = q.shape
     out = q.new_empty(tokens, heads * head_dim)
-    layout.kernels.paged_attention(
+    attn_metadata.kernels.paged_attention(
         out,
         q,
-        layout.cache.keys[layer],
-        layout.cache.values[layer],
-        layout.block_tables,
-        layout.table_rows,
-        layout.context_lens,
-        layout.cache.block_size,
+        attn_metadata.cache.keys[layer],
+        attn_metadata.cache.values[layer],
+        attn_metadata.block_tables,
+        attn_metadata.seq_index,
+        attn_metadata.context_lens,
+        attn_metadata.cache.block_size,
         scale,
     )
     return out
@@ -68,16 +68,18 @@ def transformers_attention(
     scaling: float | None = None,
     dropout: float = 0.0,
     *,
-    ise_layout: StepLayout,
+    ise_attn_metadata: AttentionMetadata,
     **_: object,
 ) -> tuple[torch.Tensor, None]:
     """transformers' attention interface over ``attend``: query [1, H, T, D], key and value
     [1, KVH, T, D] in, [1, T, H, D] out."""
     layer: int = module.layer_idx  # type: ignore[assignment]
     q = query[0].transpose(0, 1).contiguous()
-    ise_layout.cache.write(layer, ise_layout.slot_mapping, key[0].transpose(0, 1), value[0].transpose(0, 1))
+    ise_attn_metadata.cache.write(
+        layer, ise_attn_metadata.slot_mapping, key[0].transpose(0, 1), value[0].transpose(0, 1)
+    )
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    out = attend(ise_layout, layer, q, scale)
+    out = attend(ise_attn_metadata, layer, q, scale)
     return out.view(q.shape).unsqueeze(0), None
 
 

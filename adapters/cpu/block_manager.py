@@ -60,7 +60,7 @@ class BlockManager:
     def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
 
-    def lookup(self, seq: Sequence) -> list[Block]:
+    def get_computed_blocks(self, seq: Sequence) -> list[Block]:
         """The longest run of cached blocks that starts the sequence's tokens.
 
         The last token is always left to compute: the step that computes it yields the logits
@@ -68,7 +68,7 @@ class BlockManager:
         """
         if not self.prefix_caching:
             return []
-        tokens = seq.token_ids()
+        tokens = seq.all_token_ids
         hits: list[Block] = []
         parent = ROOT
         usable = (len(tokens) - 1) // self.block_size * self.block_size
@@ -82,14 +82,14 @@ class BlockManager:
         self.stats.hit_tokens += len(hits) * self.block_size
         return hits
 
-    def allocate(self, seq: Sequence, num_new_tokens: int, cached: list[Block] | None = None) -> bool:
+    def allocate_slots(self, seq: Sequence, num_new_tokens: int, cached: list[Block] | None = None) -> bool:
         """Give the sequence blocks for ``num_new_tokens`` more tokens (after any cached ones).
 
         Returns False, changing nothing, when too few blocks are free.
         """
         cached = cached or []
         have = len(seq.block_table) + len(cached)
-        computed = seq.num_computed + len(cached) * self.block_size
+        computed = seq.num_computed_tokens + len(cached) * self.block_size
         need = self.blocks_for(computed + num_new_tokens) - have
         # Cached blocks nobody holds sit in the free list: taking them uses up free space too.
         reclaimed = sum(1 for b in cached if b.ref_count == 0)
@@ -101,7 +101,7 @@ class BlockManager:
             block.ref_count += 1
             seq.block_table.append(block.block_id)
             seq.chain_ids.append(block.chain_id)
-        seq.num_computed = computed
+        seq.num_computed_tokens = computed
         for _ in range(need):
             _, block = self._free.popitem(last=False)
             if block.key is not None:  # evicted: its old contents are about to be overwritten
@@ -111,12 +111,12 @@ class BlockManager:
             seq.block_table.append(block.block_id)
         return True
 
-    def register_full_blocks(self, seq: Sequence) -> None:
+    def cache_full_blocks(self, seq: Sequence) -> None:
         """Make the sequence's newly completed blocks findable by later requests."""
-        full = seq.num_computed // self.block_size
+        full = seq.num_computed_tokens // self.block_size
         if not self.prefix_caching or full == len(seq.chain_ids):
             return
-        tokens = seq.token_ids()
+        tokens = seq.all_token_ids
         for index in range(len(seq.chain_ids), full):
             parent = seq.chain_ids[-1] if seq.chain_ids else ROOT
             start = index * self.block_size
@@ -144,4 +144,4 @@ class BlockManager:
                 self._free[block_id] = block
         seq.block_table.clear()
         seq.chain_ids.clear()
-        seq.num_computed = 0
+        seq.num_computed_tokens = 0

@@ -172,7 +172,7 @@ struct AttendItem {
 
 template <typename scalar_t>
 void attend(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tensor& v_cache,
-            const int32_t* block_tables, int64_t max_blocks, const int32_t* seq_index, const int32_t* ctx_len,
+            const int32_t* block_tables, int64_t max_blocks, const int32_t* seq_index, const int32_t* context_lens,
             int64_t block_size, float scale, torch::Tensor& out) {
     const int64_t tokens = q.size(0), heads = q.size(1), head_dim = q.size(2), kv_heads = k_cache.size(1);
     const int64_t group = heads / kv_heads, q_stride = q.stride(0);
@@ -185,10 +185,10 @@ void attend(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::T
     for (int64_t t = 0; t < tokens;) {
         int64_t end = t + 1;
         while (end < tokens && end - t < kQueryTokens && seq_index[end] == seq_index[t] &&
-               ctx_len[end] == ctx_len[end - 1] + 1)
+               context_lens[end] == context_lens[end - 1] + 1)
             ++end;
         for (int64_t g = 0; g < kv_heads; ++g) items.push_back({t, end - t, g});
-        longest = std::max<int64_t>(longest, ctx_len[end - 1]);
+        longest = std::max<int64_t>(longest, context_lens[end - 1]);
         t = end;
     }
     // Items differ in cost (a chunk's tokens against a long context, a decode token against a
@@ -196,7 +196,7 @@ void attend(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::T
     // Taking a few neighbours at a time keeps a thread on adjacent cache blocks (a token's KV
     // heads lie side by side), which the memory prefetchers follow.
     std::stable_sort(items.begin(), items.end(), [&](const AttendItem& a, const AttendItem& b) {
-        return a.count * ctx_len[a.first + a.count - 1] > b.count * ctx_len[b.first + b.count - 1];
+        return a.count * context_lens[a.first + a.count - 1] > b.count * context_lens[b.first + b.count - 1];
     });
     const int64_t rows_max = kQueryTokens * group, num_items = static_cast<int64_t>(items.size());
     const int64_t threads = at::get_num_threads(), grab = std::max<int64_t>(1, num_items / (8 * threads));
@@ -210,7 +210,7 @@ void attend(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::T
             for (int64_t index = first; index < std::min(num_items, first + grab); ++index) {
                 const AttendItem item = items[index];
                 const int64_t offset = item.kv_head * block_size * head_dim;
-                const int64_t n = ctx_len[item.first + item.count - 1];  // the last token sees the most
+                const int64_t n = context_lens[item.first + item.count - 1];  // the last token sees the most
                 row_offsets(block_tables + static_cast<int64_t>(seq_index[item.first]) * max_blocks, n, block_size,
                             kv_heads, head_dim, offsets.data());
                 for (int64_t i = 0; i < item.count; ++i)
@@ -218,13 +218,13 @@ void attend(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::T
                                 qf.data() + i * group * head_dim, group * head_dim);
                 std::for_each(qf.begin(), qf.begin() + item.count * group * head_dim, [&](float& x) { x *= scale; });
                 // Every tile of the context's rows, and for each row r = i * group + h (query token i,
-                // head h of the group) the part of the tile that token sees: ctx_len[first + i] positions.
+                // head h of the group) the part of the tile that token sees: context_lens[first + i] positions.
                 auto sweep = [&](const scalar_t* cache, auto&& per_row) {
                     for (int64_t j = 0; j < n; j += kTile) {
                         const int64_t count = std::min(kTile, n - j), ahead = std::min(kTile, n - j - count);
                         tile_rows(cache, offsets.data() + j, count, ahead, offset, head_dim, buffer.data(), rows);
                         for (int64_t i = 0; i < item.count; ++i) {
-                            const int64_t visible = std::clamp<int64_t>(ctx_len[item.first + i] - j, 0, count);
+                            const int64_t visible = std::clamp<int64_t>(context_lens[item.first + i] - j, 0, count);
                             for (int64_t h = 0; h < group; ++h) per_row(i * group + h, j, visible);
                         }
                     }
@@ -233,7 +233,7 @@ void attend(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::T
                     dot_rows(qf.data() + r * head_dim, rows, visible, head_dim, scores.data() + r * n + j);
                 });
                 for (int64_t i = 0; i < item.count; ++i)
-                    for (int64_t h = 0; h < group; ++h) softmax(scores.data() + (i * group + h) * n, ctx_len[item.first + i]);
+                    for (int64_t h = 0; h < group; ++h) softmax(scores.data() + (i * group + h) * n, context_lens[item.first + i]);
                 std::fill(acc.begin(), acc.begin() + item.count * group * head_dim, 0.0f);
                 sweep(vp, [&](int64_t r, int64_t j, int64_t visible) {
                     accumulate_rows(scores.data() + r * n + j, rows, visible, head_dim, acc.data() + r * head_dim);
@@ -249,7 +249,7 @@ void attend(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::T
 
 void paged_attention(torch::Tensor out, const torch::Tensor& q, const torch::Tensor& k_cache,
                      const torch::Tensor& v_cache, const torch::Tensor& block_tables, const torch::Tensor& seq_index,
-                     const torch::Tensor& ctx_len, int64_t block_size, double scale) {
+                     const torch::Tensor& context_lens, int64_t block_size, double scale) {
     TORCH_CHECK(q.dim() == 3 && q.stride(2) == 1 && q.stride(1) == q.size(2), "q: [T, H, D] with dense rows");
     TORCH_CHECK(k_cache.dim() == 4 && k_cache.is_contiguous() && v_cache.sizes() == k_cache.sizes() &&
                     v_cache.is_contiguous() && k_cache.size(2) == block_size,
@@ -258,12 +258,12 @@ void paged_attention(torch::Tensor out, const torch::Tensor& q, const torch::Ten
                 "out: contiguous [T, H * D]");
     TORCH_CHECK(q.scalar_type() == k_cache.scalar_type() && out.scalar_type() == q.scalar_type(), "one dtype");
     TORCH_CHECK(block_tables.scalar_type() == torch::kInt32 && block_tables.is_contiguous(), "block_tables: int32");
-    TORCH_CHECK(seq_index.scalar_type() == torch::kInt32 && ctx_len.scalar_type() == torch::kInt32, "int32 indices");
+    TORCH_CHECK(seq_index.scalar_type() == torch::kInt32 && context_lens.scalar_type() == torch::kInt32, "int32 indices");
     TORCH_CHECK(q.size(1) % k_cache.size(1) == 0 && k_cache.size(3) == q.size(2), "head counts or sizes disagree");
     TORCH_CHECK(q.size(2) % kLane == 0, "head_dim must be a multiple of 8");
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "paged_attention", [&] {
         attend<scalar_t>(q, k_cache, v_cache, block_tables.data_ptr<int32_t>(), block_tables.size(1),
-                         seq_index.data_ptr<int32_t>(), ctx_len.data_ptr<int32_t>(), block_size,
+                         seq_index.data_ptr<int32_t>(), context_lens.data_ptr<int32_t>(), block_size,
                          static_cast<float>(scale), out);
     });
 }

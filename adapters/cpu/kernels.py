@@ -45,7 +45,7 @@ class CPUKernels(Protocol):
         v_cache: torch.Tensor,
         block_tables: torch.Tensor,
         seq_index: torch.Tensor,
-        ctx_len: torch.Tensor,
+        context_lens: torch.Tensor,
         block_size: int,
         scale: float,
     ) -> None: ...

@@ -19,9 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
-from adapters.cpu.attention import StepLayout, attend
+from adapters.config import Quantization
+from adapters.cpu.attention import AttentionMetadata, attend
 from adapters.cpu.kernels import CPUKernels
-from adapters.cpu.packed_linear import Quantization, fast_linear
+from adapters.cpu.packed_linear import fast_linear
 
 FAMILY = frozenset({"llama", "mistral", "qwen2"})
 
@@ -86,10 +87,10 @@ class LlamaForward:
         ]
 
     def __call__(
-        self, ids: torch.Tensor, positions: torch.Tensor, layout: StepLayout, keep: torch.Tensor
+        self, ids: torch.Tensor, positions: torch.Tensor, attn_metadata: AttentionMetadata, keep: torch.Tensor
     ) -> torch.Tensor:
         """Next-token logits [len(keep), vocab] of the packed rows ``keep``."""
-        kernels, cache = self.kernels, layout.cache
+        kernels, cache = self.kernels, attn_metadata.cache
         heads, dim = self.heads, self.head_dim
         tokens = ids.shape[0]
         residual = F.embedding(ids, self.embed)
@@ -99,9 +100,9 @@ class LlamaForward:
         for index, layer in enumerate(self.layers):
             qkv = layer.qkv(hidden)
             kernels.rotary_cache_write(
-                qkv, cos, sin, heads, cache.keys[index], cache.values[index], layout.slot_mapping
+                qkv, cos, sin, heads, cache.keys[index], cache.values[index], attn_metadata.slot_mapping
             )
-            attended = attend(layout, index, qkv[:, : heads * dim].view(tokens, heads, dim), self.scale)
+            attended = attend(attn_metadata, index, qkv[:, : heads * dim].view(tokens, heads, dim), self.scale)
             hidden = kernels.rms_norm(layer.o(attended), residual, layer.post_norm, self.eps)
             mlp = layer.down(kernels.silu_mul(layer.gate_up(hidden)))
             following = self.layers[index + 1].input_norm if index + 1 < len(self.layers) else self.norm

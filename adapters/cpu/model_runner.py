@@ -1,49 +1,35 @@
-"""Runs the model over the paged KV cache: one forward pass per engine step."""
+"""Runs the model over the paged KV cache and samples: one forward pass per engine step.
+
+The runner turns what the scheduler decided into token ids (vLLM's ``execute_model``): it packs
+the step's tokens into one row, runs the forward pass and samples each finished chunk's next token
+inside, so no logits leave it; the sampler is where per-request logits work lives.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence as Seq
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Protocol
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedModel
+from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from adapters.cpu.attention import ATTN_IMPLEMENTATION, StepLayout
+from adapters.config import ModelImpl, Quantization
+from adapters.cpu.attention import ATTN_IMPLEMENTATION, AttentionMetadata
 from adapters.cpu.kernels import CPUKernels, cpu_kernels
 from adapters.cpu.kv_cache import PagedKVCache
 from adapters.cpu.llama import LlamaForward, unsupported_reason
-from adapters.cpu.packed_linear import Quantization, pack_linears, quantization_problem
-from adapters.cpu.scheduler import Chunk
-
-ModelImpl = Literal["auto", "ise", "transformers"]
+from adapters.cpu.packed_linear import pack_linears, quantization_problem
+from adapters.cpu.sampler import Sampler
+from adapters.cpu.scheduler import SchedulerOutput
+from adapters.engine import RequestFailedError
 
 log = logging.getLogger(__name__)
 
 
-def model_context_length(model_dir: str | Path) -> int:
-    config = AutoConfig.from_pretrained(model_dir)
-    return int(getattr(config, "max_position_embeddings", 2048))
-
-
-def eos_token_ids(model_dir: str | Path) -> frozenset[int]:
-    """The tokens that end generation: the generation config's, else the model config's."""
-    ids: set[int] = set()
-    try:
-        value = GenerationConfig.from_pretrained(model_dir).eos_token_id
-    except OSError:
-        value = AutoConfig.from_pretrained(model_dir).eos_token_id
-    if isinstance(value, int):
-        ids.add(value)
-    elif value:
-        ids.update(int(v) for v in value)
-    return frozenset(ids)
-
-
 class Forward(Protocol):
     def __call__(
-        self, ids: torch.Tensor, positions: torch.Tensor, layout: StepLayout, keep: torch.Tensor
+        self, ids: torch.Tensor, positions: torch.Tensor, attn_metadata: AttentionMetadata, keep: torch.Tensor
     ) -> torch.Tensor: ...
 
 
@@ -59,14 +45,14 @@ class TransformersForward:
             )
 
     def __call__(
-        self, ids: torch.Tensor, positions: torch.Tensor, layout: StepLayout, keep: torch.Tensor
+        self, ids: torch.Tensor, positions: torch.Tensor, attn_metadata: AttentionMetadata, keep: torch.Tensor
     ) -> torch.Tensor:
         out = self.model(
             input_ids=ids.unsqueeze(0),
             position_ids=positions.unsqueeze(0),
             use_cache=False,
             logits_to_keep=keep,
-            ise_layout=layout,
+            ise_attn_metadata=attn_metadata,
         )
         logits: torch.Tensor = out.logits[0]
         return logits
@@ -94,6 +80,7 @@ class ModelRunner:
         kernel_dir: Path,
         model_impl: ModelImpl = "auto",
         quantization: Quantization = "none",
+        eos_token_ids: frozenset[int] = frozenset(),
     ) -> None:
         problem = quantization_problem(quantization, dtype)
         if problem:
@@ -102,6 +89,7 @@ class ModelRunner:
         model.eval()
         self.kernels = cpu_kernels(kernel_dir)
         self.forward = _forward(model, model_impl, self.kernels, quantization)
+        self.sampler = Sampler(eos_token_ids)
         config = model.config
         shape = {
             "num_layers": config.num_hidden_layers,
@@ -121,42 +109,45 @@ class ModelRunner:
         )
 
     @torch.inference_mode()
-    def step(self, chunks: Seq[Chunk]) -> tuple[list[Chunk], torch.Tensor]:
-        """Compute every chunk in one forward pass over a packed row of tokens.
+    def execute_model(self, scheduler_output: SchedulerOutput) -> list[int | RequestFailedError]:
+        """Compute the step in one forward pass over a packed row of tokens and sample.
 
-        Returns the chunks that end their sequence's known tokens, in order, and the next-token
-        logits of each (one row per chunk).
+        Returns the next token of each request whose chunk reaches its last known token, in the
+        order of ``scheduler_output.sampling``, or the error that ended that request alone.
         """
+        logits = self.forward_step(scheduler_output)
+        return self.sampler.sample(logits, scheduler_output.sampling)
+
+    def forward_step(self, scheduler_output: SchedulerOutput) -> torch.Tensor:
+        """The next-token logits [len(sampling), vocab] of the step's sampling requests."""
         bs = self.cache.block_size
         ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
-        rows: list[int] = []
-        sampled: list[Chunk] = []
+        seq_index: list[int] = []
         last: list[int] = []
-        for row, chunk in enumerate(chunks):
-            seq, start, n = chunk.seq, chunk.seq.num_computed, chunk.num_tokens
+        for index, scheduled in enumerate(scheduler_output.requests):
+            seq, start, n = scheduled.seq, scheduled.num_computed_tokens, scheduled.num_scheduled_tokens
             table = seq.block_table
-            ids += seq.token_ids()[start : start + n]
+            ids += seq.all_token_ids[start : start + n]
             positions += range(start, start + n)
             slots += [table[p // bs] * bs + p % bs for p in range(start, start + n)]
-            rows += [row] * n
-            if chunk.samples:
-                sampled.append(chunk)
+            seq_index += [index] * n
+            if scheduled.samples:
                 last.append(len(ids) - 1)
-        width = max(len(c.seq.block_table) for c in chunks)
-        layout = StepLayout(
+        tables = [r.seq.block_table for r in scheduler_output.requests]
+        width = max(len(t) for t in tables)
+        attn_metadata = AttentionMetadata(
             cache=self.cache,
             kernels=self.kernels,
             slot_mapping=torch.tensor(slots, dtype=torch.int64),
-            block_tables=torch.tensor(
-                [c.seq.block_table + [0] * (width - len(c.seq.block_table)) for c in chunks], dtype=torch.int32
-            ),
-            table_rows=torch.tensor(rows, dtype=torch.int32),
+            block_tables=torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32),
+            seq_index=torch.tensor(seq_index, dtype=torch.int32),
             context_lens=torch.tensor([p + 1 for p in positions], dtype=torch.int32),
         )
-        logits = self.forward(torch.tensor(ids), torch.tensor(positions), layout, torch.tensor(last, dtype=torch.long))
-        return sampled, logits
+        return self.forward(
+            torch.tensor(ids), torch.tensor(positions), attn_metadata, torch.tensor(last, dtype=torch.long)
+        )
 
     @torch.inference_mode()
     def prompt_logits(self, token_ids: list[int]) -> torch.Tensor:
@@ -169,13 +160,13 @@ class ModelRunner:
         blocks = -(-n // bs)
         if blocks > self.cache.num_blocks:
             raise ValueError(f"{n} tokens do not fit the KV cache of {self.cache.num_blocks * bs}")
-        layout = StepLayout(
+        attn_metadata = AttentionMetadata(
             cache=self.cache,
             kernels=self.kernels,
             slot_mapping=torch.arange(n, dtype=torch.int64),
             block_tables=torch.arange(blocks, dtype=torch.int32).unsqueeze(0),
-            table_rows=torch.zeros(n, dtype=torch.int32),
+            seq_index=torch.zeros(n, dtype=torch.int32),
             context_lens=torch.arange(1, n + 1, dtype=torch.int32),
         )
         positions = torch.arange(n)
-        return self.forward(torch.tensor(token_ids), positions, layout, positions)
+        return self.forward(torch.tensor(token_ids), positions, attn_metadata, positions)

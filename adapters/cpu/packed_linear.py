@@ -16,14 +16,11 @@ multiplied this model's perplexity by 2.8: its activations have outlier channels
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import nn
 
+from adapters.config import Quantization
 from adapters.cpu.kernels import CPUKernels
-
-Quantization = Literal["none", "int8"]
 
 
 class PackedLinear(nn.Module):

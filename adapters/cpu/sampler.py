@@ -40,13 +40,13 @@ class Sampler:
             params.greedy
             and params.repetition_penalty == 1.0
             and not (params.presence_penalty or params.frequency_penalty)
-            and len(seq.output_ids) >= params.min_tokens
+            and seq.num_output_tokens >= params.min_tokens
         )
 
     def _sample_row(self, row: torch.Tensor, seq: Sequence) -> int:
         params = seq.request.params
         row = self._apply_penalties(row, seq)
-        if len(seq.output_ids) < params.min_tokens:
+        if seq.num_output_tokens < params.min_tokens:
             banned = list(set(params.stop_token_ids) | (set() if params.ignore_eos else self.eos_token_ids))
             if banned:
                 row = row.clone()
@@ -73,7 +73,7 @@ class Sampler:
     def _apply_penalties(row: torch.Tensor, seq: Sequence) -> torch.Tensor:
         params = seq.request.params
         if params.repetition_penalty != 1.0:
-            seen = torch.tensor(sorted(set(seq.token_ids())), dtype=torch.long)
+            seen = torch.tensor(sorted(set(seq.all_token_ids)), dtype=torch.long)
             values = row[seen]
             row = row.clone()
             row[seen] = torch.where(values > 0, values / params.repetition_penalty, values * params.repetition_penalty)

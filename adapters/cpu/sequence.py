@@ -1,7 +1,13 @@
-"""A request's state inside the CPU engine, shared by the scheduler, the block manager and the runner."""
+"""A request's state inside the CPU engine: its tokens, its place in the KV cache, its status.
+
+The scheduler is the only part that changes a sequence (nano-vllm's ``Sequence``, vLLM v1's
+``Request``); the block manager fills in its block table when the scheduler asks, and the model
+runner only reads it.
+"""
 
 from __future__ import annotations
 
+import enum
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -11,18 +17,52 @@ import torch
 from adapters.engine import EngineRequest, FinishReason
 
 
+class RequestStatus(enum.Enum):
+    WAITING = enum.auto()
+    RUNNING = enum.auto()
+    PREEMPTED = enum.auto()  # its blocks were taken back; it waits to be recomputed
+    FINISHED_STOPPED = enum.auto()  # EOS or a stop token id
+    FINISHED_LENGTH_CAPPED = enum.auto()  # max_tokens or the context window
+    FINISHED_ABORTED = enum.auto()  # the client went away
+    FINISHED_ERROR = enum.auto()  # its own sampling failed
+
+    @property
+    def is_finished(self) -> bool:
+        return self.value >= RequestStatus.FINISHED_STOPPED.value
+
+    @property
+    def finish_reason(self) -> FinishReason | None:
+        return _FINISH_REASONS.get(self)
+
+
+_FINISH_REASONS: dict[RequestStatus, FinishReason] = {
+    RequestStatus.FINISHED_STOPPED: "stop",
+    RequestStatus.FINISHED_LENGTH_CAPPED: "length",
+    RequestStatus.FINISHED_ABORTED: "abort",
+}
+
+
 @dataclass(eq=False)
 class Sequence:
+    """One request's tokens and cache state.
+
+    Built on the event loop before the request reaches the engine thread, so that its per-request
+    set-up (the seeded generator) can fail that request alone.
+    """
+
     request: EngineRequest
-    output_ids: list[int] = field(default_factory=list)
-    num_computed: int = 0  # tokens whose keys and values are in the cache
+    all_token_ids: list[int] = field(init=False)  # prompt then output, one list appended to
+    num_prompt_tokens: int = field(init=False)
+    num_computed_tokens: int = 0  # tokens whose keys and values are in the cache
     block_table: list[int] = field(default_factory=list)  # cache blocks holding its tokens, in order
     chain_ids: list[int] = field(default_factory=list)  # prefix-cache identity of its full blocks
-    finish_reason: FinishReason | None = None
-    output_counts: Counter[int] = field(default_factory=Counter)
+    status: RequestStatus = RequestStatus.WAITING
+    output_counts: Counter[int] = field(default_factory=Counter)  # for presence and frequency penalties
     generator: torch.Generator = field(init=False)
 
     def __post_init__(self) -> None:
+        self.all_token_ids = list(self.request.prompt_token_ids)
+        self.num_prompt_tokens = len(self.all_token_ids)
         seed = self.request.params.seed
         self.generator = torch.Generator().manual_seed(seed if seed is not None else random.getrandbits(63))
 
@@ -32,11 +72,12 @@ class Sequence:
 
     @property
     def num_tokens(self) -> int:
-        return len(self.request.prompt_token_ids) + len(self.output_ids)
+        return len(self.all_token_ids)
 
-    def token_ids(self) -> list[int]:
-        return self.request.prompt_token_ids + self.output_ids
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.all_token_ids) - self.num_prompt_tokens
 
-    def append(self, token_id: int) -> None:
-        self.output_ids.append(token_id)
+    def append_token_id(self, token_id: int) -> None:
+        self.all_token_ids.append(token_id)
         self.output_counts[token_id] += 1

@@ -1,7 +1,7 @@
 """The scheduler's and block manager's policy, without a model: budgets, chunks, blocks, preemption, prefixes.
 
-Each test plays the engine's part by hand: schedule, then mark the scheduled tokens computed (and
-append a sampled token where a chunk reaches a sequence's end), as the engine does after a step.
+Each test plays the model runner's part only: it schedules, and hands ``update_from_output`` a
+token for every request the step samples, as the engine core does after a forward pass.
 """
 
 from __future__ import annotations
@@ -9,11 +9,12 @@ from __future__ import annotations
 import itertools
 
 from adapters.cpu.block_manager import BlockManager
-from adapters.cpu.scheduler import Chunk, Scheduler
-from adapters.cpu.sequence import Sequence
-from adapters.engine import EngineRequest, SamplingParams
+from adapters.cpu.scheduler import Scheduler, SchedulerOutput
+from adapters.cpu.sequence import RequestStatus, Sequence
+from adapters.engine import EngineOutput, EngineRequest, SamplingParams
 
 BLOCK = 4
+EOS = 2
 
 
 _fresh = itertools.count(1000, 1000)
@@ -33,29 +34,27 @@ def _scheduler(
         max_num_seqs=seqs,
         max_num_batched_tokens=budget,
         prefill_chunk_tokens=chunk,
-        long_prompt_tokens=long_prompt,
+        long_prefill_token_threshold=long_prompt,
+        max_model_len=1000,
+        eos_token_ids=frozenset({EOS}),
     )
 
 
-def _run(scheduler: Scheduler, chunks: list[Chunk]) -> None:
-    """What the engine does after a step: the tokens are computed; a chunk at the end samples one more."""
-    for chunk in chunks:
-        sampled = chunk.samples
-        chunk.seq.num_computed += chunk.num_tokens
-        scheduler.blocks.register_full_blocks(chunk.seq)
-        if sampled:
-            chunk.seq.append(7)
+def _run(scheduler: Scheduler, scheduled: SchedulerOutput, token: int = 7) -> dict[str, EngineOutput]:
+    """The runner's part of a step: ``token`` for every request the step samples."""
+    outputs = scheduler.update_from_output(scheduled, [token] * len(scheduled.sampling))
+    return {request_id: out for request_id, out in outputs if isinstance(out, EngineOutput)}
 
 
-def _plan(chunks: list[Chunk]) -> list[tuple[str, int]]:
-    return [(c.seq.request_id, c.num_tokens) for c in chunks]
+def _plan(scheduled: SchedulerOutput) -> list[tuple[str, int]]:
+    return [(r.seq.request_id, r.num_scheduled_tokens) for r in scheduled.requests]
 
 
 def test_admits_within_budget_and_batch_size_then_queues() -> None:
     scheduler = _scheduler(100, seqs=3, budget=100)
     seqs = [_seq(f"r{i}", 40) for i in range(5)]
     for seq in seqs:
-        scheduler.add(seq)
+        scheduler.add_request(seq)
     first = scheduler.schedule()
     # The third prompt gets what is left of the budget; it finishes its prompt next step.
     assert _plan(first) == [("r0", 40), ("r1", 40), ("r2", 20)]
@@ -69,15 +68,15 @@ def test_admits_within_budget_and_batch_size_then_queues() -> None:
 def test_long_prompt_is_chunked_while_others_decode() -> None:
     scheduler = _scheduler(200, budget=64, chunk=8)
     short = _seq("short", 5)
-    scheduler.add(short)
+    scheduler.add_request(short)
     _run(scheduler, scheduler.schedule())
     long = _seq("long", 30)
-    scheduler.add(long)
+    scheduler.add_request(long)
     plans = []
     for _ in range(5):
-        chunks = scheduler.schedule()
-        plans.append(_plan(chunks))
-        _run(scheduler, chunks)
+        scheduled = scheduler.schedule()
+        plans.append(_plan(scheduled))
+        _run(scheduler, scheduled)
     # Every step still decodes the running request; the long prompt arrives 8 tokens at a time.
     assert plans == [
         [("short", 1), ("long", 8)],
@@ -91,65 +90,65 @@ def test_long_prompt_is_chunked_while_others_decode() -> None:
 def test_short_prompts_are_taken_whole_first_come_first_served_while_others_decode() -> None:
     scheduler = _scheduler(200, budget=32, chunk=4, long_prompt=16)
     running = _seq("running", 5)
-    scheduler.add(running)
+    scheduler.add_request(running)
     _run(scheduler, scheduler.schedule())
     burst = [_seq(f"b{i}", 12) for i in range(4)]
     for seq in burst:
-        scheduler.add(seq)
+        scheduler.add_request(seq)
     first = scheduler.schedule()
     # Two whole prompts fit the budget beside the decode, the third gets the rest; nobody is cut
     # to 4-token chunks, so b0 and b1 sample their first token from this very step.
     assert _plan(first) == [("running", 1), ("b0", 12), ("b1", 12), ("b2", 7)]
-    assert [c.samples for c in first] == [True, True, True, False]
+    assert [r.samples for r in first.requests] == [True, True, True, False]
 
 
 def test_newest_request_is_preempted_when_blocks_run_out_and_resumes() -> None:
     scheduler = _scheduler(4, budget=64)  # 16 tokens of cache
     old, new = _seq("old", 8), _seq("new", 7)
-    scheduler.add(old)
-    scheduler.add(new)
+    scheduler.add_request(old)
+    scheduler.add_request(new)
     _run(scheduler, scheduler.schedule())
     assert scheduler.blocks.num_free == 0
-    chunks = scheduler.schedule()
+    scheduled = scheduler.schedule()
     # old's 9th token needs a third block: new gives its two back and waits at the front.
-    assert _plan(chunks) == [("old", 1)]
+    assert _plan(scheduled) == [("old", 1)]
     assert scheduler.num_preemptions == 1
-    assert list(scheduler.waiting) == [new] and new.num_computed == 0 and not new.block_table
-    _run(scheduler, chunks)
-    scheduler.finish(old)
+    assert list(scheduler.waiting) == [new] and new.num_computed_tokens == 0 and not new.block_table
+    assert new.status == RequestStatus.PREEMPTED
+    _run(scheduler, scheduled)
+    scheduler.abort_request("old")
     # Resumed, new recomputes its prompt and the token it had already produced, except for its
     # first block, which it had registered in the prefix cache and nobody has evicted since.
     assert _plan(scheduler.schedule()) == [("new", 4)]
-    assert new.num_computed == 4 and new.output_ids == [7]
+    assert new.num_computed_tokens == 4 and new.all_token_ids[new.num_prompt_tokens :] == [7]
 
 
 def test_shared_prefix_reuses_blocks_and_leaves_the_last_token_to_compute() -> None:
     scheduler = _scheduler(50)
     prefix = list(range(100, 112))  # three full blocks
     first = _seq("first", [*prefix, 1, 2])
-    scheduler.add(first)
+    scheduler.add_request(first)
     _run(scheduler, scheduler.schedule())
     first_blocks = list(first.block_table[:3])
-    scheduler.finish(first)  # its blocks stay cached
+    scheduler.abort_request("first")  # its blocks stay cached
     second = _seq("second", [*prefix, 3, 4, 5])
-    scheduler.add(second)
+    scheduler.add_request(second)
     assert _plan(scheduler.schedule()) == [("second", 3)]
-    assert second.num_computed == 12 and second.block_table[:3] == first_blocks
+    assert second.num_computed_tokens == 12 and second.block_table[:3] == first_blocks
     assert scheduler.blocks.stats.hit_tokens == 12
     # A prompt that is exactly the cached prefix still computes its last block's final token.
     third = _seq("third", prefix)
-    scheduler.add(third)
-    chunks = scheduler.schedule()
-    assert ("third", 4) in _plan(chunks)
+    scheduler.add_request(third)
+    assert ("third", 4) in _plan(scheduler.schedule())
 
 
 def test_blocks_are_all_freed_and_evicted_least_recently_used() -> None:
     manager = BlockManager(6, BLOCK)
     a, b = _seq("a", [1, 2, 3, 4, 5]), _seq("b", [9, 9, 9, 9, 9])
     for seq in (a, b):
-        assert manager.allocate(seq, 5)
-        seq.num_computed = 5
-        manager.register_full_blocks(seq)
+        assert manager.allocate_slots(seq, 5)
+        seq.num_computed_tokens = 5
+        manager.cache_full_blocks(seq)
     assert manager.num_free == 2
     b_head = b.block_table[0]
     manager.free(a)
@@ -157,19 +156,19 @@ def test_blocks_are_all_freed_and_evicted_least_recently_used() -> None:
     assert manager.num_free == 6 and manager.num_used == 0
     # Taking four blocks evicts a's tail, b's tail, then a's cached prefix: the oldest releases go first.
     c = _seq("c", 16)
-    assert manager.allocate(c, 16)
-    assert manager.lookup(_seq("a2", [1, 2, 3, 4, 0])) == []
-    assert [blk.block_id for blk in manager.lookup(_seq("b2", [9, 9, 9, 9, 0]))] == [b_head]
-    assert not manager.allocate(_seq("d", 12), 12)  # two blocks free, three needed: nothing taken
+    assert manager.allocate_slots(c, 16)
+    assert manager.get_computed_blocks(_seq("a2", [1, 2, 3, 4, 0])) == []
+    assert [blk.block_id for blk in manager.get_computed_blocks(_seq("b2", [9, 9, 9, 9, 0]))] == [b_head]
+    assert not manager.allocate_slots(_seq("d", 12), 12)  # two blocks free, three needed: nothing taken
     assert manager.num_free == 2
 
 
 def test_waiting_request_can_be_removed() -> None:
     scheduler = _scheduler(10, seqs=1)
     first, second = _seq("a", 3), _seq("b", 3)
-    scheduler.add(first)
-    scheduler.add(second)
+    scheduler.add_request(first)
+    scheduler.add_request(second)
     scheduler.schedule()
-    scheduler.finish(second)
+    scheduler.abort_request("b")
     assert not scheduler.waiting and scheduler.running == [first]
-    assert scheduler.find("a") is first and scheduler.find("b") is None
+    assert scheduler.requests == {"a": first} and second.status == RequestStatus.FINISHED_ABORTED

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from adapters.config import EngineArgs
 from server.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,3 +56,15 @@ def test_cli_reports_bad_settings_cleanly() -> None:
     )
     assert result.returncode == 2
     assert "dtype" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_vllm_spelling_of_the_long_prefill_threshold_and_the_old_one_both_work() -> None:
+    assert Settings.load(["--long-prefill-token-threshold", "300"]).long_prefill_token_threshold == 300
+    assert Settings.load(["--long-prompt-tokens", "301"]).long_prefill_token_threshold == 301
+
+
+def test_engine_options_are_declared_once() -> None:
+    """Settings takes every engine option from EngineArgs: none is declared a second time."""
+    own = set(Settings.__annotations__)
+    assert not own & set(EngineArgs.model_fields), "an engine option is declared in Settings too"
+    assert set(EngineArgs.model_fields) <= set(Settings.model_fields)

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -28,6 +29,10 @@ from fastapi import FastAPI
 from openai.types.chat import ChatCompletionMessageParam
 
 from adapters.builtin_model import BUILTIN_MODEL_NAME, builtin_model_dir
+from adapters.config import EngineArgs
+from adapters.cpu.engine import CoreFactory, CPUEngine
+from adapters.cpu.engine_core import CPUEngineConfig, EngineCore
+from adapters.model_info import ModelInfo
 from server.settings import Settings
 
 START_TIMEOUT_S = 900  # a first run downloads and converts the model
@@ -84,6 +89,13 @@ def running_server(args: list[str], log_path: Path, model: str = BUILTIN_MODEL_N
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def cpu_engine(model_dir: Path, core_class: CoreFactory = EngineCore, **options: Any) -> CPUEngine:
+    """The real CPU engine in process, float32 unless told otherwise, with these ``EngineArgs``."""
+    args = EngineArgs.model_validate({"dtype": "float32", **options})
+    config = CPUEngineConfig.resolve(args, ModelInfo.load(model_dir), kernel_dir=Settings().cache_dir)
+    return CPUEngine(config, core_class)
 
 
 @contextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 import openai
 import pytest
 
+from adapters.model_info import ModelInfo
 from server.generation import SamplingDefaults
 from tests.real.conftest import ServerHandle, user
 
@@ -145,7 +146,7 @@ async def test_async_client(aclient: openai.AsyncOpenAI, server: ServerHandle) -
 def test_default_sampling_follows_the_model(client: openai.OpenAI, server: ServerHandle) -> None:
     # The built-in model recommends temperature 0.2 and top_p 0.9, so a request that sets no
     # sampling fields still gets a sensible answer (OpenAI's temperature 1.0 would ramble).
-    defaults = SamplingDefaults.from_model(server.model_dir)
+    defaults = SamplingDefaults.from_model(ModelInfo.load(server.model_dir))
     assert (defaults.temperature, defaults.top_p) == (0.2, 0.9)
     for seed in range(3):
         reply = client.chat.completions.create(model=server.model, messages=FRANCE, seed=seed)

@@ -10,43 +10,38 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import pytest
-import torch
 from transformers import AutoConfig, LlamaConfig
 
-from adapters.cpu.engine import CPUEngine, CPUEngineConfig
+from adapters.cpu.engine import CPUEngine
 from adapters.cpu.llama import unsupported_reason
 from adapters.engine import EngineRequest, SamplingParams
-from server.settings import Settings
 from server.text import Tokenization
-from tests.real.conftest import ServerHandle
+from tests.real.conftest import ServerHandle, cpu_engine
 
 BLOCK = 16
 MAX_MODEL_LEN = 256
 # Float32 blocks of the built-in model are 0.70 MiB; 24 of them hold 384 tokens, room for one
 # full-length request but not for the bursts below.
 KV_CACHE_BYTES = 24 * 2 * 30 * BLOCK * 3 * 64 * 4
+ENGINE_OPTIONS: dict[str, Any] = {
+    "max_model_len": MAX_MODEL_LEN,
+    "max_num_seqs": 8,
+    "max_num_batched_tokens": 256,
+    "threads": 2,
+    "kv_cache_gib": KV_CACHE_BYTES / 2**30,
+    "block_size": BLOCK,
+    "prefill_chunk_tokens": 32,
+    "long_prefill_token_threshold": 64,
+}
 
 
 @pytest.fixture(scope="module")
 async def engine(server: ServerHandle) -> AsyncIterator[CPUEngine]:
-    cpu = CPUEngine(
-        CPUEngineConfig(
-            model_dir=server.model_dir,
-            dtype=torch.float32,
-            max_model_len=MAX_MODEL_LEN,
-            max_num_seqs=8,
-            max_num_batched_tokens=256,
-            threads=2,
-            kv_cache_bytes=KV_CACHE_BYTES,
-            kernel_dir=Settings().cache_dir,
-            block_size=BLOCK,
-            prefill_chunk_tokens=32,
-            long_prompt_tokens=64,
-        )
-    )
+    cpu = cpu_engine(server.model_dir, **ENGINE_OPTIONS)
     await cpu.start()
     yield cpu
     await cpu.shutdown()
@@ -127,13 +122,13 @@ async def test_ise_forward_computes_what_transformers_computes(engine: CPUEngine
         _prompt(tokenization, "Name three rivers."),
         _prompt(tokenization, "Write a haiku about the sea."),
     ]
-    reference = CPUEngine(replace(engine.config, model_impl="transformers"))
+    reference = cpu_engine(Path(engine.config.model.path), **ENGINE_OPTIONS, model_impl="transformers")
     await reference.start()
     try:
         expected = await asyncio.gather(*[_generate(reference, f"hf{i}", p, 40) for i, p in enumerate(prompts)])
     finally:
         await reference.shutdown()
-    assert engine.config.model_impl == "auto"
+    assert engine.config.args.model_impl == "auto"
     got = await asyncio.gather(*[_generate(engine, f"ise{i}", p, 40) for i, p in enumerate(prompts)])
     assert got == expected
 

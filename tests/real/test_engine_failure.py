@@ -1,53 +1,41 @@
 """An engine that dies mid-generation: in-flight requests end with an error, new ones get 503.
 
 A real engine cannot be made to crash at a chosen step, so this test runs the real CPU engine
-with its step wrapped to raise after a few steps. That is the only fake part: the model, the
+with its core's step made to raise after a few steps. That is the only fake part: the model, the
 server, uvicorn and the openai SDK are all real.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
-import torch
 
-from adapters.cpu.engine import CPUEngine, CPUEngineConfig
+from adapters.cpu.engine_core import EngineCore
+from adapters.cpu.scheduler import EngineCoreOutputs
 from server.app import create_app
-from server.settings import Settings
 from server.state import ServerState
 from server.text import Tokenization
-from tests.real.conftest import ServerHandle, serving_in_thread, user
+from tests.real.conftest import ServerHandle, cpu_engine, serving_in_thread, user
 
 CRASH_AFTER_STEPS = 5
 
 
-class CrashingEngine(CPUEngine):
-    def _step(self) -> list[tuple[str, object]]:  # type: ignore[override]
+class CrashingCore(EngineCore):
+    def step(self) -> EngineCoreOutputs:
         if self.steps >= CRASH_AFTER_STEPS:
             raise RuntimeError("injected failure")
-        return super()._step()  # type: ignore[return-value]
+        return super().step()
 
 
 @pytest.fixture(scope="module")
 def crashing_server(server: ServerHandle) -> Iterator[str]:
-    model_dir: Path = server.model_dir
-    engine = CrashingEngine(
-        CPUEngineConfig(
-            model_dir=model_dir,
-            dtype=torch.float32,
-            max_model_len=256,
-            max_num_seqs=2,
-            max_num_batched_tokens=256,
-            threads=1,
-            kv_cache_bytes=64 * 2**20,
-            kernel_dir=Settings().cache_dir,
-        )
+    engine = cpu_engine(
+        server.model_dir, CrashingCore, max_model_len=256, max_num_seqs=2, threads=1, kv_cache_gib=1 / 16
     )
-    app = create_app(ServerState(engine=engine, tokenization=Tokenization(model_dir), model_name="crashy"))
+    app = create_app(ServerState(engine=engine, tokenization=Tokenization(server.model_dir), model_name="crashy"))
     with serving_in_thread(app) as root:
         yield root
 

@@ -55,18 +55,18 @@ def test_paged_attention_matches_torch(
     k = torch.randn(num_blocks, kv_heads, BLOCK, head_dim).to(dtype)
     v = torch.randn(num_blocks, kv_heads, BLOCK, head_dim).to(dtype)
     tables = [[order.pop() for _ in range(-(-n // BLOCK))] for n in [*lengths, chunk[-1]]]
-    table_rows = [*range(len(lengths)), *[len(lengths)] * len(chunk)]
+    seq_index = [*range(len(lengths)), *[len(lengths)] * len(chunk)]
     context_lens = [*lengths, *chunk]
     slots = [
         [tables[row][p // BLOCK] * BLOCK + p % BLOCK for p in range(n)]
-        for row, n in zip(table_rows, context_lens, strict=True)
+        for row, n in zip(seq_index, context_lens, strict=True)
     ]
     width = max(len(t) for t in tables)
     block_tables = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32)
     q = torch.randn(len(context_lens), heads, head_dim).to(dtype)
     out = torch.empty(len(context_lens), heads * head_dim, dtype=dtype)
     scale = head_dim**-0.5
-    rows = torch.tensor(table_rows, dtype=torch.int32)
+    rows = torch.tensor(seq_index, dtype=torch.int32)
     kernels.paged_attention(
         out, q, k, v, block_tables, rows, torch.tensor(context_lens, dtype=torch.int32), BLOCK, scale
     )

@@ -17,15 +17,15 @@ import openai
 import pytest
 import torch
 
-from adapters.cpu.engine import CPUEngine, CPUEngineConfig
+from adapters.cpu.engine import CPUEngine
+from adapters.cpu.engine_core import CPUEngineConfig, EngineCore
 from adapters.cpu.sampler import Sampler
 from adapters.cpu.sequence import Sequence
 from adapters.engine import EngineRequest, RequestFailedError, SamplingParams
 from server.app import create_app
-from server.settings import Settings
 from server.state import ServerState
 from server.text import Tokenization
-from tests.real.conftest import ServerHandle, serving_in_thread, user
+from tests.real.conftest import ServerHandle, cpu_engine, serving_in_thread, user
 
 POISON_SEED = 666
 MODEL = "isolated"
@@ -39,21 +39,17 @@ class PoisonedSampler(Sampler):
         return super()._sample_row(row, seq)
 
 
+class PoisonedCore(EngineCore):
+    def __init__(self, config: CPUEngineConfig) -> None:
+        super().__init__(config)
+        self.runner.sampler = PoisonedSampler(config.model.eos_token_ids)
+
+
 @pytest.fixture(scope="module")
 def isolated(server: ServerHandle) -> Iterator[tuple[str, CPUEngine]]:
-    engine = CPUEngine(
-        CPUEngineConfig(
-            model_dir=server.model_dir,
-            dtype=torch.float32,
-            max_model_len=512,
-            max_num_seqs=8,
-            max_num_batched_tokens=512,
-            threads=1,
-            kv_cache_bytes=64 * 2**20,
-            kernel_dir=Settings().cache_dir,
-        )
+    engine = cpu_engine(
+        server.model_dir, PoisonedCore, max_model_len=512, max_num_seqs=8, threads=1, kv_cache_gib=1 / 16
     )
-    engine._sampler = PoisonedSampler(engine.eos_token_ids)
     app = create_app(ServerState(engine=engine, tokenization=Tokenization(server.model_dir), model_name=MODEL))
     with serving_in_thread(app) as root:
         yield root, engine

@@ -1,0 +1,77 @@
+"""The engine's options, declared once: their types, defaults and help.
+
+``server.settings.Settings`` inherits them, so each is a flag, an ``ISE_*`` variable and a key of
+the TOML file without being declared again; engines and benchmarks take the same model. Names
+follow vLLM's engine arguments where both have the option (``max_num_seqs``,
+``max_num_batched_tokens``, ``long_prefill_token_threshold``, ``block_size``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+ModelImpl = Literal["auto", "ise", "transformers"]
+Quantization = Literal["none", "int8"]
+
+# The choices as lists for argparse; "auto" and "none" come first.
+DTYPES: tuple[str, ...] = get_args(DType)
+MODEL_IMPLS: tuple[str, ...] = get_args(ModelImpl)
+QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
+
+# Enough for chat and benchmark prompts while keeping the default KV cache near 1.5-3 GiB.
+DEFAULT_MAX_MODEL_LEN = 2048
+
+
+class EngineArgs(BaseModel):
+    """What an engine is built with, beside the model itself."""
+
+    model_config = ConfigDict(protected_namespaces=(), extra="forbid")
+
+    dtype: DType = Field(
+        "auto", description="Weights and KV cache dtype; auto picks bfloat16 on CPUs with AMX, else float32"
+    )
+    max_model_len: int | None = Field(
+        None,
+        gt=0,
+        description=f"Context window in tokens, prompt plus output; defaults to min(model's, {DEFAULT_MAX_MODEL_LEN})",
+    )
+    max_num_seqs: int = Field(32, gt=0, description="Requests decoded together at most; the rest wait")
+    max_num_batched_tokens: int = Field(
+        2048, gt=0, description="Tokens one engine step computes at most: prompt chunks plus one per decoding request"
+    )
+    prefill_chunk_tokens: int = Field(
+        16,
+        gt=0,
+        description="Largest chunk of a long prompt a step takes while other requests are decoding; "
+        "smaller keeps their inter-token latency flat while a long prompt arrives",
+    )
+    long_prefill_token_threshold: int = Field(
+        256,
+        gt=0,
+        description="Prompts longer than this are prefilled in chunks of --prefill-chunk-tokens while other "
+        "requests decode; shorter ones are taken whole, first come first served (also --long-prompt-tokens)",
+    )
+    kv_cache_gib: float = Field(2.0, gt=0, description="Memory for the paged KV cache, in GiB")
+    block_size: int = Field(16, gt=0, le=1024, description="Tokens per KV cache block")
+    prefix_caching: bool = Field(
+        True, description="Reuse the KV cache of prompt prefixes earlier requests computed (--no-prefix-caching)"
+    )
+    model_impl: ModelImpl = Field(
+        "auto",
+        description="Model code: ise's fused forward for Llama-family models (llama, mistral, qwen2), "
+        "transformers' for any causal LM; auto takes ise's where it covers the model",
+    )
+    quantization: Quantization = Field(
+        "none",
+        description="int8: the decoder layers' linear weights stored in int8 (one scale per output column), "
+        "the arithmetic kept in float32 (float32 dtype only); one stream decoded 1.5x faster here, perplexity "
+        "+0.75% (benchmarks/RESULTS.md), and batched output still equals solo output",
+    )
+    threads: int | None = Field(None, gt=0, description="Torch threads; defaults to the usable cores")
+
+
+# Older or vLLM spellings of the flags above: flag name -> other names it answers to.
+CLI_ALIASES = {"long-prefill-token-threshold": "long-prompt-tokens"}
