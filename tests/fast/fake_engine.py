@@ -1,0 +1,143 @@
+"""A scripted engine, for what the real engine cannot be made to do on cue.
+
+The fast tests drive the whole server (routes, text streaming, SSE framing, errors) without a
+model: this engine answers each request with token ids a test chose, at the pace it chose, and
+fails at the token it chose, then records what the server asked of it (requests, aborts). The
+real engine is covered by ``tests/real``; nothing here stands in for its numerics or scheduling.
+
+It keeps the engine contract (``adapters.engine.Engine``) where the server can see it: a request
+ends with "stop" at an EOS or stop token id (unless ``ignore_eos``, or before ``min_tokens``) and
+with "length" at ``max_tokens``; closing a request's stream early aborts it; once the engine dies,
+every in-flight request and every new one gets ``EngineDeadError`` and ``is_alive`` is False.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from adapters.engine import (
+    EngineDeadError,
+    EngineOutput,
+    EngineRequest,
+    EngineStats,
+    FinishReason,
+    RequestFailedError,
+)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What the fake generates for one request.
+
+    ``token_ids`` must reach a finish (an EOS id, or ``max_tokens``) like a real engine's output;
+    a script that runs out first is a bug in the test, reported as an error. ``delays`` is the
+    wait before each token, in seconds: one value for every token, or one per token (tokens past
+    the end of the list come at once). With ``fail_at`` set, the fake fails just before that
+    token (0-based): ``"request"`` fails this request alone with ``RequestFailedError``;
+    ``"engine"`` kills the engine, failing every in-flight request with ``EngineDeadError``.
+    """
+
+    token_ids: Sequence[int]
+    delays: float | Sequence[float] = 0.0
+    fail_at: int | None = None
+    failure: Literal["request", "engine"] = "request"
+
+    def delay(self, index: int) -> float:
+        if isinstance(self.delays, float | int):
+            return float(self.delays)
+        return self.delays[index] if index < len(self.delays) else 0.0
+
+
+Script = Callable[[EngineRequest], Reply]
+
+
+class FakeEngine:
+    """An ``Engine`` whose every request is answered by ``script``, which a test may replace."""
+
+    def __init__(self, script: Script, *, eos_token_ids: frozenset[int], max_model_len: int) -> None:
+        self.script = script
+        self._eos = eos_token_ids
+        self._max_model_len = max_model_len
+        self._started = False
+        # Set when the engine dies or shuts down: wakes every in-flight request to fail it.
+        self._stopped = asyncio.Event()
+        self._running: set[str] = set()
+        self.requests: list[EngineRequest] = []  # every request submitted, in order
+        self.emitted: list[tuple[str, int]] = []  # (request id, token id), in the order yielded
+        self.aborted: list[str] = []  # requests that ended unfinished: stream closed early, or failed
+
+    @property
+    def max_model_len(self) -> int:
+        return self._max_model_len
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        return self._eos
+
+    @property
+    def is_alive(self) -> bool:
+        return self._started and not self._stopped.is_set()
+
+    async def start(self) -> None:
+        self._started = True
+
+    async def shutdown(self) -> None:
+        self._stopped.set()
+
+    def stats(self) -> EngineStats:
+        return EngineStats(running=len(self._running))
+
+    def abort(self, request_id: str) -> None:
+        """Record the abort; the request itself has already stopped, as the server aborts by closing its stream."""
+        self.aborted.append(request_id)
+
+    async def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
+        if not self.is_alive:
+            raise EngineDeadError("The engine is not running")
+        self.requests.append(request)
+        reply = self.script(request)
+        self._running.add(request.request_id)
+        finished = False
+        try:
+            for index, token in enumerate(reply.token_ids):
+                await self._wait(reply.delay(index))
+                if index == reply.fail_at:
+                    self._fail(reply.failure)
+                reason = self._finish_reason(request, token, index + 1)
+                finished = reason is not None
+                self.emitted.append((request.request_id, token))
+                yield EngineOutput([token], reason)
+                if finished:
+                    return
+            raise AssertionError(f"the script for {request.request_id} ended before the request finished")
+        finally:
+            self._running.discard(request.request_id)
+            if not finished:
+                self.abort(request.request_id)
+
+    async def _wait(self, seconds: float) -> None:
+        """Sleep before a token (yielding to other requests even at 0 s), unless the engine stops."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopped.wait(), seconds)
+        if self._stopped.is_set():
+            raise EngineDeadError("The engine failed: injected failure")
+
+    def _fail(self, failure: Literal["request", "engine"]) -> None:
+        if failure == "engine":
+            self._stopped.set()
+            raise EngineDeadError("The engine failed: injected failure")
+        raise RequestFailedError("The request failed: injected failure")
+
+    def _finish_reason(self, request: EngineRequest, token: int, count: int) -> FinishReason | None:
+        """As the real engine decides it, for the ``count``-th generated token."""
+        params = request.params
+        # A real sampler cannot pick a stop token before min_tokens; a scripted one passes as text.
+        stops = token in params.stop_token_ids or (token in self._eos and not params.ignore_eos)
+        if stops and count > params.min_tokens:
+            return "stop"
+        # The server caps max_tokens to what the context window leaves, so this is the window's limit too.
+        return "length" if count >= params.max_tokens else None
