@@ -1,0 +1,117 @@
+"""Streams as OpenAI clients parse them: exact SSE framing, an opening role chunk, one chunk per text
+delta, a finish chunk, the usage chunk when asked for, then ``[DONE]``; no broken characters."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.fast.conftest import MODEL, TinyModel
+from tests.fast.fake_engine import FakeEngine
+
+HI = [{"role": "user", "content": "hi"}]
+
+
+def _first_event(body: str) -> dict[str, Any]:
+    first = body.split("\n\n", 1)[0]
+    assert first.startswith("data: ")
+    event: dict[str, Any] = json.loads(first.removeprefix("data: "))
+    return event
+
+
+@pytest.mark.parametrize("include_usage", [False, True])
+async def test_chat_stream_bytes(http: httpx.AsyncClient, include_usage: bool) -> None:
+    body: dict[str, Any] = {"model": MODEL, "messages": HI, "stream": True}
+    if include_usage:
+        body["stream_options"] = {"include_usage": True}
+    response = await http.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
+    first = _first_event(response.text)
+    head = (
+        f'data: {{"id":"{first["id"]}","object":"chat.completion.chunk","created":{first["created"]},'
+        '"model":"fake","choices":'
+    )
+    # OpenAI sends "usage": null on every chunk but the last when usage is asked for, else no usage.
+    tail = ',"usage":null,"system_fingerprint":null}\n\n' if include_usage else ',"system_fingerprint":null}\n\n'
+    expected = (
+        head + '[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]' + tail
+        + head + '[{"index":0,"delta":{"content":"Hello"},"logprobs":null,"finish_reason":null}]' + tail
+        + head + '[{"index":0,"delta":{"content":" wor"},"logprobs":null,"finish_reason":null}]' + tail
+        + head + '[{"index":0,"delta":{"content":"ld"},"logprobs":null,"finish_reason":null}]' + tail
+        + head + '[{"index":0,"delta":{"content":"!"},"logprobs":null,"finish_reason":null}]' + tail
+        + head + '[{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}]' + tail
+    )  # fmt: skip
+    if include_usage:
+        expected += (
+            head + '[],"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17},'
+            '"system_fingerprint":null}\n\n'
+        )
+    assert first["id"].startswith("chatcmpl-")
+    assert response.text == expected + "data: [DONE]\n\n"
+
+
+@pytest.mark.parametrize("include_usage", [False, True])
+async def test_text_stream_bytes(http: httpx.AsyncClient, include_usage: bool) -> None:
+    body: dict[str, Any] = {"model": MODEL, "prompt": "hi", "stream": True}
+    if include_usage:
+        body["stream_options"] = {"include_usage": True}
+    response = await http.post("/v1/completions", json=body)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
+    first = _first_event(response.text)
+    head = (
+        f'data: {{"id":"{first["id"]}","object":"text_completion","created":{first["created"]},'
+        '"model":"fake","choices":'
+    )
+    tail = ',"usage":null,"system_fingerprint":null}\n\n' if include_usage else ',"system_fingerprint":null}\n\n'
+    expected = (
+        head + '[{"index":0,"text":"Hello","logprobs":null,"finish_reason":null}]' + tail
+        + head + '[{"index":0,"text":" wor","logprobs":null,"finish_reason":null}]' + tail
+        + head + '[{"index":0,"text":"ld","logprobs":null,"finish_reason":null}]' + tail
+        + head + '[{"index":0,"text":"!","logprobs":null,"finish_reason":null}]' + tail
+        + head + '[{"index":0,"text":"","logprobs":null,"finish_reason":"stop"}]' + tail
+    )  # fmt: skip
+    if include_usage:
+        expected += (
+            head
+            + '[],"usage":{"prompt_tokens":2,"completion_tokens":5,"total_tokens":7},"system_fingerprint":null}\n\n'
+        )
+    assert first["id"].startswith("cmpl-")
+    assert response.text == expected + "data: [DONE]\n\n"
+
+
+async def test_sdk_reads_the_chat_stream(sdk: openai.AsyncOpenAI) -> None:
+    whole = await sdk.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    stream = await sdk.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = [chunk async for chunk in stream]
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello world!"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage == whole.usage
+    assert whole.choices[0].message.content == "Hello world!"
+    assert whole.choices[0].finish_reason == "stop"
+
+
+async def test_characters_split_across_tokens_arrive_whole(
+    sdk: openai.AsyncOpenAI, fake: FakeEngine, tiny: TinyModel
+) -> None:
+    text = "café ☕ naïve"
+    ids = tiny.ids(text)
+    assert any("\ufffd" in tiny.tokenization.decode([i]) for i in ids), "the text must split a character"
+    fake.script = lambda _: tiny.reply(text)
+    stream = await sdk.completions.create(model=MODEL, prompt="hi", stream=True, max_tokens=50)
+    deltas = [c.choices[0].text async for c in stream]
+    assert not any("\ufffd" in d for d in deltas)
+    assert "".join(deltas) == text
+    whole = await sdk.completions.create(model=MODEL, prompt="hi", max_tokens=50)
+    assert whole.choices[0].text == text
