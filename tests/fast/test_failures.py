@@ -1,0 +1,144 @@
+"""Failures as clients see them. When the engine dies, every stream in flight ends with an error event
+and ``[DONE]``, later requests get 503 and ``/health`` says 503, so a load balancer can take the
+server out. When one request fails alone, only it gets an error (500); the others, and the server,
+carry on. An unexpected bug still answers in OpenAI's error shape."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from fastapi import FastAPI
+
+from adapters.engine import EngineRequest
+from tests.fast.conftest import MODEL, TinyModel
+from tests.fast.fake_engine import FakeEngine, Reply, Script
+
+ERROR_KEYS = {"message", "type", "param", "code"}
+NEVER = 3600.0  # a wait that outlasts any test: only the engine's death ends it
+
+
+def _chat(content: str, **extra: Any) -> dict[str, Any]:
+    return {"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 50, **extra}
+
+
+def _events(body: str) -> list[str]:
+    """The data of each server-sent event, checking OpenAI's framing on the way."""
+    assert body.endswith("\n\n")
+    events = body.split("\n\n")[:-1]
+    assert all(e.startswith("data: ") for e in events), events
+    return [e.removeprefix("data: ") for e in events]
+
+
+def _script_by_prompt(tiny: TinyModel, failing: Reply, other: Reply) -> tuple[Script, asyncio.Event]:
+    """Prompts that mention "fail" get ``failing``, the others ``other``; the event says one of those is in."""
+    other_in_flight = asyncio.Event()
+
+    def script(request: EngineRequest) -> Reply:
+        if "fail" in tiny.tokenization.decode(request.prompt_token_ids):
+            return failing
+        other_in_flight.set()
+        return other
+
+    return script, other_in_flight
+
+
+async def test_engine_death_mid_stream(http: httpx.AsyncClient, fake: FakeEngine, tiny: TinyModel) -> None:
+    said = tiny.ids("Hello", " world")
+    dying_reply = tiny.reply("Hello", " world", "!", fail_at=len(said), failure="engine")
+    fake.script, in_flight = _script_by_prompt(tiny, dying_reply, tiny.reply("o", "k", delays=NEVER))
+    bystander_call = asyncio.create_task(http.post("/v1/chat/completions", json=_chat("wait", stream=True)))
+    await in_flight.wait()
+    dying = await http.post("/v1/chat/completions", json=_chat("fail", stream=True))
+    bystander = await bystander_call
+    for response in (dying, bystander):
+        assert response.status_code == 200  # the headers went out before the engine died
+        *_, error, done = _events(response.text)
+        assert done == "[DONE]"
+        body = json.loads(error)
+        assert set(body) == {"error"} and set(body["error"]) == ERROR_KEYS
+        assert body["error"]["type"] == "service_unavailable"
+        assert "engine" in body["error"]["message"]
+    contents = [json.loads(e)["choices"][0]["delta"]["content"] for e in _events(dying.text)[1:-2]]
+    assert "".join(contents) == "Hello world"
+    assert not fake.is_alive
+
+    later = await http.post("/v1/chat/completions", json=_chat("hi"))
+    assert later.status_code == 503
+    assert later.json()["error"]["type"] == "service_unavailable"
+    assert set(later.json()["error"]) == ERROR_KEYS
+    streamed = await http.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "stream": True})
+    assert streamed.status_code == 503  # refused before any event is sent
+    health = await http.get("/health")
+    assert health.status_code == 503
+    assert health.json()["error"]["type"] == "service_unavailable"
+    assert "ise_engine_alive 0.0" in (await http.get("/metrics")).text
+
+
+async def test_sdk_sees_503_after_engine_death(sdk: openai.AsyncOpenAI, fake: FakeEngine, tiny: TinyModel) -> None:
+    fake.script = lambda _: tiny.reply("Hello", fail_at=0, failure="engine")
+    with pytest.raises(openai.InternalServerError) as died:
+        await sdk.completions.create(model=MODEL, prompt="hi")
+    assert died.value.status_code == 503
+    with pytest.raises(openai.InternalServerError) as later:
+        await sdk.completions.create(model=MODEL, prompt="hi")
+    assert later.value.status_code == 503
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_one_failed_request_leaves_the_rest_alone(
+    http: httpx.AsyncClient, fake: FakeEngine, tiny: TinyModel, stream: bool
+) -> None:
+    # The other request is still generating when this one fails.
+    fake.script, in_flight = _script_by_prompt(
+        tiny, tiny.reply("Hel", "lo", fail_at=1), tiny.reply("o", "k", delays=[0.0, 0.1])
+    )
+    fine_call = asyncio.create_task(http.post("/v1/chat/completions", json=_chat("wait", stream=stream)))
+    await in_flight.wait()
+    failed = await http.post("/v1/chat/completions", json=_chat("fail", stream=stream))
+    assert not fine_call.done()
+    fine = await fine_call
+    if stream:
+        assert failed.status_code == 200
+        *_, error, done = _events(failed.text)
+        assert done == "[DONE]"
+        body = json.loads(error)
+        texts = "".join(json.loads(e)["choices"][0]["delta"].get("content", "") for e in _events(fine.text)[:-1])
+        assert texts == "ok"
+    else:
+        assert failed.status_code == 500
+        body = failed.json()
+        assert fine.status_code == 200 and fine.json()["choices"][0]["message"]["content"] == "ok"
+    assert set(body) == {"error"} and set(body["error"]) == ERROR_KEYS
+    assert body["error"]["type"] == "server_error"
+    assert "injected failure" in body["error"]["message"]
+    assert fake.is_alive
+    assert (await http.get("/health")).status_code == 200
+    fake.script = lambda _: tiny.reply("still here")
+    again = await http.post("/v1/chat/completions", json=_chat("fail"))
+    assert again.json()["choices"][0]["message"]["content"] == "still here"
+
+
+async def test_unexpected_error_is_an_openai_500(app: FastAPI, fake: FakeEngine) -> None:
+    def broken(request: EngineRequest) -> Reply:
+        raise ValueError("a bug, not a failure the engine reports")
+
+    fake.script = broken
+    # Starlette re-raises an unhandled error after answering it; the client still gets the answer.
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        response = await client.post("/v1/chat/completions", json=_chat("hi"), headers={"x-request-id": "trace-1"})
+    assert response.status_code == 500
+    assert response.json() == {
+        "error": {
+            "message": "The server had an error while processing your request.",
+            "type": "server_error",
+            "param": None,
+            "code": None,
+        }
+    }
+    assert response.headers["x-request-id"] == "trace-1"
