@@ -227,6 +227,12 @@ class ModelList(_Response):
     data: list[ModelCard]
 
 
+class Health(_Response):
+    """What ``/health`` answers while the engine runs."""
+
+    status: Literal["ok"] = "ok"
+
+
 class ErrorDetail(_Response):
     message: str
     type: str

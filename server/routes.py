@@ -1,19 +1,91 @@
-"""The HTTP routes; each only unpacks the request and hands it on."""
+"""The HTTP routes; each only unpacks the request and hands it on.
+
+Each route also declares every response it can give, so ``/openapi.json`` documents the API as
+clients meet it: the completions routes answer JSON or, with ``stream: true``, server-sent events;
+every error has OpenAI's shape (``ErrorResponse``), never FastAPI's 422.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
 
 from server.completions import chat_completion, text_completion
 from server.errors import error_response
-from server.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from server.protocol import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Completion,
+    CompletionRequest,
+    ErrorResponse,
+    Health,
+    ModelCard,
+    ModelList,
+)
 from server.state import ServerState, get_state
 
-router = APIRouter()
+_REF = "#/components/schemas/"
+
+_ERRORS = {
+    400: "Invalid request: a parameter out of range or unsupported, malformed JSON, or a prompt and "
+    "max_tokens beyond the context window (code context_length_exceeded). param names the field.",
+    404: "No such model (code model_not_found).",
+    413: "The request body is too large.",
+    429: "Too many requests; retry later.",
+    500: "The request failed in the server; other requests are unaffected.",
+    503: "The engine is not running; no request can be served until the server restarts.",
+}
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": ErrorResponse, "description": _ERRORS[status]} for status in statuses}
+
+
+def _event_stream(chunk: type[BaseModel]) -> dict[str, Any]:
+    """A streamed completion, described as FastAPI describes its own server-sent event routes."""
+    data = {
+        "oneOf": [
+            {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": {"anyOf": [{"$ref": _REF + chunk.__name__}, {"$ref": _REF + "ErrorResponse"}]},
+            },
+            {"const": "[DONE]"},
+        ]
+    }
+    return {"itemSchema": {"type": "object", "required": ["data"], "properties": {"data": data}}}
+
+
+def _completion_responses(whole: type[BaseModel], chunk: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    streamed = (
+        f"The {whole.__name__}; with stream: true, server-sent events instead: a {chunk.__name__} per data "
+        "line (the usage chunk last, with stream_options.include_usage), then data: [DONE]. A failure "
+        "after the stream began arrives as an ErrorResponse event, then data: [DONE]."
+    )
+    return {
+        200: {"model": whole, "description": streamed, "content": {"text/event-stream": _event_stream(chunk)}},
+        **_errors(400, 404, 413, 429, 500, 503),
+    }
+
+
+def stream_schemas() -> dict[str, Any]:
+    """Schemas of the models only event streams carry, which no route names for FastAPI to collect."""
+    _, schema = models_json_schema([(ChatCompletionChunk, "serialization")], ref_template=_REF + "{model}")
+    defs: dict[str, Any] = schema["$defs"]
+    return defs
+
+
+# Every other error (405 for a wrong method, say) has the same shape; declaring it also keeps
+# FastAPI from documenting the 422 that the error handlers turn into a 400.
+router = APIRouter(
+    responses={"default": {"model": ErrorResponse, "description": "Any other error, in OpenAI's error shape."}}
+)
 State = Annotated[ServerState, Depends(get_state)]
 
 
@@ -26,29 +98,39 @@ async def list_models(state: State) -> ModelList:
     return ModelList(data=[_card(state)])
 
 
-@router.get("/v1/models/{model:path}")
+@router.get("/v1/models/{model:path}", responses=_errors(404))
 async def get_model(model: str, state: State) -> ModelCard:
     state.check_model(model)
     return _card(state)
 
 
-@router.post("/v1/chat/completions")
+@router.post(
+    "/v1/chat/completions", response_model=None, responses=_completion_responses(ChatCompletion, ChatCompletionChunk)
+)
 async def create_chat_completion(body: ChatCompletionRequest, request: Request, state: State) -> Response:
     return await chat_completion(body, request, state)
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", response_model=None, responses=_completion_responses(Completion, Completion))
 async def create_completion(body: CompletionRequest, request: Request, state: State) -> Response:
     return await text_completion(body, request, state)
 
 
-@router.get("/health")
+@router.get(
+    "/health",
+    response_model=None,
+    responses={200: {"model": Health, "description": "The engine is running."}, **_errors(503)},
+)
 async def health(state: State) -> Response:
     if not state.engine.is_alive:
         return error_response(503, "The engine is not running.")
-    return JSONResponse({"status": "ok"})
+    return JSONResponse(Health().model_dump())
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"description": "Prometheus metrics, in its text exposition format."}},
+)
 async def metrics(request: Request) -> Response:
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
