@@ -57,7 +57,7 @@ def build_state(settings: Settings, engine_argv: list[str] | None = None) -> Ser
 
 def serve(argv: list[str]) -> None:
     started = time.monotonic()
-    args = split_serve_args(argv, Settings.cli_flags(), list_flags=["--served-model-name"])
+    args = split_serve_args(argv, Settings.cli_flags())
     try:
         settings = Settings.load(args.ise)
     except ValidationError as exc:

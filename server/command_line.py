@@ -4,14 +4,14 @@ Launch scripts, compose files and Helm charts are written as ``vllm serve MODEL 
 reads the flags it declares (``Settings``, in vLLM's spellings where both have the option) and
 hands every other flag, with its values, to vLLM's own argument parser, which knows and validates
 them; the CPU engine refuses them with a message that says so. Splitting needs only to know
-which flags are ise's: the values after a flag are the tokens up to the next flag.
+which flags are ise's and how many values each takes.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 _NUMBER = re.compile(r"^-\d")
@@ -27,31 +27,35 @@ def _is_flag(token: str) -> bool:
     return token.startswith("-") and not _NUMBER.match(token)
 
 
-def split_serve_args(argv: list[str], ise_flags: Iterable[str], list_flags: Iterable[str] = ()) -> SplitArgs:
-    """Split ``argv`` into ise's flags and the rest; a leading positional argument is ``--model``.
+def split_serve_args(argv: list[str], ise_flags: Mapping[str, int | None]) -> SplitArgs:
+    """Split ``argv`` into ise's flags and the rest; a positional argument is ``--model``.
 
-    ``list_flags`` take several values (``--served-model-name a b``); they reach ise as one JSON list.
+    ``ise_flags`` gives each of ise's flags the number of values it takes: 0 for a switch, 1, or
+    None for several (``--served-model-name a b``, passed to ise as one JSON list). A vLLM flag
+    takes the tokens up to the next flag. The model may come first, as in ``vllm serve MODEL``,
+    or after ise's own flags (``docker run IMAGE MODEL`` behind an entrypoint with flags).
     """
-    known, lists = set(ise_flags), set(list_flags)
     ise: list[str] = []
     engine: list[str] = []
     index = 0
-    if argv and not _is_flag(argv[0]):
-        ise += ["--model", argv[0]]
-        index = 1
     while index < len(argv):
         token = argv[index]
+        name = token.split("=", 1)[0]
+        if not _is_flag(token):
+            ise += ["--model", token]
+            index += 1
+            continue
         end = index + 1
         if "=" not in token:
             while end < len(argv) and not _is_flag(argv[end]):
                 end += 1
-        values = argv[index + 1 : end]
-        name = token.split("=", 1)[0]
-        if name not in known:
-            engine += [token, *values]
-        elif name in lists and values:
-            ise += [name, json.dumps(values)]
+        if name in ise_flags:
+            arity = ise_flags[name]
+            if arity is not None and "=" not in token:
+                end = min(end, index + 1 + arity)
+            values = argv[index + 1 : end]
+            ise += [name, json.dumps(values)] if arity is None and values else [token, *values]
         else:
-            ise += [token, *values]
+            engine += argv[index:end]
         index = end
     return SplitArgs(ise, engine)

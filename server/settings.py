@@ -75,17 +75,17 @@ class Settings(BaseSettings, EngineArgs):
         return (init_settings, env_settings)
 
     @classmethod
-    def cli_flags(cls) -> set[str]:
-        """Every flag spelling ``load`` understands, ``--no-`` forms of switches included."""
-        names: set[str] = {"-h", "--help"}
+    def cli_flags(cls) -> dict[str, int | None]:
+        """Every flag spelling ``load`` understands, with the values it takes (None: several)."""
+        flags: dict[str, int | None] = {"-h": 0, "--help": 0}
         for field_name, info in cls.model_fields.items():
             flag = field_name.replace("_", "-")
-            spellings = [flag, CLI_ALIASES.get(flag)]
-            for spelling in filter(None, spellings):
-                names.add(f"--{spelling}")
-                if info.annotation is bool:
-                    names.add(f"--no-{spelling}")
-        return names
+            arity = 0 if info.annotation is bool else None if field_name == "served_model_name" else 1
+            for spelling in filter(None, (flag, CLI_ALIASES.get(flag))):
+                flags[f"--{spelling}"] = arity
+                if arity == 0:
+                    flags[f"--no-{spelling}"] = 0
+        return flags
 
     @classmethod
     def load(cls, argv: list[str], prog: str = "ise serve") -> Settings:

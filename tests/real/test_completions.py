@@ -10,8 +10,8 @@ from tests.real.conftest import ServerHandle
 PROMPT = "The three primary colors are"
 
 
-def test_completion_shape_and_default_length(client: openai.OpenAI, server: ServerHandle) -> None:
-    reply = client.completions.create(model=server.model, prompt=PROMPT, temperature=0)
+def test_completion_shape_and_default_length(api_client: openai.OpenAI, api_server: ServerHandle) -> None:
+    reply = api_client.completions.create(model=api_server.model, prompt=PROMPT, temperature=0)
     assert reply.object == "text_completion"
     assert reply.id.startswith("cmpl-")
     choice = reply.choices[0]
@@ -21,11 +21,11 @@ def test_completion_shape_and_default_length(client: openai.OpenAI, server: Serv
     assert reply.usage is not None and reply.usage.completion_tokens == 16
 
 
-def test_stream_matches_whole(client: openai.OpenAI, server: ServerHandle) -> None:
-    whole = client.completions.create(model=server.model, prompt=PROMPT, temperature=0, max_tokens=30)
+def test_stream_matches_whole(api_client: openai.OpenAI, api_server: ServerHandle) -> None:
+    whole = api_client.completions.create(model=api_server.model, prompt=PROMPT, temperature=0, max_tokens=30)
     chunks = list(
-        client.completions.create(
-            model=server.model,
+        api_client.completions.create(
+            model=api_server.model,
             prompt=PROMPT,
             temperature=0,
             max_tokens=30,
@@ -40,26 +40,26 @@ def test_stream_matches_whole(client: openai.OpenAI, server: ServerHandle) -> No
     assert chunks[-1].choices == [] and chunks[-1].usage == whole.usage
 
 
-def test_prompt_forms(client: openai.OpenAI, server: ServerHandle) -> None:
-    tokenizer = Tokenization(server.model_dir)
+def test_prompt_forms(api_client: openai.OpenAI, api_server: ServerHandle) -> None:
+    tokenizer = Tokenization(api_server.model_dir)
     ids = tokenizer.encode(PROMPT)
-    as_text = client.completions.create(model=server.model, prompt=PROMPT, temperature=0, max_tokens=8)
-    as_ids = client.completions.create(model=server.model, prompt=ids, temperature=0, max_tokens=8)
+    as_text = api_client.completions.create(model=api_server.model, prompt=PROMPT, temperature=0, max_tokens=8)
+    as_ids = api_client.completions.create(model=api_server.model, prompt=ids, temperature=0, max_tokens=8)
     assert as_ids.choices[0].text == as_text.choices[0].text
-    batch = client.completions.create(
-        model=server.model, prompt=[PROMPT, "Once upon a time"], temperature=0, max_tokens=8
+    batch = api_client.completions.create(
+        model=api_server.model, prompt=[PROMPT, "Once upon a time"], temperature=0, max_tokens=8
     )
     assert [c.index for c in batch.choices] == [0, 1]
     assert batch.choices[0].text == as_text.choices[0].text
-    id_batch = client.completions.create(model=server.model, prompt=[ids, ids], temperature=0, max_tokens=8)
+    id_batch = api_client.completions.create(model=api_server.model, prompt=[ids, ids], temperature=0, max_tokens=8)
     assert [c.text for c in id_batch.choices] == [as_text.choices[0].text] * 2
     assert batch.usage is not None and batch.usage.completion_tokens == 16
 
 
-async def test_async_stream(aclient: openai.AsyncOpenAI, server: ServerHandle) -> None:
-    stream = await aclient.completions.create(
-        model=server.model, prompt=PROMPT, temperature=0, max_tokens=10, stream=True
+async def test_async_stream(api_aclient: openai.AsyncOpenAI, api_server: ServerHandle) -> None:
+    stream = await api_aclient.completions.create(
+        model=api_server.model, prompt=PROMPT, temperature=0, max_tokens=10, stream=True
     )
     text = "".join([c.choices[0].text async for c in stream if c.choices])
-    whole = await aclient.completions.create(model=server.model, prompt=PROMPT, temperature=0, max_tokens=10)
+    whole = await api_aclient.completions.create(model=api_server.model, prompt=PROMPT, temperature=0, max_tokens=10)
     assert text == whole.choices[0].text

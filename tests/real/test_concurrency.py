@@ -23,54 +23,56 @@ QUESTIONS = [
 ]
 
 
-async def _stream_text(aclient: openai.AsyncOpenAI, model: str, question: str) -> str:
-    stream = await aclient.chat.completions.create(
+async def _stream_text(api_aclient: openai.AsyncOpenAI, model: str, question: str) -> str:
+    stream = await api_aclient.chat.completions.create(
         model=model, messages=user(question), temperature=0, max_tokens=48, stream=True
     )
     return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
 
 
-async def _max_running_while(server: ServerHandle, work: asyncio.Future[list[str]]) -> int:
+async def _max_running_while(api_server: ServerHandle, work: asyncio.Future[list[str]]) -> int:
     """Sample the engine's running count from /metrics until ``work`` is done."""
     peak = 0
     while not work.done():
-        peak = max(peak, int(await asyncio.to_thread(server.metric, "ise_num_requests_running")))
+        peak = max(peak, int(await asyncio.to_thread(api_server.metric, "ise_num_requests_running")))
         await asyncio.sleep(0.05)
     return peak
 
 
 async def test_concurrent_streams_equal_solo_outputs(
-    client: openai.OpenAI, aclient: openai.AsyncOpenAI, server: ServerHandle
+    api_client: openai.OpenAI, api_aclient: openai.AsyncOpenAI, api_server: ServerHandle
 ) -> None:
     solo = [
-        client.chat.completions.create(model=server.model, messages=user(q), temperature=0, max_tokens=48)
+        api_client.chat.completions.create(model=api_server.model, messages=user(q), temperature=0, max_tokens=48)
         .choices[0]
         .message.content
         for q in QUESTIONS
     ]
-    together = asyncio.gather(*[_stream_text(aclient, server.model, q) for q in QUESTIONS])
-    peak = await _max_running_while(server, together)
+    together = asyncio.gather(*[_stream_text(api_aclient, api_server.model, q) for q in QUESTIONS])
+    peak = await _max_running_while(api_server, together)
     assert await together == solo
     assert peak >= 4, "the streams should have been decoded as one batch"
 
 
-async def test_burst_beyond_batch_size_all_complete(aclient: openai.AsyncOpenAI, server: ServerHandle) -> None:
+async def test_burst_beyond_batch_size_all_complete(api_aclient: openai.AsyncOpenAI, api_server: ServerHandle) -> None:
     count = 40  # more than the default 32 slots: some must wait, none may be lost
     replies = await asyncio.gather(
         *[
-            aclient.completions.create(model=server.model, prompt=f"Fact number {i}:", max_tokens=6, temperature=0)
+            api_aclient.completions.create(
+                model=api_server.model, prompt=f"Fact number {i}:", max_tokens=6, temperature=0
+            )
             for i in range(count)
         ]
     )
     assert len(replies) == count
     assert all(r.usage is not None and r.usage.completion_tokens == 6 for r in replies)
-    assert server.metric("ise_num_requests_waiting") == 0
+    assert api_server.metric("ise_num_requests_waiting") == 0
 
 
-def _wait_for_running(server: ServerHandle, want: int, within_s: float) -> bool:
+def _wait_for_running(api_server: ServerHandle, want: int, within_s: float) -> bool:
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
-        if server.metric("ise_num_requests_running") == want:
+        if api_server.metric("ise_num_requests_running") == want:
             return True
         time.sleep(0.05)
     return False
@@ -79,33 +81,33 @@ def _wait_for_running(server: ServerHandle, want: int, within_s: float) -> bool:
 LONG = {"max_tokens": 1500, "ignore_eos": True, "temperature": 0}  # ~50 s if never aborted
 
 
-def test_stream_disconnect_aborts_request(server: ServerHandle) -> None:
-    body = {"model": server.model, "messages": user("Tell me a long story."), "stream": True, **LONG}
+def test_stream_disconnect_aborts_request(api_server: ServerHandle) -> None:
+    body = {"model": api_server.model, "messages": user("Tell me a long story."), "stream": True, **LONG}
     with (
         httpx.Client(timeout=60) as http,
-        http.stream("POST", f"{server.base_url}/chat/completions", json=body) as response,
+        http.stream("POST", f"{api_server.base_url}/chat/completions", json=body) as response,
     ):
         lines = response.iter_lines()
         received = [next(lines) for _ in range(6)]
         assert all(line.startswith("data: ") or line == "" for line in received)
-        assert server.metric("ise_num_requests_running") == 1
-    assert _wait_for_running(server, 0, within_s=10), "the abandoned stream kept its slot"
+        assert api_server.metric("ise_num_requests_running") == 1
+    assert _wait_for_running(api_server, 0, within_s=10), "the abandoned stream kept its slot"
 
 
-def test_non_streaming_disconnect_aborts_request(server: ServerHandle) -> None:
-    body = {"model": server.model, "prompt": "Once upon a time", **LONG}
+def test_non_streaming_disconnect_aborts_request(api_server: ServerHandle) -> None:
+    body = {"model": api_server.model, "prompt": "Once upon a time", **LONG}
     failure: list[BaseException] = []
 
     def impatient_client() -> None:
         try:
-            httpx.post(f"{server.base_url}/completions", json=body, timeout=3)
+            httpx.post(f"{api_server.base_url}/completions", json=body, timeout=3)
         except httpx.TimeoutException as exc:
             failure.append(exc)
 
     thread = threading.Thread(target=impatient_client)
     thread.start()
-    assert _wait_for_running(server, 1, within_s=10)
+    assert _wait_for_running(api_server, 1, within_s=10)
     thread.join(timeout=30)
-    assert failure, "the client should have given up before the completion finished"
-    assert _wait_for_running(server, 0, within_s=10), "the abandoned request kept its slot"
-    assert httpx.get(f"{server.root_url}/health", timeout=10).status_code == 200
+    assert failure, "the api_client should have given up before the completion finished"
+    assert _wait_for_running(api_server, 0, within_s=10), "the abandoned request kept its slot"
+    assert httpx.get(f"{api_server.root_url}/health", timeout=10).status_code == 200

@@ -22,17 +22,17 @@ def _error(response: httpx.Response) -> dict[str, Any]:
     return error
 
 
-def test_unknown_model_is_404(client: openai.OpenAI, server: ServerHandle) -> None:
+def test_unknown_model_is_404(api_client: openai.OpenAI, api_server: ServerHandle) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
-        client.chat.completions.create(model="gpt-17", messages=FRANCE)
+        api_client.chat.completions.create(model="gpt-17", messages=FRANCE)
     assert caught.value.status_code == 404
     assert "gpt-17" in caught.value.message
     assert caught.value.code == "model_not_found"
     with pytest.raises(openai.NotFoundError):
-        client.completions.create(model="gpt-17", prompt="hi")
+        api_client.completions.create(model="gpt-17", prompt="hi")
     with pytest.raises(openai.NotFoundError):
-        client.models.retrieve("gpt-17")
-    assert client.models.retrieve(server.model).id == server.model
+        api_client.models.retrieve("gpt-17")
+    assert api_client.models.retrieve(api_server.model).id == api_server.model
 
 
 @pytest.mark.parametrize(
@@ -50,8 +50,10 @@ def test_unknown_model_is_404(client: openai.OpenAI, server: ServerHandle) -> No
         ({"messages": FRANCE, "stop_token_ids": [10**9]}, "stop_token_ids"),
     ],
 )
-def test_invalid_chat_parameters_are_400(server: ServerHandle, body: dict[str, Any], param: str | None) -> None:
-    response = httpx.post(f"{server.base_url}/chat/completions", json={"model": server.model, **body}, timeout=30)
+def test_invalid_chat_parameters_are_400(api_server: ServerHandle, body: dict[str, Any], param: str | None) -> None:
+    response = httpx.post(
+        f"{api_server.base_url}/chat/completions", json={"model": api_server.model, **body}, timeout=30
+    )
     assert response.status_code == 400
     error = _error(response)
     assert error["type"] == "invalid_request_error"
@@ -59,28 +61,28 @@ def test_invalid_chat_parameters_are_400(server: ServerHandle, body: dict[str, A
         assert error["param"] == param
 
 
-def test_sdk_raises_bad_request(client: openai.OpenAI, server: ServerHandle) -> None:
+def test_sdk_raises_bad_request(api_client: openai.OpenAI, api_server: ServerHandle) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
-        client.chat.completions.create(model=server.model, messages=FRANCE, temperature=3)
+        api_client.chat.completions.create(model=api_server.model, messages=FRANCE, temperature=3)
     assert "temperature" in caught.value.message
 
 
-def test_context_window_overflow_says_the_numbers(client: openai.OpenAI, server: ServerHandle) -> None:
-    window = client.models.retrieve(server.model).model_extra["max_model_len"]  # type: ignore[index]
+def test_context_window_overflow_says_the_numbers(api_client: openai.OpenAI, api_server: ServerHandle) -> None:
+    window = api_client.models.retrieve(api_server.model).model_extra["max_model_len"]  # type: ignore[index]
     with pytest.raises(openai.BadRequestError) as caught:
-        client.chat.completions.create(model=server.model, messages=FRANCE, max_tokens=window)
+        api_client.chat.completions.create(model=api_server.model, messages=FRANCE, max_tokens=window)
     message = caught.value.message
     assert str(window) in message and "context length" in message
     assert caught.value.code == "context_length_exceeded"
     long_prompt = "hello " * (window + 10)
     for stream in (False, True):
         with pytest.raises(openai.BadRequestError):
-            client.completions.create(model=server.model, prompt=long_prompt, max_tokens=1, stream=stream)
+            api_client.completions.create(model=api_server.model, prompt=long_prompt, max_tokens=1, stream=stream)
 
 
-def test_malformed_json_is_400(server: ServerHandle) -> None:
+def test_malformed_json_is_400(api_server: ServerHandle) -> None:
     response = httpx.post(
-        f"{server.base_url}/chat/completions",
+        f"{api_server.base_url}/chat/completions",
         content=b'{"model": "x", "messages": [',
         headers={"content-type": "application/json"},
         timeout=30,
@@ -89,18 +91,18 @@ def test_malformed_json_is_400(server: ServerHandle) -> None:
     assert "JSON" in _error(response)["message"]
 
 
-def test_unknown_route_and_method(server: ServerHandle) -> None:
-    missing = httpx.get(f"{server.base_url}/nothing-here", timeout=30)
+def test_unknown_route_and_method(api_server: ServerHandle) -> None:
+    missing = httpx.get(f"{api_server.base_url}/nothing-here", timeout=30)
     assert missing.status_code == 404
     _error(missing)
-    wrong_method = httpx.get(f"{server.base_url}/chat/completions", timeout=30)
+    wrong_method = httpx.get(f"{api_server.base_url}/chat/completions", timeout=30)
     assert wrong_method.status_code == 405
     _error(wrong_method)
 
 
-def test_unknown_openai_fields_are_ignored(client: openai.OpenAI, server: ServerHandle) -> None:
-    reply = client.chat.completions.create(
-        model=server.model,
+def test_unknown_openai_fields_are_ignored(api_client: openai.OpenAI, api_server: ServerHandle) -> None:
+    reply = api_client.chat.completions.create(
+        model=api_server.model,
         messages=FRANCE,
         temperature=0,
         max_tokens=8,
@@ -115,8 +117,8 @@ def test_unknown_openai_fields_are_ignored(client: openai.OpenAI, server: Server
     assert reply.choices[0].message.content
 
 
-def test_invalid_token_prompt_is_400(client: openai.OpenAI, server: ServerHandle) -> None:
+def test_invalid_token_prompt_is_400(api_client: openai.OpenAI, api_server: ServerHandle) -> None:
     with pytest.raises(openai.BadRequestError):
-        client.completions.create(model=server.model, prompt=[10**9], max_tokens=2)
+        api_client.completions.create(model=api_server.model, prompt=[10**9], max_tokens=2)
     with pytest.raises(openai.BadRequestError):
-        client.completions.create(model=server.model, prompt="", max_tokens=2)
+        api_client.completions.create(model=api_server.model, prompt="", max_tokens=2)

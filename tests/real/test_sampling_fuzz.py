@@ -1,9 +1,9 @@
-"""Property: no sampling value a client sends can stop the engine or earn anything but 200 or 400.
+"""Property: no sampling value a api_client sends can stop the engine or earn anything but 200 or 400.
 
 Hypothesis sends the sampling fields across the whole JSON number range (huge and tiny,
 negative, zero, NaN and infinities, floats where integers belong, ``n`` with seeds near the
-ends of the 64-bit range) to the real server, both endpoints, streamed and not. Each answer must
-be a 200 that completes, or a 400 naming a field the request set. The server must stay healthy
+ends of the 64-bit range) to the real api_server, both endpoints, streamed and not. Each answer must
+be a 200 that completes, or a 400 naming a field the request set. The api_server must stay healthy
 after every example and still answer a plain request after every batch of them.
 
 Valid ``max_tokens`` and ``n`` are drawn small, so the run stays bounded in time.
@@ -72,17 +72,17 @@ requests = st.fixed_dictionaries(
 )
 
 
-def _plain_request_succeeds(http: httpx.Client, server: ServerHandle) -> None:
-    body = {"model": server.model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+def _plain_request_succeeds(http: httpx.Client, api_server: ServerHandle) -> None:
+    body = {"model": api_server.model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
     response = http.post("/chat/completions", json=body)
     assert response.status_code == 200, response.text
     assert response.json()["choices"][0]["message"]["content"]
 
 
 @pytest.mark.timeout(900)
-def test_no_sampling_value_stops_the_engine(server: ServerHandle) -> None:
+def test_no_sampling_value_stops_the_engine(api_server: ServerHandle) -> None:
     seen = 0
-    with httpx.Client(base_url=server.base_url, timeout=120) as http:
+    with httpx.Client(base_url=api_server.base_url, timeout=120) as http:
 
         @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
         @given(requests)
@@ -93,7 +93,7 @@ def test_no_sampling_value_stops_the_engine(server: ServerHandle) -> None:
             if endpoint == "completions":
                 prompt = {"prompt": "Colours:"}
             # json.dumps writes NaN and Infinity, as a careless client's JSON library would.
-            body = json.dumps({"model": server.model, **prompt, **fields})
+            body = json.dumps({"model": api_server.model, **prompt, **fields})
             response = http.post(f"/{endpoint}", content=body, headers={"content-type": "application/json"})
             assert response.status_code in (200, 400), (response.status_code, response.text, fields)
             if response.status_code == 400:
@@ -107,10 +107,10 @@ def test_no_sampling_value_stops_the_engine(server: ServerHandle) -> None:
                 assert '"error"' not in response.text, response.text
             else:
                 assert response.json()["choices"], response.text
-            assert httpx.get(f"{server.root_url}/health", timeout=10).status_code == 200
+            assert httpx.get(f"{api_server.root_url}/health", timeout=10).status_code == 200
             seen += 1
             if seen % BATCH == 0:
-                _plain_request_succeeds(http, server)
+                _plain_request_succeeds(http, api_server)
 
         one()
-        _plain_request_succeeds(http, server)
+        _plain_request_succeeds(http, api_server)
