@@ -9,6 +9,7 @@ flags ise does not declare, so a flag beats the file. A bad value gets vLLM's ow
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -19,6 +20,8 @@ from vllm.utils.argparse_utils import FlexibleArgumentParser
 from adapters.config import DEFAULT_MAX_MODEL_LEN, EngineArgs
 from adapters.cpu.numerics import default_threads
 from adapters.model_info import ModelInfo
+
+log = logging.getLogger(__name__)
 
 
 def vllm_flags(table: dict[str, Any]) -> list[str]:
@@ -35,8 +38,26 @@ def vllm_flags(table: dict[str, Any]) -> list[str]:
     return flags
 
 
+# Options only ise's CPU engine has; set for vLLM's, they are refused rather than ignored.
+CPU_ONLY = ("prefill_chunk_tokens",)
+# Options both engines have under one name, passed to vLLM where the user set them (vLLM's own
+# defaults suit vLLM: its long-prefill threshold is off unless asked for, for one).
+SAME_NAME = ("block_size", "long_prefill_token_threshold", "model_impl")
+
+
 def shared_flags(args: EngineArgs, model: ModelInfo) -> list[str]:
-    """ise's shared options as vLLM flags: the same context window, batch limits and dtype."""
+    """ise's shared options as vLLM flags: the same context window, batch limits and dtype.
+
+    Raises ValueError for an option only the CPU engine has.
+    """
+    given = args.model_fields_set
+    fields = type(args).model_fields
+    refused = [name for name in CPU_ONLY if name in given and getattr(args, name) != fields[name].default]
+    if refused:
+        flag = "--" + refused[0].replace("_", "-")
+        raise ValueError(f"{flag} is an option of ise's CPU engine; vLLM's engine has no such option")
+    if args.model_impl == "ise":
+        raise ValueError("--model-impl ise is ise's own forward, which runs on ise's CPU engine only")
     flags = [
         "--model", model.path,
         "--max-model-len", str(args.max_model_len or min(model.context_length, DEFAULT_MAX_MODEL_LEN)),
@@ -44,6 +65,9 @@ def shared_flags(args: EngineArgs, model: ModelInfo) -> list[str]:
         "--max-num-batched-tokens", str(args.max_num_batched_tokens),
         "--enable-prefix-caching" if args.prefix_caching else "--no-enable-prefix-caching",
     ]  # fmt: skip
+    for name in SAME_NAME:
+        if name in given:
+            flags += ["--" + name.replace("_", "-"), str(getattr(args, name))]
     if args.dtype != "auto":
         flags += ["--dtype", args.dtype]
     if args.quantization != "none":
@@ -75,6 +99,8 @@ def vllm_engine_args(args: EngineArgs, model: ModelInfo, argv: Sequence[str]) ->
         configure_vllm_cpu(args)
     parser = FlexibleArgumentParser(prog="ise serve --engine vllm")
     AsyncEngineArgs.add_cli_args(parser)
-    namespace = parser.parse_args([*shared_flags(args, model), *vllm_flags(args.vllm), *argv])
+    flags = [*shared_flags(args, model), *vllm_flags(args.vllm), *argv]
+    log.info("vLLM engine arguments: %s", " ".join(flags))
+    namespace = parser.parse_args(flags)
     engine_args: AsyncEngineArgs = AsyncEngineArgs.from_cli_args(namespace)
     return engine_args

@@ -20,7 +20,9 @@ import openai
 import psutil
 import pytest
 
-from adapters.vllm.args import vllm_flags
+from adapters.config import EngineArgs
+from adapters.model_info import ModelInfo
+from adapters.vllm.args import shared_flags, vllm_flags
 from tests.real.conftest import ServerHandle, running_server, user
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("vllm-*.toml"))
@@ -68,6 +70,21 @@ def test_vllm_flags_reach_vllm_and_bad_ones_get_its_message(server: ServerHandle
     assert on_cpu.returncode != 0
     assert "--gpu-memory-utilization" in on_cpu.stderr and "--engine vllm" in on_cpu.stderr
     assert "Traceback" not in on_cpu.stderr
+
+
+def test_shared_options_mean_the_same_on_vllm(server: ServerHandle) -> None:
+    model = ModelInfo.load(server.model_dir)
+    flags = shared_flags(EngineArgs(max_num_seqs=8, prefix_caching=False, block_size=32, dtype="float32"), model)
+
+    def value(flag: str) -> str:
+        return flags[flags.index(flag) + 1]
+
+    assert (value("--max-model-len"), value("--max-num-seqs"), value("--dtype")) == ("2048", "8", "float32")
+    assert value("--block-size") == "32" and "--no-enable-prefix-caching" in flags
+    with pytest.raises(ValueError, match="--prefill-chunk-tokens"):
+        shared_flags(EngineArgs(prefill_chunk_tokens=8), model)
+    with pytest.raises(ValueError, match="model-impl ise"):
+        shared_flags(EngineArgs(model_impl="ise"), model)
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
