@@ -36,8 +36,6 @@ _ERRORS = {
     400: "Invalid request: a parameter out of range or unsupported, malformed JSON, or a prompt and "
     "max_tokens beyond the context window (code context_length_exceeded). param names the field.",
     404: "No such model (code model_not_found).",
-    413: "The request body is too large.",
-    429: "Too many requests; retry later.",
     500: "The request failed in the server; other requests are unaffected.",
     503: "The engine is not running; no request can be served until the server restarts.",
 }
@@ -70,7 +68,7 @@ def _completion_responses(whole: type[BaseModel], chunk: type[BaseModel]) -> dic
     )
     return {
         200: {"model": whole, "description": streamed, "content": {"text/event-stream": _event_stream(chunk)}},
-        **_errors(400, 404, 413, 429, 500, 503),
+        **_errors(400, 404, 500, 503),
     }
 
 
