@@ -87,19 +87,20 @@ router = APIRouter(
 State = Annotated[ServerState, Depends(get_state)]
 
 
-def _card(state: ServerState) -> ModelCard:
-    return ModelCard(id=state.model_name, created=state.created, max_model_len=state.engine.max_model_len)
+def _card(state: ServerState, name: str) -> ModelCard:
+    return ModelCard(id=name, created=state.created, max_model_len=state.engine.max_model_len)
 
 
 @router.get("/v1/models")
 async def list_models(state: State) -> ModelList:
-    return ModelList(data=[_card(state)])
+    """Every name the model answers to (``--served-model-name a b``), as vLLM lists them."""
+    return ModelList(data=[_card(state, name) for name in state.model_names])
 
 
 @router.get("/v1/models/{model:path}", responses=_errors(404))
 async def get_model(model: str, state: State) -> ModelCard:
     state.check_model(model)
-    return _card(state)
+    return _card(state, model)
 
 
 @router.post(
