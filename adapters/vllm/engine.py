@@ -161,8 +161,6 @@ class VLLMEngine:
                     yield EngineOutput(list(completion.token_ids), reason)
         except VLLMEngineDeadError as exc:
             raise EngineDeadError(f"The vLLM engine failed: {exc}") from exc
-        except (EngineDeadError, RequestFailedError, GeneratorExit, asyncio.CancelledError):
-            raise
         except Exception as exc:
             if llm.errored:
                 raise EngineDeadError(f"The vLLM engine failed: {exc!r}") from exc
