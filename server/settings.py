@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import Field
 from pydantic_settings import (
@@ -80,7 +80,8 @@ class Settings(BaseSettings, EngineArgs):
         flags: dict[str, int | None] = {"-h": 0, "--help": 0}
         for field_name, info in cls.model_fields.items():
             flag = field_name.replace("_", "-")
-            arity = 0 if info.annotation is bool else None if field_name == "served_model_name" else 1
+            options = (info.annotation, *get_args(info.annotation))
+            arity = 0 if info.annotation is bool else None if any(get_origin(o) is list for o in options) else 1
             for spelling in filter(None, (flag, CLI_ALIASES.get(flag))):
                 flags[f"--{spelling}"] = arity
                 if arity == 0:
