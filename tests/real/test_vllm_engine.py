@@ -49,24 +49,18 @@ def test_both_engines_agree_on_greedy_text(server: ServerHandle, vllm_server: Se
         assert _greedy(vllm_server, prompt) == _greedy(server, prompt), prompt
 
 
+def _serve(*args: str) -> subprocess.CompletedProcess[str]:
+    """``ise serve ARGS`` run to its exit (these ones exit while reading their flags)."""
+    command = [sys.executable, "-m", "server.cli", "serve", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+
+
 def test_vllm_flags_reach_vllm_and_bad_ones_get_its_message(server: ServerHandle) -> None:
     model = str(server.model_dir)
-    refused = subprocess.run(
-        [sys.executable, "-m", "server.cli", "serve", model, "--engine", "vllm", "--tensor-parallel-size", "two"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    refused = _serve(model, "--engine", "vllm", "--tensor-parallel-size", "two")
     assert refused.returncode == 2
     assert "--tensor-parallel-size" in refused.stderr and "Traceback" not in refused.stderr
-    on_cpu = subprocess.run(
-        [sys.executable, "-m", "server.cli", "serve", model, "--engine", "cpu", "--gpu-memory-utilization", "0.9"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    on_cpu = _serve(model, "--engine", "cpu", "--gpu-memory-utilization", "0.9")
     assert on_cpu.returncode != 0
     assert "--gpu-memory-utilization" in on_cpu.stderr and "--engine vllm" in on_cpu.stderr
     assert "Traceback" not in on_cpu.stderr
