@@ -80,6 +80,10 @@ class EngineStats:
     prefix_cache_queried_tokens: int = 0
     prefix_cache_hit_tokens: int = 0
     preemptions: int = 0
+    # Requests aborted while running, and the seconds from each abort to its KV cache blocks
+    # being free (summed), so /metrics can show how fast a disconnect releases memory.
+    aborts_released: int = 0
+    abort_release_seconds: float = 0.0
 
 
 class EngineDeadError(RuntimeError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import sys
 import time
@@ -15,6 +16,7 @@ from adapters.factory import build_engine
 from adapters.model_info import ModelInfo
 from server.app import create_app
 from server.command_line import split_serve_args
+from server.drain import DrainingServer
 from server.generation import SamplingDefaults
 from server.request_id import RequestIdLogFilter
 from server.settings import Settings
@@ -52,6 +54,7 @@ def build_state(settings: Settings, engine_argv: list[str] | None = None) -> Ser
         model_name=names[0],
         aliases=tuple(names[1:]),
         sampling_defaults=defaults,
+        gateway=settings,
     )
 
 
@@ -69,23 +72,42 @@ def serve(argv: list[str]) -> None:
     for handler in logging.getLogger().handlers:
         handler.addFilter(RequestIdLogFilter())
     state = build_state(settings, args.engine)
-    app = create_app(
-        state,
-        on_ready=lambda: log.info(
-            "Serving %s at http://%s:%d/v1 (ready %.1f s after start)",
-            state.model_name,
-            settings.host,
-            settings.port,
-            time.monotonic() - started,
-        ),
-    )
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level)
     try:
-        uvicorn.Server(config).run()
+        app = create_app(
+            state,
+            on_ready=lambda: log.info(
+                "Serving %s at http://%s:%d/v1 (ready %.1f s after start)",
+                state.model_name,
+                settings.host,
+                settings.port,
+                time.monotonic() - started,
+            ),
+        )
+    except ValueError as exc:
+        raise SystemExit(f"ise serve: {exc}") from None
+    if not settings.api_key and settings.api_keys_file is None and not _is_loopback(settings.host):
+        log.warning("Listening on %s without an API key: anyone who can reach it can use it", settings.host)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,  # ise logs each request once, when it ends (server/access_log.py)
+        timeout_graceful_shutdown=int(settings.drain_timeout) + 10,
+    )
+    try:
+        DrainingServer(config, state).run()
     except KeyboardInterrupt:
         # uvicorn shuts down gracefully on Ctrl-C, then raises the signal again; the shutdown is
         # already logged, so a traceback would only alarm.
         log.info("Stopped")
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,7 +17,9 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 
+from server.admission import Ticket
 from server.errors import APIError, error_body, generation_error, invalid_request
+from server.gateway import admit, charge_request
 from server.generation import ChoiceEvent, Generation, Job, build_job
 from server.protocol import (
     ChatChoice,
@@ -106,16 +108,18 @@ class _TextFormat(_Identity):
 
 async def chat_completion(req: ChatCompletionRequest, raw: Request, state: ServerState) -> Response:
     state.check_model(req.model)
+    headers = charge_request(raw, state)
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
     prompt = state.tokenization.chat_prompt(messages)
     job = _job(req, [prompt], req.requested_max_tokens(), state, "messages")
-    return await _respond(req.stream, req.include_usage(), job, _ChatFormat(req.model), raw, state)
+    return await _respond(req.stream, req.include_usage(), job, _ChatFormat(req.model), raw, state, headers)
 
 
 async def text_completion(req: CompletionRequest, raw: Request, state: ServerState) -> Response:
     state.check_model(req.model)
+    headers = charge_request(raw, state)
     job = _job(req, _prompts(req, state), req.requested_max_tokens(), state, "prompt")
-    return await _respond(req.stream, req.include_usage(), job, _TextFormat(req.model), raw, state)
+    return await _respond(req.stream, req.include_usage(), job, _TextFormat(req.model), raw, state, headers)
 
 
 def _prompts(req: CompletionRequest, state: ServerState) -> list[list[int]]:
@@ -149,17 +153,43 @@ def _job(
 
 
 async def _respond(
-    stream: bool, include_usage: bool, job: Job, fmt: _Format, raw: Request, state: ServerState
+    stream: bool,
+    include_usage: bool,
+    job: Job,
+    fmt: _Format,
+    raw: Request,
+    state: ServerState,
+    headers: dict[str, str],
 ) -> Response:
+    """Admit the job, then answer: every refusal comes before the response starts."""
     if not state.engine.is_alive:
-        raise APIError(503, "The engine is not running; the server cannot serve requests.")
-    events = Generation(state.engine, state.tokenization).run(job)
+        raise APIError(503, "The engine is not running; the server cannot serve requests.", retryable=False)
+    ticket, token_headers = admit(raw, state, job)
+    raw.state.ticket = ticket  # for the request's log line
+    headers = {**headers, **token_headers}
+    events = ticket.track(Generation(state.engine, state.tokenization).run(job, ticket.inbox))
     if stream:
-        return EventSourceResponse(_sse(events, job, fmt, include_usage), sep="\n")
+
+        async def client_gone(_: object) -> None:
+            ticket.client_gone = True
+
+        return EventSourceResponse(
+            _sse(events, job, fmt, include_usage, ticket, state),
+            sep="\n",
+            headers=headers,
+            send_timeout=state.gateway.stream_send_timeout,
+            client_close_handler_callable=client_gone,
+        )
     result = await _unless_disconnected(raw, _collect(events, job, fmt))
     if result is None:
+        _aborted(ticket, state, "client_disconnect")
         return Response(status_code=499)
-    return JSONResponse(result.model_dump())
+    return JSONResponse(result.model_dump(), headers=headers)
+
+
+def _aborted(ticket: Ticket, state: ServerState, reason: str) -> None:
+    ticket.aborted = reason
+    state.metrics.aborted.labels(reason).inc()
 
 
 async def _collect(events: AsyncGenerator[ChoiceEvent, None], job: Job, fmt: _Format) -> BaseModel:
@@ -177,12 +207,18 @@ async def _collect(events: AsyncGenerator[ChoiceEvent, None], job: Job, fmt: _Fo
 
 
 async def _sse(
-    events: AsyncGenerator[ChoiceEvent, None], job: Job, fmt: _Format, include_usage: bool
+    events: AsyncGenerator[ChoiceEvent, None],
+    job: Job,
+    fmt: _Format,
+    include_usage: bool,
+    ticket: Ticket,
+    state: ServerState,
 ) -> AsyncIterator[str]:
     """The SSE body: data lines in OpenAI's chunk format, then ``[DONE]``.
 
-    sse-starlette cancels this generator when the client goes away; closing ``events`` then
-    aborts every engine request behind it.
+    sse-starlette cancels this generator when the client goes away, and closes it when a send
+    waits past ``--stream-send-timeout`` (a client that stopped reading); either way closing
+    ``events`` aborts every engine request behind it, and the abort is counted by its reason.
     """
     exclude = None if include_usage else {"usage"}
     for index in range(len(job.prompts) * job.n):
@@ -190,6 +226,7 @@ async def _sse(
         if opening is not None:
             yield opening.model_dump_json(exclude=exclude)
     tokens = 0
+    finished = False
     try:
         async with aclosing(events):
             async for event in events:
@@ -198,12 +235,17 @@ async def _sse(
                     yield fmt.chunk(event.index, event.text, None).model_dump_json(exclude=exclude)
                 if event.finish_reason is not None:
                     yield fmt.chunk(event.index, "", event.finish_reason).model_dump_json(exclude=exclude)
+        finished = True
     except Exception as exc:  # whatever failed, the client gets an error event, then [DONE]
         # Headers are gone already; OpenAI reports mid-stream failures as an error event.
+        finished = True
         error = generation_error(exc)
         yield error_body(error.status, error.message, param=error.param, code=error.code).model_dump_json()
         yield "[DONE]"
         return
+    finally:
+        if not finished:
+            _aborted(ticket, state, "client_disconnect" if ticket.client_gone else "send_timeout")
     if include_usage:
         yield fmt.usage_chunk(job.usage(tokens)).model_dump_json()
     yield "[DONE]"

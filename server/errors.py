@@ -32,13 +32,35 @@ _TYPES = {
 }
 
 
+# Errors a retry cannot fix. The openai SDK retries 408, 409, 429 and every 5xx unless the
+# response says ``x-should-retry: false``; saying it spares clients retries that cannot succeed.
+_PERMANENT = {400, 401, 403, 404, 405, 413, 422}
+
+
 class APIError(Exception):
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None) -> None:
+    """An error the API reports in OpenAI's shape.
+
+    ``headers`` go on the response (``Retry-After``, rate-limit headers); ``retryable`` False
+    marks a 5xx or 429 that a retry cannot fix (a dead engine, an SLO no server state can meet).
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+        retryable: bool | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.code = code
+        self.headers = dict(headers or {})
+        self.retryable = status not in _PERMANENT if retryable is None else retryable
 
 
 def invalid_request(message: str, *, param: str | None = None, code: str | None = None) -> APIError:
@@ -60,21 +82,42 @@ def generation_error(exc: Exception) -> APIError:
     if isinstance(exc, APIError):
         return exc
     if isinstance(exc, EngineDeadError):
-        return APIError(503, str(exc))
+        return APIError(503, str(exc), code="engine_dead", retryable=False)
     if isinstance(exc, RequestFailedError):
         return APIError(500, str(exc))
     log.exception("Generation failed", exc_info=exc)
     return APIError(500, "The server had an error while processing your request.")
 
 
-def error_response(status: int, message: str, *, param: str | None = None, code: str | None = None) -> JSONResponse:
+def error_response(
+    status: int,
+    message: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+    retryable: bool | None = None,
+) -> JSONResponse:
+    """The JSON error response; ``retryable`` defaults to whether the status is worth a retry."""
     body = error_body(status, message, param=param, code=code)
-    return JSONResponse(body.model_dump(), status_code=status)
+    permanent = status in _PERMANENT if retryable is None else not retryable
+    extra = {"x-should-retry": "false"} if permanent else {}
+    return JSONResponse(body.model_dump(), status_code=status, headers={**(headers or {}), **extra})
+
+
+def api_error_response(error: APIError) -> JSONResponse:
+    return error_response(
+        error.status,
+        error.message,
+        param=error.param,
+        code=error.code,
+        headers=error.headers,
+        retryable=error.retryable,
+    )
 
 
 async def _api_error(_: Request, exc: Exception) -> JSONResponse:
-    error = generation_error(exc)
-    return error_response(error.status, error.message, param=error.param, code=error.code)
+    return api_error_response(generation_error(exc))
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:

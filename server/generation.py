@@ -141,13 +141,18 @@ class Generation:
         self.engine = engine
         self.tokenization = tokenization
 
-    def run(self, job: Job) -> AsyncGenerator[ChoiceEvent, None]:
+    def run(self, job: Job, inbox: asyncio.Queue[object]) -> AsyncGenerator[ChoiceEvent, None]:
+        """The job's events from all its choices, in arrival order.
+
+        ``inbox`` is where the choices deliver them; an exception put there by anyone else (a
+        drain ending the request) is raised to the consumer as the request's last event.
+        """
         choices = [
             self._choice(prompt_index * job.n + k, prompt, _choice_params(params, k), job.stop)
             for prompt_index, (prompt, params) in enumerate(zip(job.prompts, job.params, strict=True))
             for k in range(job.n)
         ]
-        return choices[0] if len(choices) == 1 else _merge(choices)
+        return _merge(choices, inbox)
 
     async def _choice(
         self, index: int, prompt: list[int], params: SamplingParams, stop: Sequence[str]
@@ -186,9 +191,10 @@ def _choice_params(params: SamplingParams, k: int) -> SamplingParams:
     return replace(params, seed=wrap_seed(params.seed + k))
 
 
-async def _merge(streams: list[AsyncGenerator[ChoiceEvent, None]]) -> AsyncGenerator[ChoiceEvent, None]:
-    """Interleave several choices' events in arrival order; closing the merge closes them all."""
-    queue: asyncio.Queue[ChoiceEvent | BaseException | None] = asyncio.Queue()
+async def _merge(
+    streams: list[AsyncGenerator[ChoiceEvent, None]], queue: asyncio.Queue[object]
+) -> AsyncGenerator[ChoiceEvent, None]:
+    """Interleave the choices' events in arrival order; closing the merge closes them all."""
 
     async def pump(stream: AsyncGenerator[ChoiceEvent, None]) -> None:
         try:
@@ -209,6 +215,7 @@ async def _merge(streams: list[AsyncGenerator[ChoiceEvent, None]]) -> AsyncGener
             elif isinstance(item, BaseException):
                 raise item
             else:
+                assert isinstance(item, ChoiceEvent)
                 yield item
     finally:
         for task in tasks:

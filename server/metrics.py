@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
 from adapters.engine import Engine
+from server.admission import Admission
 
 
 class _EngineCollector(Collector):
@@ -17,7 +18,7 @@ class _EngineCollector(Collector):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | SummaryMetricFamily]:
         s = self.engine.stats()
         yield GaugeMetricFamily("ise_num_requests_running", "Requests in the running batch", value=s.running)
         yield GaugeMetricFamily("ise_num_requests_waiting", "Requests queued for the batch", value=s.waiting)
@@ -45,9 +46,49 @@ class _EngineCollector(Collector):
             "ise_num_preemptions", "Requests preempted (to be recomputed) when the KV cache ran out",
             value=s.preemptions,
         )  # fmt: skip
+        yield SummaryMetricFamily(
+            "ise_abort_kv_release_seconds",
+            "Time from aborting a request (its client gone) to its KV cache blocks being free",
+            count_value=s.aborts_released,
+            sum_value=s.abort_release_seconds,
+        )
+
+
+class _AdmissionCollector(Collector):
+    """The server's own queue: requests admitted that have no first token yet."""
+
+    def __init__(self, admission: Admission) -> None:
+        self.admission = admission
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        a = self.admission
+        yield GaugeMetricFamily(
+            "ise_waiting_requests", "Admitted requests without a first token", value=a.waiting_requests
+        )
+        yield GaugeMetricFamily(
+            "ise_waiting_prompt_tokens", "Prompt tokens of the admitted requests without a first token",
+            value=a.waiting_tokens,
+        )  # fmt: skip
+        yield GaugeMetricFamily("ise_requests_in_flight", "Admitted requests not yet ended", value=len(a.tickets))
+        yield GaugeMetricFamily("ise_draining", "1 once SIGTERM started a drain", value=int(a.draining))
 
 
 class Metrics:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, admission: Admission) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(_EngineCollector(engine))
+        self.registry.register(_AdmissionCollector(admission))
+        self.rejected = Counter(
+            "ise_requests_rejected",
+            "Requests refused before admission, by reason: unauthorized keys are not counted here "
+            "(rate_limit, server_overloaded, slo_exceeded, slo_unattainable, server_shutting_down)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.aborted = Counter(
+            "ise_requests_aborted",
+            "Admitted requests that ended before finishing: client_disconnect, send_timeout (a client that "
+            "stopped reading), shutdown (ended by a drain's deadline)",
+            ["reason"],
+            registry=self.registry,
+        )

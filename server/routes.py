@@ -35,9 +35,15 @@ _REF = "#/components/schemas/"
 _ERRORS = {
     400: "Invalid request: a parameter out of range or unsupported, malformed JSON, or a prompt and "
     "max_tokens beyond the context window (code context_length_exceeded). param names the field.",
+    401: "No API key, or not one the server accepts (code invalid_api_key); only when keys are configured.",
     404: "No such model (code model_not_found).",
+    413: "The request body is over --max-request-body-bytes (code request_too_large).",
+    429: "Refused before any work, with Retry-After: the key's rate limit (rate_limit_exceeded), a full "
+    "waiting queue (server_overloaded), or a time-to-first-token target the server would miss "
+    "(slo_exceeded; slo_unattainable when no retry can meet it).",
     500: "The request failed in the server; other requests are unaffected.",
-    503: "The engine is not running; no request can be served until the server restarts.",
+    503: "The engine is not running (code engine_dead, not worth a retry), or the server is shutting down "
+    "(server_shutting_down).",
 }
 
 
@@ -68,7 +74,7 @@ def _completion_responses(whole: type[BaseModel], chunk: type[BaseModel]) -> dic
     )
     return {
         200: {"model": whole, "description": streamed, "content": {"text/event-stream": _event_stream(chunk)}},
-        **_errors(400, 404, 500, 503),
+        **_errors(400, 401, 404, 413, 429, 500, 503),
     }
 
 
@@ -91,13 +97,13 @@ def _card(state: ServerState, name: str) -> ModelCard:
     return ModelCard(id=name, created=state.created, max_model_len=state.engine.max_model_len)
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", responses=_errors(401))
 async def list_models(state: State) -> ModelList:
     """Every name the model answers to (``--served-model-name a b``), as vLLM lists them."""
     return ModelList(data=[_card(state, name) for name in state.model_names])
 
 
-@router.get("/v1/models/{model:path}", responses=_errors(404))
+@router.get("/v1/models/{model:path}", responses=_errors(401, 404))
 async def get_model(model: str, state: State) -> ModelCard:
     state.check_model(model)
     return _card(state, model)
@@ -115,21 +121,29 @@ async def create_completion(body: CompletionRequest, request: Request, state: St
     return await text_completion(body, request, state)
 
 
+@router.head("/health", include_in_schema=False)
 @router.get(
     "/health",
     response_model=None,
-    responses={200: {"model": Health, "description": "The engine is running."}, **_errors(503)},
+    responses={
+        200: {"model": Health, "description": "The engine is running and the server takes requests."},
+        **_errors(503),
+    },
 )
 async def health(state: State) -> Response:
+    """Liveness and readiness for load balancers; the one route open without an API key."""
     if not state.engine.is_alive:
-        return error_response(503, "The engine is not running.")
+        return error_response(503, "The engine is not running.", code="engine_dead", retryable=False)
+    if state.admission.draining:
+        return error_response(503, "The server is draining: it finishes running requests and takes no new ones.",
+                              code="server_shutting_down")  # fmt: skip
     return JSONResponse(Health().model_dump())
 
 
 @router.get(
     "/metrics",
     response_class=PlainTextResponse,
-    responses={200: {"description": "Prometheus metrics, in its text exposition format."}},
+    responses={200: {"description": "Prometheus metrics, in its text exposition format."}, **_errors(401)},
 )
-async def metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+async def metrics(state: State) -> Response:
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -21,6 +21,7 @@ from pydantic_settings import (
 )
 
 from adapters.config import EngineArgs
+from server.gateway_config import GatewayArgs
 
 # vLLM's (or older) spellings of ise's flags: flag -> the other name it answers to, so that
 # `vllm serve` command lines work unchanged.
@@ -31,13 +32,19 @@ CLI_ALIASES = {
 }
 
 
+def _takes_list(annotation: Any) -> bool:
+    """Whether a setting's type is a list, through ``X | None`` and ``Annotated[...]``."""
+    return get_origin(annotation) is list or any(_takes_list(arg) for arg in get_args(annotation))
+
+
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "ise"
 
 
-class Settings(BaseSettings, EngineArgs):
-    """The server's own settings; the engine's options come from ``EngineArgs``, declared there once."""
+class Settings(BaseSettings, EngineArgs, GatewayArgs):
+    """The server's own settings; the engine's and the gateway's come from ``EngineArgs`` and
+    ``GatewayArgs``, declared there once."""
 
     model_config = SettingsConfigDict(env_prefix="ISE_", protected_namespaces=(), extra="forbid")
 
@@ -80,8 +87,7 @@ class Settings(BaseSettings, EngineArgs):
         flags: dict[str, int | None] = {"-h": 0, "--help": 0}
         for field_name, info in cls.model_fields.items():
             flag = field_name.replace("_", "-")
-            options = (info.annotation, *get_args(info.annotation))
-            arity = 0 if info.annotation is bool else None if any(get_origin(o) is list for o in options) else 1
+            arity = 0 if info.annotation is bool else None if _takes_list(info.annotation) else 1
             for spelling in filter(None, (flag, CLI_ALIASES.get(flag))):
                 flags[f"--{spelling}"] = arity
                 if arity == 0:
@@ -102,4 +108,6 @@ class Settings(BaseSettings, EngineArgs):
         env: dict[str, Any] = EnvSettingsSource(cls, env_prefix="ISE_")()
         config_file = cli.get("config") or env.get("config")
         from_file = TomlConfigSettingsSource(cls, toml_file=Path(config_file))() if config_file else {}
-        return cls(**{**from_file, **env, **cli})
+        # vLLM deployments set VLLM_API_KEY; it counts where no ise source names a key.
+        vllm_key = {"api_key": os.environ["VLLM_API_KEY"]} if os.environ.get("VLLM_API_KEY") else {}
+        return cls(**{**vllm_key, **from_file, **env, **cli})

@@ -1,4 +1,4 @@
-"""What every route needs: the engine, the tokenizer and the name clients call the model by."""
+"""What every route needs: the engine, the tokenizer, the model's names, and the gateway's state."""
 
 from __future__ import annotations
 
@@ -7,9 +7,13 @@ from dataclasses import dataclass, field
 from fastapi import Request
 
 from adapters.engine import Engine
+from server.admission import Admission
 from server.errors import APIError
+from server.gateway_config import GatewayArgs
 from server.generation import SamplingDefaults
+from server.metrics import Metrics
 from server.protocol import now
+from server.rate_limits import RateLimits
 from server.text import Tokenization
 
 
@@ -21,6 +25,14 @@ class ServerState:
     aliases: tuple[str, ...] = ()  # further names clients may use (--served-model-name a b)
     sampling_defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
     created: int = field(default_factory=now)
+    gateway: GatewayArgs = field(default_factory=GatewayArgs)
+    admission: Admission = field(init=False)
+    rate_limits: RateLimits = field(init=False, default_factory=RateLimits)
+    metrics: Metrics = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.admission = Admission(self.gateway)
+        self.metrics = Metrics(self.engine, self.admission)
 
     @property
     def model_names(self) -> tuple[str, ...]:

@@ -18,8 +18,9 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from adapters.cpu.engine_core import CPUEngineConfig, EngineCore
 from adapters.cpu.output_collector import RequestOutputCollector
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class _Abort:
     request_id: str
+    requested_at: float = field(default_factory=time.monotonic)
 
 
 class _Stop:
@@ -139,7 +141,7 @@ class CPUEngine:
             if isinstance(message, _Stop):
                 return False
             if isinstance(message, _Abort):
-                core.abort_request(message.request_id)
+                core.abort_request(message.request_id, message.requested_at)
             else:
                 core.add_request(message)
 

@@ -10,6 +10,7 @@ thread and carries its outputs to the requests' consumers.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -110,12 +111,17 @@ class EngineCore:
         )
         self.steps = 0
         self.tokens_computed = 0
+        self.aborts_released = 0
+        self.abort_release_seconds = 0.0
 
     def add_request(self, seq: Sequence) -> None:
         self.scheduler.add_request(seq)
 
-    def abort_request(self, request_id: str) -> None:
-        self.scheduler.abort_request(request_id)
+    def abort_request(self, request_id: str, requested_at: float | None = None) -> None:
+        """Abort and free; ``requested_at`` (``time.monotonic()`` of the abort) times the release."""
+        if self.scheduler.abort_request(request_id) and requested_at is not None:
+            self.aborts_released += 1
+            self.abort_release_seconds += time.monotonic() - requested_at
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished_requests()
@@ -142,4 +148,6 @@ class EngineCore:
             prefix_cache_queried_tokens=blocks.stats.queried_tokens,
             prefix_cache_hit_tokens=blocks.stats.hit_tokens,
             preemptions=scheduler.num_preemptions,
+            aborts_released=self.aborts_released,
+            abort_release_seconds=self.abort_release_seconds,
         )

@@ -159,10 +159,12 @@ class Scheduler:
         seq.status = status
         del self.requests[seq.request_id]
 
-    def abort_request(self, request_id: str) -> None:
+    def abort_request(self, request_id: str) -> bool:
+        """Finish the request and free its blocks; False if it had already finished."""
         seq = self.requests.get(request_id)
         if seq is not None:
             self.finish_request(seq, RequestStatus.FINISHED_ABORTED)
+        return seq is not None
 
     def _check_stop(self, seq: Sequence, token: int) -> RequestStatus | None:
         params = seq.request.params

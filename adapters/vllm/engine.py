@@ -74,6 +74,14 @@ class _StatsRecorder(StatLoggerBase):  # type: ignore[misc]  # vLLM is not type-
             )
         self.stats = stats
 
+    def record_abort(self, seconds: float) -> None:
+        """An abort took ``seconds`` until vLLM's engine core had it (it frees the blocks on taking it)."""
+        self.stats = replace(
+            self.stats,
+            aborts_released=self.stats.aborts_released + 1,
+            abort_release_seconds=self.stats.abort_release_seconds + seconds,
+        )
+
     def log_engine_initialized(self) -> None:
         pass
 
@@ -151,20 +159,29 @@ class VLLMEngine:
         except Exception as exc:  # vLLM refused a value the API let through: this request alone fails
             raise RequestFailedError(f"The request could not be set up: {exc}") from exc
         prompt = TokensPrompt(prompt_token_ids=request.prompt_token_ids)
+        closed_at: float | None = None
         try:
-            # Closing this generator early closes vLLM's, which aborts the request there.
+            # Closing this generator early closes vLLM's, which aborts the request there (and
+            # awaits the abort reaching vLLM's engine core): that wait is the release time.
             async with aclosing(llm.generate(prompt, params, request.request_id)) as outputs:
-                async for out in outputs:
-                    completion = out.outputs[0]
-                    # vLLM's reasons are ise's; any other it may add ends the request as a stop.
-                    reason = _FINISH_REASONS.get(completion.finish_reason, "stop") if out.finished else None
-                    yield EngineOutput(list(completion.token_ids), reason)
+                try:
+                    async for out in outputs:
+                        completion = out.outputs[0]
+                        # vLLM's reasons are ise's; any other it may add ends the request as a stop.
+                        reason = _FINISH_REASONS.get(completion.finish_reason, "stop") if out.finished else None
+                        yield EngineOutput(list(completion.token_ids), reason)
+                except (GeneratorExit, asyncio.CancelledError):
+                    closed_at = time.monotonic()
+                    raise
         except VLLMEngineDeadError as exc:
             raise EngineDeadError(f"The vLLM engine failed: {exc}") from exc
         except Exception as exc:
             if llm.errored:
                 raise EngineDeadError(f"The vLLM engine failed: {exc!r}") from exc
             raise RequestFailedError(f"The request failed in vLLM: {exc}") from exc
+        finally:
+            if closed_at is not None and self._recorder is not None:
+                self._recorder.record_abort(time.monotonic() - closed_at)
 
     def abort(self, request_id: str) -> None:
         if self._llm is not None:

@@ -33,13 +33,13 @@ def test_completions_answer_json_or_an_event_stream(
     operation = spec["paths"][path]["post"]
     assert operation["requestBody"]["content"]["application/json"]["schema"] == {"$ref": REF + request_model}
     responses = operation["responses"]
-    assert set(responses) == {"200", "400", "404", "500", "503", "default"}  # no 422; 413 and 429 come with limits
+    assert set(responses) == {"200", "400", "401", "404", "413", "429", "500", "503", "default"}  # no 422
     ok = responses["200"]["content"]
     assert ok["application/json"]["schema"] == {"$ref": REF + whole}
     data = ok["text/event-stream"]["itemSchema"]["properties"]["data"]["oneOf"]
     assert data[0]["contentSchema"]["anyOf"] == [{"$ref": REF + chunk}, {"$ref": REF + "ErrorResponse"}]
     assert data[1] == {"const": "[DONE]"}
-    for status in ("400", "404", "500", "503", "default"):
+    for status in ("400", "401", "404", "413", "429", "500", "503", "default"):
         assert responses[status]["content"] == ERROR, status
 
 
@@ -56,7 +56,7 @@ def test_other_routes(spec: dict[str, Any]) -> None:
     models = paths["/v1/models"]["get"]["responses"]
     assert models["200"]["content"]["application/json"]["schema"] == {"$ref": REF + "ModelList"}
     model = paths["/v1/models/{model}"]["get"]["responses"]
-    assert set(model) == {"200", "404", "default"}
+    assert set(model) == {"200", "401", "404", "default"}
     assert model["200"]["content"]["application/json"]["schema"] == {"$ref": REF + "ModelCard"}
     assert model["404"]["content"] == ERROR
     health = paths["/health"]["get"]["responses"]

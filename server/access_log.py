@@ -1,0 +1,60 @@
+"""One log line per request, when it ends, under its ``x-request-id``.
+
+The line has what an operator needs to answer "what happened to request X": method, path,
+status, the key's name (never the key), and for completions the tokens and the time spent
+waiting for the first token (queue and prefill), decoding, and in all; an unfinished request says
+why it ended (client_disconnect, send_timeout). It is written when the last byte is sent or the
+client is gone, so a stream is logged with its real duration. Prompts are not logged here
+(``--log-prompts`` logs them when a request is admitted).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server.admission import Ticket
+from server.auth import STATE_KEY, APIKey
+
+log = logging.getLogger("ise.access")
+
+
+class AccessLogMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.monotonic()
+        status = 0
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            log.info("%s", _line(scope, status, time.monotonic() - started))
+
+
+def _line(scope: Scope, status: int, elapsed_s: float) -> str:
+    state = scope.get("state", {})
+    key: APIKey | None = state.get(STATE_KEY)
+    parts = [scope["method"], scope["path"], str(status or "-"), f"key={key.name if key else '-'}"]
+    ticket: Ticket | None = state.get("ticket")
+    if ticket is not None:
+        parts += [f"prompt_tokens={ticket.prompt_tokens}", f"completion_tokens={ticket.completion_tokens}"]
+        if ticket.first_token_at is not None:
+            parts.append(f"queue_prefill={ticket.first_token_at - ticket.admitted_at:.3f}s")
+            parts.append(f"decode={(ticket.ended_at or time.monotonic()) - ticket.first_token_at:.3f}s")
+        if ticket.aborted:
+            parts.append(f"aborted={ticket.aborted}")
+    parts.append(f"total={elapsed_s:.3f}s")
+    return " ".join(parts)
