@@ -22,6 +22,7 @@ from server.errors import APIError, error_body, generation_error, invalid_reques
 from server.gateway import admit, charge_request
 from server.generation import ChoiceEvent, Generation, Job, build_job
 from server.protocol import (
+    MAX_CHOICES,
     ChatChoice,
     ChatChunkChoice,
     ChatCompletion,
@@ -110,6 +111,8 @@ async def chat_completion(req: ChatCompletionRequest, raw: Request, state: Serve
     state.check_model(req.model)
     headers = charge_request(raw, state)
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
+    _check_text_length(sum(len(m["content"]) for m in messages), state, "messages")
+    _log_prompt(state, messages)
     prompt = state.tokenization.chat_prompt(messages)
     job = _job(req, [prompt], req.requested_max_tokens(), state, "messages")
     return await _respond(req.stream, req.include_usage(), job, _ChatFormat(req.model), raw, state, headers)
@@ -118,6 +121,7 @@ async def chat_completion(req: ChatCompletionRequest, raw: Request, state: Serve
 async def text_completion(req: CompletionRequest, raw: Request, state: ServerState) -> Response:
     state.check_model(req.model)
     headers = charge_request(raw, state)
+    _log_prompt(state, req.prompt)
     job = _job(req, _prompts(req, state), req.requested_max_tokens(), state, "prompt")
     return await _respond(req.stream, req.include_usage(), job, _TextFormat(req.model), raw, state, headers)
 
@@ -126,12 +130,42 @@ def _prompts(req: CompletionRequest, state: ServerState) -> list[list[int]]:
     """OpenAI's four prompt forms: a string, strings, token ids, or lists of token ids."""
     prompt = req.prompt
     if isinstance(prompt, str):
+        _check_text_length(len(prompt), state, "prompt")
         return [state.tokenization.encode(prompt)]
     if not prompt:
         raise invalid_request("The prompt is empty.", param="prompt")
+    if len(prompt) * req.n > MAX_CHOICES:
+        raise invalid_request(
+            f"{len(prompt)} prompts with n={req.n} make {len(prompt) * req.n} choices; at most {MAX_CHOICES}.",
+            param="n",
+        )
+    for text in prompt:
+        if isinstance(text, str):
+            _check_text_length(len(text), state, "prompt")
     if all(isinstance(p, int) for p in prompt):
         return [[int(p) for p in prompt]]  # type: ignore[arg-type]
     return [state.tokenization.encode(p) if isinstance(p, str) else list(p) for p in prompt]  # type: ignore[arg-type]
+
+
+def _check_text_length(chars: int, state: ServerState, param: str) -> None:
+    """Refuse text that surely exceeds the context window, without tokenizing it.
+
+    Tokenizing runs on the event loop; a multi-megabyte prompt would stall every stream for
+    the time it takes, only to be refused afterwards.
+    """
+    max_len = state.engine.max_model_len
+    if chars > max_len * state.tokenization.max_token_chars:
+        raise invalid_request(
+            f"This model's maximum context length is {max_len} tokens; the {param} holds {chars} characters, "
+            "which is surely more. Please reduce the length of the prompt.",
+            param=param,
+            code="context_length_exceeded",
+        )
+
+
+def _log_prompt(state: ServerState, prompt: object) -> None:
+    if state.gateway.log_prompts:
+        log.info("Prompt: %r", prompt)
 
 
 def _job(

@@ -21,6 +21,22 @@ from adapters.engine import SEED_MAX, SEED_MIN
 
 FinishReason = Literal["stop", "length"]
 
+# Bounds on the sizes of a request's parts, checked while it is parsed, so oversized requests are
+# refused (400 naming the field) before any work is done for them. OpenAI's own limits where it
+# has them (n up to 128); elsewhere far above what a client needs and far below what would let
+# one request cost the server seconds (a stop string is matched against each new token's text).
+MAX_NAME_CHARS = 256  # model, user, a message's name
+MAX_STOP_STRINGS = 16  # OpenAI allows 4; vLLM clients send more
+MAX_STOP_CHARS = 1024
+MAX_STOP_TOKEN_IDS = 1024
+MAX_MESSAGES = 4096
+MAX_CONTENT_PARTS = 1024
+MAX_PROMPTS = 256  # a batch of prompts in one text completion
+MAX_CHOICES = 128  # prompts x n: each one a request in the engine
+
+Name = Annotated[str, Field(max_length=MAX_NAME_CHARS)]
+StopString = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
+
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
@@ -33,18 +49,18 @@ class StreamOptions(_Request):
 class SamplingFields(_Request):
     """Sampling settings that chat and text completions share."""
 
-    model: str
+    model: Name
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     top_k: int | None = Field(None, ge=-1)
     seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
-    stop: str | list[str] | None = None
-    n: int = Field(1, ge=1, le=128)
+    stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS)] | None = None
+    n: int = Field(1, ge=1, le=MAX_CHOICES)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    user: str | None = None
+    user: Name | None = None
     logprobs: Any = None
     response_format: dict[str, Any] | None = None
     # vLLM's extensions, so benchmark clients written for vLLM work unchanged.
@@ -53,7 +69,7 @@ class SamplingFields(_Request):
     # vLLM takes any positive value; dividing logits by less than ~1e-36 overflows float32, and
     # outside [0.01, 100] the penalty is a ban or a forced repeat, not a nudge.
     repetition_penalty: float | None = Field(None, ge=0.01, le=100.0)
-    stop_token_ids: list[int] = Field(default_factory=list)
+    stop_token_ids: list[int] = Field(default_factory=list, max_length=MAX_STOP_TOKEN_IDS)
 
     def stop_strings(self) -> list[str]:
         if self.stop is None:
@@ -81,8 +97,8 @@ class TextPart(_Request):
 
 class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart] | None = None
-    name: str | None = None
+    content: str | Annotated[list[TextPart], Field(max_length=MAX_CONTENT_PARTS)] | None = None
+    name: Name | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -93,7 +109,7 @@ class ChatMessage(_Request):
 
 
 class ChatCompletionRequest(SamplingFields):
-    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     top_logprobs: int | None = None
@@ -112,7 +128,12 @@ class ChatCompletionRequest(SamplingFields):
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: (
+        str
+        | Annotated[list[str], Field(max_length=MAX_PROMPTS)]
+        | list[int]
+        | Annotated[list[list[int]], Field(max_length=MAX_PROMPTS)]
+    )
     # OpenAI's legacy completions stop at 16 tokens unless told otherwise.
     max_tokens: int | None = Field(16, ge=1)
     echo: bool = False

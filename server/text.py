@@ -110,6 +110,10 @@ class Tokenization:
         self._special_re = re.compile("(" + "|".join(map(re.escape, names)) + ")") if names else None
         # Token ids the model can take: its embedding rows and the tokenizer's vocabulary both.
         self._vocab_size = min(len(self.hf), model_vocab_size) if model_vocab_size else len(self.hf)
+        # No token spells more characters than its vocabulary entry has (byte-level entries spell
+        # a character per byte or fewer), so text longer than this times a token count surely
+        # holds more tokens than that: prompts can be refused before they are tokenized.
+        self.max_token_chars = max(map(len, self.hf.get_vocab()), default=1)
 
     def chat_prompt(self, messages: Sequence[Mapping[str, Any]]) -> list[int]:
         """The prompt's token ids: the template's markers as control tokens, message text as text.

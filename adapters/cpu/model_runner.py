@@ -85,7 +85,10 @@ class ModelRunner:
         problem = quantization_problem(quantization, dtype)
         if problem:
             raise ValueError(problem)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=ATTN_IMPLEMENTATION)
+        # Safetensors only: a pickled checkpoint (pytorch_model.bin) can run code when loaded.
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=dtype, attn_implementation=ATTN_IMPLEMENTATION, use_safetensors=True
+        )
         model.eval()
         self.kernels = cpu_kernels(kernel_dir)
         self.forward = _forward(model, model_impl, self.kernels, quantization)

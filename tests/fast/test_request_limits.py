@@ -1,0 +1,108 @@
+"""Oversized requests are refused at the edge with a 400 that names the field, before any work.
+
+Each bound here (server/protocol.py) is checked while the body is parsed, so a request with a
+million choices or a megabyte of stop strings costs the server a parse, not a fan-out, a
+tokenization or a stop-string scan on every token.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from server.protocol import (
+    MAX_CHOICES,
+    MAX_CONTENT_PARTS,
+    MAX_MESSAGES,
+    MAX_NAME_CHARS,
+    MAX_PROMPTS,
+    MAX_STOP_CHARS,
+    MAX_STOP_STRINGS,
+    MAX_STOP_TOKEN_IDS,
+)
+from tests.fast.conftest import MODEL, TinyModel
+from tests.fast.fake_engine import FakeEngine
+
+HI = [{"role": "user", "content": "hi"}]
+CHAT = "/v1/chat/completions"
+TEXT = "/v1/completions"
+
+
+def _param(response: httpx.Response) -> str | None:
+    assert response.status_code == 400, response.text
+    param: str | None = response.json()["error"]["param"]
+    return param
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        (CHAT, {"messages": HI, "n": 10**6}, "n"),
+        (CHAT, {"messages": HI, "stop": ["x"] * (MAX_STOP_STRINGS + 1)}, "stop"),
+        (CHAT, {"messages": HI, "stop": "x" * (MAX_STOP_CHARS + 1)}, "stop"),
+        (CHAT, {"messages": HI, "stop": ["x" * (MAX_STOP_CHARS + 1)]}, "stop"),
+        (CHAT, {"messages": HI, "stop_token_ids": [1] * (MAX_STOP_TOKEN_IDS + 1)}, "stop_token_ids"),
+        (CHAT, {"messages": HI * (MAX_MESSAGES + 1)}, "messages"),
+        (CHAT, {"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}] * (MAX_CONTENT_PARTS + 1)}]},
+         "messages"),
+        (CHAT, {"messages": [{"role": "user", "content": "hi", "name": "n" * (MAX_NAME_CHARS + 1)}]}, "messages"),
+        (CHAT, {"messages": HI, "user": "u" * (MAX_NAME_CHARS + 1)}, "user"),
+        (CHAT, {"messages": HI, "max_tokens": 10**18}, "messages"),
+        (TEXT, {"prompt": ["a"] * (MAX_PROMPTS + 1)}, "prompt"),
+        (TEXT, {"prompt": ["a", "b"], "n": MAX_CHOICES // 2 + 1}, "n"),
+        (TEXT, {"prompt": "hi", "max_tokens": 10**18}, "prompt"),
+    ],
+)  # fmt: skip
+async def test_oversized_parts_are_refused_naming_the_field(
+    http: httpx.AsyncClient, path: str, body: dict[str, Any], param: str
+) -> None:
+    response = await http.post(path, json={"model": MODEL, **body})
+    named = _param(response)
+    assert named is not None and named.split(".")[0] == param, response.json()
+
+
+async def test_model_name_length_is_bounded(http: httpx.AsyncClient) -> None:
+    assert _param(await http.post(CHAT, json={"model": "m" * (MAX_NAME_CHARS + 1), "messages": HI})) == "model"
+
+
+async def test_a_million_choices_are_refused_without_fanning_out(http: httpx.AsyncClient, fake: FakeEngine) -> None:
+    started = time.perf_counter()
+    response = await http.post(CHAT, json={"model": MODEL, "messages": HI, "n": 10**6})
+    assert _param(response) == "n"
+    assert time.perf_counter() - started < 1.0  # a parse, not a million requests (generous for CI)
+    assert fake.requests == []
+
+
+async def test_a_huge_prompt_is_refused_before_tokenization(
+    http: httpx.AsyncClient, tiny: TinyModel, fake: FakeEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Text longer than the context times the longest token cannot fit; it never reaches the tokenizer."""
+
+    def no_tokenizing(*_: object, **__: object) -> list[int]:
+        raise AssertionError("the prompt was tokenized")
+
+    monkeypatch.setattr(tiny.tokenization, "encode", no_tokenizing)
+    monkeypatch.setattr(tiny.tokenization, "chat_prompt", no_tokenizing)
+    huge = "x" * (fake.max_model_len * tiny.tokenization.max_token_chars + 1)
+    for path, body, param in (
+        (TEXT, {"prompt": huge}, "prompt"),
+        (CHAT, {"messages": [{"role": "user", "content": huge}]}, "messages"),
+    ):
+        response = await http.post(path, json={"model": MODEL, **body})
+        assert _param(response) == param
+        assert response.json()["error"]["code"] == "context_length_exceeded"
+
+
+async def test_limits_at_their_bound_are_accepted(http: httpx.AsyncClient) -> None:
+    body = {
+        "model": MODEL,
+        "messages": HI,
+        "stop": ["x" * MAX_STOP_CHARS] * MAX_STOP_STRINGS,
+        "user": "u" * MAX_NAME_CHARS,
+        "max_tokens": 3,
+    }
+    response = await http.post(CHAT, json=body)
+    assert response.status_code == 200, response.text
