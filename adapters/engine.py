@@ -62,6 +62,9 @@ class EngineOutput:
 
     new_token_ids: list[int]
     finish_reason: FinishReason | None = None
+    # time.monotonic() when the engine first scheduled the request (its queue time ends there),
+    # where the engine reports it; the server logs queue and prefill times apart with it.
+    scheduled_at: float | None = None
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 The line has what an operator needs to answer "what happened to request X": method, path,
 status, the key's name (never the key), and for completions the tokens and the time spent
-waiting for the first token (queue and prefill), decoding, and in all; an unfinished request says
+queued (until the engine first scheduled it), prefilling (until the first token), decoding, and
+in all; an unfinished request says
 why it ended (client_disconnect, send_timeout). It is written when the last byte is sent or the
 client is gone, so a stream is logged with its real duration. Prompts are not logged here
 (``--log-prompts`` logs them when a request is admitted).
@@ -51,8 +52,12 @@ def _line(scope: Scope, status: int, elapsed_s: float) -> str:
     ticket: Ticket | None = state.get("ticket")
     if ticket is not None:
         parts += [f"prompt_tokens={ticket.prompt_tokens}", f"completion_tokens={ticket.completion_tokens}"]
-        if ticket.first_token_at is not None:
+        if ticket.first_token_at is not None and ticket.scheduled_at is not None:
+            parts.append(f"queue={max(0.0, ticket.scheduled_at - ticket.admitted_at):.3f}s")
+            parts.append(f"prefill={max(0.0, ticket.first_token_at - ticket.scheduled_at):.3f}s")
+        elif ticket.first_token_at is not None:  # the engine does not say when it scheduled the request
             parts.append(f"queue_prefill={ticket.first_token_at - ticket.admitted_at:.3f}s")
+        if ticket.first_token_at is not None:
             parts.append(f"decode={(ticket.ended_at or time.monotonic()) - ticket.first_token_at:.3f}s")
         if ticket.aborted:
             parts.append(f"aborted={ticket.aborted}")

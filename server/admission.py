@@ -45,6 +45,7 @@ class Ticket:
         self.inbox: asyncio.Queue[object] = asyncio.Queue()
         self.admitted_at = time.monotonic()
         self.first_token_at: float | None = None
+        self.scheduled_at: float | None = None  # when the engine first scheduled it, if it says
         self.ended_at: float | None = None
         self.completion_tokens = 0
         self.client_gone = False  # the client disconnected (rather than stopped reading)
@@ -77,6 +78,7 @@ class Ticket:
         try:
             async with aclosing(events):
                 async for event in events:
+                    self.scheduled_at = self.scheduled_at or event.scheduled_at
                     self.first_token()
                     self.completion_tokens += event.num_tokens
                     yield event

@@ -46,6 +46,7 @@ class ChoiceEvent:
     text: str
     num_tokens: int
     finish_reason: FinishReason | None = None
+    scheduled_at: float | None = None  # the engine's EngineOutput.scheduled_at, where it reports one
 
 
 @dataclass(frozen=True)
@@ -171,14 +172,14 @@ class Generation:
                 delta = text.push(ids)
                 count = len(out.new_token_ids)
                 if text.stopped:
-                    yield ChoiceEvent(index, delta, count, "stop")
+                    yield ChoiceEvent(index, delta, count, "stop", out.scheduled_at)
                     return
                 if out.finish_reason is not None:
                     reason: FinishReason = "length" if out.finish_reason == "length" else "stop"
-                    yield ChoiceEvent(index, delta + text.flush(), count, reason)
+                    yield ChoiceEvent(index, delta + text.flush(), count, reason, out.scheduled_at)
                     return
                 if delta or count:
-                    yield ChoiceEvent(index, delta, count)
+                    yield ChoiceEvent(index, delta, count, scheduled_at=out.scheduled_at)
 
 
 def _choice_params(params: SamplingParams, k: int) -> SamplingParams:

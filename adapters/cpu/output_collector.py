@@ -25,7 +25,9 @@ class RequestOutputCollector:
         elif self._output is None:
             self._output = item
         else:
-            self._output = EngineOutput(self._output.new_token_ids + item.new_token_ids, item.finish_reason)
+            self._output = EngineOutput(
+                self._output.new_token_ids + item.new_token_ids, item.finish_reason, self._output.scheduled_at
+            )
         self._ready.set()
 
     async def get(self) -> EngineOutput:

@@ -19,6 +19,7 @@ blocks are released and it waits at the front of the queue, to be recomputed lat
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -121,6 +122,7 @@ class Scheduler:
                 break
             self.waiting.popleft()
             seq.status = RequestStatus.RUNNING
+            seq.scheduled_at = seq.scheduled_at or time.monotonic()
             self.running.append(seq)
             scheduled.append(self._scheduled(seq, seq.num_computed_tokens, n))
             budget -= n
@@ -144,7 +146,7 @@ class Scheduler:
             status = self._check_stop(seq, token)
             if status is not None:
                 self.finish_request(seq, status)
-            outputs.append((seq.request_id, EngineOutput([token], seq.status.finish_reason)))
+            outputs.append((seq.request_id, EngineOutput([token], seq.status.finish_reason, seq.scheduled_at)))
         return outputs
 
     def finish_request(self, seq: Sequence, status: RequestStatus) -> None:

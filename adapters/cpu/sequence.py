@@ -57,6 +57,7 @@ class Sequence:
     block_table: list[int] = field(default_factory=list)  # cache blocks holding its tokens, in order
     chain_ids: list[int] = field(default_factory=list)  # prefix-cache identity of its full blocks
     status: RequestStatus = RequestStatus.WAITING
+    scheduled_at: float | None = None  # time.monotonic() of its first scheduling
     output_counts: Counter[int] = field(default_factory=Counter)  # for presence and frequency penalties
     generator: torch.Generator = field(init=False)
 

@@ -169,7 +169,9 @@ class VLLMEngine:
                         completion = out.outputs[0]
                         # vLLM's reasons are ise's; any other it may add ends the request as a stop.
                         reason = _FINISH_REASONS.get(completion.finish_reason, "stop") if out.finished else None
-                        yield EngineOutput(list(completion.token_ids), reason)
+                        stats = getattr(out, "metrics", None)  # vLLM's times are time.monotonic(), as ise's
+                        scheduled = getattr(stats, "scheduled_ts", 0.0) or None
+                        yield EngineOutput(list(completion.token_ids), reason, scheduled)
                 except (GeneratorExit, asyncio.CancelledError):
                     closed_at = time.monotonic()
                     raise
