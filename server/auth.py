@@ -11,7 +11,6 @@ day it is added and no spelling (``//v1/...``, ``/v1/models/``, ``/health/``) sl
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import tomllib
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server.errors import error_body
+from server.errors import APIError, send_error
 from server.gateway_config import GatewayArgs
 
 log = logging.getLogger(__name__)
@@ -147,12 +146,4 @@ async def _deny(scope: Scope, send: Send, *, missing: bool) -> None:
         if missing
         else "Incorrect API key provided."
     )
-    body = json.dumps(error_body(401, message, code="invalid_api_key").model_dump()).encode()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"www-authenticate", b"Bearer"),
-        (b"x-should-retry", b"false"),
-    ]
-    await send({"type": "http.response.start", "status": 401, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send_error(send, APIError(401, message, code="invalid_api_key", headers={"www-authenticate": "Bearer"}))

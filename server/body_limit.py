@@ -8,11 +8,9 @@ then reads the buffered body as usual.
 
 from __future__ import annotations
 
-import json
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.errors import error_body
+from server.errors import APIError, send_error
 
 
 class BodyLimitMiddleware:
@@ -55,12 +53,5 @@ class BodyLimitMiddleware:
 
     async def _refuse(self, send: Send) -> None:
         message = f"The request body is larger than the server's limit of {self.max_bytes} bytes."
-        body = json.dumps(error_body(413, message, code="request_too_large").model_dump()).encode()
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"x-should-retry", b"false"),
-            (b"connection", b"close"),
-        ]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        # The rest of the body is never read: the connection cannot be reused.
+        await send_error(send, APIError(413, message, code="request_too_large", headers={"connection": "close"}))

@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Send
 
 from adapters.engine import EngineDeadError, RequestFailedError
 from server.protocol import ErrorDetail, ErrorResponse
@@ -62,6 +63,10 @@ class APIError(Exception):
         self.headers = dict(headers or {})
         self.retryable = status not in _PERMANENT if retryable is None else retryable
 
+    def response_headers(self) -> dict[str, str]:
+        """``headers``, and ``x-should-retry: false`` when a retry cannot help."""
+        return self.headers if self.retryable else {**self.headers, "x-should-retry": "false"}
+
 
 def invalid_request(message: str, *, param: str | None = None, code: str | None = None) -> APIError:
     return APIError(400, message, param=param, code=code)
@@ -89,31 +94,22 @@ def generation_error(exc: Exception) -> APIError:
     return APIError(500, "The server had an error while processing your request.")
 
 
-def error_response(
-    status: int,
-    message: str,
-    *,
-    param: str | None = None,
-    code: str | None = None,
-    headers: dict[str, str] | None = None,
-    retryable: bool | None = None,
-) -> JSONResponse:
-    """The JSON error response; ``retryable`` defaults to whether the status is worth a retry."""
-    body = error_body(status, message, param=param, code=code)
-    permanent = status in _PERMANENT if retryable is None else not retryable
-    extra = {"x-should-retry": "false"} if permanent else {}
-    return JSONResponse(body.model_dump(), status_code=status, headers={**(headers or {}), **extra})
+def error_response(status: int, message: str, *, param: str | None = None, code: str | None = None) -> JSONResponse:
+    return api_error_response(APIError(status, message, param=param, code=code))
 
 
 def api_error_response(error: APIError) -> JSONResponse:
-    return error_response(
-        error.status,
-        error.message,
-        param=error.param,
-        code=error.code,
-        headers=error.headers,
-        retryable=error.retryable,
-    )
+    body = error_body(error.status, error.message, param=error.param, code=error.code)
+    return JSONResponse(body.model_dump(), status_code=error.status, headers=error.response_headers())
+
+
+async def send_error(send: Send, error: APIError) -> None:
+    """Answer with ``error`` on the raw ASGI channel, for middleware that runs before any route."""
+    body = error_body(error.status, error.message, param=error.param, code=error.code).model_dump_json().encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in error.response_headers().items()]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _api_error(_: Request, exc: Exception) -> JSONResponse:
@@ -138,10 +134,7 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
-    response = error_response(exc.status_code, message)
-    if exc.headers:
-        response.headers.update(exc.headers)
-    return response
+    return api_error_response(APIError(exc.status_code, message, headers=dict(exc.headers or {})))
 
 
 async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from server.completions import chat_completion, text_completion
-from server.errors import error_response
+from server.errors import APIError, api_error_response, error_response
 from server.protocol import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -133,10 +133,10 @@ async def create_completion(body: CompletionRequest, request: Request, state: St
 async def health(state: State) -> Response:
     """Liveness and readiness for load balancers; the one route open without an API key."""
     if not state.engine.is_alive:
-        return error_response(503, "The engine is not running.", code="engine_dead", retryable=False)
+        return api_error_response(APIError(503, "The engine is not running.", code="engine_dead", retryable=False))
     if state.admission.draining:
-        return error_response(503, "The server is draining: it finishes running requests and takes no new ones.",
-                              code="server_shutting_down")  # fmt: skip
+        message = "The server is draining: it finishes running requests and takes no new ones."
+        return error_response(503, message, code="server_shutting_down")
     return JSONResponse(Health().model_dump())
 
 
