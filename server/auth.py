@@ -93,8 +93,12 @@ class Keyring:
 def _read_keys_file(path: Path, rpm: int | None, tpm: int | None) -> list[APIKey]:
     try:
         parsed = _KeysFile.model_validate(tomllib.loads(path.read_text()))
-    except (OSError, tomllib.TOMLDecodeError, ValidationError) as exc:
+    except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ValueError(f"cannot read the API keys file {path}: {exc}") from None
+    except ValidationError as exc:
+        # Without the input values: they may be the keys themselves.
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_input=False))
+        raise ValueError(f"invalid API keys file {path}: {problems}") from None
     return [
         APIKey(
             name,

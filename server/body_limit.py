@@ -1,9 +1,9 @@
 """413 for request bodies over ``--max-request-body-bytes``, before any of the body is parsed.
 
 Neither uvicorn nor Starlette bounds a body: a client could make the server buffer and parse
-gigabytes of JSON. The middleware refuses a declared ``Content-Length`` over the limit at once,
-and otherwise reads the body itself, counting, so chunked uploads are bounded too; the route
-then reads the buffered body as usual.
+gigabytes of JSON. The middleware refuses a declared ``Content-Length`` over the limit without
+buffering any of it, and otherwise reads the body itself, counting, so chunked uploads are bounded
+too; the route then reads the buffered body as usual.
 """
 
 from __future__ import annotations
@@ -11,6 +11,9 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.errors import APIError, send_error
+
+# How much of an oversized body is read and dropped before the 413, as a multiple of the limit.
+_DRAIN_FACTOR = 4
 
 
 class BodyLimitMiddleware:
@@ -24,7 +27,7 @@ class BodyLimitMiddleware:
             return
         declared = next((v for k, v in scope["headers"] if k.lower() == b"content-length"), None)
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(send)
+            await self._refuse(receive, send)
             return
         chunks: list[bytes] = []
         size = 0
@@ -35,7 +38,7 @@ class BodyLimitMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await self._refuse(send)
+                await self._refuse(receive, send, more=message.get("more_body", False))
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -51,7 +54,22 @@ class BodyLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, send: Send) -> None:
-        message = f"The request body is larger than the server's limit of {self.max_bytes} bytes."
-        # The rest of the body is never read: the connection cannot be reused.
-        await send_error(send, APIError(413, message, code="request_too_large", headers={"connection": "close"}))
+    async def _refuse(self, receive: Receive, send: Send, *, more: bool = True) -> None:
+        """413, once the rest of the body is read and dropped (up to a bound).
+
+        Closing while the client still sends makes its kernel answer the remaining bytes with a
+        reset, which often destroys the 413 before the client reads it: so the body is drained
+        first, as nginx's lingering close does. A body past the bound gets the 413 and a close.
+        """
+        drained = 0
+        budget = _DRAIN_FACTOR * self.max_bytes
+        while more and drained <= budget:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client is gone: nobody to answer
+            drained += len(message.get("body", b""))
+            more = message.get("more_body", False)
+        text = f"The request body is larger than the server's limit of {self.max_bytes} bytes."
+        # With the body not read to its end, the connection cannot carry another request.
+        headers = {"connection": "close"} if more else {}
+        await send_error(send, APIError(413, text, code="request_too_large", headers=headers))

@@ -39,7 +39,7 @@ StopString = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, strict=True)
 
 
 class StreamOptions(_Request):

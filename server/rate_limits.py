@@ -41,20 +41,38 @@ def retry_after(seconds: float | None) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class _Window:
-    """One limit's state after a hit (or a refused one): what the headers report."""
+    """One limit's state after a hit (or a refused one), as ``limits``' sliding-window counter holds it.
+
+    That counter weighs the previous fixed minute's count by the share of the current minute
+    still to run, plus the current minute's count in full: ``previous * left / 60 + current``.
+    So room comes back as the previous minute's weight fades, and the current minute's hits only
+    start fading once it has ended.
+    """
 
     limit: int
-    remaining: int
+    previous: int  # hits counted in the previous fixed minute
+    current: int  # hits counted in this one
+    left_s: float  # seconds until this fixed minute ends
 
-    def refill_s(self, amount: int) -> float:
-        """Seconds until ``amount`` more units are free: a sliding window refills at limit/60 per second."""
-        return max(0, amount - self.remaining) * _WINDOW_S / self.limit
+    @property
+    def remaining(self) -> int:
+        return max(0, self.limit - math.floor(self.previous * self.left_s / _WINDOW_S + self.current))
+
+    def wait_s(self, amount: int) -> float:
+        """Seconds until ``amount`` more units fit (assuming no other hits meanwhile)."""
+        room = self.limit - amount
+        if self.current <= room:  # within this minute, as the previous one's weight fades
+            if self.previous == 0:
+                return 0.0
+            return max(0.0, self.left_s - (room - self.current) * _WINDOW_S / self.previous)
+        # After this minute ends, its hits become the fading previous ones.
+        return self.left_s + _WINDOW_S * (1 - room / self.current)
 
     def headers(self, unit: str) -> dict[str, str]:
         return {
             f"x-ratelimit-limit-{unit}": str(self.limit),
             f"x-ratelimit-remaining-{unit}": str(self.remaining),
-            f"x-ratelimit-reset-{unit}": duration(self.refill_s(self.limit)),
+            f"x-ratelimit-reset-{unit}": duration(self.wait_s(self.limit)),
         }
 
 
@@ -62,7 +80,8 @@ class RateLimits:
     """Counts each identity's requests and tokens in its own sliding one-minute windows."""
 
     def __init__(self) -> None:
-        self._limiter = SlidingWindowCounterRateLimiter(MemoryStorage())
+        self._storage = MemoryStorage()
+        self._limiter = SlidingWindowCounterRateLimiter(self._storage)
 
     def take(self, identity: str, unit: str, limit: int | None, cost: int) -> dict[str, str]:
         """Charge ``cost`` requests or tokens (``unit``) to ``identity``; the headers to send.
@@ -74,8 +93,11 @@ class RateLimits:
             return {}
         item = RateLimitItemPerMinute(limit)
         allowed = cost <= limit and self._limiter.hit(item, identity, unit, cost=cost)
-        stats = self._limiter.get_window_stats(item, identity, unit)
-        window = _Window(limit, int(stats.remaining))
+        previous, _, current, current_ttl = self._storage.get_sliding_window(
+            item.key_for(identity, unit), item.get_expiry()
+        )
+        # The current counter lives one minute past its own: what is left of this minute is the rest.
+        window = _Window(limit, previous, current, current_ttl - _WINDOW_S)
         headers = window.headers(unit)
         if allowed:
             return headers
@@ -87,7 +109,7 @@ class RateLimits:
                 headers=headers,
                 retryable=False,
             )
-        wait = window.refill_s(cost)
+        wait = window.wait_s(cost)
         raise APIError(
             429,
             f"Rate limit reached: {limit} {unit} per minute, {window.remaining} left. Try again in {duration(wait)}.",
