@@ -9,6 +9,9 @@ on a run, and how close ise's run (a ``compare`` results.json) came to it.
 ``ise bench compare`` starts every target on loopback (or in process), sends each in turn the
 identical requests, ``--repeats`` times over, alternating, stops them, and writes JSON, a
 Markdown table with ratios to the first target, PNG plots and ``benchmarks/RESULTS.md``.
+``ise bench soak`` sends thousands of short requests, a fifth of them abandoned by their clients
+and some read slowly or not at all, and checks every answer, that nothing hangs, and that the
+server comes back idle with its memory where it was.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from adapters.config import DTYPES, MODEL_IMPLS, QUANTIZATIONS
 from adapters.cpu.numerics import resolve_dtype
 from benchmarks import limits as machine_limits
 from benchmarks import quality as quantization_quality
+from benchmarks import soak as soak_test
 from benchmarks import static_batch
 from benchmarks import step as engine_step
 from benchmarks.clients import Client, HttpClient
@@ -40,7 +44,7 @@ from benchmarks.interference import measure, save, table
 from benchmarks.loadgen import LoadShape, run_load, warm_up
 from benchmarks.metrics import SLO, summarize
 from benchmarks.report import Run, machine, markdown_table, median_runs, plots, write_json
-from benchmarks.targets import TARGETS, TargetConfig
+from benchmarks.targets import TARGETS, TargetConfig, ise_server
 from benchmarks.workloads import RequestSpec, random_workload, shared_prefix_workload
 from server.settings import Settings
 
@@ -64,6 +68,36 @@ def _workload_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slo-tpot", type=float, default=0.1, help="goodput SLO: TPOT seconds")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+
+
+def _soak_args(soak: argparse.ArgumentParser) -> None:
+    d = soak_test.SoakOptions()
+    soak.add_argument("--base-url", help="soak a running server, e.g. http://127.0.0.1:8000/v1 (default: start ise)")
+    soak.add_argument("--model", help="model name the --base-url server serves")
+    soak.add_argument("--server-pid", type=int, help="process id of the --base-url server, to watch its memory")
+    soak.add_argument("--model-dir", type=Path, help="model directory of the server started here (default: built-in)")
+    soak.add_argument("--dtype", default="float32", choices=DTYPES, help="of the server started here")
+    soak.add_argument(
+        "--kv-cache-gib", type=float, default=0.5, help="of the server started here: less cache, plainer memory growth"
+    )
+    soak.add_argument("--max-num-seqs", type=int, default=32, help="of the server started here")
+    soak.add_argument("--requests", type=int, default=d.requests, help="requests after the warm-up")
+    soak.add_argument("--concurrency", type=int, default=d.concurrency, help="requests in flight at once")
+    soak.add_argument("--warmup", type=int, default=d.warmup, help="requests of the same mix before the RSS baseline")
+    soak.add_argument("--disconnect-fraction", type=float, default=d.disconnect_fraction)
+    soak.add_argument("--slow-fraction", type=float, default=d.slow_fraction)
+    soak.add_argument("--stalled-fraction", type=float, default=d.stalled_fraction)
+    soak.add_argument("--min-tokens", type=int, default=d.min_tokens, help="output tokens per choice, at least")
+    soak.add_argument("--max-tokens", type=int, default=d.max_tokens, help="output tokens per choice, at most")
+    soak.add_argument(
+        "--stream-send-timeout", type=float, default=d.send_timeout_s,
+        help="the server's --stream-send-timeout (set on the server started here)",
+    )  # fmt: skip
+    soak.add_argument("--request-timeout", type=float, default=d.request_timeout_s, help="a request past it hangs")
+    soak.add_argument("--max-duration", type=float, default=d.max_duration_s, help="no request starts after it")
+    soak.add_argument("--rss-growth", type=float, default=d.rss_growth, help="allowed growth of resident memory")
+    soak.add_argument("--seed", type=int, default=d.seed)
+    soak.add_argument("--out", type=Path, default=DEFAULT_OUT / "soak")
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -115,6 +149,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     quality.add_argument("--quantization", default="int8", choices=QUANTIZATIONS[1:])
     quality.add_argument("--text-file", type=Path, help="text to score (default: a built-in English passage)")
     quality.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    _soak_args(sub.add_parser("soak", help="many requests, a fifth abandoned: the server must come back clean"))
     compare = sub.add_parser("compare", help="start each target in turn and compare them")
     compare.add_argument("--targets", nargs="+", default=DEFAULT_TARGETS, choices=list(TARGETS))
     compare.add_argument("--dtype", default="auto", choices=DTYPES)
@@ -274,6 +309,47 @@ async def quality(args: argparse.Namespace) -> None:
     print(f"Wrote {args.out}/quality.json and quality.md")
 
 
+async def soak(args: argparse.Namespace) -> None:
+    options = soak_test.SoakOptions(
+        requests=args.requests,
+        concurrency=args.concurrency,
+        warmup=args.warmup,
+        disconnect_fraction=args.disconnect_fraction,
+        slow_fraction=args.slow_fraction,
+        stalled_fraction=args.stalled_fraction,
+        min_tokens=args.min_tokens,
+        max_tokens=args.max_tokens,
+        send_timeout_s=args.stream_send_timeout,
+        request_timeout_s=args.request_timeout,
+        max_duration_s=args.max_duration,
+        rss_growth=args.rss_growth,
+        seed=args.seed,
+    )
+    meta = _meta()
+    if args.base_url:
+        if not args.model:
+            raise SystemExit("--base-url needs --model")
+        root = args.base_url.rstrip("/").removesuffix("/v1")
+        meta["server"] = args.base_url
+        report = await soak_test.run_soak(soak_test.SoakTarget(root, args.model, args.server_pid), options)
+    else:
+        config = TargetConfig(
+            model_dir=_model_dir(args), dtype=args.dtype, log_dir=args.out / "logs", max_num_seqs=args.max_num_seqs
+        )
+        extra = ["--kv-cache-gib", str(args.kv_cache_gib), "--stream-send-timeout", str(args.stream_send_timeout)]
+        meta["server"] = "ise serve " + " ".join(
+            ["--dtype", args.dtype, "--max-num-seqs", str(args.max_num_seqs), *extra]
+        )
+        async with ise_server(config, *extra, name="soak-server") as server:
+            print(f"ise serve up at {server.root_url} (pid {server.pid})", flush=True)
+            target = soak_test.SoakTarget(server.root_url, server.model, server.pid, server.log_path)
+            report = await soak_test.run_soak(target, options)
+    print("\n" + soak_test.save(report, {**meta, "args": _jsonable(vars(args))}, args.out))
+    print(f"Wrote {args.out}/soak.json and soak.md")
+    if not report.passed:
+        raise SystemExit(1)
+
+
 async def compare(args: argparse.Namespace) -> None:
     model_dir, tokenizer = _tokenizer(args)
     dtype = str(resolve_dtype(args.dtype)).removeprefix("torch.")
@@ -413,6 +489,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
     "limits": limits,
     "quality": quality,
     "step": step,
+    "soak": soak,
 }
 
 

@@ -62,7 +62,7 @@ def _spawn(cmd: list[str], env: dict[str, str], log_path: Path) -> subprocess.Po
 @asynccontextmanager
 async def _process(
     name: str, cmd: list[str], env: dict[str, str], log_dir: Path, health_url: str, timeout_s: float
-) -> AsyncIterator[None]:
+) -> AsyncIterator[subprocess.Popen[bytes]]:
     """Run a server until the block ends; fail with its log if it dies or never gets healthy."""
     log_path = log_dir / f"{name}.log"
     proc = await asyncio.to_thread(_spawn, cmd, env, log_path)
@@ -80,7 +80,7 @@ async def _process(
                 except httpx.HTTPError:
                     pass
                 await asyncio.sleep(0.5)
-        yield
+        yield proc
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, 2)
@@ -105,15 +105,46 @@ async def _http_target(
             await client.aclose()
 
 
-def ise_http(
-    config: TargetConfig, *extra: str, env: dict[str, str] | None = None
-) -> AbstractAsyncContextManager[Client]:
-    port = _free_port()
-    cmd = [
+@dataclass(frozen=True)
+class IseServer:
+    """An ``ise serve`` process on loopback: where it listens, what it serves, and its process id."""
+
+    root_url: str
+    model: str
+    pid: int
+    log_path: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.root_url}/v1"
+
+
+def ise_command(config: TargetConfig, port: int, *extra: str) -> list[str]:
+    return [
         sys.executable, "-m", "server.cli", "serve", "--model", str(config.model_dir),
         "--served-model-name", "bench", "--port", str(port), "--dtype", config.dtype,
         "--max-num-seqs", str(config.max_num_seqs), "--log-level", "warning", *extra,
     ]  # fmt: skip
+
+
+@asynccontextmanager
+async def ise_server(
+    config: TargetConfig, *extra: str, name: str = "ise", env: dict[str, str] | None = None, timeout_s: float = 900
+) -> AsyncIterator[IseServer]:
+    """``ise serve`` with ``extra`` flags, healthy, until the block ends; its log is ``log_dir/NAME.log``."""
+    port = _free_port()
+    root = f"http://127.0.0.1:{port}"
+    cmd = ise_command(config, port, *extra)
+    environment = {**(env or os.environ), "PYTHONUNBUFFERED": "1"}
+    async with _process(name, cmd, environment, config.log_dir, root + "/health", timeout_s) as proc:
+        yield IseServer(root, "bench", proc.pid, config.log_dir / f"{name}.log")
+
+
+def ise_http(
+    config: TargetConfig, *extra: str, env: dict[str, str] | None = None
+) -> AbstractAsyncContextManager[Client]:
+    port = _free_port()
+    cmd = ise_command(config, port, *extra)
     name = "-".join(["ise-http", *(arg.removeprefix("--") for arg in extra)])
     return _http_target(name, cmd, env or dict(os.environ), config, port, "bench", vllm_fixed_length)
 
