@@ -12,6 +12,8 @@ Markdown table with ratios to the first target, PNG plots and ``benchmarks/RESUL
 ``ise bench soak`` sends thousands of short requests, a fifth of them abandoned by their clients
 and some read slowly or not at all, and checks every answer, that nothing hangs, and that the
 server comes back idle with its memory where it was.
+``ise bench admission`` overloads ise with and without ``--slo-ttft-ms`` (open-loop Poisson arrivals
+above capacity) and compares goodput: requests per second answered within the TTFT target.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from adapters.builtin_model import ensure_builtin_model
 from adapters.config import DTYPES, MODEL_IMPLS, QUANTIZATIONS
 from adapters.cpu.numerics import resolve_dtype
+from benchmarks import admission as admission_bench
 from benchmarks import limits as machine_limits
 from benchmarks import quality as quantization_quality
 from benchmarks import soak as soak_test
@@ -46,6 +49,7 @@ from benchmarks.metrics import SLO, summarize
 from benchmarks.report import Run, machine, markdown_table, median_runs, plots, write_json
 from benchmarks.targets import TARGETS, TargetConfig, ise_server
 from benchmarks.workloads import RequestSpec, random_workload, shared_prefix_workload
+from server.admission import SLO_HEADER
 from server.settings import Settings
 
 DEFAULT_TARGETS = ["ise", "engine", "transformers"]
@@ -100,6 +104,28 @@ def _soak_args(soak: argparse.ArgumentParser) -> None:
     soak.add_argument("--out", type=Path, default=DEFAULT_OUT / "soak")
 
 
+def _admission_args(parser: argparse.ArgumentParser) -> None:
+    d = admission_bench.AdmissionOptions()
+    parser.add_argument("--model-dir", type=Path, help="model directory (default: built-in)")
+    parser.add_argument("--dtype", default="auto", choices=DTYPES)
+    parser.add_argument("--max-num-seqs", type=int, default=32, help="of both servers")
+    parser.add_argument("--kv-cache-gib", type=float, help="of both servers (default: ise's)")
+    parser.add_argument("--slo-ttft", type=float, default=d.slo_ttft_s, help="TTFT target, seconds (--slo-ttft-ms)")
+    parser.add_argument("--slo-tpot", type=float, default=d.slo_tpot_s, help="TPOT bound of goodput, seconds (loose)")
+    parser.add_argument("--rate", type=float, help="arrivals per second (default: --overload x measured capacity)")
+    parser.add_argument("--overload", type=float, default=d.overload, help="arrival rate over the capacity")
+    parser.add_argument("--duration", type=float, default=d.duration_s, help="seconds of arrivals per run")
+    parser.add_argument("--grace", type=float, default=d.grace_s, help="seconds after the arrivals for the rest")
+    parser.add_argument("--input-len", type=int, default=128, help="prompt tokens")
+    parser.add_argument("--output-len", type=int, default=32, help="output tokens per request")
+    parser.add_argument("--calibration-requests", type=int, default=d.calibration_requests)
+    parser.add_argument("--calibration-concurrency", type=int, default=d.calibration_concurrency)
+    parser.add_argument("--warmup", type=int, default=d.warmup, help="warm-up requests per server, not measured")
+    parser.add_argument("--repeats", type=int, default=d.repeats, help="passes over both servers, alternating")
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT / "admission")
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="ise bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -150,6 +176,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     quality.add_argument("--text-file", type=Path, help="text to score (default: a built-in English passage)")
     quality.add_argument("--out", type=Path, default=DEFAULT_OUT)
     _soak_args(sub.add_parser("soak", help="many requests, a fifth abandoned: the server must come back clean"))
+    _admission_args(sub.add_parser("admission", help="goodput under overload with SLO admission and without"))
     compare = sub.add_parser("compare", help="start each target in turn and compare them")
     compare.add_argument("--targets", nargs="+", default=DEFAULT_TARGETS, choices=list(TARGETS))
     compare.add_argument("--dtype", default="auto", choices=DTYPES)
@@ -350,6 +377,81 @@ async def soak(args: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
+async def admission(args: argparse.Namespace) -> None:
+    model_dir, tokenizer = _tokenizer(args)
+    dtype = str(resolve_dtype(args.dtype)).removeprefix("torch.")
+    options = admission_bench.AdmissionOptions(
+        slo_ttft_s=args.slo_ttft,
+        slo_tpot_s=args.slo_tpot,
+        rate=args.rate,
+        overload=args.overload,
+        duration_s=args.duration,
+        grace_s=args.grace,
+        calibration_requests=args.calibration_requests,
+        calibration_concurrency=args.calibration_concurrency,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        seed=args.seed,
+    )
+    config = TargetConfig(model_dir=model_dir, dtype=dtype, log_dir=args.out / "logs", max_num_seqs=args.max_num_seqs)
+    engine = ["--kv-cache-gib", str(args.kv_cache_gib)] if args.kv_cache_gib else []
+    slo_ms = f"{args.slo_ttft * 1e3:g}"
+    variants = [("no admission control", None, engine), (f"--slo-ttft-ms {slo_ms}", args.slo_ttft * 1e3,
+                [*engine, "--slo-ttft-ms", slo_ms])]  # fmt: skip
+    meta = {
+        **_meta(),
+        "args": _jsonable(vars(args)),
+        "server": " ".join(["ise serve --dtype", dtype, "--max-num-seqs", str(args.max_num_seqs), *engine]),
+        "workload": f"random prompts of {args.input_len} tokens, {args.output_len} output tokens each "
+        "(ignore_eos), greedy",
+    }
+
+    def specs(count: int, seed: int, output_len: int | None = None) -> list[RequestSpec]:
+        out = output_len or args.output_len
+        return random_workload(tokenizer, count=count, input_len=args.input_len, output_len=out, seed=seed)
+
+    runs: list[admission_bench.OverloadRun] = []
+    async with contextlib.AsyncExitStack() as stack:
+        clients: list[tuple[str, float | None, admission_bench.AdmissionClient]] = []
+        for index, (label, slo, extra) in enumerate(variants):
+            started = time.monotonic()
+            server = await stack.enter_async_context(ise_server(config, *extra, name=f"admission-{index}"))
+            client = admission_bench.AdmissionClient(server.base_url, server.model)
+            stack.push_async_callback(client.aclose)
+            if args.warmup:
+                # A target no warm-up request can miss: a cold start's slow first tokens must not
+                # get the warm-up refused (the TTFT model still learns from every one of them).
+                client.http.headers[SLO_HEADER] = "600000"
+                await warm_up(client, specs(args.warmup, args.seed + 10_000, output_len=16), 4)
+                del client.http.headers[SLO_HEADER]
+            print(f"{label}: ready in {time.monotonic() - started:.0f} s (pid {server.pid})", flush=True)
+            clients.append((label, slo, client))
+        rate = args.rate
+        if rate is None:
+            calibration = specs(args.calibration_requests, args.seed + 20_000)
+            capacity = await admission_bench.calibrate(clients[0][2], calibration, args.calibration_concurrency)
+            meta["capacity_rps"] = capacity
+            rate = args.overload * capacity
+            print(f"capacity {capacity:.2f} req/s; overload at {rate:.2f} req/s", flush=True)
+        for repeat in range(args.repeats):
+            workload = specs(admission_bench.request_count(rate, options), args.seed + 1000 * repeat)
+            # Alternate which server goes first, so a drift of a shared machine hits both alike.
+            for label, slo, client in clients if repeat % 2 == 0 else clients[::-1]:
+                records, wall = await admission_bench.overload(client, workload, rate, options, label)
+                run = admission_bench.OverloadRun(label, slo, repeat, rate, records, wall)
+                runs.append(run)
+                s = run.summary(options)
+                print(
+                    f"{label:28s} pass {repeat + 1}: sent {s['sent']}, completed {s['completed']}, refused "
+                    f"{s['refused']}, failed {s['failed']}, goodput {s['goodput']:.2f} req/s, TTFT p50 "
+                    f"{s['ttft']['p50'] * 1e3:.0f} ms p99 {s['ttft']['p99'] * 1e3:.0f} ms, {wall:.0f} s",
+                    flush=True,
+                )
+                await admission_bench.settle(client)
+    print("\n" + admission_bench.save(runs, options, meta, args.out))
+    print(f"Wrote {args.out}/admission.json, admission.md and admission.png")
+
+
 async def compare(args: argparse.Namespace) -> None:
     model_dir, tokenizer = _tokenizer(args)
     dtype = str(resolve_dtype(args.dtype)).removeprefix("torch.")
@@ -490,6 +592,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
     "quality": quality,
     "step": step,
     "soak": soak,
+    "admission": admission,
 }
 
 

@@ -1,0 +1,304 @@
+"""``ise bench admission``: goodput under overload, with SLO admission (``--slo-ttft-ms``) and without.
+
+Two ``ise serve`` processes with the same engine settings, one of them with a TTFT target, each
+driven by the same open-loop overload: Poisson arrivals at ``--overload`` times the rate the server
+sustains (measured first, closed-loop at ``--max-num-seqs`` streams, unless ``--rate`` is given),
+a fixed number of requests (rate x duration), the same seeded prompts in the same order. A client
+never retries: a 429 is counted as refused, by its code.
+
+Goodput is what counts under overload: requests per second that completed with TTFT within the
+target and TPOT within a loose bound (a server whose queue grows without end answers everything,
+late). Without admission the queue grows for as long as the overload lasts, so almost every
+request waits past the target; with it, the server refuses at once what it cannot start in time,
+and those it admits start on time. Both runs are timed from the first request sent to the last
+answered, so a server still working off its queue after the arrivals stop is charged for it.
+Warm-up requests carry ``x-slo-ttft-ms: 600000``: none is refused, and the server's TTFT model
+learns from all of them before the overload starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from benchmarks.clients import HttpClient, count_tokens
+from benchmarks.loadgen import LoadShape, run_load
+from benchmarks.metrics import Distribution, RequestRecord
+from benchmarks.workloads import RequestSpec
+
+
+@dataclass(frozen=True)
+class AdmissionOptions:
+    slo_ttft_s: float = 1.0
+    slo_tpot_s: float = 0.5  # loose: the admission control is about TTFT
+    rate: float | None = None  # arrivals per second; None: overload x the measured capacity
+    overload: float = 2.5
+    duration_s: float = 60.0  # of arrivals: rate x duration requests
+    grace_s: float = 600.0  # after the last arrival, for the requests still running
+    calibration_requests: int = 128  # four waves of the closed loop below
+    calibration_concurrency: int = 32
+    warmup: int = 16
+    repeats: int = 1
+    seed: int = 0
+
+
+@dataclass
+class AdmissionRecord(RequestRecord):
+    status: int | None = None  # HTTP status; None when no response came
+    code: str | None = None  # the error's code, for a refusal
+
+
+_CODE = re.compile(rb'"code"\s*:\s*"([^"]+)"')
+
+
+class AdmissionClient(HttpClient):
+    """Streams like ``HttpClient``, and keeps each response's status and error code; never retries."""
+
+    async def send(self, spec: RequestSpec) -> AdmissionRecord:
+        url = f"{self.base_url}/{'chat/completions' if spec.api == 'chat' else 'completions'}"
+        start = time.perf_counter()
+        record = AdmissionRecord()
+        texts: list[str] = []
+        try:
+            async with self.http.stream("POST", url, json=self.payload(spec)) as response:
+                record.status = response.status_code
+                if response.status_code != 200:
+                    body = await response.aread()
+                    match = _CODE.search(body)
+                    record.code = match.group(1).decode() if match else None
+                    record.error = f"HTTP {response.status_code} {record.code}"
+                    record.latency = time.perf_counter() - start
+                    return record
+                async for line in response.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    self._take_chunk(json.loads(data), time.perf_counter() - start, record, texts)
+                    if record.error:
+                        break
+        except (httpx.HTTPError, json.JSONDecodeError) as exc:
+            record.error = repr(exc)
+        record.latency = time.perf_counter() - start
+        if not record.output_tokens:
+            record.output_tokens = count_tokens("".join(texts))
+        return record
+
+
+@dataclass
+class OverloadRun:
+    label: str
+    slo_ttft_ms: float | None  # the server's --slo-ttft-ms; None: no admission control
+    repeat: int
+    rate: float
+    records: list[AdmissionRecord]
+    wall_s: float
+
+    def refused(self) -> dict[str, int]:
+        codes: dict[str, int] = {}
+        for r in self.records:
+            if r.status == 429:
+                codes[r.code or "?"] = codes.get(r.code or "?", 0) + 1
+        return codes
+
+    def completed(self) -> list[AdmissionRecord]:
+        return [r for r in self.records if r.ok]
+
+    def good(self, options: AdmissionOptions) -> list[AdmissionRecord]:
+        def met(r: AdmissionRecord) -> bool:
+            tpot = r.tpot
+            return r.ttft is not None and r.ttft <= options.slo_ttft_s and (tpot is None or tpot <= options.slo_tpot_s)
+
+        return [r for r in self.completed() if met(r)]
+
+    def summary(self, options: AdmissionOptions) -> dict[str, Any]:
+        done = self.completed()
+        refused = self.refused()
+        good = self.good(options)
+        ttft = Distribution.of([r.ttft for r in done if r.ttft is not None])
+        tpot = Distribution.of([t for r in done if (t := r.tpot) is not None])
+        return {
+            "label": self.label,
+            "slo_ttft_ms": self.slo_ttft_ms,
+            "repeat": self.repeat,
+            "offered_rate": self.rate,
+            "sent": len(self.records),
+            "completed": len(done),
+            "refused": sum(refused.values()),
+            "refused_by_code": refused,
+            "failed": len(self.records) - len(done) - sum(refused.values()),
+            "good": len(good),
+            "wall_s": self.wall_s,
+            "goodput": len(good) / self.wall_s if self.wall_s > 0 else 0.0,
+            "completed_per_s": len(done) / self.wall_s if self.wall_s > 0 else 0.0,
+            "admitted_within_slo": len(good) / len(done) if done else float("nan"),
+            "ttft": asdict(ttft),
+            "ttft_max": max((r.ttft for r in done if r.ttft is not None), default=float("nan")),
+            "tpot": asdict(tpot),
+        }
+
+
+async def calibrate(client: AdmissionClient, specs: list[RequestSpec], concurrency: int) -> float:
+    """Requests per second the server sustains: closed-loop at ``concurrency`` streams."""
+    result = await run_load(client, specs, LoadShape(concurrency=concurrency), desc="capacity")
+    done = [r for r in result.records if r.ok]
+    if not done or result.duration_s <= 0:
+        raise RuntimeError(f"capacity run failed: {[r.error for r in result.records][:3]}")
+    return len(done) / result.duration_s
+
+
+async def overload(
+    client: AdmissionClient, specs: list[RequestSpec], rate: float, options: AdmissionOptions, label: str
+) -> tuple[list[AdmissionRecord], float]:
+    """Poisson arrivals of every spec at ``rate``; the records and the wall time, first send to last answer."""
+    shape = LoadShape(rate=rate, max_duration_s=2 * options.duration_s, grace_s=options.grace_s, seed=options.seed)
+    started = time.perf_counter()
+    result = await run_load(client, specs, shape, desc=label)
+    records = [r if isinstance(r, AdmissionRecord) else AdmissionRecord(error=r.error) for r in result.records]
+    ends = [r.start + r.latency for r in records if r.status is not None]
+    wall = max(ends) if ends else time.perf_counter() - started
+    if any(r.status is None for r in records):  # cut off or failed without an answer: charge the whole wait
+        wall = max(wall, time.perf_counter() - started)
+    return records, wall
+
+
+async def settle(client: AdmissionClient, timeout_s: float = 600) -> None:
+    """Wait until the server has no request left (a refused client's request may still be aborting)."""
+    root = client.base_url.removesuffix("/v1")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = (await client.http.get(f"{root}/metrics")).text
+        busy = re.search(r"^ise_num_requests_(running|waiting) [1-9]", text, re.MULTILINE)
+        if not busy:
+            return
+        await asyncio.sleep(0.5)
+
+
+def markdown(runs: list[OverloadRun], options: AdmissionOptions, meta: dict[str, Any]) -> str:
+    m = meta["machine"]
+    rate = runs[0].rate if runs else float("nan")
+    capacity = meta.get("capacity_rps")
+    streams = options.calibration_concurrency
+    how = f"{options.overload:g}x the {capacity:.2f} req/s sustained at {streams} streams" if capacity else "--rate"
+    lines = [
+        "# Goodput under overload: SLO admission against none",
+        "",
+        f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB RAM; ise {m['ise_commit']}",
+        f"- Servers: `{meta['server']}`, and the same with `--slo-ttft-ms {options.slo_ttft_s * 1e3:g}`",
+        f"- Load: Poisson arrivals at {rate:.2f} req/s ({how}), {len(runs[0].records) if runs else 0} requests "
+        f"per run ({options.duration_s:g} s of arrivals), {meta['workload']}; no retries",
+        f"- Goodput: requests completed with TTFT <= {options.slo_ttft_s * 1e3:g} ms and TPOT <= "
+        f"{options.slo_tpot_s * 1e3:g} ms, per second of the run (first request sent to last answered)",
+        f"- Command: `{meta['command']}`",
+        "",
+        "| server | pass | sent | completed | refused (429) | failed | goodput req/s | completed req/s | "
+        "admitted within SLO | TTFT p50 / p90 / p99 / max ms (completed) | TPOT p50 ms | run s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    notes = []
+    for run in runs:
+        s = run.summary(options)
+        codes = ", ".join(f"{k} {v}" for k, v in sorted(s["refused_by_code"].items()))
+        t = s["ttft"]
+        ttft = " / ".join(_ms(v) for v in (t["p50"], t["p90"], t["p99"], s["ttft_max"]))
+        within = "—" if math.isnan(s["admitted_within_slo"]) else f"{s['admitted_within_slo']:.0%}"
+        lines.append(
+            f"| {run.label} | {run.repeat + 1} | {s['sent']} | {s['completed']} | {s['refused']}"
+            f"{f' ({codes})' if codes else ''} | {s['failed']} | **{s['goodput']:.2f}** | {s['completed_per_s']:.2f} "
+            f"| {within} | {ttft} | {_ms(s['tpot']['p50'])} | {s['wall_s']:.0f} |"
+        )
+        if s["refused_by_code"].get("slo_unattainable") == s["sent"]:
+            notes.append(
+                f"- {run.label}, pass {run.repeat + 1}: every request was refused as slo_unattainable, the "
+                "server's TTFT model predicting a miss even on an idle server. It learns only from requests "
+                "it admits, so once it predicts that it never admits another (a slow spell or a cold start "
+                "is enough)."
+            )
+    return "\n".join([*lines, "", *notes]) + "\n"
+
+
+def _ms(seconds: float) -> str:
+    return "—" if math.isnan(seconds) else f"{seconds * 1e3:.0f}"
+
+
+def _median_run(runs: list[OverloadRun], label: str, options: AdmissionOptions) -> OverloadRun | None:
+    mine = sorted((r for r in runs if r.label == label), key=lambda r: len(r.good(options)))
+    return mine[(len(mine) - 1) // 2] if mine else None
+
+
+def plot(runs: list[OverloadRun], options: AdmissionOptions, path: Path) -> Path:
+    """TTFT of each request against when it was sent, per server; and the rates side by side."""
+    labels = list(dict.fromkeys(r.label for r in runs))
+    chosen = [run for label in labels if (run := _median_run(runs, label, options)) is not None]
+    colors = [plt.get_cmap("tab10")(i) for i in range(10)]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [3, 2]})
+    for color, run in zip(colors, chosen, strict=False):
+        done = [r for r in run.completed() if r.ttft is not None]
+        refused = [r for r in run.records if r.status == 429]
+        left.scatter([r.start for r in done], [r.ttft or 0 for r in done], s=6, color=color, label=f"{run.label}: TTFT")
+        if refused:
+            left.scatter(
+                [r.start for r in refused], [r.latency for r in refused], s=10, marker="x", color=color, alpha=0.5,
+                label=f"{run.label}: refused (time to the 429)",
+            )  # fmt: skip
+    left.axhline(options.slo_ttft_s, color="black", linestyle="--", linewidth=1, label="TTFT target")
+    left.set_yscale("log")
+    left.set_xlabel("request sent at (s)")
+    left.set_ylabel("seconds")
+    left.set_title("Time to first token under overload")
+    left.grid(True, alpha=0.3, which="both")
+    left.legend(fontsize=7)
+    metrics: list[tuple[str, Callable[[OverloadRun], float]]] = [
+        ("offered", lambda r: r.rate),
+        ("completed", lambda r: len(r.completed()) / r.wall_s),
+        ("goodput", lambda r: len(r.good(options)) / r.wall_s),
+        ("refused", lambda r: sum(r.refused().values()) / r.wall_s),
+    ]
+    width = 0.8 / max(len(chosen), 1)
+    for i, (color, run) in enumerate(zip(colors, chosen, strict=False)):
+        xs = [j + i * width for j in range(len(metrics))]
+        right.bar(xs, [value(run) for _, value in metrics], width=width, color=color, label=run.label)
+    right.set_xticks([j + width * (len(chosen) - 1) / 2 for j in range(len(metrics))], [n for n, _ in metrics])
+    right.set_ylabel("requests per second")
+    right.set_title("Rates (goodput: TTFT and TPOT within target)")
+    right.grid(True, axis="y", alpha=0.3)
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def save(runs: list[OverloadRun], options: AdmissionOptions, meta: dict[str, Any], out: Path) -> str:
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {
+        **meta,
+        "options": asdict(options),
+        "runs": [
+            {**run.summary(options), "records": [asdict(r) for r in run.records]}
+            for run in runs
+        ],
+    }  # fmt: skip
+    (out / "admission.json").write_text(json.dumps(payload, indent=1, allow_nan=True))
+    text = markdown(runs, options, meta)
+    (out / "admission.md").write_text(text)
+    plot(runs, options, out / "admission.png")
+    return text
+
+
+def request_count(rate: float, options: AdmissionOptions) -> int:
+    return max(1, math.ceil(rate * options.duration_s))
