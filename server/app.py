@@ -13,17 +13,43 @@ from server.access_log import AccessLogMiddleware
 from server.auth import APIKeyMiddleware, Keyring
 from server.body_limit import BodyLimitMiddleware
 from server.errors import install_error_handlers
+from server.protocol import ChatCompletionRequest, CompletionRequest
 from server.rate_limits import RATE_LIMIT_HEADERS
 from server.request_id import RequestIdMiddleware
 from server.routes import router, stream_schemas
 from server.state import ServerState
+
+_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
+
+def _exact_bounds(published: Any, exact: Any) -> None:
+    """Put pydantic's integer bounds back where FastAPI's schema model made them floats.
+
+    FastAPI types ``maximum`` as a float, so the seed's 2**63 - 1 is published as
+    9.223372036854776e18, which is 2**63: a schema-driven client would send a seed ise refuses.
+    """
+    if isinstance(published, dict) and isinstance(exact, dict):
+        for key, value in exact.items():
+            if key in _BOUNDS and isinstance(value, int):
+                published[key] = value
+            elif key in published:
+                _exact_bounds(published[key], value)
+    elif isinstance(published, list) and isinstance(exact, list):
+        for p, e in zip(published, exact, strict=False):
+            _exact_bounds(p, e)
 
 
 class _App(FastAPI):
     def openapi(self) -> dict[str, Any]:
         """FastAPI's schema, plus the models that only the completions' event streams carry."""
         if self.openapi_schema is None:
-            super().openapi()["components"]["schemas"].update(stream_schemas())
+            schemas = super().openapi()["components"]["schemas"]
+            schemas.update(stream_schemas())
+            for model in (ChatCompletionRequest, CompletionRequest):
+                exact = model.model_json_schema()
+                _exact_bounds(schemas[model.__name__], exact)
+                for name, definition in exact.get("$defs", {}).items():
+                    _exact_bounds(schemas.get(name), definition)
         return super().openapi()
 
 
