@@ -87,3 +87,10 @@ async def test_health_answers_as_documented(http: httpx.AsyncClient) -> None:
     metrics = await http.get("/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
     assert "ise_engine_alive 1.0" in metrics.text
+
+
+def test_integer_bounds_are_exact(spec: dict[str, Any]) -> None:
+    """A client generating requests from the schema must not get a seed the server refuses."""
+    for name in ("ChatCompletionRequest", "CompletionRequest"):
+        [integer, _] = spec["components"]["schemas"][name]["properties"]["seed"]["anyOf"]
+        assert (integer["minimum"], integer["maximum"]) == (-(2**63), 2**63 - 1)
