@@ -63,7 +63,7 @@ def admit(raw: Request, state: ServerState, job: Job) -> tuple[Ticket, dict[str,
     slo = _slo_header(raw)
     with _counted(state):
         headers = state.rate_limits.take(key_name(raw), "tokens", limit, cost)
-        return state.admission.admit(prompt_tokens, slo), headers
+        return state.admission.admit(prompt_tokens, slo, len(job.prompts) * job.n), headers
 
 
 def _slo_header(raw: Request) -> float | None:

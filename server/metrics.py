@@ -81,7 +81,7 @@ class Metrics:
         self.rejected = Counter(
             "ise_requests_rejected",
             "Requests refused before admission, by reason: unauthorized keys are not counted here "
-            "(rate_limit, server_overloaded, slo_exceeded, slo_unattainable, server_shutting_down)",
+            "(rate_limit_exceeded, server_overloaded, slo_exceeded, server_shutting_down)",
             ["reason"],
             registry=self.registry,
         )

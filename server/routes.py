@@ -40,7 +40,7 @@ _ERRORS = {
     413: "The request body is over --max-request-body-bytes (code request_too_large).",
     429: "Refused before any work, with Retry-After: the key's rate limit (rate_limit_exceeded), a full "
     "waiting queue (server_overloaded), or a time-to-first-token target the server would miss "
-    "(slo_exceeded; slo_unattainable when no retry can meet it).",
+    "(slo_exceeded).",
     500: "The request failed in the server; other requests are unaffected.",
     503: "The engine is not running (code engine_dead, not worth a retry), or the server is shutting down "
     "(server_shutting_down).",

@@ -26,12 +26,13 @@ class ServerState:
     sampling_defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
     created: int = field(default_factory=now)
     gateway: GatewayArgs = field(default_factory=GatewayArgs)
+    batch_slots: int | None = None  # the engine's --max-num-seqs, for predicting slot waits
     admission: Admission = field(init=False)
     rate_limits: RateLimits = field(init=False, default_factory=RateLimits)
     metrics: Metrics = field(init=False)
 
     def __post_init__(self) -> None:
-        self.admission = Admission(self.gateway)
+        self.admission = Admission(self.gateway, self.batch_slots)
         self.metrics = Metrics(self.engine, self.admission)
 
     @property
