@@ -17,6 +17,7 @@ from adapters.model_info import ModelInfo
 from server.app import create_app
 from server.command_line import split_serve_args
 from server.drain import DrainingServer
+from server.event_stream import UnfinishedStreamFilter
 from server.generation import SamplingDefaults
 from server.request_id import RequestIdLogFilter
 from server.settings import Settings
@@ -72,6 +73,7 @@ def serve(argv: list[str]) -> None:
     )
     for handler in logging.getLogger().handlers:
         handler.addFilter(RequestIdLogFilter())
+    logging.getLogger("uvicorn.error").addFilter(UnfinishedStreamFilter())
     state = build_state(settings, args.engine)
     try:
         app = create_app(

@@ -15,10 +15,10 @@ from typing import Protocol, TypeVar
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
-from sse_starlette import EventSourceResponse
 
 from server.admission import Ticket
 from server.errors import APIError, error_body, generation_error, invalid_request
+from server.event_stream import EventStream
 from server.gateway import admit, charge_request
 from server.generation import ChoiceEvent, Generation, Job, build_job
 from server.protocol import (
@@ -207,7 +207,7 @@ async def _respond(
         async def client_gone(_: object) -> None:
             ticket.client_gone = True
 
-        return EventSourceResponse(
+        return EventStream(
             _sse(events, job, fmt, include_usage, ticket, state),
             sep="\n",
             headers=headers,
