@@ -209,7 +209,6 @@ def markdown(runs: list[OverloadRun], options: AdmissionOptions, meta: dict[str,
         "admitted within SLO | TTFT p50 / p90 / p99 / max ms (completed) | TPOT p50 ms | run s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    notes = []
     for run in runs:
         s = run.summary(options)
         codes = ", ".join(f"{k} {v}" for k, v in sorted(s["refused_by_code"].items()))
@@ -221,14 +220,7 @@ def markdown(runs: list[OverloadRun], options: AdmissionOptions, meta: dict[str,
             f"{f' ({codes})' if codes else ''} | {s['failed']} | **{s['goodput']:.2f}** | {s['completed_per_s']:.2f} "
             f"| {within} | {ttft} | {_ms(s['tpot']['p50'])} | {s['wall_s']:.0f} |"
         )
-        if s["refused_by_code"].get("slo_unattainable") == s["sent"]:
-            notes.append(
-                f"- {run.label}, pass {run.repeat + 1}: every request was refused as slo_unattainable, the "
-                "server's TTFT model predicting a miss even on an idle server. It learns only from requests "
-                "it admits, so once it predicts that it never admits another (a slow spell or a cold start "
-                "is enough)."
-            )
-    return "\n".join([*lines, "", *notes]) + "\n"
+    return "\n".join(lines) + "\n"
 
 
 def _ms(seconds: float) -> str:

@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
-import openai
 import pytest
 
 from tests.real.conftest import ServerHandle, running_server, user
@@ -92,15 +91,13 @@ async def test_a_burst_is_refused_by_the_slo_but_a_lone_request_is_not(slo_serve
         assert refused == outcomes[(429, "slo_exceeded")]
 
 
-def test_a_target_no_server_could_meet_is_not_retried(slo_server: ServerHandle) -> None:
-    """A request's own ``x-slo-ttft-ms`` below even an idle server's prediction: no retry can help."""
+def test_an_idle_server_admits_whatever_the_target(slo_server: ServerHandle) -> None:
+    """A request scheduled at once is never refused: refusing it helps no one, and a server that
+    refused every lone request would never measure that its predictions had become wrong."""
     attempts = Attempts()
-    with (
-        attempts.client(slo_server.base_url, "unused", max_retries=2) as client,
-        pytest.raises(openai.RateLimitError) as caught,
-    ):
-        client.chat.completions.create(
+    with attempts.client(slo_server.base_url, "unused", max_retries=0) as client:
+        reply = client.chat.completions.create(
             model=slo_server.model, messages=user(PROMPT), max_tokens=1, extra_headers={"x-slo-ttft-ms": "1"}
         )
-    assert caught.value.code == "slo_unattainable"
-    assert attempts.statuses == [429] and attempts.responses[0].headers["x-should-retry"] == "false"
+    assert reply.choices[0].finish_reason == "length"
+    assert attempts.statuses == [200]

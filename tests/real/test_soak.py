@@ -108,11 +108,6 @@ def test_resident_memory_does_not_grow(soak: tuple[SoakReport, Path]) -> None:
     _assert_check(report, "resident memory after warm-up vs at the end")
 
 
-@pytest.mark.xfail(
-    reason="a stream dropped after --stream-send-timeout logs SendTimeoutError as an unhandled exception, twice "
-    "(server.errors and uvicorn); see benchmarks/soak.py's report",
-    strict=False,
-)
 def test_the_server_log_has_no_unhandled_exception(soak: tuple[SoakReport, Path]) -> None:
     report, _ = soak
     _assert_check(report, "no unhandled exception in the server log")
