@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
 from adapters.engine import (
@@ -39,12 +39,15 @@ class Reply:
     the end of the list come at once). With ``fail_at`` set, the fake fails just before that
     token (0-based): ``"request"`` fails this request alone with ``RequestFailedError``;
     ``"engine"`` kills the engine, failing every in-flight request with ``EngineDeadError``.
+    ``gates`` holds a token back until the test opens its gate: ``{0: event}`` keeps the request
+    waiting for its first token until ``event`` is set (after that token's delay).
     """
 
     token_ids: Sequence[int]
     delays: float | Sequence[float] = 0.0
     fail_at: int | None = None
     failure: Literal["request", "engine"] = "request"
+    gates: Mapping[int, asyncio.Event] = field(default_factory=dict)
 
     def delay(self, index: int) -> float:
         if isinstance(self.delays, float | int):
@@ -105,6 +108,8 @@ class FakeEngine:
         try:
             for index, token in enumerate(reply.token_ids):
                 await self._wait(reply.delay(index))
+                if index in reply.gates:
+                    await self._wait_for(reply.gates[index])
                 if index == reply.fail_at:
                     self._fail(reply.failure)
                 reason = self._finish_reason(request, token, index + 1)
@@ -123,6 +128,17 @@ class FakeEngine:
         """Sleep before a token (yielding to other requests even at 0 s), unless the engine stops."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopped.wait(), seconds)
+        if self._stopped.is_set():
+            raise EngineDeadError("The engine failed: injected failure")
+
+    async def _wait_for(self, gate: asyncio.Event) -> None:
+        """Wait until ``gate`` opens, unless the engine stops first."""
+        stopped, opened = asyncio.ensure_future(self._stopped.wait()), asyncio.ensure_future(gate.wait())
+        try:
+            await asyncio.wait({stopped, opened}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            opened.cancel()
         if self._stopped.is_set():
             raise EngineDeadError("The engine failed: injected failure")
 
