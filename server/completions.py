@@ -197,7 +197,9 @@ async def _respond(
 ) -> Response:
     """Admit the job, then answer: every refusal comes before the response starts."""
     if not state.engine.is_alive:
-        raise APIError(503, "The engine is not running; the server cannot serve requests.", retryable=False)
+        raise APIError(
+            503, "The engine is not running; the server cannot serve requests.", code="engine_dead", retryable=False
+        )
     ticket, token_headers = admit(raw, state, job)
     raw.state.ticket = ticket  # for the request's log line
     headers = {**headers, **token_headers}

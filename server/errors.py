@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from http import HTTPStatus
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -116,12 +117,29 @@ async def _api_error(_: Request, exc: Exception) -> JSONResponse:
     return api_error_response(generation_error(exc))
 
 
+def _param(body: Any, loc: list[Any], missing: bool) -> str | None:
+    """The error's location as the client wrote it: ``messages.0.content``, not pydantic's
+    ``messages.0.content.str`` (a union's branch name); a missing field's own name is kept."""
+    path: list[str] = []
+    node = body
+    for part in loc:
+        if (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        ):
+            node = node[part]
+        else:
+            if missing:
+                path.append(str(part))
+            break
+        path.append(str(part))
+    return ".".join(path) or None
+
+
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
     first = errors[0] if errors else {}
-    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
-    param = ".".join(loc) or None
+    param = _param(exc.body, [part for part in first.get("loc", ()) if part != "body"], first.get("type") == "missing")
     if first.get("type") == "json_invalid":
         message = "The request body is not valid JSON."
     elif first.get("type") == "missing":

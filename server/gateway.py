@@ -62,8 +62,14 @@ def admit(raw: Request, state: ServerState, job: Job) -> tuple[Ticket, dict[str,
     cost = prompt_tokens + job.n * sum(p.max_tokens for p in job.params)
     slo = _slo_header(raw)
     with _counted(state):
-        headers = state.rate_limits.take(key_name(raw), "tokens", limit, cost)
-        return state.admission.admit(prompt_tokens, slo, len(job.prompts) * job.n), headers
+        # Admitted first: a request the server cannot take must not use up the key's tokens.
+        ticket = state.admission.admit(prompt_tokens, slo, len(job.prompts) * job.n)
+        try:
+            headers = state.rate_limits.take(key_name(raw), "tokens", limit, cost)
+        except APIError:
+            ticket.end()
+            raise
+        return ticket, headers
 
 
 def _slo_header(raw: Request) -> float | None:

@@ -15,7 +15,7 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_serializer
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_serializer
 
 from adapters.engine import SEED_MAX, SEED_MIN
 
@@ -35,6 +35,18 @@ MAX_PROMPTS = 256  # a batch of prompts in one text completion
 MAX_CHOICES = 128  # prompts x n: each one a request in the engine
 
 Name = Annotated[str, Field(max_length=MAX_NAME_CHARS)]
+
+
+def _null_is(default: Any, schema: Any) -> BeforeValidator:
+    """OpenAI's nullable fields: ``null`` means the default (clients send unset options as null).
+
+    ``schema`` is the field's type with its bounds, published as ``schema | None``.
+    """
+    return BeforeValidator(lambda value: default if value is None else value, json_schema_input_type=schema | None)
+
+
+Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+Choices = Annotated[int, Field(ge=1, le=MAX_CHOICES)]
 StopString = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
 
 
@@ -55,10 +67,10 @@ class SamplingFields(_Request):
     top_k: int | None = Field(None, ge=-1)
     seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
     stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS)] | None = None
-    n: int = Field(1, ge=1, le=MAX_CHOICES)
-    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    stream: bool = False
+    n: Annotated[Choices, _null_is(1, Choices)] = 1
+    presence_penalty: Annotated[Penalty, _null_is(0.0, Penalty)] = 0.0
+    frequency_penalty: Annotated[Penalty, _null_is(0.0, Penalty)] = 0.0
+    stream: Annotated[bool, _null_is(False, bool)] = False
     stream_options: StreamOptions | None = None
     user: Name | None = None
     logprobs: Any = None
@@ -136,7 +148,7 @@ class CompletionRequest(SamplingFields):
     )
     # OpenAI's legacy completions stop at 16 tokens unless told otherwise.
     max_tokens: int | None = Field(16, ge=1)
-    echo: bool = False
+    echo: Annotated[bool, _null_is(False, bool)] = False
     suffix: str | None = None
     best_of: int | None = None
 

@@ -552,11 +552,6 @@ async def test_every_refusal_is_counted_by_its_reason(fake: FakeEngine, tiny: Ti
 REASONS = ("rate_limit_exceeded", "server_overloaded", "slo_exceeded", "server_shutting_down", "invalid_api_key")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: server/gateway.py admit() charges the key's tokens per minute before the admission "
-    "decides, so a request refused as server_overloaded/slo_* still uses up the key's tokens",
-)
 async def test_a_refused_request_costs_the_key_no_tokens(fake: FakeEngine, tiny: TinyModel, clock: Clock) -> None:
     gated = Gated(fake, tiny)
     limits: dict[str, Any] = {"api_key": ["k"], "tokens_per_minute": 20, "max_waiting_requests": 1}

@@ -262,11 +262,6 @@ def _real_path(body: Any, param: str) -> bool:
 HI = [{"role": "user", "content": "hi"}]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a wrongly typed union field's 400 names pydantic's union branch as the param "
-    "('stop.constrained-str', 'prompt.str', 'messages.0.content.str'), not the field (server/errors.py)",
-)
 @pytest.mark.parametrize(
     ("path", "body"),
     [
@@ -285,11 +280,6 @@ async def test_a_wrongly_typed_union_field_is_named_as_sent(http: httpx.AsyncCli
     assert _real_path(body, param), param
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: OpenAI's nullable fields sent as null (as clients that serialize unset options do) are "
-    "400s: n, presence_penalty, frequency_penalty, stream, echo are not Optional in server/protocol.py",
-)
 @pytest.mark.parametrize(
     ("path", "field"),
     [

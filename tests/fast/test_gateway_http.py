@@ -267,11 +267,6 @@ async def test_a_dead_engine_says_do_not_retry(
     assert len(fake.requests) == requests
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: once the engine is dead, a new completion's 503 (server/completions.py _respond) has code "
-    "null, not engine_dead as /health, the dying request and the OpenAPI description say",
-)
 async def test_every_dead_engine_503_says_engine_dead(
     http: httpx.AsyncClient, fake: FakeEngine, tiny: TinyModel
 ) -> None:
