@@ -104,9 +104,13 @@ def vllm_engine_args(args: EngineArgs, model: ModelInfo, argv: Sequence[str]) ->
         # server too. Its fp64 path samples with torch instead and answers "Paris"; a later
         # --no-use-fp64-gumbel still wins.
         platform.append("--use-fp64-gumbel")
+    # Safetensors only, as on ise's CPU engine: vLLM's "auto" falls back to pickled checkpoints
+    # (pytorch_model.bin). A --load-format of the user's (the [vllm] table, the command line) wins.
+    chosen = "load_format" in args.vllm or any(flag.split("=")[0] == "--load-format" for flag in argv)
+    safe = [] if chosen else ["--load-format", "safetensors"]
     parser = FlexibleArgumentParser(prog="ise serve --engine vllm")
     AsyncEngineArgs.add_cli_args(parser)
-    flags = [*shared_flags(args, model), *platform, *vllm_flags(args.vllm), *argv]
+    flags = [*shared_flags(args, model), *platform, *safe, *vllm_flags(args.vllm), *argv]
     log.info("vLLM engine arguments: %s", " ".join(flags))
     namespace = parser.parse_args(flags)
     engine_args: AsyncEngineArgs = AsyncEngineArgs.from_cli_args(namespace)
