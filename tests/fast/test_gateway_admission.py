@@ -488,7 +488,9 @@ async def test_sigterm_drains_in_process(fake: FakeEngine, tiny: TinyModel) -> N
     quick, slow = asyncio.Event(), asyncio.Event()
     replies = iter([tiny.reply("Hello", gates={0: quick}), tiny.reply("Hello", " world", gates={1: slow})])
     fake.script = lambda _: next(replies)
-    async with serving(fake, tiny, drain_timeout=0.3) as app, client(app) as http:
+    # Long enough for the checks before ``quick`` is released on a loaded machine; the stuck
+    # request then waits it out.
+    async with serving(fake, tiny, drain_timeout=2.0) as app, client(app) as http:
         state = state_of(app)
         finishing = asyncio.create_task(http.post("/v1/completions", json=_text()))
         stuck = asyncio.create_task(http.post("/v1/chat/completions", json=_chat(stream=True)))
