@@ -28,13 +28,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from benchmarks.clients import HttpClient, count_tokens
+from benchmarks.clients import HttpClient
 from benchmarks.loadgen import LoadShape, run_load
 from benchmarks.metrics import Distribution, RequestRecord
 from benchmarks.workloads import RequestSpec
@@ -56,56 +55,12 @@ class AdmissionOptions:
 
 
 @dataclass
-class AdmissionRecord(RequestRecord):
-    status: int | None = None  # HTTP status; None when no response came
-    code: str | None = None  # the error's code, for a refusal
-
-
-_CODE = re.compile(rb'"code"\s*:\s*"([^"]+)"')
-
-
-class AdmissionClient(HttpClient):
-    """Streams like ``HttpClient``, and keeps each response's status and error code; never retries."""
-
-    async def send(self, spec: RequestSpec) -> AdmissionRecord:
-        url = f"{self.base_url}/{'chat/completions' if spec.api == 'chat' else 'completions'}"
-        start = time.perf_counter()
-        record = AdmissionRecord()
-        texts: list[str] = []
-        try:
-            async with self.http.stream("POST", url, json=self.payload(spec)) as response:
-                record.status = response.status_code
-                if response.status_code != 200:
-                    body = await response.aread()
-                    match = _CODE.search(body)
-                    record.code = match.group(1).decode() if match else None
-                    record.error = f"HTTP {response.status_code} {record.code}"
-                    record.latency = time.perf_counter() - start
-                    return record
-                async for line in response.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        break
-                    self._take_chunk(json.loads(data), time.perf_counter() - start, record, texts)
-                    if record.error:
-                        break
-        except (httpx.HTTPError, json.JSONDecodeError) as exc:
-            record.error = repr(exc)
-        record.latency = time.perf_counter() - start
-        if not record.output_tokens:
-            record.output_tokens = count_tokens("".join(texts))
-        return record
-
-
-@dataclass
 class OverloadRun:
     label: str
     slo_ttft_ms: float | None  # the server's --slo-ttft-ms; None: no admission control
     repeat: int
     rate: float
-    records: list[AdmissionRecord]
+    records: list[RequestRecord]
     wall_s: float
 
     def refused(self) -> dict[str, int]:
@@ -115,11 +70,11 @@ class OverloadRun:
                 codes[r.code or "?"] = codes.get(r.code or "?", 0) + 1
         return codes
 
-    def completed(self) -> list[AdmissionRecord]:
+    def completed(self) -> list[RequestRecord]:
         return [r for r in self.records if r.ok]
 
-    def good(self, options: AdmissionOptions) -> list[AdmissionRecord]:
-        def met(r: AdmissionRecord) -> bool:
+    def good(self, options: AdmissionOptions) -> list[RequestRecord]:
+        def met(r: RequestRecord) -> bool:
             tpot = r.tpot
             return r.ttft is not None and r.ttft <= options.slo_ttft_s and (tpot is None or tpot <= options.slo_tpot_s)
 
@@ -152,7 +107,7 @@ class OverloadRun:
         }
 
 
-async def calibrate(client: AdmissionClient, specs: list[RequestSpec], concurrency: int) -> float:
+async def calibrate(client: HttpClient, specs: list[RequestSpec], concurrency: int) -> float:
     """Requests per second the server sustains: closed-loop at ``concurrency`` streams."""
     result = await run_load(client, specs, LoadShape(concurrency=concurrency), desc="capacity")
     done = [r for r in result.records if r.ok]
@@ -162,13 +117,13 @@ async def calibrate(client: AdmissionClient, specs: list[RequestSpec], concurren
 
 
 async def overload(
-    client: AdmissionClient, specs: list[RequestSpec], rate: float, options: AdmissionOptions, label: str
-) -> tuple[list[AdmissionRecord], float]:
+    client: HttpClient, specs: list[RequestSpec], rate: float, options: AdmissionOptions, label: str
+) -> tuple[list[RequestRecord], float]:
     """Poisson arrivals of every spec at ``rate``; the records and the wall time, first send to last answer."""
     shape = LoadShape(rate=rate, max_duration_s=2 * options.duration_s, grace_s=options.grace_s, seed=options.seed)
     started = time.perf_counter()
     result = await run_load(client, specs, shape, desc=label)
-    records = [r if isinstance(r, AdmissionRecord) else AdmissionRecord(error=r.error) for r in result.records]
+    records = result.records
     ends = [r.start + r.latency for r in records if r.status is not None]
     wall = max(ends) if ends else time.perf_counter() - started
     if any(r.status is None for r in records):  # cut off or failed without an answer: charge the whole wait
@@ -176,7 +131,7 @@ async def overload(
     return records, wall
 
 
-async def settle(client: AdmissionClient, timeout_s: float = 600) -> None:
+async def settle(client: HttpClient, timeout_s: float = 600) -> None:
     """Wait until the server has no request left (a refused client's request may still be aborting)."""
     root = client.base_url.removesuffix("/v1")
     deadline = time.monotonic() + timeout_s

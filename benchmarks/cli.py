@@ -412,11 +412,11 @@ async def admission(args: argparse.Namespace) -> None:
 
     runs: list[admission_bench.OverloadRun] = []
     async with contextlib.AsyncExitStack() as stack:
-        clients: list[tuple[str, float | None, admission_bench.AdmissionClient]] = []
+        clients: list[tuple[str, float | None, HttpClient]] = []
         for index, (label, slo, extra) in enumerate(variants):
             started = time.monotonic()
             server = await stack.enter_async_context(ise_server(config, *extra, name=f"admission-{index}"))
-            client = admission_bench.AdmissionClient(server.base_url, server.model)
+            client = HttpClient(server.base_url, server.model)
             stack.push_async_callback(client.aclose)
             if args.warmup:
                 # A target no warm-up request can miss: a cold start's slow first tokens must not

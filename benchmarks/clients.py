@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,9 @@ from benchmarks.metrics import RequestRecord
 from benchmarks.workloads import RequestSpec
 from server.protocol import new_id
 from server.text import Tokenization
+
+# An OpenAI error body's code, read without parsing: refusals are counted by it.
+_CODE = re.compile(rb'"code"\s*:\s*"([^"]+)"')
 
 
 class Client(Protocol):
@@ -92,9 +96,13 @@ class HttpClient:
         texts: list[str] = []
         try:
             async with self.http.stream("POST", url, json=self.payload(spec)) as response:
+                record.status = response.status_code
                 if response.status_code != 200:
-                    body = (await response.aread()).decode(errors="replace")
-                    record.error = f"HTTP {response.status_code}: {body[:300]}"
+                    body = await response.aread()
+                    match = _CODE.search(body)
+                    record.code = match.group(1).decode() if match else None
+                    record.error = f"HTTP {response.status_code}: {body[:300].decode(errors='replace')}"
+                    record.latency = time.perf_counter() - start  # the time to the refusal
                     return record
                 async for line in response.aiter_lines():
                     if not line.startswith("data:"):

@@ -33,6 +33,8 @@ class RequestRecord:
     chunk_times: list[float] = field(default_factory=list)  # arrival of each text-carrying chunk
     start: float = 0.0  # absolute, on the run's clock
     error: str | None = None
+    status: int | None = None  # HTTP status; None when no response came
+    code: str | None = None  # an error response's code (a 429's slo_exceeded, say)
 
     @property
     def ok(self) -> bool:
