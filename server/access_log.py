@@ -51,7 +51,7 @@ def _line(scope: Scope, status: int, elapsed_s: float) -> str:
     parts = [scope["method"], scope["path"], str(status or "-"), f"key={key.name if key else '-'}"]
     ticket: Ticket | None = state.get("ticket")
     if ticket is not None:
-        parts += [f"prompt_tokens={ticket.prompt_tokens}", f"completion_tokens={ticket.completion_tokens}"]
+        parts += [f"prompt_tokens={ticket.usage_prompt_tokens}", f"completion_tokens={ticket.completion_tokens}"]
         if ticket.first_token_at is not None and ticket.scheduled_at is not None:
             parts.append(f"queue={max(0.0, ticket.scheduled_at - ticket.admitted_at):.3f}s")
             parts.append(f"prefill={max(0.0, ticket.first_token_at - ticket.scheduled_at):.3f}s")
@@ -61,5 +61,7 @@ def _line(scope: Scope, status: int, elapsed_s: float) -> str:
             parts.append(f"decode={(ticket.ended_at or time.monotonic()) - ticket.first_token_at:.3f}s")
         if ticket.aborted:
             parts.append(f"aborted={ticket.aborted}")
+    if state.get("refused"):
+        parts.append(f"refused={state['refused']}")
     parts.append(f"total={elapsed_s:.3f}s")
     return " ".join(parts)

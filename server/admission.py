@@ -48,6 +48,7 @@ class Ticket:
         self.prompt_tokens = prompt_tokens
         self.tokens_ahead = tokens_ahead  # waiting prompt tokens before this one, its own included
         self.sequences = sequences  # batch slots it takes: one per prompt and choice
+        self.usage_prompt_tokens = prompt_tokens  # as the response's usage counts them (once per prompt)
         self.slots_short = slots_short  # sequences that had to end before it could be scheduled
         self.inbox: asyncio.Queue[object] = asyncio.Queue()
         self.admitted_at = time.monotonic()
@@ -198,6 +199,7 @@ class Admission:
     def end_all(self, error: APIError) -> int:
         """End every running request with ``error`` (its stream's last event); how many there were."""
         for ticket in self.tickets:
+            ticket.aborted = "shutdown"
             ticket.inbox.put_nowait(error)
         return len(self.tickets)
 

@@ -34,11 +34,12 @@ def key_name(raw: Request) -> str:
 
 
 @contextmanager
-def _counted(state: ServerState) -> Iterator[None]:
+def _counted(raw: Request, state: ServerState) -> Iterator[None]:
     try:
         yield
     except APIError as exc:
         state.metrics.rejected.labels(exc.code or str(exc.status)).inc()
+        raw.state.refused = exc.code  # for the request's log line
         raise
 
 
@@ -46,7 +47,7 @@ def charge_request(raw: Request, state: ServerState) -> dict[str, str]:
     """Count the request against its key's requests-per-minute; the rate-limit headers to send."""
     key = _key(raw)
     limit = key.requests_per_minute if key is not None else state.gateway.requests_per_minute
-    with _counted(state):
+    with _counted(raw, state):
         return state.rate_limits.take(key_name(raw), "requests", limit, 1)
 
 
@@ -61,9 +62,10 @@ def admit(raw: Request, state: ServerState, job: Job) -> tuple[Ticket, dict[str,
     prompt_tokens = sum(len(p) for p in job.prompts) * job.n
     cost = prompt_tokens + job.n * sum(p.max_tokens for p in job.params)
     slo = _slo_header(raw)
-    with _counted(state):
+    with _counted(raw, state):
         # Admitted first: a request the server cannot take must not use up the key's tokens.
         ticket = state.admission.admit(prompt_tokens, slo, len(job.prompts) * job.n)
+        ticket.usage_prompt_tokens = prompt_tokens // job.n
         try:
             headers = state.rate_limits.take(key_name(raw), "tokens", limit, cost)
         except APIError:

@@ -42,9 +42,10 @@ def default_cache_dir() -> Path:
     return Path(base) / "ise"
 
 
+# The server's own settings; the engine's and the gateway's come from EngineArgs and GatewayArgs,
+# declared there once. The docstring is what `ise serve --help` shows first.
 class Settings(BaseSettings, EngineArgs, GatewayArgs):
-    """The server's own settings; the engine's and the gateway's come from ``EngineArgs`` and
-    ``GatewayArgs``, declared there once."""
+    """Serve a model over an OpenAI-compatible API (every option is also an ISE_* variable and a key of --config)."""
 
     model_config = SettingsConfigDict(env_prefix="ISE_", protected_namespaces=(), extra="forbid")
 
