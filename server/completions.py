@@ -134,6 +134,9 @@ def _prompts(req: CompletionRequest, state: ServerState) -> list[list[int]]:
         return [state.tokenization.encode(prompt)]
     if not prompt:
         raise invalid_request("The prompt is empty.", param="prompt")
+    if all(isinstance(p, int) for p in prompt):
+        return [[int(p) for p in prompt]]  # type: ignore[arg-type]
+    # A batch of prompts, each n times: every choice is a request in the engine.
     if len(prompt) * req.n > MAX_CHOICES:
         raise invalid_request(
             f"{len(prompt)} prompts with n={req.n} make {len(prompt) * req.n} choices; at most {MAX_CHOICES}.",
@@ -142,8 +145,6 @@ def _prompts(req: CompletionRequest, state: ServerState) -> list[list[int]]:
     for text in prompt:
         if isinstance(text, str):
             _check_text_length(len(text), state, "prompt")
-    if all(isinstance(p, int) for p in prompt):
-        return [[int(p) for p in prompt]]  # type: ignore[arg-type]
     return [state.tokenization.encode(p) if isinstance(p, str) else list(p) for p in prompt]  # type: ignore[arg-type]
 
 

@@ -64,6 +64,15 @@ async def test_oversized_parts_are_refused_naming_the_field(
     assert named is not None and named.split(".")[0] == param, response.json()
 
 
+async def test_one_prompt_of_token_ids_counts_as_one_prompt(http: httpx.AsyncClient, tiny: TinyModel) -> None:
+    """A token-id prompt is one prompt however many tokens it holds: n choices of it, not tokens x n."""
+    prompt = tiny.ids("Hello world") * 40  # more tokens than MAX_CHOICES / n
+    assert len(prompt) * 2 > MAX_CHOICES
+    response = await http.post(TEXT, json={"model": MODEL, "prompt": prompt, "n": 2, "max_tokens": 3})
+    assert response.status_code == 200, response.text
+    assert len(response.json()["choices"]) == 2
+
+
 async def test_model_name_length_is_bounded(http: httpx.AsyncClient) -> None:
     assert _param(await http.post(CHAT, json={"model": "m" * (MAX_NAME_CHARS + 1), "messages": HI})) == "model"
 
