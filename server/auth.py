@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server.errors import APIError, send_error
+from server.errors import APIError, api_error_response
 from server.gateway_config import GatewayArgs
 
 log = logging.getLogger(__name__)
@@ -110,10 +111,6 @@ def _read_keys_file(path: Path, rpm: int | None, tpm: int | None) -> list[APIKey
     ]
 
 
-def _header(scope: Scope, name: bytes) -> bytes:
-    return next((value for key, value in scope["headers"] if key.lower() == name), b"")
-
-
 class APIKeyMiddleware:
     """Answers 401 unless the request carries a configured key; records which key it was."""
 
@@ -129,18 +126,18 @@ class APIKeyMiddleware:
         if scope["type"] == "http" and scope["method"] in _PUBLIC_METHODS and raw_path in PUBLIC_PATHS:
             await self.app(scope, receive, send)
             return
-        authorization = _header(scope, b"authorization")
+        authorization = Headers(scope=scope).get("authorization", "").encode("latin-1")
         key = None
         if authorization[: len(_BEARER)].lower() == _BEARER:
             key = self.keyring.match(authorization[len(_BEARER) :].strip())
         if key is None:
-            await _deny(scope, send, missing=not authorization)
+            await _deny(scope, receive, send, missing=not authorization)
             return
         scope.setdefault("state", {})[STATE_KEY] = key
         await self.app(scope, receive, send)
 
 
-async def _deny(scope: Scope, send: Send, *, missing: bool) -> None:
+async def _deny(scope: Scope, receive: Receive, send: Send, *, missing: bool) -> None:
     if scope["type"] == "websocket":
         await send({"type": "websocket.close", "code": 1008})
         return
@@ -150,4 +147,5 @@ async def _deny(scope: Scope, send: Send, *, missing: bool) -> None:
         if missing
         else "Incorrect API key provided."
     )
-    await send_error(send, APIError(401, message, code="invalid_api_key", headers={"www-authenticate": "Bearer"}))
+    error = APIError(401, message, code="invalid_api_key", headers={"www-authenticate": "Bearer"})
+    await api_error_response(error)(scope, receive, send)

@@ -8,9 +8,10 @@ too; the route then reads the buffered body as usual.
 
 from __future__ import annotations
 
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.errors import APIError, send_error
+from server.errors import APIError, api_error_response
 
 # How much of an oversized body is read and dropped before the 413, as a multiple of the limit.
 _DRAIN_FACTOR = 4
@@ -25,9 +26,9 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = next((v for k, v in scope["headers"] if k.lower() == b"content-length"), None)
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(receive, send)
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(scope, receive, send)
             return
         chunks: list[bytes] = []
         size = 0
@@ -38,7 +39,7 @@ class BodyLimitMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await self._refuse(receive, send, more=message.get("more_body", False))
+                await self._refuse(scope, receive, send, more=message.get("more_body", False))
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -54,7 +55,7 @@ class BodyLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, receive: Receive, send: Send, *, more: bool = True) -> None:
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, *, more: bool = True) -> None:
         """413, once the rest of the body is read and dropped (up to a bound).
 
         Closing while the client still sends makes its kernel answer the remaining bytes with a
@@ -72,4 +73,5 @@ class BodyLimitMiddleware:
         text = f"The request body is larger than the server's limit of {self.max_bytes} bytes."
         # With the body not read to its end, the connection cannot carry another request.
         headers = {"connection": "close"} if more else {}
-        await send_error(send, APIError(413, text, code="request_too_large", headers=headers))
+        error = APIError(413, text, code="request_too_large", headers=headers)
+        await api_error_response(error)(scope, receive, send)

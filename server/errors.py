@@ -14,7 +14,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import Send
 
 from adapters.engine import EngineDeadError, RequestFailedError
 from server.protocol import ErrorDetail, ErrorResponse
@@ -102,15 +101,6 @@ def error_response(status: int, message: str, *, param: str | None = None, code:
 def api_error_response(error: APIError) -> JSONResponse:
     body = error_body(error.status, error.message, param=error.param, code=error.code)
     return JSONResponse(body.model_dump(), status_code=error.status, headers=error.response_headers())
-
-
-async def send_error(send: Send, error: APIError) -> None:
-    """Answer with ``error`` on the raw ASGI channel, for middleware that runs before any route."""
-    body = error_body(error.status, error.message, param=error.param, code=error.code).model_dump_json().encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in error.response_headers().items()]
-    await send({"type": "http.response.start", "status": error.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 async def _api_error(_: Request, exc: Exception) -> JSONResponse:

@@ -11,6 +11,7 @@ import logging
 import uuid
 from contextvars import ContextVar
 
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 HEADER = "x-request-id"
@@ -30,8 +31,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = next((value for name, value in scope["headers"] if name == _HEADER_BYTES), b"")
-        request_id = given.decode("latin-1").strip() or uuid.uuid4().hex
+        request_id = Headers(scope=scope).get(HEADER, "").strip() or uuid.uuid4().hex
         current_request_id.set(request_id)
         header = (_HEADER_BYTES, request_id.encode("latin-1"))
 
