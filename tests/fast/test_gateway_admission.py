@@ -482,28 +482,43 @@ async def test_end_all_ends_a_whole_request_with_503(
     assert fake.aborted == [fake.requests[0].request_id]
 
 
-async def test_sigterm_drains_in_process(fake: FakeEngine, tiny: TinyModel) -> None:
-    """``ise serve``'s server on SIGTERM: health fails and new requests are refused at once, a request
-    that finishes within --drain-timeout finishes, one that does not is ended with an error event."""
+async def test_sigterm_lets_running_requests_finish(fake: FakeEngine, tiny: TinyModel) -> None:
+    """``ise serve``'s server on SIGTERM: health fails and new requests are refused at once, while the
+    requests already running finish, whole and streamed; then the server exits."""
     quick, slow = asyncio.Event(), asyncio.Event()
     replies = iter([tiny.reply("Hello", gates={0: quick}), tiny.reply("Hello", " world", gates={1: slow})])
     fake.script = lambda _: next(replies)
-    # Long enough for the checks before ``quick`` is released on a loaded machine; the stuck
-    # request then waits it out.
-    async with serving(fake, tiny, drain_timeout=2.0) as app, client(app) as http:
+    # A drain timeout no loaded machine reaches: this test is about what happens inside it.
+    async with serving(fake, tiny, drain_timeout=600.0) as app, client(app) as http:
         state = state_of(app)
         finishing = asyncio.create_task(http.post("/v1/completions", json=_text()))
-        stuck = asyncio.create_task(http.post("/v1/chat/completions", json=_chat(stream=True)))
+        streaming = asyncio.create_task(http.post("/v1/chat/completions", json=_chat(stream=True)))
         await until(lambda: len(fake.requests) == 2)
-        server = DrainingServer(uvicorn.Config(app), state)
-        server._loop = asyncio.get_running_loop()  # as its startup records it
-        server.handle_exit(signal.SIGTERM, None)
+        server = _sigterm(app)
         await until(lambda: server._drain is not None)
         assert state.admission.draining and not server.should_exit
         assert (await http.get("/health")).status_code == 503
         assert_refused(await http.post("/v1/completions", json=_text()), 503, "server_shutting_down")
         quick.set()
         assert (await finishing).json()["choices"][0]["text"] == "Hello"
+        assert not server.should_exit
+        slow.set()
+        events = _events((await streaming).text)
+        assert "".join(json.loads(e)["choices"][0]["delta"].get("content", "") for e in events[:-1]) == "Hello world"
+        assert server._drain is not None
+        await asyncio.wait_for(server._drain, 10)
+        assert server.should_exit
+        assert await metric(http, "ise_requests_aborted_total", reason="shutdown") == 0
+
+
+async def test_sigterm_ends_what_outlives_the_drain_timeout(fake: FakeEngine, tiny: TinyModel) -> None:
+    """A stream still running when --drain-timeout ends gets a final error event and [DONE]."""
+    fake.script = lambda _: tiny.reply("Hello", " world", gates={1: asyncio.Event()})
+    async with serving(fake, tiny, drain_timeout=0.05) as app, client(app) as http:
+        stuck = asyncio.create_task(http.post("/v1/chat/completions", json=_chat(stream=True)))
+        await until(lambda: len(fake.requests) == 1)
+        server = _sigterm(app)
+        await until(lambda: server._drain is not None)
         assert server._drain is not None
         await asyncio.wait_for(server._drain, 10)
         assert server.should_exit
@@ -513,10 +528,16 @@ async def test_sigterm_drains_in_process(fake: FakeEngine, tiny: TinyModel) -> N
         assert await metric(http, "ise_requests_in_flight") == 0
 
 
-async def test_a_second_sigterm_stops_at_once(app: FastAPI) -> None:
+def _sigterm(app: FastAPI) -> DrainingServer:
+    """The server ``ise serve`` runs, sent SIGTERM as its signal handler would receive it."""
     server = DrainingServer(uvicorn.Config(app), state_of(app))
-    server._loop = asyncio.get_running_loop()
+    server._loop = asyncio.get_running_loop()  # as its startup records it
     server.handle_exit(signal.SIGTERM, None)
+    return server
+
+
+async def test_a_second_sigterm_stops_at_once(app: FastAPI) -> None:
+    server = _sigterm(app)
     assert state_of(app).admission.draining and not server.should_exit
     server.handle_exit(signal.SIGTERM, None)
     assert server.should_exit

@@ -360,7 +360,7 @@ async def test_a_client_that_stops_reading_is_dropped_after_the_send_timeout(
         await asyncio.wait_for(stalled.wait(), 5)
         await until(lambda: bool(fake.aborted))
         elapsed = asyncio.get_running_loop().time() - started
-        assert 0.2 <= elapsed < 3
+        assert 0.2 <= elapsed < 10
         assert fake.aborted == [fake.requests[0].request_id]
         assert await metric(http, "ise_requests_aborted_total", reason="send_timeout") == 1
         assert await metric(http, "ise_requests_aborted_total", reason="client_disconnect") == 0
