@@ -29,6 +29,21 @@ def wrap_seed(seed: int) -> int:
 
 
 @dataclass(frozen=True)
+class StructuredOutput:
+    """A constraint every output token must keep: exactly one field is set (vLLM's ``StructuredOutputsParams``).
+
+    The server checks the constraint compiles (``server/structured_outputs.py``) before a request
+    reaches an engine, so an engine seeing one it cannot compile is a bug, not a user error.
+    """
+
+    json: str | None = None  # a JSON schema, as JSON text
+    json_object: bool = False  # any JSON object
+    regex: str | None = None
+    choice: tuple[str, ...] | None = None  # exactly one of these strings
+    grammar: str | None = None  # an EBNF grammar (GBNF / xgrammar's dialect)
+
+
+@dataclass(frozen=True)
 class SamplingParams:
     """Per-request sampling settings; every request in a batch keeps its own."""
 
@@ -43,6 +58,16 @@ class SamplingParams:
     min_tokens: int = 0
     ignore_eos: bool = False
     stop_token_ids: tuple[int, ...] = ()
+    # vLLM's min_p: tokens below min_p times the top token's probability are dropped (0 = off).
+    min_p: float = 0.0
+    # OpenAI's logit_bias: (token id, bias in [-100, 100]) added to the logits before sampling.
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    # Log-probabilities of each sampled token and this many top alternatives (0 = the sampled one
+    # only); None = none. Of the distribution after penalties, logit_bias and temperature.
+    logprobs: int | None = None
+    # The same for every prompt token after the first (vLLM's prompt_logprobs); None = none.
+    prompt_logprobs: int | None = None
+    structured_output: StructuredOutput | None = None
 
     @property
     def greedy(self) -> bool:
@@ -57,6 +82,15 @@ class EngineRequest:
 
 
 @dataclass(frozen=True)
+class TokenLogprobs:
+    """One position's log-probabilities: its token's, and the ``k`` most likely tokens' (best first)."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class EngineOutput:
     """What one engine step produced for one request: new tokens, and why it ended if it did."""
 
@@ -65,6 +99,13 @@ class EngineOutput:
     # time.monotonic() when the engine first scheduled the request (its queue time ends there),
     # where the engine reports it; the server logs queue and prefill times apart with it.
     scheduled_at: float | None = None
+    # One entry per new token, where the request asked for logprobs.
+    logprobs: list[TokenLogprobs] | None = None
+    # On a request's first output, where it asked for prompt_logprobs: one entry per prompt token,
+    # None for the first (nothing precedes it).
+    prompt_logprobs: list[TokenLogprobs | None] | None = None
+    # On a request's first output: prompt tokens whose KV came from the prefix cache.
+    num_cached_tokens: int | None = None
 
 
 @dataclass(frozen=True)
