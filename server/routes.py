@@ -7,6 +7,7 @@ every error has OpenAI's shape (``ErrorResponse``), never FastAPI's 422.
 
 from __future__ import annotations
 
+from importlib.metadata import version
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -29,6 +30,14 @@ from server.protocol import (
     ModelList,
 )
 from server.state import ServerState, get_state
+from server.tokenize import (
+    DetokenizeRequest,
+    DetokenizeResponse,
+    TokenizeRequest,
+    TokenizeResponse,
+    detokenize,
+    tokenize,
+)
 
 _REF = "#/components/schemas/"
 
@@ -97,12 +106,14 @@ def _card(state: ServerState, name: str) -> ModelCard:
     return ModelCard(id=name, created=state.created, max_model_len=state.engine.max_model_len)
 
 
+@router.head("/v1/models", include_in_schema=False)
 @router.get("/v1/models", responses=_errors(401))
 async def list_models(state: State) -> ModelList:
     """Every name the model answers to (``--served-model-name a b``), as vLLM lists them."""
     return ModelList(data=[_card(state, name) for name in state.model_names])
 
 
+@router.head("/v1/models/{model:path}", include_in_schema=False)
 @router.get("/v1/models/{model:path}", responses=_errors(401, 404))
 async def get_model(model: str, state: State) -> ModelCard:
     state.check_model(model)
@@ -147,3 +158,30 @@ async def health(state: State) -> Response:
 )
 async def metrics(state: State) -> Response:
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.post("/tokenize", responses=_errors(400, 401, 404, 413))
+async def create_tokenize(body: TokenizeRequest, state: State) -> TokenizeResponse:
+    """vLLM's: the prompt's token ids, counted exactly as a completion's ``usage.prompt_tokens``."""
+    return tokenize(body, state)
+
+
+@router.post("/detokenize", responses=_errors(400, 401, 404, 413))
+async def create_detokenize(body: DetokenizeRequest, state: State) -> DetokenizeResponse:
+    """vLLM's: token ids back into text."""
+    return detokenize(body, state)
+
+
+class Version(BaseModel):
+    """What ``/version`` answers, as vLLM's does: ops tools check which server build they talk to."""
+
+    version: str
+
+
+_VERSION = Version(version=version("ise"))
+
+
+@router.get("/version", responses=_errors(401))
+async def get_version() -> Version:
+    """vLLM's: the server's package version, for ops tools that check what they talk to."""
+    return _VERSION

@@ -34,6 +34,8 @@ HI = [{"role": "user", "content": "hi"}]
 BODIES: dict[str, dict[str, Any]] = {
     "/v1/chat/completions": {"model": MODEL, "messages": HI, "max_tokens": 3},
     "/v1/completions": {"model": MODEL, "prompt": "hi", "max_tokens": 3},
+    "/tokenize": {"model": MODEL, "messages": HI},
+    "/detokenize": {"model": MODEL, "tokens": [1, 2]},
 }
 PUBLIC = {("GET", "/health"), ("HEAD", "/health")}
 
@@ -129,6 +131,11 @@ async def test_every_route_needs_a_key_and_routes_normally_with_one(keyed: FastA
         ("GET", f"/v1/models/{MODEL}", 200),
         ("POST", "/v1/chat/completions", 200),
         ("POST", "/v1/completions", 200),
+        ("POST", "/tokenize", 200),
+        ("POST", "/detokenize", 200),
+        ("GET", "/version", 200),
+        ("HEAD", "/v1/models", 200),
+        ("HEAD", f"/v1/models/{MODEL}", 200),
         ("GET", "/metrics", 200),
         ("GET", "/openapi.json", 200),
         ("GET", "/health", 200),

@@ -52,6 +52,9 @@ def test_other_routes(spec: dict[str, Any]) -> None:
         "/v1/completions",
         "/health",
         "/metrics",
+        "/tokenize",
+        "/detokenize",
+        "/version",
     }
     models = paths["/v1/models"]["get"]["responses"]
     assert models["200"]["content"]["application/json"]["schema"] == {"$ref": REF + "ModelList"}
@@ -64,6 +67,26 @@ def test_other_routes(spec: dict[str, Any]) -> None:
     assert health["503"]["content"] == ERROR
     metrics = paths["/metrics"]["get"]["responses"]
     assert set(metrics["200"]["content"]) == {"text/plain"}
+    version = paths["/version"]["get"]["responses"]
+    assert version["200"]["content"]["application/json"]["schema"] == {"$ref": REF + "Version"}
+    assert "head" not in paths["/v1/models"]  # HEAD answers as GET does; documenting it twice helps no one
+
+
+@pytest.mark.parametrize(
+    ("path", "request_model", "response_model"),
+    [
+        ("/tokenize", "TokenizeRequest", "TokenizeResponse"),
+        ("/detokenize", "DetokenizeRequest", "DetokenizeResponse"),
+    ],
+)
+def test_tokenizer_routes(spec: dict[str, Any], path: str, request_model: str, response_model: str) -> None:
+    operation = spec["paths"][path]["post"]
+    assert operation["requestBody"]["content"]["application/json"]["schema"] == {"$ref": REF + request_model}
+    responses = operation["responses"]
+    assert set(responses) == {"200", "400", "401", "404", "413", "default"}  # no 422
+    assert responses["200"]["content"]["application/json"]["schema"] == {"$ref": REF + response_model}
+    for status in ("400", "401", "404", "413", "default"):
+        assert responses[status]["content"] == ERROR, status
 
 
 def test_every_reference_resolves(spec: dict[str, Any]) -> None:
