@@ -56,6 +56,7 @@ def build_state(settings: Settings, engine_argv: list[str] | None = None) -> Ser
         aliases=tuple(names[1:]),
         sampling_defaults=defaults,
         gateway=settings,
+        api=settings,
         batch_slots=settings.max_num_seqs,
     )
 

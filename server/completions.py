@@ -10,17 +10,22 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from contextlib import aclosing
+from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
+from adapters.engine import StructuredOutput, TokenLogprobs
 from server.admission import Ticket
+from server.chat_output import ChatOutput, ChatPiece, ChatStream
+from server.chat_tools import plan_chat
 from server.errors import APIError, error_body, generation_error, invalid_request
 from server.event_stream import EventStream
 from server.gateway import admit, charge_request
 from server.generation import ChoiceEvent, Generation, Job, build_job
+from server.prompts import chat_prompt, check_text_length, text_prompt
 from server.protocol import (
     MAX_CHOICES,
     ChatChoice,
@@ -28,27 +33,82 @@ from server.protocol import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
+    ChatLogprobs,
     Completion,
     CompletionChoice,
+    CompletionLogprobs,
     CompletionRequest,
+    CompletionTokensDetails,
     Delta,
     FinishReason,
+    FunctionCallDelta,
+    FunctionCallOut,
     ResponseMessage,
+    SamplingFields,
+    TokenLogprob,
+    ToolCallDeltaOut,
+    ToolCallOut,
+    TopLogprob,
     Usage,
     new_id,
     now,
 )
 from server.state import ServerState
+from server.structured_outputs import structured_output
+from server.text import Tokenization
+from server.tool_parsers.base import ToolCallDelta
 
+# Names the request fields that took no effect (comma-separated); see SamplingFields.ignored_fields.
+IGNORED_PARAMS_HEADER = "x-ignored-params"
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
 class _Format(Protocol):
     def opening(self, index: int) -> BaseModel | None: ...
-    def chunk(self, index: int, text: str, finish_reason: FinishReason | None) -> BaseModel: ...
+    def chunk(self, event: ChoiceEvent) -> BaseModel | None:
+        """The chunk for one event of a streamed choice (None: nothing to send), finish reason included."""
+        ...
+
     def usage_chunk(self, usage: Usage) -> BaseModel: ...
-    def whole(self, texts: list[str], reasons: list[FinishReason], usage: Usage) -> BaseModel: ...
+    def whole(self, choices: list[_Collected], usage: Usage) -> BaseModel: ...
+    def observe(self, event: ChoiceEvent) -> None:
+        """See an event of a whole response (to count its reasoning tokens)."""
+        ...
+
+    def reasoning_tokens(self) -> int | None:
+        """Tokens spent thinking, where a reasoning parser runs (usage's completion_tokens_details)."""
+        ...
+
+
+@dataclass
+class _Collected:
+    """One choice of a whole (non-streamed) response, gathered from its events."""
+
+    texts: list[str] = field(default_factory=list)
+    logprobs: list[TokenLogprobs] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprobs | None] | None = None
+    finish_reason: FinishReason = "stop"
+
+    def add(self, event: ChoiceEvent) -> None:
+        self.texts.append(event.text)
+        self.logprobs += event.logprobs
+        if event.prompt_logprobs is not None:
+            self.prompt_logprobs = event.prompt_logprobs
+        if event.finish_reason is not None:
+            self.finish_reason = event.finish_reason
+
+    @property
+    def text(self) -> str:
+        return "".join(self.texts)
+
+
+# Logprobs of -inf (a token a bias or penalty ruled out) are not JSON; vLLM reports them as this.
+_LOGPROB_FLOOR = -9999.0
+
+
+def _logprob(value: float) -> float:
+    return max(value, _LOGPROB_FLOOR)
 
 
 class _Identity:
@@ -63,29 +123,117 @@ class _Identity:
 class _ChatFormat(_Identity):
     id_prefix = "chatcmpl"
 
+    def __init__(self, model: str, tokenization: Tokenization, output: ChatOutput, logprobs: bool) -> None:
+        """``logprobs``: the request asked for them, so every choice carries ``logprobs.content``."""
+        super().__init__(model)
+        self.tokenization = tokenization
+        self.output = output
+        self.logprobs = logprobs
+        self._streams: dict[int, ChatStream] = {}
+        self._reasoning_tokens = 0
+
     def _chunk(self, choices: list[ChatChunkChoice], usage: Usage | None = None) -> ChatCompletionChunk:
         return ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=choices, usage=usage)
 
     def opening(self, index: int) -> BaseModel:
+        self._streams[index] = self.output.stream()
         return self._chunk([ChatChunkChoice(index=index, delta=Delta(role="assistant", content=""))])
 
-    def chunk(self, index: int, text: str, finish_reason: FinishReason | None) -> BaseModel:
-        delta = Delta(content=text) if text else Delta()
-        return self._chunk([ChatChunkChoice(index=index, delta=delta, finish_reason=finish_reason)])
+    def _push(self, event: ChoiceEvent) -> tuple[ChatStream, ChatPiece]:
+        stream = self._streams.setdefault(event.index, self.output.stream())
+        piece = stream.push(event.text)
+        if piece.in_reasoning:
+            self._reasoning_tokens += event.num_tokens
+        return stream, piece
+
+    def observe(self, event: ChoiceEvent) -> None:
+        if self.output.reasoning is not None:
+            self._push(event)
+
+    def chunk(self, event: ChoiceEvent) -> BaseModel | None:
+        stream, piece = self._push(event)
+        reason: FinishReason | None = None
+        if event.finish_reason is not None:
+            last = stream.finish()
+            piece = ChatPiece(
+                piece.content + last.content, piece.reasoning + last.reasoning, (*piece.tool_calls, *last.tool_calls)
+            )
+            reason = "tool_calls" if stream.called and event.finish_reason == "stop" else event.finish_reason
+        logprobs = self._logprobs(event.logprobs) if event.logprobs else None
+        if not piece and logprobs is None and reason is None:
+            return None
+        delta = Delta(
+            content=piece.content or None,
+            reasoning_content=piece.reasoning or None,
+            tool_calls=[_tool_call_delta(d) for d in piece.tool_calls] or None,
+        )
+        return self._chunk([ChatChunkChoice(index=event.index, delta=delta, logprobs=logprobs, finish_reason=reason)])
 
     def usage_chunk(self, usage: Usage) -> BaseModel:
         return self._chunk([], usage)
 
-    def whole(self, texts: list[str], reasons: list[FinishReason], usage: Usage) -> BaseModel:
-        choices = [
-            ChatChoice(index=i, message=ResponseMessage(content=t), finish_reason=r)
-            for i, (t, r) in enumerate(zip(texts, reasons, strict=True))
+    def reasoning_tokens(self) -> int | None:
+        return self._reasoning_tokens if self.output.reasoning is not None else None
+
+    def whole(self, choices: list[_Collected], usage: Usage) -> BaseModel:
+        return ChatCompletion(
+            id=self.id,
+            created=self.created,
+            model=self.model,
+            choices=[self._choice(i, c) for i, c in enumerate(choices)],
+            usage=usage,
+        )
+
+    def _choice(self, index: int, collected: _Collected) -> ChatChoice:
+        parts = self.output.whole(collected.text)
+        calls = [
+            ToolCallOut(id=c.id, function=FunctionCallOut(name=c.name, arguments=c.arguments)) for c in parts.tool_calls
         ]
-        return ChatCompletion(id=self.id, created=self.created, model=self.model, choices=choices, usage=usage)
+        reason = "tool_calls" if calls and collected.finish_reason == "stop" else collected.finish_reason
+        message = ResponseMessage(content=parts.content, reasoning_content=parts.reasoning, tool_calls=calls or None)
+        logprobs = self._logprobs(collected.logprobs) if self.logprobs else None
+        return ChatChoice(index=index, message=message, logprobs=logprobs, finish_reason=reason)
+
+    def _logprobs(self, entries: list[TokenLogprobs]) -> ChatLogprobs:
+        return ChatLogprobs(content=[self._token(e) for e in entries])
+
+    def _token(self, entry: TokenLogprobs) -> TokenLogprob:
+        tok = self.tokenization
+        return TokenLogprob(
+            token=tok.token_text(entry.token_id),
+            logprob=_logprob(entry.logprob),
+            bytes=list(tok.token_bytes(entry.token_id)),
+            top_logprobs=[
+                TopLogprob(token=tok.token_text(t), logprob=_logprob(lp), bytes=list(tok.token_bytes(t)))
+                for t, lp in entry.top
+            ],
+        )
+
+
+def _tool_call_delta(delta: ToolCallDelta) -> ToolCallDeltaOut:
+    return ToolCallDeltaOut(
+        index=delta.index,
+        id=delta.id,
+        type="function" if delta.id is not None else None,
+        function=FunctionCallDelta(name=delta.name, arguments=delta.arguments),
+    )
 
 
 class _TextFormat(_Identity):
+    """Text completions; with ``echo`` each choice's text starts with its prompt (and its logprobs)."""
+
     id_prefix = "cmpl"
+
+    def __init__(
+        self, model: str, tokenization: Tokenization, job: Job, echo: list[str] | None, logprobs: int | None
+    ) -> None:
+        """``echo``: each prompt's text, when echoed; ``logprobs``: the request's alternatives, or None."""
+        super().__init__(model)
+        self.tokenization = tokenization
+        self.job = job
+        self.echo = echo
+        self.num_logprobs = logprobs
+        self._offsets: dict[int, int] = {}  # each streamed choice's text length so far
 
     def _completion(self, choices: list[CompletionChoice], usage: Usage | None = None) -> Completion:
         return Completion(id=self.id, created=self.created, model=self.model, choices=choices, usage=usage)
@@ -93,45 +241,148 @@ class _TextFormat(_Identity):
     def opening(self, index: int) -> None:
         return None
 
-    def chunk(self, index: int, text: str, finish_reason: FinishReason | None) -> BaseModel:
-        return self._completion([CompletionChoice(index=index, text=text, finish_reason=finish_reason)])
+    def chunk(self, event: ChoiceEvent) -> BaseModel | None:
+        first = event.index not in self._offsets
+        offset = self._offsets.setdefault(event.index, 0)
+        text, logprobs = event.text, None
+        if first and self.echo is not None:
+            prompt_text, prompt_lp = self._echoed(event.index, event.prompt_logprobs, offset)
+            text, offset = prompt_text + text, offset + len(prompt_text)
+            logprobs = prompt_lp
+        if self.num_logprobs is not None:
+            generated = self._logprobs(event.logprobs, offset)
+            logprobs = _joined(logprobs, generated)
+        self._offsets[event.index] += len(text)
+        if not text and event.finish_reason is None and logprobs is None:
+            return None
+        choice = CompletionChoice(index=event.index, text=text, logprobs=logprobs, finish_reason=event.finish_reason)
+        return self._completion([choice])
 
     def usage_chunk(self, usage: Usage) -> BaseModel:
         return self._completion([], usage)
 
-    def whole(self, texts: list[str], reasons: list[FinishReason], usage: Usage) -> BaseModel:
-        choices = [
-            CompletionChoice(index=i, text=t, finish_reason=r)
-            for i, (t, r) in enumerate(zip(texts, reasons, strict=True))
-        ]
-        return self._completion(choices, usage)
+    def reasoning_tokens(self) -> int | None:
+        return None
+
+    def observe(self, event: ChoiceEvent) -> None:
+        pass
+
+    def whole(self, choices: list[_Collected], usage: Usage) -> BaseModel:
+        out = []
+        for index, collected in enumerate(choices):
+            text, logprobs = collected.text, None
+            if self.echo is not None:
+                prompt_text, logprobs = self._echoed(index, collected.prompt_logprobs, 0)
+                text = prompt_text + text
+            if self.num_logprobs is not None:
+                offset = len(text) - len(collected.text)
+                logprobs = _joined(logprobs, self._logprobs(collected.logprobs, offset))
+            out.append(
+                CompletionChoice(index=index, text=text, logprobs=logprobs, finish_reason=collected.finish_reason)
+            )
+        return self._completion(out, usage)
+
+    def _echoed(
+        self, index: int, prompt_logprobs: list[TokenLogprobs | None] | None, offset: int
+    ) -> tuple[str, CompletionLogprobs | None]:
+        assert self.echo is not None
+        prompt_index = index // self.job.n
+        text = self.echo[prompt_index]
+        if self.num_logprobs is None:
+            return text, None
+        ids = self.job.prompts[prompt_index]
+        entries = prompt_logprobs or [None] * len(ids)
+        return text, self._lists(ids, entries, offset)
+
+    def _logprobs(self, entries: list[TokenLogprobs], offset: int) -> CompletionLogprobs:
+        return self._lists([e.token_id for e in entries], list(entries), offset)
+
+    def _lists(self, ids: list[int], entries: list[TokenLogprobs | None], offset: int) -> CompletionLogprobs:
+        tok = self.tokenization
+        tokens = [tok.token_text(t) for t in ids]
+        offsets = []
+        for token in tokens:
+            offsets.append(offset)
+            offset += len(token)
+        return CompletionLogprobs(
+            text_offset=offsets,
+            token_logprobs=[_logprob(e.logprob) if e is not None else None for e in entries],
+            tokens=tokens,
+            top_logprobs=[
+                {tok.token_text(t): _logprob(lp) for t, lp in e.top} if e is not None else None for e in entries
+            ],
+        )
+
+
+def _joined(head: CompletionLogprobs | None, tail: CompletionLogprobs) -> CompletionLogprobs:
+    if head is None:
+        return tail
+    return CompletionLogprobs(
+        text_offset=head.text_offset + tail.text_offset,
+        token_logprobs=head.token_logprobs + tail.token_logprobs,
+        tokens=head.tokens + tail.tokens,
+        top_logprobs=(head.top_logprobs or []) + (tail.top_logprobs or []),
+    )
 
 
 async def chat_completion(req: ChatCompletionRequest, raw: Request, state: ServerState) -> Response:
     state.check_model(req.model)
-    headers = charge_request(raw, state)
-    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
-    _check_text_length(sum(len(m["content"]) for m in messages), state, "messages")
-    _log_prompt(state, messages)
-    prompt = state.tokenization.chat_prompt(messages)
-    job = _job(req, [prompt], req.requested_max_tokens(), state, "messages")
-    return await _respond(req.stream, req.include_usage(), job, _ChatFormat(req.model), raw, state, headers)
+    headers = {**charge_request(raw, state), **_ignored(req, state)}
+    plan = plan_chat(req, state.api, state.tokenization.chat_template)
+    _log_prompt(state, plan.messages)
+    prompt = chat_prompt(plan.messages, state, tools=plan.template_tools, template_kwargs=req.chat_template_kwargs)
+    structured = plan.structured if plan.structured is not None else structured_output(req)
+    if plan.structured is not None and structured_output(req) is not None:
+        raise invalid_request(
+            "A structured-output constraint cannot be combined with tool_choice 'required' or a named function.",
+            param="tool_choice",
+        )
+    job = _job(req, [prompt], req.requested_max_tokens(), state, "messages", structured)
+    fmt = _ChatFormat(req.model, state.tokenization, plan.output, req.logprobs)
+    return await _respond(req, job, fmt, raw, state, headers)
 
 
 async def text_completion(req: CompletionRequest, raw: Request, state: ServerState) -> Response:
     state.check_model(req.model)
-    headers = charge_request(raw, state)
+    headers = {**charge_request(raw, state), **_ignored(req, state)}
     _log_prompt(state, req.prompt)
-    job = _job(req, _prompts(req, state), req.requested_max_tokens(), state, "prompt")
-    return await _respond(req.stream, req.include_usage(), job, _TextFormat(req.model), raw, state, headers)
+    prompts = _prompts(req, state)
+    logprobs = req.num_logprobs()
+    echo_logprobs = logprobs if req.echo and logprobs is not None else None
+    job = _job(req, prompts, req.requested_max_tokens(), state, "prompt", structured_output(req), echo_logprobs)
+    echo = _echo_texts(req, prompts, state) if req.echo else None
+    fmt = _TextFormat(req.model, state.tokenization, job, echo, logprobs)
+    return await _respond(req, job, fmt, raw, state, headers)
+
+
+def _ignored(req: SamplingFields, state: ServerState) -> dict[str, str]:
+    """The ``x-ignored-params`` header naming fields that take no effect; under --strict, a 400."""
+    ignored = req.ignored_fields()
+    if not ignored:
+        return {}
+    if state.api.strict:
+        raise invalid_request(
+            f"'{ignored[0]}' is not supported by this server and would be ignored (the server runs with --strict).",
+            param=ignored[0],
+            code="unsupported_parameter",
+        )
+    return {IGNORED_PARAMS_HEADER: ", ".join(ignored)}
+
+
+def _echo_texts(req: CompletionRequest, prompts: list[list[int]], state: ServerState) -> list[str]:
+    """Each prompt as echoed: the client's own string, or its token ids decoded."""
+    if isinstance(req.prompt, str):
+        return [req.prompt]
+    if all(isinstance(p, str) for p in req.prompt):
+        return [str(p) for p in req.prompt]
+    return [state.tokenization.decode(p) for p in prompts]
 
 
 def _prompts(req: CompletionRequest, state: ServerState) -> list[list[int]]:
     """OpenAI's four prompt forms: a string, strings, token ids, or lists of token ids."""
     prompt = req.prompt
     if isinstance(prompt, str):
-        _check_text_length(len(prompt), state, "prompt")
-        return [state.tokenization.encode(prompt)]
+        return [text_prompt(prompt, state)]
     if not prompt:
         raise invalid_request("The prompt is empty.", param="prompt")
     if all(isinstance(p, int) for p in prompt):
@@ -144,24 +395,8 @@ def _prompts(req: CompletionRequest, state: ServerState) -> list[list[int]]:
         )
     for text in prompt:
         if isinstance(text, str):
-            _check_text_length(len(text), state, "prompt")
+            check_text_length(len(text), state, "prompt")
     return [state.tokenization.encode(p) if isinstance(p, str) else list(p) for p in prompt]  # type: ignore[arg-type]
-
-
-def _check_text_length(chars: int, state: ServerState, param: str) -> None:
-    """Refuse text that surely exceeds the context window, without tokenizing it.
-
-    Tokenizing runs on the event loop; a multi-megabyte prompt would stall every stream for
-    the time it takes, only to be refused afterwards.
-    """
-    max_len = state.engine.max_model_len
-    if chars > max_len * state.tokenization.max_token_chars:
-        raise invalid_request(
-            f"This model's maximum context length is {max_len} tokens; the {param} holds {chars} characters, "
-            "which is surely more. Please reduce the length of the prompt.",
-            param=param,
-            code="context_length_exceeded",
-        )
 
 
 def _log_prompt(state: ServerState, prompt: object) -> None:
@@ -175,6 +410,8 @@ def _job(
     max_tokens: int | None,
     state: ServerState,
     param: str,
+    structured: StructuredOutput | None,
+    prompt_logprobs: int | None = None,
 ) -> Job:
     return build_job(
         req,
@@ -184,17 +421,13 @@ def _job(
         vocab_size=state.tokenization.vocab_size(),
         prompt_param=param,
         defaults=state.sampling_defaults,
+        structured=structured,
+        prompt_logprobs=prompt_logprobs,
     )
 
 
 async def _respond(
-    stream: bool,
-    include_usage: bool,
-    job: Job,
-    fmt: _Format,
-    raw: Request,
-    state: ServerState,
-    headers: dict[str, str],
+    req: SamplingFields, job: Job, fmt: _Format, raw: Request, state: ServerState, headers: dict[str, str]
 ) -> Response:
     """Admit the job, then answer: every refusal comes before the response starts."""
     if not state.engine.is_alive:
@@ -205,13 +438,13 @@ async def _respond(
     raw.state.ticket = ticket  # for the request's log line
     headers = {**headers, **token_headers}
     events = ticket.track(Generation(state.engine, state.tokenization).run(job, ticket.inbox))
-    if stream:
+    if req.stream:
 
         async def client_gone(_: object) -> None:
             ticket.client_gone = True
 
         return EventStream(
-            _sse(events, job, fmt, include_usage, ticket, state),
+            _sse(events, job, fmt, _UsageReport(req.include_usage(), req.continuous_usage()), ticket, state),
             sep="\n",
             headers=headers,
             send_timeout=state.gateway.stream_send_timeout,
@@ -229,25 +462,51 @@ def _aborted(ticket: Ticket, state: ServerState, reason: str) -> None:
     state.metrics.aborted.labels(reason).inc()
 
 
+@dataclass(frozen=True)
+class _UsageReport:
+    """Where a stream reports usage: a last chunk (include_usage), and every chunk (vLLM's continuous_usage_stats)."""
+
+    final: bool
+    continuous: bool
+
+
+class _Tally:
+    """A response's token counts as its events arrive."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.tokens = 0
+        self.cached: dict[int, int] = {}  # prompt index -> prompt tokens the prefix cache served
+
+    def add(self, event: ChoiceEvent) -> None:
+        self.tokens += event.num_tokens
+        if event.num_cached_tokens is not None and event.index % self.job.n == 0:
+            self.cached[event.index // self.job.n] = event.num_cached_tokens
+
+    def usage(self, fmt: _Format) -> Usage:
+        usage = self.job.usage(self.tokens, sum(self.cached.values()))
+        reasoning = fmt.reasoning_tokens()
+        if reasoning is not None:
+            usage.completion_tokens_details = CompletionTokensDetails(reasoning_tokens=reasoning)
+        return usage
+
+
 async def _collect(events: AsyncGenerator[ChoiceEvent, None], job: Job, fmt: _Format) -> BaseModel:
-    count = len(job.prompts) * job.n
-    texts: list[list[str]] = [[] for _ in range(count)]
-    reasons: list[FinishReason] = ["stop"] * count
-    tokens = 0
+    choices = [_Collected() for _ in range(job.num_choices)]
+    tally = _Tally(job)
     async with aclosing(events):
         async for event in events:
-            texts[event.index].append(event.text)
-            tokens += event.num_tokens
-            if event.finish_reason is not None:
-                reasons[event.index] = event.finish_reason
-    return fmt.whole(["".join(t) for t in texts], reasons, job.usage(tokens))
+            choices[event.index].add(event)
+            tally.add(event)
+            fmt.observe(event)
+    return fmt.whole(choices, tally.usage(fmt))
 
 
 async def _sse(
     events: AsyncGenerator[ChoiceEvent, None],
     job: Job,
     fmt: _Format,
-    include_usage: bool,
+    report: _UsageReport,
     ticket: Ticket,
     state: ServerState,
 ) -> AsyncIterator[str]:
@@ -257,21 +516,24 @@ async def _sse(
     waits past ``--stream-send-timeout`` (a client that stopped reading); either way closing
     ``events`` aborts every engine request behind it, and the abort is counted by its reason.
     """
-    exclude = None if include_usage else {"usage"}
-    for index in range(len(job.prompts) * job.n):
+    exclude = None if report.final else {"usage"}
+    for index in range(job.num_choices):
         opening = fmt.opening(index)
         if opening is not None:
+            if report.continuous:
+                opening.usage = job.usage(0)  # type: ignore[attr-defined]
             yield opening.model_dump_json(exclude=exclude)
-    tokens = 0
+    tally = _Tally(job)
     finished = False
     try:
         async with aclosing(events):
             async for event in events:
-                tokens += event.num_tokens
-                if event.text:
-                    yield fmt.chunk(event.index, event.text, None).model_dump_json(exclude=exclude)
-                if event.finish_reason is not None:
-                    yield fmt.chunk(event.index, "", event.finish_reason).model_dump_json(exclude=exclude)
+                tally.add(event)
+                chunk = fmt.chunk(event)
+                if chunk is not None:
+                    if report.continuous:
+                        chunk.usage = tally.usage(fmt)  # type: ignore[attr-defined]
+                    yield chunk.model_dump_json(exclude=exclude)
         finished = True
     except Exception as exc:  # whatever failed, the client gets an error event, then [DONE]
         # Headers are gone already; OpenAI reports mid-stream failures as an error event.
@@ -283,8 +545,8 @@ async def _sse(
     finally:
         if not finished:
             _aborted(ticket, state, "client_disconnect" if ticket.client_gone else "send_timeout")
-    if include_usage:
-        yield fmt.usage_chunk(job.usage(tokens)).model_dump_json()
+    if report.final:
+        yield fmt.usage_chunk(tally.usage(fmt)).model_dump_json()
     yield "[DONE]"
 
 

@@ -21,6 +21,7 @@ from pydantic_settings import (
 )
 
 from adapters.config import EngineArgs
+from server.api_config import ApiArgs
 from server.gateway_config import GatewayArgs
 
 # vLLM's (or older) spellings of ise's flags: flag -> the other name it answers to, so that
@@ -42,9 +43,9 @@ def default_cache_dir() -> Path:
     return Path(base) / "ise"
 
 
-# The server's own settings; the engine's and the gateway's come from EngineArgs and GatewayArgs,
-# declared there once. The docstring is what `ise serve --help` shows first.
-class Settings(BaseSettings, EngineArgs, GatewayArgs):
+# The server's own settings; the engine's, the gateway's and the API's come from EngineArgs,
+# GatewayArgs and ApiArgs, declared there once. The docstring is what `ise serve --help` shows first.
+class Settings(BaseSettings, EngineArgs, GatewayArgs, ApiArgs):
     """Serve a model over an OpenAI-compatible API (every option is also an ISE_* variable and a key of --config)."""
 
     model_config = SettingsConfigDict(env_prefix="ISE_", protected_namespaces=(), extra="forbid")

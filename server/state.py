@@ -8,6 +8,7 @@ from fastapi import Request
 
 from adapters.engine import Engine
 from server.admission import Admission
+from server.api_config import ApiArgs
 from server.errors import APIError
 from server.gateway_config import GatewayArgs
 from server.generation import SamplingDefaults
@@ -26,6 +27,7 @@ class ServerState:
     sampling_defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
     created: int = field(default_factory=now)
     gateway: GatewayArgs = field(default_factory=GatewayArgs)
+    api: ApiArgs = field(default_factory=ApiArgs)
     batch_slots: int | None = None  # the engine's --max-num-seqs, for predicting slot waits
     admission: Admission = field(init=False)
     rate_limits: RateLimits = field(init=False, default_factory=RateLimits)

@@ -7,15 +7,17 @@ strings are matched here, on text, because they can span token boundaries.
 
 from __future__ import annotations
 
+import inspect
 import re
 import uuid
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from tokenizers import AddedToken, Tokenizer
 from tokenizers.decoders import DecodeStream
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from server.errors import invalid_request
 
@@ -27,8 +29,12 @@ class TextStream:
     settle it, so the stop text itself is never sent, even when it arrives a piece at a time.
     """
 
-    def __init__(self, tokenizer: Tokenizer, stop: Sequence[str], min_tokens: int = 0) -> None:
+    def __init__(
+        self, tokenizer: Tokenizer, stop: Sequence[str], min_tokens: int = 0, include_stop: bool = False
+    ) -> None:
+        """``include_stop``: vLLM's include_stop_str_in_output, the stop string ends the text."""
         self._tokenizer = tokenizer
+        self._include_stop = include_stop
         self._decoder = DecodeStream(skip_special_tokens=True)
         self._stop = list(stop)
         self._min_tokens = min_tokens
@@ -64,11 +70,12 @@ class TextStream:
         # A stop string can only end in text not yet searched (unsent, and past the min_tokens
         # text), so each is searched for from just before that.
         searched = max(self._sent, self._stop_from)
-        found = (self._text.find(s, max(0, searched - len(s) + 1)) for s in self._stop)
-        hits = [i for i in found if i >= 0]
+        found = ((self._text.find(s, max(0, searched - len(s) + 1)), s) for s in self._stop)
+        hits = [(i, s) for i, s in found if i >= 0]
         if not hits:
             return False
-        self._text = self._text[: min(hits)]
+        at, stop = min(hits)
+        self._text = self._text[: at + len(stop) if self._include_stop else at]
         self.stopped = True
         return True
 
@@ -85,6 +92,30 @@ class TextStream:
         delta = self._text[self._sent : end]
         self._sent = max(self._sent, end)
         return delta
+
+
+@lru_cache(maxsize=1)
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, reversed: printable stand-in character -> the byte it spells."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = list(printable)
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(printable, chars, strict=True)}
+
+
+# apply_chat_template's own arguments: a client's chat_template_kwargs must not reach them
+# (``tokenize`` would make it return token ids, ``chat_template`` swap the template).
+_RESERVED_TEMPLATE_ARGS = frozenset(inspect.signature(PreTrainedTokenizerBase.apply_chat_template).parameters) | {
+    "messages",
+    "conversation",
+}
+
+_BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 
 class Tokenization:
@@ -115,8 +146,22 @@ class Tokenization:
         # holds more tokens than that: prompts can be refused before they are tokenized.
         self.max_token_chars = max(map(len, self.hf.get_vocab()), default=1)
 
-    def chat_prompt(self, messages: Sequence[Mapping[str, Any]]) -> list[int]:
+    @property
+    def chat_template(self) -> str | None:
+        """The template in use (the tokenizer's, or --chat-template's), for detecting its tool format."""
+        template = self.hf.chat_template
+        return template if isinstance(template, str) else None
+
+    def chat_prompt(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        template_kwargs: Mapping[str, Any] | None = None,
+    ) -> list[int]:
         """The prompt's token ids: the template's markers as control tokens, message text as text.
+
+        ``tools`` go to templates that render them; ``template_kwargs`` (vLLM's
+        chat_template_kwargs, e.g. ``enable_thinking``) become template variables.
 
         Special-token text inside a message (a user typing ``<|im_end|>``) must not become the
         control token, or a user could forge turns of the conversation. Such text is swapped for
@@ -129,7 +174,7 @@ class Tokenization:
         pattern = self._special_re
         if pattern is None or not any(pattern.search(str(m.get("content") or "")) for m in messages):
             # The template already wrote the special tokens it wants.
-            return self.encode(self._render(messages), add_special_tokens=False)
+            return self.encode(self._render(messages, tools, template_kwargs), add_special_tokens=False)
         nonce = uuid.uuid4().hex
         held: list[str] = []
 
@@ -139,7 +184,9 @@ class Tokenization:
 
         masked = [{**m, "content": pattern.sub(hold, str(m.get("content") or ""))} for m in messages]
         placeholder = re.compile(f"\ue000{nonce}:(\\d+)\ue001")
-        pieces = pattern.split(self._render(masked))  # odd indices: the template's special tokens
+        pieces = pattern.split(
+            self._render(masked, tools, template_kwargs)
+        )  # odd indices: the template's special tokens
         ids: list[int] = []
         for i, piece in enumerate(pieces):
             if i % 2:
@@ -155,9 +202,27 @@ class Tokenization:
                 ids += self.hf.encode(text, add_special_tokens=False, split_special_tokens=True)
         return ids
 
-    def _render(self, messages: Sequence[Mapping[str, Any]]) -> str:
+    def _render(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        template_kwargs: Mapping[str, Any] | None,
+    ) -> str:
+        variables = dict(template_kwargs or {})
+        reserved = sorted(set(variables) & _RESERVED_TEMPLATE_ARGS)
+        if reserved:
+            raise invalid_request(
+                f"chat_template_kwargs may not set {', '.join(reserved)}: the server sets it.",
+                param="chat_template_kwargs",
+            )
         try:
-            text = self.hf.apply_chat_template([dict(m) for m in messages], add_generation_prompt=True, tokenize=False)
+            text = self.hf.apply_chat_template(
+                [dict(m) for m in messages],
+                tools=[*tools] if tools else None,
+                add_generation_prompt=True,
+                tokenize=False,
+                **variables,
+            )
         except Exception as exc:  # a template may raise on any message layout it does not accept
             raise invalid_request(f"The chat template rejected these messages: {exc}", param="messages") from exc
         return str(text)
@@ -172,5 +237,29 @@ class Tokenization:
         """Token ids below this are valid in prompts and ``stop_token_ids``."""
         return self._vocab_size
 
-    def text_stream(self, stop: Sequence[str], min_tokens: int = 0) -> TextStream:
-        return TextStream(self.backend, stop, min_tokens)
+    def text_stream(self, stop: Sequence[str], min_tokens: int = 0, include_stop: bool = False) -> TextStream:
+        return TextStream(self.backend, stop, min_tokens, include_stop)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes one token stands for, as logprobs report them (OpenAI's ``bytes``).
+
+        A token may hold part of a UTF-8 character, so this works on the vocabulary entry, not
+        on decoded text: byte-level vocabularies (GPT-2's, Llama 3's, SmolLM2's) spell each byte
+        as one printable character; SentencePiece ones spell bytes as ``<0xNN>`` and spaces as ``▁``.
+        """
+        piece = self.backend.id_to_token(token_id)
+        if piece is None:
+            return b""
+        if piece in self._specials:
+            return piece.encode()
+        decoder = _byte_decoder()
+        if all(ch in decoder for ch in piece):
+            return bytes(decoder[ch] for ch in piece)
+        byte = _BYTE_TOKEN.fullmatch(piece)
+        if byte:
+            return bytes([int(byte.group(1), 16)])
+        return piece.replace("\u2581", " ").encode()
+
+    def token_text(self, token_id: int) -> str:
+        """The token's text for logprobs' ``token``; a partial UTF-8 character shows as U+FFFD."""
+        return self.token_bytes(token_id).decode("utf-8", errors="replace")

@@ -26,7 +26,15 @@ from adapters.engine import (
     EngineStats,
     FinishReason,
     RequestFailedError,
+    TokenLogprobs,
 )
+
+
+def fake_logprobs(token_id: int, position: int, k: int) -> TokenLogprobs:
+    """The fake's logprobs for ``token_id`` at ``position``: made-up numbers, distinct per position
+    so tests can tell entries apart; the alternatives are the ids after it, each less likely."""
+    logprob = -0.25 * (position + 1)
+    return TokenLogprobs(token_id, logprob, tuple((token_id + j, logprob - j) for j in range(k)))
 
 
 @dataclass(frozen=True)
@@ -61,8 +69,12 @@ Script = Callable[[EngineRequest], Reply]
 class FakeEngine:
     """An ``Engine`` whose every request is answered by ``script``, which a test may replace."""
 
-    def __init__(self, script: Script, *, eos_token_ids: frozenset[int], max_model_len: int) -> None:
+    def __init__(
+        self, script: Script, *, eos_token_ids: frozenset[int], max_model_len: int, cached_tokens: int = 0
+    ) -> None:
+        """``cached_tokens``: the prefix-cache hit every request reports."""
         self.script = script
+        self.cached_tokens = cached_tokens
         self._eos = eos_token_ids
         self._max_model_len = max_model_len
         self._started = False
@@ -115,7 +127,7 @@ class FakeEngine:
                 reason = self._finish_reason(request, token, index + 1)
                 finished = reason is not None
                 self.emitted.append((request.request_id, token))
-                yield EngineOutput([token], reason)
+                yield self._output(request, token, index, reason)
                 if finished:
                     return
             raise AssertionError(f"the script for {request.request_id} ended before the request finished")
@@ -123,6 +135,22 @@ class FakeEngine:
             self._running.discard(request.request_id)
             if not finished:
                 self.abort(request.request_id)
+
+    def _output(self, request: EngineRequest, token: int, index: int, reason: FinishReason | None) -> EngineOutput:
+        """A token as the real engines report it, with logprobs and the cache hit where asked."""
+        params, prompt = request.params, request.prompt_token_ids
+        first = index == 0
+        return EngineOutput(
+            [token],
+            reason,
+            logprobs=[fake_logprobs(token, index, params.logprobs)] if params.logprobs is not None else None,
+            prompt_logprobs=(
+                [None, *(fake_logprobs(t, i, params.prompt_logprobs) for i, t in enumerate(prompt[1:]))]
+                if first and params.prompt_logprobs is not None
+                else None
+            ),
+            num_cached_tokens=min(self.cached_tokens, len(prompt)) if first else None,
+        )
 
     async def _wait(self, seconds: float) -> None:
         """Sleep before a token (yielding to other requests even at 0 s), unless the engine stops."""

@@ -1,0 +1,47 @@
+"""Options for what the API does with requests' text: strictness, tool calls, reasoning; declared once.
+
+``server.settings.Settings`` inherits them (as it inherits ``EngineArgs`` and ``GatewayArgs``), so
+each is a flag, an ``ISE_*`` variable and a key of the TOML file. Names and values follow vLLM's
+frontend flags (``--tool-call-parser hermes``, ``--reasoning-parser deepseek_r1``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# The tool-call formats ise reads (server/tool_parsers registers one parser under each name).
+ToolCallParserName = Literal["hermes", "llama3_json", "mistral", "ise_json"]
+# The reasoning formats (server/reasoning.py registers one parser under each name).
+ReasoningParserName = Literal["deepseek_r1", "qwen3", "think"]
+
+
+class ApiArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    strict: bool = Field(
+        False,
+        description="Refuse (400, naming it) any request field that would take no effect, instead of listing "
+        "it in the x-ignored-params response header",
+    )
+    tool_call_parser: ToolCallParserName | Literal["auto"] = Field(
+        "auto",
+        description="How model output becomes tool calls: hermes, llama3_json, mistral, ise_json (ise's generic "
+        "JSON format for chat templates without tools), or auto (detected from the chat template)",
+    )
+    enable_auto_tool_choice: bool = Field(
+        True,
+        description="Accepted so vLLM command lines work: tool_choice auto always works on ise, whatever its value",
+    )
+    reasoning_parser: ReasoningParserName | None = Field(
+        None,
+        description="Put a reasoning model's thinking in reasoning_content, not content: deepseek_r1 (the "
+        "template opens <think>) or qwen3 / think (the model writes <think>...</think> itself); unset: none",
+    )
+    reasoning_tags: list[str] = Field(
+        ["<think>", "</think>"],
+        min_length=2,
+        max_length=2,
+        description="The opening and closing tags around the thinking, for --reasoning-parser",
+    )

@@ -1,0 +1,427 @@
+"""The request fields applications call beyond plain text: what reaches the engine and the shapes that come back.
+
+The fake engine reports made-up logprobs and cache hits (``fake_logprobs``), so these tests check
+the server's side: fields carried to the engine, OpenAI's shapes, streamed equal to whole, and
+nothing ignored silently. Their numerics on the real model are tests/real/test_api_fields.py's.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from fastapi import FastAPI
+
+from adapters.engine import StructuredOutput
+from server.app import create_app
+from server.api_config import ApiArgs
+from server.state import ServerState
+from tests.fast.conftest import MODEL, TinyModel
+from tests.fast.fake_engine import FakeEngine, fake_logprobs
+
+HI = [{"role": "user", "content": "Say hello"}]
+
+
+def _chat(**extra: Any) -> dict[str, Any]:
+    return {"model": MODEL, "messages": HI, **extra}
+
+
+def _text(**extra: Any) -> dict[str, Any]:
+    return {"model": MODEL, "prompt": "Hello", "max_tokens": 8, **extra}
+
+
+def _events(body: str) -> list[dict[str, Any]]:
+    lines = [line.removeprefix("data: ") for line in body.split("\n") if line.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    return [json.loads(line) for line in lines[:-1]]
+
+
+def _error(response: httpx.Response, status: int = 400) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    error: dict[str, Any] = response.json()["error"]
+    return error
+
+
+# Sampling fields reach the engine.
+
+
+async def test_logit_bias_and_min_p_reach_the_engine(http: httpx.AsyncClient, fake: FakeEngine) -> None:
+    response = await http.post("/v1/chat/completions", json=_chat(logit_bias={"7": -100, "3": 5.5}, min_p=0.2))
+    assert response.status_code == 200, response.text
+    params = fake.requests[0].params
+    assert params.logit_bias == ((3, 5.5), (7, -100.0))
+    assert params.min_p == 0.2
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"logit_bias": {"hello": 1}}, "logit_bias"),
+        ({"logit_bias": {"100000": 1}}, "logit_bias"),
+        ({"logit_bias": {"5": 101}}, "logit_bias.5"),
+        ({"min_p": 1.5}, "min_p"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"use_beam_search": True}, "use_beam_search"),
+    ],
+)
+async def test_bad_sampling_fields_are_400_naming_them(
+    http: httpx.AsyncClient, body: dict[str, Any], param: str
+) -> None:
+    assert _error(await http.post("/v1/chat/completions", json=_chat(**body)))["param"] == param
+
+
+async def test_null_means_the_default(http: httpx.AsyncClient, fake: FakeEngine) -> None:
+    nulls = {
+        "n": None,
+        "presence_penalty": None,
+        "frequency_penalty": None,
+        "temperature": None,
+        "top_p": None,
+        "stop": None,
+        "logprobs": None,
+        "top_logprobs": None,
+        "logit_bias": None,
+        "min_p": None,
+        "seed": None,
+        "stream": None,
+        "stream_options": None,
+        "max_tokens": None,
+        "tools": None,
+        "tool_choice": None,
+        "response_format": None,
+        "user": None,
+    }
+    response = await http.post("/v1/chat/completions", json=_chat(**nulls))
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["message"]["content"] == "Hello world!"
+    assert "x-ignored-params" not in response.headers
+
+
+# Logprobs, in OpenAI's shapes.
+
+
+async def test_chat_logprobs_whole_and_streamed(http: httpx.AsyncClient, fake: FakeEngine, tiny: TinyModel) -> None:
+    body = _chat(logprobs=True, top_logprobs=2)
+    whole = (await http.post("/v1/chat/completions", json=body)).json()["choices"][0]
+    content = whole["logprobs"]["content"]
+    ids = tiny.ids("Hello", " world", "!")
+    assert [c["token"] for c in content] == [tiny.tokenization.token_text(t) for t in ids]
+    assert "".join(c["token"] for c in content) == whole["message"]["content"]
+    assert [c["logprob"] for c in content] == [fake_logprobs(t, i, 2).logprob for i, t in enumerate(ids)]
+    assert all(len(c["top_logprobs"]) == 2 and bytes(c["bytes"]).decode() == c["token"] for c in content)
+    assert content[0]["top_logprobs"][1]["logprob"] == content[0]["logprob"] - 1
+    streamed = _events((await http.post("/v1/chat/completions", json={**body, "stream": True})).text)
+    entries = [e for chunk in streamed for c in chunk["choices"] if c["logprobs"] for e in c["logprobs"]["content"]]
+    assert entries == content
+
+
+async def test_chat_logprobs_parse_as_the_sdks_types(sdk: openai.AsyncOpenAI) -> None:
+    completion = await sdk.chat.completions.create(model=MODEL, messages=HI, logprobs=True, top_logprobs=1)  # type: ignore[arg-type]
+    logprobs = completion.choices[0].logprobs
+    assert logprobs is not None and logprobs.content is not None
+    assert logprobs.content[0].top_logprobs[0].token == logprobs.content[0].token
+
+
+async def test_no_logprobs_unless_asked(http: httpx.AsyncClient) -> None:
+    choice = (await http.post("/v1/chat/completions", json=_chat())).json()["choices"][0]
+    assert choice["logprobs"] is None
+
+
+async def test_completion_logprobs_zero_gives_the_chosen_tokens_only(http: httpx.AsyncClient, tiny: TinyModel) -> None:
+    choice = (await http.post("/v1/completions", json=_text(logprobs=0))).json()["choices"][0]
+    logprobs = choice["logprobs"]
+    ids = tiny.ids("Hello", " world", "!")
+    assert logprobs["tokens"] == [tiny.tokenization.token_text(t) for t in ids]
+    assert logprobs["token_logprobs"] == [fake_logprobs(t, i, 0).logprob for i, t in enumerate(ids)]
+    assert logprobs["top_logprobs"] == [{}] * len(ids)
+    assert [choice["text"][o:] for o in logprobs["text_offset"]] == ["Hello world!", " world!", "ld!", "!"]
+
+
+async def test_echo_with_logprobs_covers_the_prompt(http: httpx.AsyncClient, fake: FakeEngine, tiny: TinyModel) -> None:
+    choice = (await http.post("/v1/completions", json=_text(echo=True, logprobs=1))).json()["choices"][0]
+    assert choice["text"] == "Hello" + "Hello world!"
+    assert fake.requests[0].params.prompt_logprobs == 1
+    logprobs = choice["logprobs"]
+    prompt = tiny.tokenization.encode("Hello")
+    assert len(logprobs["tokens"]) == len(prompt) + len(tiny.ids("Hello", " world", "!"))
+    assert logprobs["token_logprobs"][0] is None and logprobs["top_logprobs"][0] is None
+    text = choice["text"]
+    assert all(text[o : o + len(t)] == t for o, t in zip(logprobs["text_offset"], logprobs["tokens"], strict=True))
+
+
+async def test_echo_streams_the_prompt_first(http: httpx.AsyncClient) -> None:
+    events = _events((await http.post("/v1/completions", json=_text(echo=True, stream=True))).text)
+    texts = [c["text"] for e in events for c in e["choices"]]
+    assert texts[0].startswith("Hello") and "".join(texts) == "HelloHello world!"
+
+
+async def test_streamed_completion_logprobs_concatenate_to_the_whole(http: httpx.AsyncClient) -> None:
+    whole = (await http.post("/v1/completions", json=_text(logprobs=2))).json()["choices"][0]["logprobs"]
+    events = _events((await http.post("/v1/completions", json=_text(logprobs=2, stream=True))).text)
+    joined: dict[str, list[Any]] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    for event in events:
+        for choice in event["choices"]:
+            for key in joined:
+                joined[key] += (choice["logprobs"] or {}).get(key) or []
+    assert joined == whole
+
+
+# Usage: cache hits, continuous stats; stop strings kept on request.
+
+
+async def test_cached_tokens_are_reported(fake: FakeEngine, tiny: TinyModel) -> None:
+    fake.cached_tokens = 3
+    app = create_app(ServerState(engine=fake, tokenization=tiny.tokenization, model_name=MODEL))
+    async with app.router.lifespan_context(app), _client(app) as http:
+        usage = (await http.post("/v1/chat/completions", json=_chat())).json()["usage"]
+        assert usage["prompt_tokens_details"] == {"cached_tokens": 3}
+        events = _events(
+            (
+                await http.post("/v1/chat/completions", json=_chat(stream=True, stream_options={"include_usage": True}))
+            ).text
+        )
+        assert events[-1]["usage"]["prompt_tokens_details"] == {"cached_tokens": 3}
+
+
+async def test_continuous_usage_stats_count_as_they_go(http: httpx.AsyncClient, tiny: TinyModel) -> None:
+    options = {"include_usage": True, "continuous_usage_stats": True}
+    events = _events((await http.post("/v1/completions", json=_text(stream=True, stream_options=options))).text)
+    counts = [e["usage"]["completion_tokens"] for e in events[:-1]]  # the last: the usage chunk
+    assert counts == sorted(counts) and counts[-1] == len(tiny.ids("Hello", " world", "!")) + 1  # and EOS
+    assert all(e["usage"]["prompt_tokens"] == events[0]["usage"]["prompt_tokens"] for e in events)
+
+
+async def test_include_stop_str_in_output(http: httpx.AsyncClient) -> None:
+    cut = (await http.post("/v1/completions", json=_text(stop=[" wor"]))).json()["choices"][0]["text"]
+    kept = (await http.post("/v1/completions", json=_text(stop=[" wor"], include_stop_str_in_output=True))).json()
+    assert (cut, kept["choices"][0]["text"]) == ("Hello", "Hello wor")
+
+
+# Nothing silent.
+
+
+async def test_fields_that_take_no_effect_are_named_in_a_header(http: httpx.AsyncClient) -> None:
+    body = _chat(store=True, metadata={"a": "b"}, made_up_field=1, stream_options=None, service_tier="auto")
+    response = await http.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200
+    assert response.headers["x-ignored-params"] == "store, metadata, made_up_field"
+    options = {"include_usage": True, "include_obfuscation": True}
+    response = await http.post("/v1/chat/completions", json=_chat(stream=True, stream_options=options))
+    assert response.headers["x-ignored-params"] == "stream_options.include_obfuscation"
+    plain = await http.post("/v1/chat/completions", json=_chat(store=False, parallel_tool_calls=True))
+    assert "x-ignored-params" not in plain.headers
+
+
+async def test_strict_refuses_fields_that_would_be_ignored(fake: FakeEngine, tiny: TinyModel) -> None:
+    state = ServerState(engine=fake, tokenization=tiny.tokenization, model_name=MODEL, api=ApiArgs(strict=True))
+    app = create_app(state)
+    async with app.router.lifespan_context(app), _client(app) as http:
+        error = _error(await http.post("/v1/completions", json=_text(metadata={"a": "b"})))
+        assert (error["param"], error["code"]) == ("metadata", "unsupported_parameter")
+        assert (await http.post("/v1/completions", json=_text(logprobs=1, echo=True))).status_code == 200
+    assert len(fake.requests) == 1
+
+
+# Messages: text only, tool history accepted.
+
+
+@pytest.mark.parametrize("kind", ["image_url", "input_audio", "file"])
+async def test_media_parts_get_a_text_only_400(http: httpx.AsyncClient, kind: str) -> None:
+    parts = [{"type": "text", "text": "What is this?"}, {"type": kind, kind: {"url": "data:,"}}]
+    error = _error(await http.post("/v1/chat/completions", json=_chat(messages=[{"role": "user", "content": parts}])))
+    assert error["param"] == "messages.0.content"
+    assert "text-only" in error["message"] and kind in error["message"]
+
+
+async def test_tool_history_is_accepted(http: httpx.AsyncClient, fake: FakeEngine, tiny: TinyModel) -> None:
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    messages = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "22 C"},
+    ]
+    response = await http.post("/v1/chat/completions", json=_chat(messages=messages))
+    assert response.status_code == 200, response.text
+    prompt = tiny.tokenization.decode(fake.requests[0].prompt_token_ids)
+    assert "get_weather" in prompt and "22 C" in prompt
+
+
+# Structured outputs: every spelling reaches the engine as one constraint, checked first.
+
+_SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+_CANONICAL = json.dumps(_SCHEMA, sort_keys=True, separators=(",", ":"))
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({"response_format": {"type": "json_object"}}, StructuredOutput(json_object=True)),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "p", "schema": _SCHEMA, "strict": True},
+                }
+            },
+            StructuredOutput(json=_CANONICAL),
+        ),
+        ({"structured_outputs": {"json": _SCHEMA}}, StructuredOutput(json=_CANONICAL)),
+        ({"guided_json": json.dumps(_SCHEMA)}, StructuredOutput(json=_CANONICAL)),
+        ({"structured_outputs": {"regex": "[a-z]+"}}, StructuredOutput(regex="[a-z]+")),
+        ({"guided_regex": "[a-z]+"}, StructuredOutput(regex="[a-z]+")),
+        ({"guided_choice": ["yes", "no"]}, StructuredOutput(choice=("yes", "no"))),
+        ({"structured_outputs": {"grammar": 'root ::= "a" | "b"'}}, StructuredOutput(grammar='root ::= "a" | "b"')),
+        ({"response_format": {"type": "text"}}, None),
+    ],
+)
+async def test_every_structured_output_spelling_reaches_the_engine(
+    http: httpx.AsyncClient, fake: FakeEngine, body: dict[str, Any], expected: StructuredOutput | None
+) -> None:
+    for path, request in (("/v1/chat/completions", _chat(**body)), ("/v1/completions", _text(**body))):
+        response = await http.post(path, json=request)
+        assert response.status_code == 200, response.text
+        assert fake.requests[-1].params.structured_output == expected
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "says"),
+    [
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"schema": {"not": {"type": "string"}}}}},
+            "response_format",
+            "not",
+        ),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "strin"}}}},
+            "response_format",
+            "invalid",
+        ),
+        ({"response_format": {"type": "json_schema"}}, "response_format.json_schema", "json_schema"),
+        ({"response_format": {"type": "xml"}}, "response_format.type", ""),
+        ({"guided_regex": "a(b"}, "guided_regex", "parenthesis"),
+        ({"structured_outputs": {"grammar": "root ::= foo"}}, "structured_outputs.grammar", "foo"),
+        ({"guided_choice": []}, "guided_choice", "at least one"),
+        ({"guided_json": "{not json"}, "guided_json", "not JSON"),
+        ({"response_format": {"type": "json_object"}, "guided_regex": "a"}, "guided_regex", "only one"),
+    ],
+)
+async def test_constraints_that_cannot_be_enforced_are_400(
+    http: httpx.AsyncClient, fake: FakeEngine, body: dict[str, Any], param: str, says: str
+) -> None:
+    error = _error(await http.post("/v1/chat/completions", json=_chat(**body)))
+    assert error["param"] == param
+    assert says in error["message"]
+    assert not fake.requests
+
+
+def _client(app: FastAPI) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+
+
+# Tool calls and reasoning, through the whole server.
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+CALL_TEXT = '{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}]}'
+
+
+@pytest.fixture
+async def roomy(fake: FakeEngine, tiny: TinyModel) -> AsyncIterator[httpx.AsyncClient]:
+    """A server whose engine takes 4,096 tokens: the tools' description is long in the tiny
+    tokenizer, which spells most words a byte at a time."""
+    fake._max_model_len = 4096
+    app = create_app(ServerState(engine=fake, tokenization=tiny.tokenization, model_name=MODEL))
+    async with app.router.lifespan_context(app), _client(app) as http:
+        yield http
+
+
+@pytest.mark.parametrize(
+    "tool_choice", [None, "auto", "required", {"type": "function", "function": {"name": "get_weather"}}]
+)
+async def test_tool_calls_whole_and_streamed(
+    roomy: httpx.AsyncClient, fake: FakeEngine, tiny: TinyModel, tool_choice: Any
+) -> None:
+    """The tiny model's template knows no tools: ise's generic format, enforced by a grammar."""
+    text = {
+        None: CALL_TEXT,
+        "auto": CALL_TEXT,
+        "required": '[{"name": "get_weather", "parameters": {"city": "Paris"}}]',
+    }
+    reply = text.get(tool_choice if isinstance(tool_choice, str | None) else "named", '{"city": "Paris"}')
+    fake.script = lambda _: tiny.reply(*[reply[i : i + 3] for i in range(0, len(reply), 3)])
+    body = _chat(tools=[WEATHER], **({"tool_choice": tool_choice} if tool_choice is not None else {}))
+    whole = (await roomy.post("/v1/chat/completions", json=body)).json()["choices"][0]
+    constraint = fake.requests[0].params.structured_output
+    assert constraint is not None and constraint.json is not None and "city" in constraint.json
+    prompt = tiny.tokenization.decode(fake.requests[0].prompt_token_ids)
+    assert "get_weather" in prompt and "The weather in a city" in prompt
+    assert whole["finish_reason"] == "tool_calls" and whole["message"]["content"] is None
+    [call] = whole["message"]["tool_calls"]
+    assert (call["type"], call["function"]["name"]) == ("function", "get_weather")
+    assert json.loads(call["function"]["arguments"]) == {"city": "Paris"}
+    assert call["id"].startswith("call_")
+    events = _events((await roomy.post("/v1/chat/completions", json={**body, "stream": True})).text)
+    fragments = [t for e in events for c in e["choices"] for t in c["delta"].get("tool_calls", [])]
+    assert fragments[0]["id"].startswith("call_") and fragments[0]["function"]["name"] == "get_weather"
+    assert all(f["index"] == 0 and "id" not in f for f in fragments[1:])
+    assert json.loads("".join(f["function"]["arguments"] for f in fragments)) == {"city": "Paris"}
+    assert [c["finish_reason"] for e in events for c in e["choices"]][-1] == "tool_calls"
+
+
+async def test_auto_tool_choice_may_answer_in_text(roomy: httpx.AsyncClient, fake: FakeEngine, tiny: TinyModel) -> None:
+    fake.script = lambda _: tiny.reply('{"response": "Hello ', 'world!"}')
+    whole = (await roomy.post("/v1/chat/completions", json=_chat(tools=[WEATHER]))).json()["choices"][0]
+    assert (whole["message"]["content"], whole["finish_reason"]) == ("Hello world!", "stop")
+    assert "tool_calls" not in whole["message"]
+    events = _events((await roomy.post("/v1/chat/completions", json=_chat(tools=[WEATHER], stream=True))).text)
+    assert "".join(c["delta"].get("content", "") for e in events for c in e["choices"]) == "Hello world!"
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
+        ({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools.0.function.name"),
+        (
+            {
+                "tools": [{"type": "function", "function": {"name": "f", "parameters": {"not": {}}}}],
+                "tool_choice": "required",
+            },
+            "tools",
+        ),
+    ],
+)
+async def test_bad_tool_requests_are_400(roomy: httpx.AsyncClient, body: dict[str, Any], param: str) -> None:
+    assert _error(await roomy.post("/v1/chat/completions", json=_chat(**body)))["param"] == param
+
+
+async def test_reasoning_goes_to_reasoning_content(fake: FakeEngine, tiny: TinyModel) -> None:
+    fake.script = lambda _: tiny.reply("<th", "ink>The user ", "greets.</", "think>Hello", "!")
+    api = ApiArgs(reasoning_parser="think")
+    app = create_app(ServerState(engine=fake, tokenization=tiny.tokenization, model_name=MODEL, api=api))
+    async with app.router.lifespan_context(app), _client(app) as http:
+        whole = (await http.post("/v1/chat/completions", json=_chat())).json()
+        message = whole["choices"][0]["message"]
+        assert (message["reasoning_content"], message["content"]) == ("The user greets.", "Hello!")
+        reasoning_tokens = whole["usage"]["completion_tokens_details"]["reasoning_tokens"]
+        assert 0 < reasoning_tokens < whole["usage"]["completion_tokens"]
+        options = {"include_usage": True}
+        events = _events(
+            (await http.post("/v1/chat/completions", json=_chat(stream=True, stream_options=options))).text
+        )
+        deltas = [c["delta"] for e in events for c in e["choices"]]
+        assert "".join(d.get("reasoning_content", "") for d in deltas) == "The user greets."
+        assert "".join(d.get("content", "") for d in deltas) == "Hello!"
+        assert events[-1]["usage"]["completion_tokens_details"]["reasoning_tokens"] == reasoning_tokens
