@@ -11,6 +11,7 @@ client is gone, so a stream is logged with its real duration. Prompts are not lo
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -49,6 +50,9 @@ def _line(scope: Scope, status: int, elapsed_s: float) -> str:
     state = scope.get("state", {})
     key: APIKey | None = state.get(STATE_KEY)
     parts = [scope["method"], scope["path"], str(status or "-"), f"key={key.name if key else '-'}"]
+    if state.get("end_user") is not None:
+        # OpenAI's ``user``: the client's own id for its end user, so abuse can be traced to one.
+        parts.append(f"user={json.dumps(state['end_user'])}")
     ticket: Ticket | None = state.get("ticket")
     if ticket is not None:
         parts += [f"prompt_tokens={ticket.usage_prompt_tokens}", f"completion_tokens={ticket.completion_tokens}"]

@@ -43,6 +43,8 @@ from server.protocol import (
     FinishReason,
     FunctionCallDelta,
     FunctionCallOut,
+    PromptLogprob,
+    PromptLogprobs,
     ResponseMessage,
     SamplingFields,
     TokenLogprob,
@@ -182,6 +184,7 @@ class _ChatFormat(_Identity):
             model=self.model,
             choices=[self._choice(i, c) for i, c in enumerate(choices)],
             usage=usage,
+            prompt_logprobs=_prompt_logprobs(self.tokenization, choices[0].prompt_logprobs) if choices else None,
         )
 
     def _choice(self, index: int, collected: _Collected) -> ChatChoice:
@@ -225,14 +228,22 @@ class _TextFormat(_Identity):
     id_prefix = "cmpl"
 
     def __init__(
-        self, model: str, tokenization: Tokenization, job: Job, echo: list[str] | None, logprobs: int | None
+        self,
+        model: str,
+        tokenization: Tokenization,
+        job: Job,
+        echo: list[str] | None,
+        logprobs: int | None,
+        prompt_logprobs: bool = False,
     ) -> None:
-        """``echo``: each prompt's text, when echoed; ``logprobs``: the request's alternatives, or None."""
+        """``echo``: each prompt's text, when echoed; ``logprobs``: the request's alternatives, or None;
+        ``prompt_logprobs``: the request asked for vLLM's prompt_logprobs (reported per choice)."""
         super().__init__(model)
         self.tokenization = tokenization
         self.job = job
         self.echo = echo
         self.num_logprobs = logprobs
+        self.prompt_logprobs = prompt_logprobs
         self._offsets: dict[int, int] = {}  # each streamed choice's text length so far
 
     def _completion(self, choices: list[CompletionChoice], usage: Usage | None = None) -> Completion:
@@ -277,8 +288,15 @@ class _TextFormat(_Identity):
             if self.num_logprobs is not None:
                 offset = len(text) - len(collected.text)
                 logprobs = _joined(logprobs, self._logprobs(collected.logprobs, offset))
+            prompt_logprobs = _prompt_logprobs(self.tokenization, collected.prompt_logprobs)
             out.append(
-                CompletionChoice(index=index, text=text, logprobs=logprobs, finish_reason=collected.finish_reason)
+                CompletionChoice(
+                    index=index,
+                    text=text,
+                    logprobs=logprobs,
+                    finish_reason=collected.finish_reason,
+                    prompt_logprobs=prompt_logprobs if self.prompt_logprobs else None,
+                )
             )
         return self._completion(out, usage)
 
@@ -312,6 +330,30 @@ class _TextFormat(_Identity):
                 {tok.token_text(t): _logprob(lp) for t, lp in e.top} if e is not None else None for e in entries
             ],
         )
+
+
+def _prompt_logprobs(tokenization: Tokenization, entries: list[TokenLogprobs | None] | None) -> PromptLogprobs | None:
+    """vLLM's ``prompt_logprobs``: each prompt token and its alternatives, by token id, with ranks."""
+    if entries is None:
+        return None
+    out: PromptLogprobs = []
+    for entry in entries:
+        if entry is None:
+            out.append(None)
+            continue
+        ranked: dict[int, tuple[float, int | None]] = {
+            token_id: (logprob, rank) for rank, (token_id, logprob) in enumerate(entry.top, start=1)
+        }
+        ranked.setdefault(entry.token_id, (entry.logprob, None))
+        out.append(
+            {
+                str(token_id): PromptLogprob(
+                    logprob=_logprob(logprob), rank=rank, decoded_token=tokenization.token_text(token_id)
+                )
+                for token_id, (logprob, rank) in ranked.items()
+            }
+        )
+    return out
 
 
 def _joined(head: CompletionLogprobs | None, tail: CompletionLogprobs) -> CompletionLogprobs:
@@ -351,7 +393,7 @@ async def text_completion(req: CompletionRequest, raw: Request, state: ServerSta
     echo_logprobs = logprobs if req.echo and logprobs is not None else None
     job = _job(req, prompts, req.requested_max_tokens(), state, "prompt", structured_output(req), echo_logprobs)
     echo = _echo_texts(req, prompts, state) if req.echo else None
-    fmt = _TextFormat(req.model, state.tokenization, job, echo, logprobs)
+    fmt = _TextFormat(req.model, state.tokenization, job, echo, logprobs, req.prompt_logprobs is not None)
     return await _respond(req, job, fmt, raw, state, headers)
 
 
@@ -436,6 +478,7 @@ async def _respond(
         )
     ticket, token_headers = admit(raw, state, job)
     raw.state.ticket = ticket  # for the request's log line
+    raw.state.end_user = req.user
     headers = {**headers, **token_headers}
     events = ticket.track(Generation(state.engine, state.tokenization).run(job, ticket.inbox))
     if req.stream:

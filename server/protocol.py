@@ -441,10 +441,34 @@ class _Envelope(_Response):
     system_fingerprint: str | None = None
 
 
+class PromptLogprob(_Response):
+    """vLLM's entry for one token at one prompt position; ``rank`` 1 is the most likely (None: not in the top)."""
+
+    logprob: float
+    rank: int | None
+    decoded_token: str
+
+
+# vLLM's prompt_logprobs: per prompt position, token id (as a string) -> its entry; None for the first.
+PromptLogprobs = list[dict[str, PromptLogprob] | None]
+
+
+def _without_absent_prompt_logprobs(data: dict[str, Any]) -> dict[str, Any]:
+    """Responses carry vLLM's ``prompt_logprobs`` only when asked for, keeping OpenAI's shape otherwise."""
+    if data.get("prompt_logprobs", "") is None:
+        del data["prompt_logprobs"]
+    return data
+
+
 class ChatCompletion(_Envelope):
     object: Literal["chat.completion"] = "chat.completion"
     choices: list[ChatChoice]
     usage: Usage
+    prompt_logprobs: PromptLogprobs | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_absent(self, handler: Any) -> dict[str, Any]:
+        return _without_absent_prompt_logprobs(handler(self))
 
 
 class FunctionCallDelta(_Response):
@@ -503,6 +527,11 @@ class CompletionChoice(_Response):
     text: str
     logprobs: CompletionLogprobs | None = None
     finish_reason: FinishReason | None = None
+    prompt_logprobs: PromptLogprobs | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_absent(self, handler: Any) -> dict[str, Any]:
+        return _without_absent_prompt_logprobs(handler(self))
 
 
 class Completion(_Envelope):

@@ -8,6 +8,7 @@ nothing ignored silently. Their numerics on the real model are tests/real/test_a
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -425,3 +426,25 @@ async def test_reasoning_goes_to_reasoning_content(fake: FakeEngine, tiny: TinyM
         assert "".join(d.get("reasoning_content", "") for d in deltas) == "The user greets."
         assert "".join(d.get("content", "") for d in deltas) == "Hello!"
         assert events[-1]["usage"]["completion_tokens_details"]["reasoning_tokens"] == reasoning_tokens
+
+
+async def test_prompt_logprobs_in_vllms_shape(http: httpx.AsyncClient, tiny: TinyModel) -> None:
+    prompt = tiny.tokenization.encode("Hello world")
+    for path, body in (("/v1/completions", _text(prompt="Hello world")), ("/v1/chat/completions", _chat())):
+        answer = (await http.post(path, json={**body, "prompt_logprobs": 1})).json()
+        entries = answer["choices"][0]["prompt_logprobs"] if path == "/v1/completions" else answer["prompt_logprobs"]
+        assert entries[0] is None and all(e is not None for e in entries[1:])
+        if path == "/v1/completions":
+            assert len(entries) == len(prompt)
+            second = entries[1][str(prompt[1])]
+            assert second == {"logprob": -0.25, "rank": 1, "decoded_token": tiny.tokenization.token_text(prompt[1])}
+    plain = (await http.post("/v1/completions", json=_text())).json()
+    assert "prompt_logprobs" not in plain["choices"][0]
+    refused = await http.post("/v1/completions", json=_text(prompt_logprobs=1, stream=True))
+    assert _error(refused)["param"] == "prompt_logprobs"
+
+
+async def test_the_end_user_is_in_the_access_log(http: httpx.AsyncClient, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="ise.access")
+    assert (await http.post("/v1/chat/completions", json=_chat(user="alice@example.com"))).status_code == 200
+    assert any('user="alice@example.com"' in r.getMessage() for r in caplog.records if r.name == "ise.access")
