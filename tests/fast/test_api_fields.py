@@ -18,8 +18,8 @@ import pytest
 from fastapi import FastAPI
 
 from adapters.engine import StructuredOutput
-from server.app import create_app
 from server.api_config import ApiArgs
+from server.app import create_app
 from server.state import ServerState
 from tests.fast.conftest import MODEL, TinyModel
 from tests.fast.fake_engine import FakeEngine, fake_logprobs
