@@ -106,7 +106,6 @@ class StreamOptions(_Request):
 
 class JSONSchemaFormat(_Request):
     name: Name = "response"
-    description: str | None = None
     # ``schema`` shadows a BaseModel attribute, hence the alias.
     json_schema: dict[str, Any] = Field(default_factory=dict, alias="schema")
     strict: bool | None = None

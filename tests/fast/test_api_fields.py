@@ -448,3 +448,9 @@ async def test_the_end_user_is_in_the_access_log(http: httpx.AsyncClient, caplog
     caplog.set_level(logging.INFO, logger="ise.access")
     assert (await http.post("/v1/chat/completions", json=_chat(user="alice@example.com"))).status_code == 200
     assert any('user="alice@example.com"' in r.getMessage() for r in caplog.records if r.name == "ise.access")
+
+
+async def test_a_schemas_description_is_reported_ignored(http: httpx.AsyncClient) -> None:
+    fmt = {"type": "json_schema", "json_schema": {"name": "p", "schema": _SCHEMA, "description": "A person"}}
+    response = await http.post("/v1/chat/completions", json=_chat(response_format=fmt))
+    assert response.headers["x-ignored-params"] == "response_format.json_schema.description"
