@@ -8,6 +8,7 @@ wakes once and takes them all, as vLLM's ``RequestOutputCollector`` does.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 from adapters.engine import EngineOutput
 
@@ -25,8 +26,16 @@ class RequestOutputCollector:
         elif self._output is None:
             self._output = item
         else:
-            self._output = EngineOutput(
-                self._output.new_token_ids + item.new_token_ids, item.finish_reason, self._output.scheduled_at
+            first = self._output
+            logprobs = None
+            if first.logprobs is not None or item.logprobs is not None:
+                logprobs = (first.logprobs or []) + (item.logprobs or [])
+            # What only a request's first output carries stays with the merged one.
+            self._output = replace(
+                first,
+                new_token_ids=first.new_token_ids + item.new_token_ids,
+                finish_reason=item.finish_reason,
+                logprobs=logprobs,
             )
         self._ready.set()
 
