@@ -7,9 +7,10 @@ the event loop in one call, into one ``RequestOutputCollector`` per request (vLL
 over its ``EngineCore``).
 
 Only a failure of the engine itself (the model's forward pass, the scheduler) stops the worker.
-What belongs to one request is isolated: its sequence and seeded generator are built here, on the
-event loop, before the request reaches the worker, and a failure while sampling for it ends that
-request alone with a ``RequestFailedError``.
+What belongs to one request is isolated: its sequence, seeded generator and compiled grammar are
+built here, before the request reaches the worker (the grammar on a thread of the event loop's
+pool, so a slow compilation delays neither the loop nor any step), and a failure while sampling
+for it ends that request alone with a ``RequestFailedError``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from adapters.cpu.engine_core import CPUEngineConfig, EngineCore
 from adapters.cpu.output_collector import RequestOutputCollector
 from adapters.cpu.scheduler import EngineCoreOutputs
 from adapters.cpu.sequence import Sequence
+from adapters.cpu.structured_output import StructuredOutputManager
 from adapters.engine import EngineDeadError, EngineOutput, EngineRequest, EngineStats, RequestFailedError
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,7 @@ class CPUEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._structured_output = StructuredOutputManager(config.model, max_threads=config.threads)
 
     @property
     def max_model_len(self) -> int:
@@ -92,7 +95,10 @@ class CPUEngine:
             raise EngineDeadError("The engine is not running") from self._error
         try:
             seq = Sequence(request)
-        except Exception as exc:  # e.g. a seed torch refuses: this request fails, the worker never sees it
+            constraint = request.params.structured_output
+            if constraint is not None:
+                seq.grammar = await asyncio.to_thread(self._structured_output.grammar, constraint)
+        except Exception as exc:  # a seed torch refuses, a grammar that does not compile: this request fails
             raise RequestFailedError(f"The request could not be set up: {exc}") from exc
         collector = RequestOutputCollector()
         self._collectors[request.request_id] = collector

@@ -133,8 +133,8 @@ class EngineCore:
             return []
         self.steps += 1
         self.tokens_computed += scheduler_output.total_num_scheduled_tokens
-        sampled = self.runner.execute_model(scheduler_output)
-        return self.scheduler.update_from_output(scheduler_output, sampled)
+        runner_output = self.runner.execute_model(scheduler_output)
+        return self.scheduler.update_from_output(scheduler_output, runner_output)
 
     def stats(self) -> EngineStats:
         scheduler, blocks = self.scheduler, self.scheduler.blocks

@@ -2,12 +2,16 @@
 
 The runner turns what the scheduler decided into token ids (vLLM's ``execute_model``): it packs
 the step's tokens into one row, runs the forward pass and samples each finished chunk's next token
-inside, so no logits leave it; the sampler is where per-request logits work lives.
+inside, so no logits leave it; the sampler is where per-request logits work lives. The model
+computes logits only at the positions that need them: each chunk's last position where it samples,
+and the prompt positions of a request that asked for prompt logprobs. Constrained requests'
+grammar bitmasks are filled on a worker thread while the forward pass runs.
 """
 
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
@@ -19,10 +23,12 @@ from adapters.cpu.attention import ATTN_IMPLEMENTATION, AttentionMetadata
 from adapters.cpu.kernels import CPUKernels, cpu_kernels
 from adapters.cpu.kv_cache import PagedKVCache
 from adapters.cpu.llama import LlamaForward, unsupported_reason
+from adapters.cpu.outputs import ModelRunnerOutput
 from adapters.cpu.packed_linear import pack_linears, quantization_problem
-from adapters.cpu.sampler import Sampler
+from adapters.cpu.sampler import Sampler, prompt_logprobs
 from adapters.cpu.scheduler import SchedulerOutput
-from adapters.engine import RequestFailedError
+from adapters.cpu.structured_output import Grammar
+from adapters.engine import TokenLogprobs
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +99,9 @@ class ModelRunner:
         self.kernels = cpu_kernels(kernel_dir)
         self.forward = _forward(model, model_impl, self.kernels, quantization)
         self.sampler = Sampler(eos_token_ids)
+        # Grammar bitmasks are filled here while the forward pass runs (xgrammar and torch's
+        # kernels both release the GIL).
+        self._grammar_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ise-grammar")
         config = model.config
         shape = {
             "num_layers": config.num_hidden_layers,
@@ -112,32 +121,59 @@ class ModelRunner:
         )
 
     @torch.inference_mode()
-    def execute_model(self, scheduler_output: SchedulerOutput) -> list[int | RequestFailedError]:
+    def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
         """Compute the step in one forward pass over a packed row of tokens and sample.
 
         Returns the next token of each request whose chunk reaches its last known token, in the
-        order of ``scheduler_output.sampling``, or the error that ended that request alone.
+        order of ``scheduler_output.sampling`` (or the error that ended that request alone), and
+        the prompt logprobs of the positions this step computed for requests that asked for them.
         """
+        grammars = [seq.grammar for seq in scheduler_output.sampling if seq.grammar is not None]
+        masks = self._grammar_pool.submit(_fill_bitmasks, grammars) if grammars else None
         logits = self.forward_step(scheduler_output)
-        return self.sampler.sample(logits, scheduler_output.sampling)
+        sample_rows: list[int] = []
+        prompt: dict[str, list[TokenLogprobs]] = {}
+        row = 0
+        for scheduled in scheduler_output.requests:
+            positions = scheduled.prompt_logprob_positions
+            if positions:
+                seq = scheduled.seq
+                num_top = seq.request.params.prompt_logprobs or 0
+                following = [seq.all_token_ids[p + 1] for p in positions]
+                prompt[seq.request_id] = prompt_logprobs(logits[row : row + len(positions)], following, num_top)
+                row += len(positions)
+            if scheduled.samples:
+                sample_rows.append(row)
+                row += 1
+        if prompt:
+            logits = logits[sample_rows]
+        if masks is not None:
+            masks.result()
+        return ModelRunnerOutput(self.sampler.sample(logits, scheduler_output.sampling), prompt)
 
     def forward_step(self, scheduler_output: SchedulerOutput) -> torch.Tensor:
-        """The next-token logits [len(sampling), vocab] of the step's sampling requests."""
+        """Next-token logits at the positions the step keeps, request by request in order.
+
+        Each request's ``prompt_logprob_positions`` first, then its chunk's last position where it
+        samples: without prompt logprobs, one row per sampling request.
+        """
         bs = self.cache.block_size
         ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
         seq_index: list[int] = []
-        last: list[int] = []
+        keep: list[int] = []
         for index, scheduled in enumerate(scheduler_output.requests):
             seq, start, n = scheduled.seq, scheduled.num_computed_tokens, scheduled.num_scheduled_tokens
             table = seq.block_table
+            offset = len(ids) - start  # the packed row's index of position 0 of this sequence
             ids += seq.all_token_ids[start : start + n]
             positions += range(start, start + n)
             slots += [table[p // bs] * bs + p % bs for p in range(start, start + n)]
             seq_index += [index] * n
+            keep += [offset + p for p in scheduled.prompt_logprob_positions]
             if scheduled.samples:
-                last.append(len(ids) - 1)
+                keep.append(len(ids) - 1)
         tables = [r.seq.block_table for r in scheduler_output.requests]
         width = max(len(t) for t in tables)
         attn_metadata = AttentionMetadata(
@@ -149,7 +185,7 @@ class ModelRunner:
             context_lens=torch.tensor([p + 1 for p in positions], dtype=torch.int32),
         )
         return self.forward(
-            torch.tensor(ids), torch.tensor(positions), attn_metadata, torch.tensor(last, dtype=torch.long)
+            torch.tensor(ids), torch.tensor(positions), attn_metadata, torch.tensor(keep, dtype=torch.long)
         )
 
     @torch.inference_mode()
@@ -173,3 +209,8 @@ class ModelRunner:
         )
         positions = torch.arange(n)
         return self.forward(torch.tensor(token_ids), positions, attn_metadata, positions)
+
+
+def _fill_bitmasks(grammars: list[Grammar]) -> None:
+    for grammar in grammars:
+        grammar.fill_bitmask()

@@ -1,9 +1,23 @@
 """Turns a batch of next-token logits into one token per request, each with its own settings.
 
-Greedy rows take the argmax; sampled rows apply penalties, temperature, top-k and top-p and draw
-from the request's own seeded generator, so a seeded request gives the same tokens whatever else
-shares its batch. A row whose settings make sampling fail (probabilities that are not finite, say)
-fails its own request only: the engine and the rest of the batch go on.
+Each row is processed in vLLM's sampler's order. First what can change even the greedy token: the
+min_tokens ban on stop tokens, ``logit_bias`` (added), then the repetition, frequency and presence
+penalties. Then temperature (rows at a temperature of at least ``SAMPLING_EPS``; below it a row is
+greedy and keeps its logits). Then the request's grammar, if it has one, sets every token it
+forbids to -inf. A greedy row takes the argmax; a sampled row drops the tokens below ``min_p``
+times the top token's probability, keeps the ``top_k`` most likely and the smallest set reaching
+``top_p`` of the mass, and draws from the request's own seeded generator, so a seeded request
+gives the same tokens whatever else shares its batch.
+
+Log-probabilities, where asked, are ``log_softmax`` of the row after the penalties, ``logit_bias``
+and temperature: the distribution the request samples from before its truncation (min_p, top-k,
+top-p) and before its grammar's mask. Every token keeps a finite logprob, so a user sees how
+likely the model found a token the grammar or the truncation ruled out. Prompt logprobs are
+``log_softmax`` of the model's logits as they are, like vLLM's (no request setting applies to a
+prompt token).
+
+A row whose settings make sampling fail (probabilities that are not finite, a grammar allowing no
+token) fails its own request only: the engine and the rest of the batch go on.
 """
 
 from __future__ import annotations
@@ -12,48 +26,110 @@ from collections.abc import Sequence as Seq
 
 import torch
 
+from adapters.cpu.outputs import SampledToken
 from adapters.cpu.sequence import Sequence
-from adapters.engine import RequestFailedError
+from adapters.engine import SAMPLING_EPS, RequestFailedError, TokenLogprobs
+
+
+def token_logprobs(logprobs: torch.Tensor, token_id: int, num_top: int) -> TokenLogprobs:
+    """``token_id``'s entry of a row of logprobs, with the row's ``num_top`` best tokens, best first."""
+    top: tuple[tuple[int, float], ...] = ()
+    if num_top > 0:
+        values, ids = torch.topk(logprobs, min(num_top, logprobs.shape[-1]))
+        top = tuple(zip(ids.tolist(), values.tolist(), strict=True))
+    return TokenLogprobs(token_id, float(logprobs[token_id]), top)
+
+
+def prompt_logprobs(logits: torch.Tensor, next_token_ids: list[int], num_top: int) -> list[TokenLogprobs]:
+    """Each row's logprob of the prompt token that follows it, with its ``num_top`` best tokens."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    return [token_logprobs(row, token, num_top) for row, token in zip(logprobs, next_token_ids, strict=True)]
 
 
 class Sampler:
     def __init__(self, eos_token_ids: frozenset[int]) -> None:
         self.eos_token_ids = eos_token_ids
 
-    def sample(self, logits: torch.Tensor, seqs: Seq[Sequence]) -> list[int | RequestFailedError]:
+    def sample(self, logits: torch.Tensor, seqs: Seq[Sequence]) -> list[SampledToken | RequestFailedError]:
         """One next token per row of ``logits`` [len(seqs), vocab], or the error that ended that row's request."""
         logits = logits.float()
         if all(self._is_plain_greedy(seq) for seq in seqs):
-            return [int(t) for t in torch.argmax(logits, dim=-1)]
-        tokens: list[int | RequestFailedError] = []
+            return [SampledToken(int(t)) for t in torch.argmax(logits, dim=-1)]
+        sampled: list[SampledToken | RequestFailedError] = []
         for row, seq in zip(logits, seqs, strict=True):
             try:
-                tokens.append(self._sample_row(row, seq))
+                sampled.append(self._sample_with_logprobs(row, seq))
             except Exception as exc:  # one request's settings must never stop the engine
-                tokens.append(RequestFailedError(f"Sampling failed for this request: {exc}"))
-        return tokens
+                sampled.append(RequestFailedError(f"Sampling failed for this request: {exc}"))
+        return sampled
 
     @staticmethod
     def _is_plain_greedy(seq: Sequence) -> bool:
+        """The row's token is the argmax of the model's logits, and nothing else is asked of it."""
         params = seq.request.params
         return (
             params.greedy
             and params.repetition_penalty == 1.0
             and not (params.presence_penalty or params.frequency_penalty)
+            and not params.logit_bias
+            and params.logprobs is None
+            and seq.grammar is None
             and seq.num_output_tokens >= params.min_tokens
         )
 
-    def _sample_row(self, row: torch.Tensor, seq: Sequence) -> int:
+    def _sample_with_logprobs(self, row: torch.Tensor, seq: Sequence) -> SampledToken:
+        num_logprobs = seq.request.params.logprobs
+        row = self._process(row, seq)
+        if num_logprobs is None:
+            return SampledToken(self._sample_row(row, seq))
+        logprobs = torch.log_softmax(row, dim=-1)  # before _sample_row masks the row in place
+        token = self._sample_row(row, seq)
+        return SampledToken(token, token_logprobs(logprobs, token, num_logprobs))
+
+    def _process(self, row: torch.Tensor, seq: Sequence) -> torch.Tensor:
+        """The row the request samples from, before its grammar and truncation; a copy where changed."""
         params = seq.request.params
-        row = self._apply_penalties(row, seq)
-        if seq.num_output_tokens < params.min_tokens:
-            banned = list(set(params.stop_token_ids) | (set() if params.ignore_eos else self.eos_token_ids))
+        banned = self._min_tokens_ban(seq)
+        if banned or params.logit_bias:
+            row = row.clone()
             if banned:
-                row = row.clone()
                 row[banned] = float("-inf")
+            if params.logit_bias:
+                ids, biases = zip(*params.logit_bias, strict=True)
+                row[list(ids)] += torch.tensor(biases, dtype=row.dtype)
+        row = self._apply_penalties(row, seq)
+        if params.temperature >= SAMPLING_EPS:
+            row = row / params.temperature
+        return row
+
+    def _min_tokens_ban(self, seq: Sequence) -> list[int]:
+        """The stop tokens the request may not sample yet, below its min_tokens.
+
+        A constrained output may end where its grammar is complete even below min_tokens: the
+        grammar then often allows nothing but an end-of-sequence token, and banning it would leave
+        no token at all.
+        """
+        params = seq.request.params
+        if seq.num_output_tokens >= params.min_tokens:
+            return []
+        eos = (
+            set() if params.ignore_eos or (seq.grammar is not None and seq.grammar.is_completed) else self.eos_token_ids
+        )
+        return sorted(set(params.stop_token_ids) | eos)
+
+    def _sample_row(self, row: torch.Tensor, seq: Sequence) -> int:
+        """Draw from a processed row: its grammar's mask, then greedy, or min_p, top-k, top-p and a draw."""
+        params = seq.request.params
+        if seq.grammar is not None:
+            seq.grammar.apply_bitmask(row)
         if params.greedy:
-            return int(torch.argmax(row))
-        row = row / params.temperature
+            token = int(torch.argmax(row))
+            if row[token] == float("-inf"):
+                raise ValueError("no token is allowed here (its grammar and its banned tokens exclude all)")
+            return token
+        if params.min_p > 0.0:
+            probs = torch.softmax(row, dim=-1)
+            row = row.masked_fill(probs < params.min_p * probs.max(), float("-inf"))
         if params.top_k > 0 and params.top_k < row.shape[0]:
             kth = torch.topk(row, params.top_k).values[-1]
             row = row.masked_fill(row < kth, float("-inf"))

@@ -14,17 +14,21 @@ taken whole, first come first served: a burst of them then reaches its first tok
 instead of all advancing a chunk at a time and all waiting for the last chunk. Waiting requests
 are then admitted, reusing cached prefix blocks, while the budget, the batch size and free blocks
 last. When a running request needs a block and none is free, the newest request is preempted: its
-blocks are released and it waits at the front of the queue, to be recomputed later.
+blocks are released and it waits at the front of the queue, to be recomputed later. A recomputed
+request keeps its output tokens, and so its grammar's state, which has taken exactly those tokens.
+
+A request that asked for prompt logprobs computes its whole prompt, not reading the prefix cache
+(cached positions have no logits), until it has them all, as in vLLM.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from adapters.cpu.block_manager import BlockManager
+from adapters.cpu.outputs import ModelRunnerOutput, SampledToken
 from adapters.cpu.sequence import RequestStatus, Sequence
 from adapters.engine import EngineOutput, RequestFailedError
 
@@ -37,6 +41,9 @@ class ScheduledRequest:
     num_computed_tokens: int  # the chunk starts here: tokens already in the cache when scheduled
     num_scheduled_tokens: int
     samples: bool  # the chunk reaches the sequence's last token, so the step samples its next one
+    # The chunk's positions whose logits give prompt logprobs the sequence asked for and lacks:
+    # position p predicts prompt token p + 1.
+    prompt_logprob_positions: range = range(0)
 
 
 @dataclass(frozen=True)
@@ -113,7 +120,7 @@ class Scheduler:
                 break
         while not preempted and self.waiting and len(self.running) < self.max_num_seqs and budget > 0:
             seq = self.waiting[0]
-            cached = self.blocks.get_computed_blocks(seq)
+            cached = [] if seq.needs_prompt_logprobs else self.blocks.get_computed_blocks(seq)
             remaining = seq.num_tokens - len(cached) * self.blocks.block_size
             n = min(remaining, budget, self._cap(seq, decoding))
             if not self.blocks.allocate_slots(seq, n, cached):
@@ -122,32 +129,51 @@ class Scheduler:
                 break
             self.waiting.popleft()
             seq.status = RequestStatus.RUNNING
-            seq.scheduled_at = seq.scheduled_at or time.monotonic()
+            if seq.scheduled_at is None:
+                seq.scheduled_at = time.monotonic()
+                seq.num_cached_tokens = len(cached) * self.blocks.block_size
             self.running.append(seq)
             scheduled.append(self._scheduled(seq, seq.num_computed_tokens, n))
             budget -= n
         return SchedulerOutput(scheduled)
 
     def update_from_output(
-        self, scheduler_output: SchedulerOutput, sampled: Iterable[int | RequestFailedError]
+        self, scheduler_output: SchedulerOutput, runner_output: ModelRunnerOutput
     ) -> EngineCoreOutputs:
-        """Apply a step's results: ``sampled`` holds one token (or failure) per sampling request, in order."""
+        """Apply a step's results: one token (or failure) per sampling request, and prompt logprobs."""
         for scheduled in scheduler_output.requests:
             seq = scheduled.seq
             seq.num_computed_tokens = scheduled.num_computed_tokens + scheduled.num_scheduled_tokens
             self.blocks.cache_full_blocks(seq)
+            seq.prompt_logprobs += runner_output.prompt_logprobs.get(seq.request_id, ())
         outputs: EngineCoreOutputs = []
-        for seq, token in zip(scheduler_output.sampling, sampled, strict=True):
-            if isinstance(token, RequestFailedError):
+        for seq, sampled in zip(scheduler_output.sampling, runner_output.sampled, strict=True):
+            grammar = seq.grammar
+            if isinstance(sampled, SampledToken) and grammar is not None and not grammar.accept_token(sampled.token_id):
+                sampled = RequestFailedError(f"The grammar refused sampled token {sampled.token_id}")
+            if isinstance(sampled, RequestFailedError):
                 self.finish_request(seq, RequestStatus.FINISHED_ERROR)
-                outputs.append((seq.request_id, token))
+                outputs.append((seq.request_id, sampled))
                 continue
-            seq.append_token_id(token)
-            status = self._check_stop(seq, token)
+            seq.append_token_id(sampled.token_id)
+            status = self._check_stop(seq, sampled.token_id)
             if status is not None:
                 self.finish_request(seq, status)
-            outputs.append((seq.request_id, EngineOutput([token], seq.status.finish_reason, seq.scheduled_at)))
+            outputs.append((seq.request_id, self._output(seq, sampled)))
         return outputs
+
+    @staticmethod
+    def _output(seq: Sequence, sampled: SampledToken) -> EngineOutput:
+        first = seq.num_output_tokens == 1
+        asked_prompt_logprobs = seq.request.params.prompt_logprobs is not None
+        return EngineOutput(
+            [sampled.token_id],
+            seq.status.finish_reason,
+            seq.scheduled_at,
+            logprobs=None if sampled.logprobs is None else [sampled.logprobs],
+            prompt_logprobs=list(seq.prompt_logprobs) if first and asked_prompt_logprobs else None,
+            num_cached_tokens=seq.num_cached_tokens if first else None,
+        )
 
     def finish_request(self, seq: Sequence, status: RequestStatus) -> None:
         """Take a request out of the queues and release its blocks."""
@@ -172,13 +198,22 @@ class Scheduler:
         params = seq.request.params
         if token in params.stop_token_ids or (token in self.eos_token_ids and not params.ignore_eos):
             return RequestStatus.FINISHED_STOPPED
+        if seq.grammar is not None and seq.grammar.is_terminated:  # it took its end token: nothing may follow
+            return RequestStatus.FINISHED_STOPPED
         if seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= self.max_model_len:
             return RequestStatus.FINISHED_LENGTH_CAPPED
         return None
 
     @staticmethod
     def _scheduled(seq: Sequence, start: int, n: int) -> ScheduledRequest:
-        return ScheduledRequest(seq, start, n, samples=start + n == seq.num_tokens)
+        prompt_positions = range(0)
+        if seq.needs_prompt_logprobs:
+            prompt_positions = range(
+                max(start, len(seq.prompt_logprobs) - 1), min(start + n, seq.num_prompt_tokens - 1)
+            )
+        return ScheduledRequest(
+            seq, start, n, samples=start + n == seq.num_tokens, prompt_logprob_positions=prompt_positions
+        )
 
     def _cap(self, seq: Sequence, decoding: bool) -> int:
         """The most tokens of ``seq`` one step may compute."""

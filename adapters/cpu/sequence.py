@@ -11,10 +11,14 @@ import enum
 import random
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
-from adapters.engine import EngineRequest, FinishReason
+from adapters.engine import EngineRequest, FinishReason, TokenLogprobs
+
+if TYPE_CHECKING:
+    from adapters.cpu.structured_output import Grammar
 
 
 class RequestStatus(enum.Enum):
@@ -47,7 +51,7 @@ class Sequence:
     """One request's tokens and cache state.
 
     Built on the event loop before the request reaches the engine thread, so that its per-request
-    set-up (the seeded generator) can fail that request alone.
+    set-up (the seeded generator, its grammar's compilation) can fail that request alone.
     """
 
     request: EngineRequest
@@ -58,8 +62,13 @@ class Sequence:
     chain_ids: list[int] = field(default_factory=list)  # prefix-cache identity of its full blocks
     status: RequestStatus = RequestStatus.WAITING
     scheduled_at: float | None = None  # time.monotonic() of its first scheduling
+    num_cached_tokens: int = 0  # prompt tokens the prefix cache served when first scheduled
     output_counts: Counter[int] = field(default_factory=Counter)  # for presence and frequency penalties
     generator: torch.Generator = field(init=False)
+    grammar: Grammar | None = None  # its structured-output constraint, compiled
+    # Where it asked for prompt_logprobs: those of its prompt positions computed so far (None for
+    # the first token, which nothing precedes).
+    prompt_logprobs: list[TokenLogprobs | None] = field(default_factory=lambda: [None])
 
     def __post_init__(self) -> None:
         self.all_token_ids = list(self.request.prompt_token_ids)
@@ -78,6 +87,16 @@ class Sequence:
     @property
     def num_output_tokens(self) -> int:
         return len(self.all_token_ids) - self.num_prompt_tokens
+
+    @property
+    def needs_prompt_logprobs(self) -> bool:
+        """It asked for prompt logprobs and some are still to compute.
+
+        Until then it must compute its whole prompt: positions served by the prefix cache have
+        no logits.
+        """
+        params = self.request.params
+        return params.prompt_logprobs is not None and len(self.prompt_logprobs) < self.num_prompt_tokens
 
     def append_token_id(self, token_id: int) -> None:
         self.all_token_ids.append(token_id)

@@ -1,7 +1,8 @@
 """The scheduler's and block manager's policy, without a model: budgets, chunks, blocks, preemption, prefixes.
 
 Each test plays the model runner's part only: it schedules, and hands ``update_from_output`` a
-token for every request the step samples, as the engine core does after a forward pass.
+token for every request the step samples (and prompt logprobs where asked), as the engine core
+does after a forward pass.
 """
 
 from __future__ import annotations
@@ -9,9 +10,10 @@ from __future__ import annotations
 import itertools
 
 from adapters.cpu.block_manager import BlockManager
+from adapters.cpu.outputs import ModelRunnerOutput, SampledToken
 from adapters.cpu.scheduler import Scheduler, SchedulerOutput
 from adapters.cpu.sequence import RequestStatus, Sequence
-from adapters.engine import EngineOutput, EngineRequest, SamplingParams
+from adapters.engine import EngineOutput, EngineRequest, RequestFailedError, SamplingParams, TokenLogprobs
 
 BLOCK = 4
 EOS = 2
@@ -20,10 +22,10 @@ EOS = 2
 _fresh = itertools.count(1000, 1000)
 
 
-def _seq(name: str, prompt: list[int] | int) -> Sequence:
+def _seq(name: str, prompt: list[int] | int, params: SamplingParams | None = None) -> Sequence:
     """A sequence with the given prompt, or with that many tokens no other prompt shares."""
     tokens = list(range(next(_fresh), 0, -1))[:prompt] if isinstance(prompt, int) else prompt
-    return Sequence(EngineRequest(name, tokens, SamplingParams(max_tokens=100)))
+    return Sequence(EngineRequest(name, tokens, params or SamplingParams(max_tokens=100)))
 
 
 def _scheduler(
@@ -41,8 +43,18 @@ def _scheduler(
 
 
 def _run(scheduler: Scheduler, scheduled: SchedulerOutput, token: int = 7) -> dict[str, EngineOutput]:
-    """The runner's part of a step: ``token`` for every request the step samples."""
-    outputs = scheduler.update_from_output(scheduled, [token] * len(scheduled.sampling))
+    """The runner's part of a step: ``token`` for every request the step samples.
+
+    Prompt logprobs, where the step computes them, are a stand-in: each position's logprob is
+    minus the position, so a test can see which positions were computed.
+    """
+    prompt = {
+        r.seq.request_id: [TokenLogprobs(r.seq.all_token_ids[p + 1], -p) for p in r.prompt_logprob_positions]
+        for r in scheduled.requests
+        if r.prompt_logprob_positions
+    }
+    sampled: list[SampledToken | RequestFailedError] = [SampledToken(token)] * len(scheduled.sampling)
+    outputs = scheduler.update_from_output(scheduled, ModelRunnerOutput(sampled, prompt))
     return {request_id: out for request_id, out in outputs if isinstance(out, EngineOutput)}
 
 
@@ -172,3 +184,43 @@ def test_waiting_request_can_be_removed() -> None:
     scheduler.abort_request("b")
     assert not scheduler.waiting and scheduler.running == [first]
     assert scheduler.requests == {"a": first} and second.status == RequestStatus.FINISHED_ABORTED
+
+
+def test_first_output_reports_the_prefix_cache_hit() -> None:
+    scheduler = _scheduler(50)
+    prefix = list(range(100, 112))  # three full blocks
+    scheduler.add_request(_seq("first", [*prefix, 1]))
+    assert _run(scheduler, scheduler.schedule())["first"].num_cached_tokens == 0
+    scheduler.abort_request("first")
+    scheduler.add_request(_seq("second", [*prefix, 2]))
+    first_output = _run(scheduler, scheduler.schedule())["second"]
+    assert first_output.num_cached_tokens == 12
+    assert _run(scheduler, scheduler.schedule())["second"].num_cached_tokens is None  # the first output only
+
+
+def test_prompt_logprobs_cover_every_chunk_once_and_skip_the_prefix_cache() -> None:
+    scheduler = _scheduler(50, budget=64, chunk=4, long_prompt=4)
+    prefix = list(range(100, 112))
+    scheduler.add_request(_seq("warm", [*prefix, 1]))
+    _run(scheduler, scheduler.schedule())  # caches the prefix and decodes from now on, so prompts are chunked
+    prompt = [*prefix, 2, 3]
+    asks = _seq("asks", prompt, SamplingParams(max_tokens=100, prompt_logprobs=1))
+    scheduler.add_request(asks)
+    plans = []
+    outputs: dict[str, EngineOutput] = {}
+    while "asks" not in outputs:
+        scheduled = scheduler.schedule()
+        plans.append(
+            [(r.seq.request_id, r.num_scheduled_tokens, r.prompt_logprob_positions) for r in scheduled.requests]
+        )
+        outputs = _run(scheduler, scheduled)
+    # Its whole prompt is computed in 4-token chunks though its first 12 tokens are cached.
+    assert [plan[1] for plan in plans] == [
+        ("asks", 4, range(0, 4)),
+        ("asks", 4, range(4, 8)),
+        ("asks", 4, range(8, 12)),
+        ("asks", 2, range(12, 13)),
+    ]
+    first = outputs["asks"]
+    assert first.prompt_logprobs == [None] + [TokenLogprobs(prompt[p + 1], -p) for p in range(13)]
+    assert first.num_cached_tokens == 0
