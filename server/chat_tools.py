@@ -66,7 +66,7 @@ def plan_chat(req: ChatCompletionRequest, api: ApiArgs, chat_template: str | Non
     structured: StructuredOutput | None = None
     if mode in ("required", "named") or generic:
         schema = tools_json_schema(tools, wire_choice, req.parallel_tool_calls)
-        structured = StructuredOutput(json=json.dumps(schema, sort_keys=True, separators=(",", ":")))
+        structured = StructuredOutput(json=json.dumps(schema, separators=(",", ":")))
         check_constraint("tools", structured)
     parser: ToolParser = ForcedJsonToolParser(named) if mode in ("required", "named") else TOOL_PARSERS[parser_name]()
     if generic:

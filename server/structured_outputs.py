@@ -108,14 +108,15 @@ def _vllm_fields(
 
 
 def _schema_text(schema: dict[str, Any] | str) -> str:
-    """A schema as canonical JSON text: equal schemas share one compiled grammar in the caches."""
+    """A schema as compact JSON text, its keys in the order given: xgrammar has the model write properties
+    in that order, as OpenAI does; equal schemas share one compiled grammar in the caches."""
     if isinstance(schema, str):
         try:
             parsed = json.loads(schema)
         except ValueError:
             return schema  # refused by the check, which names the field
-        return json.dumps(parsed, sort_keys=True, separators=(",", ":"))
-    return json.dumps(schema, sort_keys=True, separators=(",", ":"))
+        return json.dumps(parsed, separators=(",", ":"))
+    return json.dumps(schema, separators=(",", ":"))
 
 
 def check_constraint(param: str, constraint: StructuredOutput) -> None:

@@ -255,7 +255,7 @@ async def test_tool_history_is_accepted(http: httpx.AsyncClient, fake: FakeEngin
 # Structured outputs: every spelling reaches the engine as one constraint, checked first.
 
 _SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
-_CANONICAL = json.dumps(_SCHEMA, sort_keys=True, separators=(",", ":"))
+_CANONICAL = json.dumps(_SCHEMA, separators=(",", ":"))
 
 
 @pytest.mark.parametrize(
@@ -454,3 +454,13 @@ async def test_a_schemas_description_is_reported_ignored(http: httpx.AsyncClient
     fmt = {"type": "json_schema", "json_schema": {"name": "p", "schema": _SCHEMA, "description": "A person"}}
     response = await http.post("/v1/chat/completions", json=_chat(response_format=fmt))
     assert response.headers["x-ignored-params"] == "response_format.json_schema.description"
+
+
+async def test_a_schemas_property_order_is_kept(http: httpx.AsyncClient, fake: FakeEngine) -> None:
+    """xgrammar makes the model write properties in the schema's order: it must be the client's."""
+    schema = {"type": "object", "properties": {"z": {"type": "string"}, "a": {"type": "string"}}}
+    fmt = {"type": "json_schema", "json_schema": {"name": "p", "schema": schema}}
+    await http.post("/v1/chat/completions", json=_chat(response_format=fmt))
+    constraint = fake.requests[0].params.structured_output
+    assert constraint is not None and constraint.json is not None
+    assert list(json.loads(constraint.json)["properties"]) == ["z", "a"]
