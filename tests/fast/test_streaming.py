@@ -48,7 +48,8 @@ async def test_chat_stream_bytes(http: httpx.AsyncClient, include_usage: bool) -
     )  # fmt: skip
     if include_usage:
         expected += (
-            head + '[],"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17,"prompt_tokens_details":{"cached_tokens":0}},'
+            head + '[],"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17,'
+            '"prompt_tokens_details":{"cached_tokens":0}},'
             '"system_fingerprint":null}\n\n'
         )
     assert first["id"].startswith("chatcmpl-")
@@ -78,8 +79,8 @@ async def test_text_stream_bytes(http: httpx.AsyncClient, include_usage: bool) -
     )  # fmt: skip
     if include_usage:
         expected += (
-            head
-            + '[],"usage":{"prompt_tokens":2,"completion_tokens":5,"total_tokens":7,"prompt_tokens_details":{"cached_tokens":0}},"system_fingerprint":null}\n\n'
+            head + '[],"usage":{"prompt_tokens":2,"completion_tokens":5,"total_tokens":7,'
+            '"prompt_tokens_details":{"cached_tokens":0}},"system_fingerprint":null}\n\n'
         )
     assert first["id"].startswith("cmpl-")
     assert response.text == expected + "data: [DONE]\n\n"
