@@ -18,7 +18,7 @@ from adapters.engine import StructuredOutput
 from server.api_config import ApiArgs
 from server.chat_output import ChatOutput
 from server.errors import invalid_request
-from server.protocol import ChatCompletionRequest, NamedToolChoice
+from server.protocol import ChatMessage, NamedToolChoice, Tool, ToolChoice
 from server.reasoning import REASONING_PARSERS, ReasoningParser
 from server.structured_outputs import check_constraint
 from server.tool_parsers import (
@@ -42,12 +42,22 @@ class ChatPlan:
     output: ChatOutput
 
 
-def plan_chat(req: ChatCompletionRequest, api: ApiArgs, chat_template: str | None) -> ChatPlan:
-    """Raises a 400 ``APIError`` naming the field for a tool_choice without tools, an unknown
-    function, or a parameters schema structured decoding cannot enforce."""
-    messages = [m.template_dict() for m in req.messages]
-    tools = [t.model_dump(exclude_none=True, by_alias=True) for t in req.tools or []]
-    choice = req.tool_choice if req.tool_choice is not None else ("auto" if tools else "none")
+def plan_chat(
+    chat_messages: list[ChatMessage],
+    request_tools: list[Tool] | None,
+    tool_choice: ToolChoice | None,
+    parallel_tool_calls: bool,
+    api: ApiArgs,
+    chat_template: str | None,
+) -> ChatPlan:
+    """One plan for chat completions and ``/tokenize`` alike, so a token count is what a completion is charged.
+
+    Raises a 400 ``APIError`` naming the field for a tool_choice without tools, an unknown
+    function, or a parameters schema structured decoding cannot enforce.
+    """
+    messages = [m.template_dict() for m in chat_messages]
+    tools = [t.model_dump(exclude_none=True, by_alias=True) for t in request_tools or []]
+    choice = tool_choice if tool_choice is not None else ("auto" if tools else "none")
     if choice != "none" and not tools:
         raise invalid_request("tool_choice needs tools to choose from.", param="tool_choice")
     named = choice.function.name if isinstance(choice, NamedToolChoice) else None
@@ -65,7 +75,7 @@ def plan_chat(req: ChatCompletionRequest, api: ApiArgs, chat_template: str | Non
     wire_choice: str | dict[str, Any] = choice.model_dump() if isinstance(choice, NamedToolChoice) else choice
     structured: StructuredOutput | None = None
     if mode in ("required", "named") or generic:
-        schema = tools_json_schema(tools, wire_choice, req.parallel_tool_calls)
+        schema = tools_json_schema(tools, wire_choice, parallel_tool_calls)
         structured = StructuredOutput(json=json.dumps(schema, separators=(",", ":")))
         check_constraint("tools", structured)
     parser: ToolParser = ForcedJsonToolParser(named) if mode in ("required", "named") else TOOL_PARSERS[parser_name]()

@@ -370,7 +370,9 @@ def _joined(head: CompletionLogprobs | None, tail: CompletionLogprobs) -> Comple
 async def chat_completion(req: ChatCompletionRequest, raw: Request, state: ServerState) -> Response:
     state.check_model(req.model)
     headers = {**charge_request(raw, state), **_ignored(req, state)}
-    plan = plan_chat(req, state.api, state.tokenization.chat_template)
+    plan = plan_chat(
+        req.messages, req.tools, req.tool_choice, req.parallel_tool_calls, state.api, state.tokenization.chat_template
+    )
     _log_prompt(state, plan.messages)
     prompt = chat_prompt(plan.messages, state, tools=plan.template_tools, template_kwargs=req.chat_template_kwargs)
     structured = plan.structured if plan.structured is not None else structured_output(req)

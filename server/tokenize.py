@@ -14,9 +14,10 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from server.chat_tools import plan_chat
 from server.errors import invalid_request
 from server.prompts import chat_prompt, text_prompt
-from server.protocol import MAX_MESSAGES, ChatMessage, Name
+from server.protocol import MAX_MESSAGES, MAX_TOOLS, ChatMessage, Name, Tool, ToolChoice
 from server.state import ServerState
 
 
@@ -45,7 +46,11 @@ class TokenizeRequest(_Request):
     chat_template_kwargs: dict[str, Any] | None = Field(
         None, description="With messages: variables for the chat template, as chat completions take them."
     )
-    tools: list[dict[str, Any]] | None = Field(None, description="Not supported yet: a 400 when non-empty.")
+    tools: Annotated[list[Tool], Field(max_length=MAX_TOOLS)] | None = Field(
+        None, description="With messages: the tools, rendered into the prompt as chat completions render them."
+    )
+    tool_choice: ToolChoice | None = Field(None, description="With messages and tools: as chat completions take it.")
+    parallel_tool_calls: bool = Field(True, description="With messages and tools: as chat completions take it.")
     return_token_strs: bool | None = Field(False, description="Also return each token's vocabulary string.")
 
 
@@ -89,16 +94,16 @@ def _chat_tokens(req: TokenizeRequest, messages: list[ChatMessage], state: Serve
     """The messages' tokens as a chat completion's prompt, or a 400 for a count none would be charged.
 
     Chat completions always open the assistant's turn and add no special tokens beyond the
-    template's; their tools change the prompt in ways ``/tokenize`` does not follow yet.
+    template's; tools and tool history are planned as they plan them.
     """
     if not req.add_generation_prompt:
         raise invalid_request("ise does not support 'add_generation_prompt': false.", param="add_generation_prompt")
     if req.add_special_tokens:
         raise invalid_request("ise does not support 'add_special_tokens' with messages.", param="add_special_tokens")
-    if req.tools:
-        raise invalid_request("ise's /tokenize does not count tools yet.", param="tools")
-    template_messages = [m.template_dict() for m in messages]
-    return chat_prompt(template_messages, state, template_kwargs=req.chat_template_kwargs)
+    plan = plan_chat(
+        messages, req.tools, req.tool_choice, req.parallel_tool_calls, state.api, state.tokenization.chat_template
+    )
+    return chat_prompt(plan.messages, state, tools=plan.template_tools, template_kwargs=req.chat_template_kwargs)
 
 
 def detokenize(req: DetokenizeRequest, state: ServerState) -> DetokenizeResponse:

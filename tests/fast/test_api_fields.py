@@ -464,3 +464,18 @@ async def test_a_schemas_property_order_is_kept(http: httpx.AsyncClient, fake: F
     constraint = fake.requests[0].params.structured_output
     assert constraint is not None and constraint.json is not None
     assert list(json.loads(constraint.json)["properties"]) == ["z", "a"]
+
+
+async def test_tokenize_counts_tools_as_the_completion_is_charged(roomy: httpx.AsyncClient) -> None:
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'}}
+    messages = [
+        {"role": "user", "content": "Weather in Rome?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "Sunny"},
+    ]
+    for choice in ("auto", "required"):
+        body = {"messages": messages, "tools": [WEATHER], "tool_choice": choice}
+        count = (await roomy.post("/tokenize", json=body)).json()["count"]
+        usage = (await roomy.post("/v1/chat/completions", json=_chat(**body))).json()["usage"]
+        assert count == usage["prompt_tokens"]
+        assert count > (await roomy.post("/tokenize", json={"messages": messages})).json()["count"]

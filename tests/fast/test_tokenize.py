@@ -136,7 +136,8 @@ async def test_detokenize_of_nothing_is_empty(http: httpx.AsyncClient) -> None:
         # Counts chat completions never charge are refused, not answered wrongly.
         ({"messages": [{"role": "user", "content": "hi"}], "add_generation_prompt": False}, "add_generation_prompt"),
         ({"messages": [{"role": "user", "content": "hi"}], "add_special_tokens": True}, "add_special_tokens"),
-        ({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, "tools"),
+        ({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, "tools.0.function"),
+        ({"messages": [{"role": "user", "content": "hi"}], "tool_choice": "required"}, "tool_choice"),
         (
             {"messages": [{"role": "user", "content": "hi"}], "chat_template_kwargs": {"tools": []}},
             "chat_template_kwargs",
