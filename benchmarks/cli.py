@@ -14,6 +14,9 @@ and some read slowly or not at all, and checks every answer, that nothing hangs,
 server comes back idle with its memory where it was.
 ``ise bench admission`` overloads ise with and without ``--slo-ttft-ms`` (open-loop Poisson arrivals
 above capacity) and compares goodput: requests per second answered within the TTFT target.
+``ise bench structured`` sends the same chat requests with and without a JSON schema
+(``response_format``) at 1 and 32 streams and compares throughput, TTFT and ITL, and checks
+that every schema answer validates.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from benchmarks import quality as quantization_quality
 from benchmarks import soak as soak_test
 from benchmarks import static_batch
 from benchmarks import step as engine_step
+from benchmarks import structured as structured_bench
 from benchmarks.clients import Client, HttpClient
 from benchmarks.interference import measure, save, table
 from benchmarks.loadgen import LoadShape, run_load, warm_up
@@ -126,6 +130,24 @@ def _admission_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT / "admission")
 
 
+def _structured_args(parser: argparse.ArgumentParser) -> None:
+    d = structured_bench.StructuredOptions()
+    parser.add_argument("--model-dir", type=Path, help="model directory (default: built-in)")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES)
+    parser.add_argument("--max-num-seqs", type=int, default=32, help="of the server")
+    parser.add_argument("--kv-cache-gib", type=float, help="of the server (default: ise's)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=list(d.concurrency), help="streams per level")
+    parser.add_argument(
+        "--prompts-per-stream", type=int, default=d.prompts_per_stream, help="requests per level = this x streams"
+    )
+    parser.add_argument("--min-prompts", type=int, default=d.min_prompts, help="requests per level, at least")
+    parser.add_argument("--max-tokens", type=int, default=d.max_tokens, help="output tokens per request, at most")
+    parser.add_argument("--warmup", type=int, default=d.warmup, help="warm-up requests, half with the schema")
+    parser.add_argument("--repeats", type=int, default=d.repeats, help="passes over both modes, alternating")
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT / "structured")
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="ise bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -177,6 +199,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     quality.add_argument("--out", type=Path, default=DEFAULT_OUT)
     _soak_args(sub.add_parser("soak", help="many requests, a fifth abandoned: the server must come back clean"))
     _admission_args(sub.add_parser("admission", help="goodput under overload with SLO admission and without"))
+    _structured_args(sub.add_parser("structured", help="the same chat requests with and without a JSON schema"))
     compare = sub.add_parser("compare", help="start each target in turn and compare them")
     compare.add_argument("--targets", nargs="+", default=DEFAULT_TARGETS, choices=list(TARGETS))
     compare.add_argument("--dtype", default="auto", choices=DTYPES)
@@ -452,6 +475,51 @@ async def admission(args: argparse.Namespace) -> None:
     print(f"Wrote {args.out}/admission.json, admission.md and admission.png")
 
 
+async def structured(args: argparse.Namespace) -> None:
+    dtype = str(resolve_dtype(args.dtype)).removeprefix("torch.")
+    options = structured_bench.StructuredOptions(
+        concurrency=tuple(args.concurrency),
+        prompts_per_stream=args.prompts_per_stream,
+        min_prompts=args.min_prompts,
+        max_tokens=args.max_tokens,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        seed=args.seed,
+    )
+    config = TargetConfig(
+        model_dir=_model_dir(args), dtype=dtype, log_dir=args.out / "logs", max_num_seqs=args.max_num_seqs
+    )
+    extra = ["--kv-cache-gib", str(args.kv_cache_gib)] if args.kv_cache_gib else []
+    meta = {
+        **_meta(),
+        "args": _jsonable(vars(args)),
+        "date": time.strftime("%Y-%m-%d"),
+        "server": " ".join(["ise serve --dtype", dtype, "--max-num-seqs", str(args.max_num_seqs), *extra]),
+    }
+
+    def report(p: structured_bench.Pass) -> None:
+        s = p.summary()
+        counts = p.verdicts()
+        print(
+            f"pass {p.repeat + 1} {p.mode:6s} x{p.concurrency:<3d} {s.output_throughput:7.1f} tok/s  TTFT p50 "
+            f"{s.ttft.p50 * 1e3:6.0f} ms  ITL p50 {s.itl.p50 * 1e3:5.1f} ms  {s.output_tokens} tokens in "
+            f"{p.duration_s:.1f} s  ok {s.completed} failed {s.failed}  valid {counts['valid']}/{len(p.records)}",
+            flush=True,
+        )
+
+    started = time.monotonic()
+    async with ise_server(config, *extra, name="structured-server") as server:
+        print(f"ise serve up in {time.monotonic() - started:.0f} s (pid {server.pid})", flush=True)
+        client = HttpClient(server.base_url, server.model, keep_text=True)
+        try:
+            meta["first_schema_request"] = await structured_bench.warm_up(client, options)
+            passes = await structured_bench.measure(client, options, report)
+        finally:
+            await client.aclose()
+    print("\n" + structured_bench.save(passes, options, meta, args.out))
+    print(f"Wrote {args.out}/results.json, structured.md and structured.png")
+
+
 async def compare(args: argparse.Namespace) -> None:
     model_dir, tokenizer = _tokenizer(args)
     dtype = str(resolve_dtype(args.dtype)).removeprefix("torch.")
@@ -593,6 +661,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
     "step": step,
     "soak": soak,
     "admission": admission,
+    "structured": structured,
 }
 
 

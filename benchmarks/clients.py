@@ -67,10 +67,12 @@ class HttpClient:
         model: str,
         fixed_length: Callable[[int], dict[str, Any]] = vllm_fixed_length,
         timeout_s: float = 600.0,
+        keep_text: bool = False,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.fixed_length = fixed_length
+        self.keep_text = keep_text  # each record carries the answer's text (to check it)
         self.http = httpx.AsyncClient(timeout=timeout_s, limits=httpx.Limits(max_connections=None))
 
     async def aclose(self) -> None:
@@ -87,6 +89,7 @@ class HttpClient:
         }
         if spec.fixed_length:
             body.update(self.fixed_length(spec.max_tokens))
+        body.update(spec.extra_body or {})
         return body
 
     async def send(self, spec: RequestSpec) -> RequestRecord:
@@ -117,6 +120,8 @@ class HttpClient:
             record.error = repr(exc)
             return record
         record.latency = time.perf_counter() - start
+        if self.keep_text:
+            record.text = "".join(texts)
         if not record.output_tokens:
             record.output_tokens = count_tokens("".join(texts))
         if not record.prompt_tokens:
@@ -135,6 +140,8 @@ class HttpClient:
                     record.ttft = now
                 record.chunk_times.append(now)
                 texts.append(text)
+            if choice.get("finish_reason"):
+                record.finish_reason = choice["finish_reason"]
         usage = chunk.get("usage")
         if usage:
             record.prompt_tokens = int(usage.get("prompt_tokens") or 0)

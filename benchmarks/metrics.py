@@ -35,6 +35,8 @@ class RequestRecord:
     error: str | None = None
     status: int | None = None  # HTTP status; None when no response came
     code: str | None = None  # an error response's code (a 429's slo_exceeded, say)
+    finish_reason: str | None = None  # the last one a choice reported (stop, length)
+    text: str | None = None  # the answer's text, where the client was asked to keep it
 
     @property
     def ok(self) -> bool:

@@ -24,6 +24,8 @@ class RequestSpec:
     max_tokens: int = 128
     # Ask for exactly max_tokens (ignore_eos), so every target generates the same amount.
     fixed_length: bool = True
+    # More body fields, sent as they are (a response_format, say); HTTP clients only.
+    extra_body: dict[str, Any] | None = None
 
     def body(self) -> dict[str, Any]:
         if self.api == "chat":
