@@ -88,6 +88,28 @@ def configure_vllm_cpu(args: EngineArgs) -> None:
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"{cores[0]}-{cores[-1]}")
 
 
+# vLLM flags whose default ise changes; the user's value (the [vllm] table, the command line) wins.
+ISE_DEFAULTS = {
+    # Safetensors only, as on ise's CPU engine: vLLM's "auto" falls back to pickled checkpoints
+    # (pytorch_model.bin).
+    "load_format": "safetensors",
+    # Logprobs of the distribution the request samples from, after penalties, logit_bias and
+    # temperature, as ise's CPU engine reports them (vLLM's default is the model's raw logits).
+    "logprobs_mode": "processed_logprobs",
+}
+
+
+def ise_defaults(args: EngineArgs, argv: Sequence[str]) -> list[str]:
+    """``ISE_DEFAULTS`` as flags, leaving out those the user set."""
+    given = {flag.split("=")[0] for flag in argv}
+    flags: list[str] = []
+    for name, value in ISE_DEFAULTS.items():
+        flag = "--" + name.replace("_", "-")
+        if name not in args.vllm and flag not in given:
+            flags += [flag, value]
+    return flags
+
+
 def vllm_engine_args(args: EngineArgs, model: ModelInfo, argv: Sequence[str]) -> AsyncEngineArgs:
     """Parse ise's shared options, the ``[vllm]`` table and ``argv`` with vLLM's parser.
 
@@ -97,13 +119,9 @@ def vllm_engine_args(args: EngineArgs, model: ModelInfo, argv: Sequence[str]) ->
 
     if not torch.cuda.is_available():
         configure_vllm_cpu(args)
-    # Safetensors only, as on ise's CPU engine: vLLM's "auto" falls back to pickled checkpoints
-    # (pytorch_model.bin). A --load-format of the user's (the [vllm] table, the command line) wins.
-    chosen = "load_format" in args.vllm or any(flag.split("=")[0] == "--load-format" for flag in argv)
-    safe = [] if chosen else ["--load-format", "safetensors"]
     parser = FlexibleArgumentParser(prog="ise serve --engine vllm")
     AsyncEngineArgs.add_cli_args(parser)
-    flags = [*shared_flags(args, model), *safe, *vllm_flags(args.vllm), *argv]
+    flags = [*shared_flags(args, model), *ise_defaults(args, argv), *vllm_flags(args.vllm), *argv]
     log.info("vLLM engine arguments: %s", " ".join(flags))
     namespace = parser.parse_args(flags)
     engine_args: AsyncEngineArgs = AsyncEngineArgs.from_cli_args(namespace)

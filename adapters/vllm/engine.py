@@ -11,9 +11,10 @@ Import this module only when the vLLM engine is chosen: importing vLLM takes sec
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from contextlib import aclosing
 from dataclasses import replace
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 from vllm import SamplingParams as VLLMSamplingParams
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.inputs import TokensPrompt
-from vllm.sampling_params import RequestOutputKind
+from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError as VLLMEngineDeadError
 from vllm.v1.metrics.loggers import StatLoggerBase
@@ -34,6 +35,8 @@ from adapters.engine import (
     FinishReason,
     RequestFailedError,
     SamplingParams,
+    StructuredOutput,
+    TokenLogprobs,
 )
 from adapters.model_info import ModelInfo
 
@@ -86,13 +89,30 @@ class _StatsRecorder(StatLoggerBase):  # type: ignore[misc]  # vLLM is not type-
         pass
 
 
+def structured_outputs_params(constraint: StructuredOutput) -> StructuredOutputsParams:
+    """ise's constraint as vLLM's: a JSON schema as a dict, choices as a list."""
+    if constraint.json is not None:
+        return StructuredOutputsParams(json=json.loads(constraint.json))
+    if constraint.json_object:
+        return StructuredOutputsParams(json_object=True)
+    if constraint.choice is not None:
+        return StructuredOutputsParams(choice=list(constraint.choice))
+    return StructuredOutputsParams(regex=constraint.regex, grammar=constraint.grammar)
+
+
 def vllm_sampling_params(params: SamplingParams) -> VLLMSamplingParams:
     """ise's sampling settings as vLLM's, every field mapped; vLLM validates them again."""
+    constraint = params.structured_output
     return VLLMSamplingParams(
         n=1,
         temperature=params.temperature,
         top_p=params.top_p,
         top_k=params.top_k,
+        min_p=params.min_p,
+        logit_bias=dict(params.logit_bias) or None,
+        logprobs=params.logprobs,
+        prompt_logprobs=params.prompt_logprobs,
+        structured_outputs=None if constraint is None else structured_outputs_params(constraint),
         seed=params.seed,
         presence_penalty=params.presence_penalty,
         frequency_penalty=params.frequency_penalty,
@@ -104,6 +124,30 @@ def vllm_sampling_params(params: SamplingParams) -> VLLMSamplingParams:
         output_kind=RequestOutputKind.DELTA,
         detokenize=False,
     )
+
+
+def token_logprobs(token_id: int, entries: Mapping[int, Any], num_top: int) -> TokenLogprobs:
+    """One position of vLLM's logprobs (token id to ``Logprob``, the token itself included) as ise's.
+
+    vLLM gives the position's token with its rank and the ``num_top`` best by rank; ``top`` keeps
+    those, best first, whether or not the token is among them.
+    """
+    ranked = sorted(entries.items(), key=lambda item: item[1].rank if item[1].rank is not None else len(entries))
+    top = tuple((tid, float(entry.logprob)) for tid, entry in ranked[:num_top])
+    return TokenLogprobs(token_id, float(entries[token_id].logprob), top)
+
+
+def sample_logprobs(token_ids: Iterable[int], positions: Any, num_top: int) -> list[TokenLogprobs]:
+    """vLLM's logprobs of new tokens (a list, or its ``FlatLogprobs``, of one mapping per token)."""
+    return [token_logprobs(token_id, entries, num_top) for token_id, entries in zip(token_ids, positions, strict=True)]
+
+
+def prompt_logprobs(prompt_token_ids: list[int], positions: Any, num_top: int) -> list[TokenLogprobs | None]:
+    """vLLM's prompt logprobs as ise's: None for the first token, as there."""
+    return [
+        None if entries is None else token_logprobs(token_id, entries, num_top)
+        for token_id, entries in zip(prompt_token_ids, positions, strict=True)
+    ]
 
 
 class VLLMEngine:
@@ -165,13 +209,10 @@ class VLLMEngine:
             # awaits the abort reaching vLLM's engine core): that wait is the release time.
             async with aclosing(llm.generate(prompt, params, request.request_id)) as outputs:
                 try:
+                    first = True
                     async for out in outputs:
-                        completion = out.outputs[0]
-                        # vLLM's reasons are ise's; any other it may add ends the request as a stop.
-                        reason = _FINISH_REASONS.get(completion.finish_reason, "stop") if out.finished else None
-                        stats = getattr(out, "metrics", None)  # vLLM's times are time.monotonic(), as ise's
-                        scheduled = getattr(stats, "scheduled_ts", 0.0) or None
-                        yield EngineOutput(list(completion.token_ids), reason, scheduled)
+                        yield self._output(request, out, first)
+                        first = False
                 except (GeneratorExit, asyncio.CancelledError):
                     closed_at = time.monotonic()
                     raise
@@ -184,6 +225,30 @@ class VLLMEngine:
         finally:
             if closed_at is not None and self._recorder is not None:
                 self._recorder.record_abort(time.monotonic() - closed_at)
+
+    @staticmethod
+    def _output(request: EngineRequest, out: Any, first: bool) -> EngineOutput:
+        """One of vLLM's ``RequestOutput`` deltas as ise's; the prompt's fields on the first only."""
+        params = request.params
+        completion = out.outputs[0]
+        token_ids = list(completion.token_ids)
+        # vLLM's reasons are ise's; any other it may add ends the request as a stop.
+        reason = _FINISH_REASONS.get(completion.finish_reason, "stop") if out.finished else None
+        stats = getattr(out, "metrics", None)  # vLLM's times are time.monotonic(), as ise's
+        logprobs = None
+        if params.logprobs is not None:
+            logprobs = sample_logprobs(token_ids, completion.logprobs or [], params.logprobs)
+        prompt = None
+        if first and params.prompt_logprobs is not None:
+            prompt = prompt_logprobs(request.prompt_token_ids, out.prompt_logprobs or [], params.prompt_logprobs)
+        return EngineOutput(
+            token_ids,
+            reason,
+            getattr(stats, "scheduled_ts", 0.0) or None,
+            logprobs=logprobs,
+            prompt_logprobs=prompt,
+            num_cached_tokens=out.num_cached_tokens if first else None,
+        )
 
     def abort(self, request_id: str) -> None:
         if self._llm is not None:
