@@ -44,13 +44,16 @@ class ChatOutput:
 
     reasoning: ReasoningParser | None = None
     tools: ToolParser | None = None
+    # tool_choice required or a named function: the whole answer is calls, so no text of it is
+    # content (a reply cut short by max_tokens leaves call syntax, never words for the user).
+    calls_only: bool = False
 
     def whole(self, text: str) -> ChatMessageParts:
         reasoning, content = self.reasoning.split(text) if self.reasoning is not None else (None, text)
         if self.tools is None or content is None:
             return ChatMessageParts(content, reasoning)
         parsed = self.tools.parse(content)
-        return ChatMessageParts(parsed.content, reasoning, parsed.tool_calls)
+        return ChatMessageParts(None if self.calls_only else parsed.content, reasoning, parsed.tool_calls)
 
     def stream(self) -> ChatStream:
         return ChatStream(self)
@@ -60,6 +63,7 @@ class ChatStream:
     """One streamed choice's parser states."""
 
     def __init__(self, output: ChatOutput) -> None:
+        self._calls_only = output.calls_only
         self._reasoning = output.reasoning.stream() if output.reasoning is not None else None
         self._tools = output.tools.stream() if output.tools is not None else None
 
@@ -79,10 +83,10 @@ class ChatStream:
             return ChatPiece(content, reasoning)
         pushed = self._tools.push(content) if content else DeltaMessage()
         flushed = self._tools.finish()
-        return ChatPiece(pushed.content + flushed.content, reasoning, (*pushed.tool_calls, *flushed.tool_calls), False)
+        text = "" if self._calls_only else pushed.content + flushed.content
+        return ChatPiece(text, reasoning, (*pushed.tool_calls, *flushed.tool_calls), False)
 
-    @staticmethod
-    def _with_tools(reasoning: str, content: str, tools: DeltaMessage | None, in_reasoning: bool) -> ChatPiece:
+    def _with_tools(self, reasoning: str, content: str, tools: DeltaMessage | None, in_reasoning: bool) -> ChatPiece:
         if tools is None:
             return ChatPiece(content, reasoning, (), in_reasoning)
-        return ChatPiece(tools.content, reasoning, tools.tool_calls, in_reasoning)
+        return ChatPiece("" if self._calls_only else tools.content, reasoning, tools.tool_calls, in_reasoning)

@@ -79,10 +79,11 @@ def plan_chat(
         structured = StructuredOutput(json=json.dumps(schema, separators=(",", ":")))
         check_constraint("tools", structured)
     parser: ToolParser = ForcedJsonToolParser(named) if mode in ("required", "named") else TOOL_PARSERS[parser_name]()
+    output = ChatOutput(reasoning, parser, calls_only=mode in ("required", "named"))
     if generic:
         messages = _with_system_text(messages, render_tools_prompt(tools, wire_choice))
-        return ChatPlan(messages, None, structured, ChatOutput(reasoning, parser))
-    return ChatPlan(messages, tools, structured, ChatOutput(reasoning, parser))
+        return ChatPlan(messages, None, structured, output)
+    return ChatPlan(messages, tools, structured, output)
 
 
 def _reasoning_parser(api: ApiArgs) -> ReasoningParser | None:

@@ -22,7 +22,7 @@ from server.api_config import ApiArgs
 from server.app import create_app
 from server.state import ServerState
 from tests.fast.conftest import MODEL, TinyModel
-from tests.fast.fake_engine import FakeEngine, fake_logprobs
+from tests.fast.fake_engine import FakeEngine, Reply, fake_logprobs
 
 HI = [{"role": "user", "content": "Say hello"}]
 
@@ -479,3 +479,24 @@ async def test_tokenize_counts_tools_as_the_completion_is_charged(roomy: httpx.A
         usage = (await roomy.post("/v1/chat/completions", json=_chat(**body))).json()["usage"]
         assert count == usage["prompt_tokens"]
         assert count > (await roomy.post("/tokenize", json={"messages": messages})).json()["count"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_forced_call_cut_short_leaves_no_call_syntax_in_content(
+    roomy: httpx.AsyncClient, fake: FakeEngine, tiny: TinyModel, stream: bool
+) -> None:
+    """tool_choice required: a model repeating calls until max_tokens leaves half a call behind."""
+    text = '[{"name": "get_weather", "parameters": {"city": "Paris"}},\n{"name": "get_w'
+    ids = tiny.ids(*[text[i : i + 4] for i in range(0, len(text), 4)])
+    fake.script = lambda _: Reply(ids)
+    body = _chat(tools=[WEATHER], tool_choice="required", max_tokens=len(ids), stream=stream)
+    response = await roomy.post("/v1/chat/completions", json=body)
+    if stream:
+        deltas = [c["delta"] for e in _events(response.text) for c in e["choices"]]
+        assert not "".join(d.get("content") or "" for d in deltas)
+        names = [t["function"]["name"] for d in deltas for t in d.get("tool_calls", []) if "name" in t["function"]]
+        assert names[0] == "get_weather"
+    else:
+        message = response.json()["choices"][0]["message"]
+        assert message["content"] is None
+        assert message["tool_calls"][0]["function"]["name"] == "get_weather"

@@ -76,12 +76,11 @@ def _format(name: str) -> dict[str, Any]:
     return {"type": "json_schema", "json_schema": {"name": name, "schema": SCHEMAS[name], "strict": True}}
 
 
-@pytest.mark.parametrize("stream", [False, True])
-@pytest.mark.parametrize("name", sorted(SCHEMAS))
+@pytest.mark.parametrize(("name", "stream"), [(name, i % 2 == 1) for i, name in enumerate(sorted(SCHEMAS))])
 def test_json_schema_output_always_validates(api_client: openai.OpenAI, name: str, stream: bool) -> None:
     messages = user(f"Give an example of {name.replace('_', ' ')} data as JSON.")
     for seed in (1, 2):
-        kwargs: dict[str, Any] = {"response_format": _format(name), "max_tokens": 200, "temperature": 1.0, "seed": seed}
+        kwargs: dict[str, Any] = {"response_format": _format(name), "max_tokens": 150, "temperature": 1.0, "seed": seed}
         text, reason = _answer(api_client, messages, stream, **kwargs)
         assert reason == "stop", text
         jsonschema.validate(json.loads(text), SCHEMAS[name])
@@ -130,7 +129,14 @@ WEATHER = {
 @pytest.mark.parametrize("tool_choice", ["required", "named", "auto"])
 def test_tool_calls_are_valid(api_client: openai.OpenAI, tool_choice: str, stream: bool) -> None:
     choice: Any = {"type": "function", "function": {"name": "get_weather"}} if tool_choice == "named" else tool_choice
-    kwargs: dict[str, Any] = {"tools": [WEATHER], "tool_choice": choice, "max_tokens": 120, "temperature": 0}
+    # One call: with parallel calls allowed this small model repeats its call until max_tokens.
+    kwargs: dict[str, Any] = {
+        "tools": [WEATHER],
+        "tool_choice": choice,
+        "parallel_tool_calls": False,
+        "max_tokens": 120,
+        "temperature": 0,
+    }
     messages = user("What is the weather like in Paris today?")
     if not stream:
         message = api_client.chat.completions.create(model=_model(api_client), messages=messages, **kwargs).choices[0]

@@ -257,13 +257,6 @@ def test_openai_tool_call_round_trip(client: openai.OpenAI, server: ServerHandle
     assert final.usage.prompt_tokens > terse.usage.prompt_tokens
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "server bug: when max_tokens cuts the calls short, the unparsed rest of the generic JSON format "
-        'is returned as message.content (\'\\n},\\n{\\n    "name": "get_weather\') beside the complete call'
-    ),
-)
 def test_openai_tool_calls_cut_short_leave_no_call_syntax_in_content(
     client: openai.OpenAI, server: ServerHandle
 ) -> None:
