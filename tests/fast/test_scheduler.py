@@ -224,3 +224,21 @@ def test_prompt_logprobs_cover_every_chunk_once_and_skip_the_prefix_cache() -> N
     first = outputs["asks"]
     assert first.prompt_logprobs == [None] + [TokenLogprobs(prompt[p + 1], -p) for p in range(13)]
     assert first.num_cached_tokens == 0
+
+
+def test_prompt_logprobs_survive_preemption_mid_prompt_without_repeats() -> None:
+    scheduler = _scheduler(5, budget=8, chunk=4, long_prompt=4)  # 20 tokens of cache
+    scheduler.add_request(_seq("old", 8, SamplingParams(max_tokens=5)))
+    _run(scheduler, scheduler.schedule())
+    prompt = list(range(500, 512))
+    new = _seq("new", prompt, SamplingParams(max_tokens=100, prompt_logprobs=0))
+    scheduler.add_request(new)
+    outputs: dict[str, EngineOutput] = {}
+    for _ in range(20):
+        outputs = _run(scheduler, scheduler.schedule())
+        if "new" in outputs:
+            break
+    # new had computed two of its three chunks when old's growth took its blocks; it computed its
+    # prompt again from the start but asked logits only of the positions it still lacked.
+    assert scheduler.num_preemptions == 1
+    assert outputs["new"].prompt_logprobs == [None] + [TokenLogprobs(prompt[p + 1], -p) for p in range(11)]
