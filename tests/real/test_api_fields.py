@@ -178,7 +178,7 @@ def test_logprobs_and_echo_on_the_model(api_client: openai.OpenAI) -> None:
 
 
 def test_cached_tokens_report_the_prefix_cache(api_client: openai.OpenAI) -> None:
-    system = "You answer questions about geography. " * 12
+    system = "You answer questions about geography. " * 40  # past one of vLLM's 128-token blocks
     messages: Any = [{"role": "system", "content": system}, {"role": "user", "content": "Capital of Spain?"}]
     model = _model(api_client)
     api_client.chat.completions.create(model=model, messages=messages, max_tokens=1)
