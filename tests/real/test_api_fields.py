@@ -16,74 +16,21 @@ import openai
 import pytest
 
 from tests.real.conftest import ServerHandle, running_server, user
-
-PERSON = {
-    "type": "object",
-    "properties": {
-        "name": {"type": "string", "maxLength": 20},
-        "age": {"type": "integer", "minimum": 0, "maximum": 120},
-    },
-    "required": ["name", "age"],
-    "additionalProperties": False,
-}
-SCHEMAS: dict[str, dict[str, Any]] = {
-    "flat": PERSON,
-    "nested": {
-        "type": "object",
-        "properties": {
-            "person": PERSON,
-            "address": {
-                "type": "object",
-                "properties": {
-                    "city": {"type": "string", "maxLength": 20},
-                    "zip": {"type": "string", "pattern": "^[0-9]{5}$"},
-                },
-                "required": ["city", "zip"],
-                "additionalProperties": False,
-            },
-        },
-        "required": ["person", "address"],
-        "additionalProperties": False,
-    },
-    "array_and_enum": {
-        "type": "object",
-        "properties": {
-            "colors": {
-                "type": "array",
-                "items": {"type": "string", "enum": ["red", "green", "blue"]},
-                "minItems": 1,
-                "maxItems": 3,
-            },
-            "mood": {"enum": ["happy", "sad"]},
-        },
-        "required": ["colors", "mood"],
-        "additionalProperties": False,
-    },
-    "numbers": {
-        "type": "object",
-        "properties": {
-            "temperature": {"type": "number", "minimum": -50, "maximum": 50},
-            "count": {"type": "integer", "minimum": 1, "maximum": 9},
-            "ok": {"type": "boolean"},
-        },
-        "required": ["temperature", "count", "ok"],
-        "additionalProperties": False,
-    },
-}
+from tests.real.json_schemas import JSON_SCHEMAS
 
 
 def _format(name: str) -> dict[str, Any]:
-    return {"type": "json_schema", "json_schema": {"name": name, "schema": SCHEMAS[name], "strict": True}}
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": JSON_SCHEMAS[name], "strict": True}}
 
 
-@pytest.mark.parametrize(("name", "stream"), [(name, i % 2 == 1) for i, name in enumerate(sorted(SCHEMAS))])
+@pytest.mark.parametrize(("name", "stream"), [(name, i % 2 == 1) for i, name in enumerate(sorted(JSON_SCHEMAS))])
 def test_json_schema_output_always_validates(api_client: openai.OpenAI, name: str, stream: bool) -> None:
     messages = user(f"Give an example of {name.replace('_', ' ')} data as JSON.")
     for seed in (1, 2):
         kwargs: dict[str, Any] = {"response_format": _format(name), "max_tokens": 150, "temperature": 1.0, "seed": seed}
         text, reason = _answer(api_client, messages, stream, **kwargs)
         assert reason == "stop", text
-        jsonschema.validate(json.loads(text), SCHEMAS[name])
+        jsonschema.validate(json.loads(text), JSON_SCHEMAS[name])
 
 
 def test_json_object_regex_choice_and_grammar_hold(api_client: openai.OpenAI) -> None:

@@ -40,6 +40,7 @@ from adapters.factory import build_engine
 from adapters.model_info import ModelInfo
 from server.settings import Settings
 from tests.real.conftest import cpu_engine
+from tests.real.json_schemas import JSON_SCHEMAS
 
 BLOCK = 16
 ENGINE_OPTIONS: dict[str, Any] = {
@@ -55,51 +56,7 @@ ENGINE_OPTIONS: dict[str, Any] = {
 }
 ATOL = 2e-3  # logprobs recomputed here over one sequence against the engine's batched steps
 
-SCHEMAS: list[dict[str, Any]] = [
-    {
-        "type": "object",
-        "properties": {
-            "name": {"type": "string", "maxLength": 20},
-            "age": {"type": "integer", "minimum": 0, "maximum": 120},
-            "address": {
-                "type": "object",
-                "properties": {
-                    "city": {"type": "string", "maxLength": 20},
-                    "zip": {"type": "string", "pattern": "^[0-9]{5}$"},
-                },
-                "required": ["city", "zip"],
-            },
-        },
-        "required": ["name", "age", "address"],
-    },
-    {
-        "type": "object",
-        "properties": {
-            "colors": {"type": "array", "items": {"enum": ["red", "green", "blue"]}, "minItems": 1, "maxItems": 4},
-            "primary": {"type": "boolean"},
-        },
-        "required": ["colors", "primary"],
-    },
-    {
-        "type": "object",
-        "properties": {
-            "temperature": {"type": "number", "minimum": -50, "maximum": 60},
-            "unit": {"enum": ["C", "F"]},
-            "station": {"type": "string", "pattern": "^[A-Z]{3}-[0-9]{2}$"},
-        },
-        "required": ["temperature", "unit", "station"],
-    },
-    {
-        "type": "array",
-        "items": {
-            "type": "object",
-            "properties": {"id": {"type": "integer", "minimum": 1, "maximum": 99}, "done": {"type": "boolean"}},
-            "required": ["id", "done"],
-        },
-        "minItems": 1,
-        "maxItems": 3,
-    },
-]
+SCHEMAS = list(JSON_SCHEMAS.values())
 
 
 @pytest.fixture(scope="module")
