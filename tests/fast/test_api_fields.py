@@ -21,6 +21,7 @@ from adapters.engine import StructuredOutput
 from server.api_config import ApiArgs
 from server.app import create_app
 from server.state import ServerState
+from server.text import Tokenization
 from tests.fast.conftest import MODEL, TinyModel
 from tests.fast.fake_engine import FakeEngine, Reply, fake_logprobs
 
@@ -500,3 +501,36 @@ async def test_a_forced_call_cut_short_leaves_no_call_syntax_in_content(
         message = response.json()["choices"][0]["message"]
         assert message["content"] is None
         assert message["tool_calls"][0]["function"]["name"] == "get_weather"
+
+
+HERMES_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\nTools: {{ tools | tojson }}\nCall one as "
+    '<tool_call>{"name": ..., "arguments": ...}</tool_call><|im_end|>\n{% endif %}'
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m.get('tool_calls') %}{% for c in m['tool_calls'] %}<tool_call>{{ c['function'] | tojson }}</tool_call>"
+    "{% endfor %}{% else %}{{ m['content'] }}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+async def test_a_template_that_knows_tools_gets_them_and_its_format_is_parsed(
+    fake: FakeEngine, tiny: TinyModel
+) -> None:
+    """Hermes-style: the template renders the tools; auto needs no grammar; <tool_call> blocks become calls."""
+    tokenization = Tokenization(tiny.path, tiny.info.vocab_size, chat_template=HERMES_TEMPLATE)
+    fake._max_model_len = 4096
+    call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
+    fake.script = lambda _: tiny.reply("Let me check. ", *[call[i : i + 5] for i in range(0, len(call), 5)])
+    app = create_app(ServerState(engine=fake, tokenization=tokenization, model_name=MODEL))
+    async with app.router.lifespan_context(app), _client(app) as http:
+        whole = (await http.post("/v1/chat/completions", json=_chat(tools=[WEATHER]))).json()["choices"][0]
+        assert fake.requests[0].params.structured_output is None
+        assert '"name": "get_weather"' in tokenization.decode(fake.requests[0].prompt_token_ids)
+        assert whole["message"]["content"] == "Let me check."
+        assert json.loads(whole["message"]["tool_calls"][0]["function"]["arguments"]) == {"city": "Oslo"}
+        assert whole["finish_reason"] == "tool_calls"
+        events = _events((await http.post("/v1/chat/completions", json=_chat(tools=[WEATHER], stream=True))).text)
+        deltas = [c["delta"] for e in events for c in e["choices"]]
+        assert "".join(d.get("content") or "" for d in deltas) == "Let me check."
+        arguments = "".join(t["function"]["arguments"] for d in deltas for t in d.get("tool_calls", []))
+        assert json.loads(arguments) == {"city": "Oslo"}
