@@ -11,9 +11,9 @@ The built-in model is tiny, so tool calls and JSON are asked for in the ways ise
 structured decoding (a named tool, ``tool_choice="required"``, a JSON schema): what is checked is
 that the clients and ise agree, not the model's judgement. Outputs are kept short.
 
-None of the clients may reach the internet (LiteLLM fetches its model cost map at import unless
-told not to, and has telemetry): every test runs with connections off the loopback refused and
-recorded, and fails if any was tried.
+Each test runs on both engines (the ``api_server`` fixture). None of the clients may reach the
+internet (LiteLLM fetches its model cost map at import unless told not to, and has telemetry):
+every test runs with connections off the loopback refused and recorded, and fails if any was tried.
 """
 
 from __future__ import annotations
@@ -134,6 +134,24 @@ def litellm_offline(offline: list[str], monkeypatch: pytest.MonkeyPatch) -> None
     import litellm
 
     monkeypatch.setattr(litellm, "telemetry", False)
+
+
+# Every test runs once per engine: ise's CPU engine, then vLLM's behind ise's API.
+
+
+@pytest.fixture(scope="module")
+def server(api_server: ServerHandle) -> ServerHandle:
+    return api_server
+
+
+@pytest.fixture(scope="module")
+def client(api_client: openai.OpenAI) -> openai.OpenAI:
+    return api_client
+
+
+@pytest.fixture(scope="module")
+def aclient(api_aclient: openai.AsyncOpenAI) -> openai.AsyncOpenAI:
+    return api_aclient
 
 
 # --- helpers ---
