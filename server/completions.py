@@ -12,6 +12,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
+from urllib.parse import quote
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
@@ -410,7 +411,19 @@ def _ignored(req: SamplingFields, state: ServerState) -> dict[str, str]:
             param=ignored[0],
             code="unsupported_parameter",
         )
-    return {IGNORED_PARAMS_HEADER: ", ".join(ignored)}
+    return {IGNORED_PARAMS_HEADER: ignored_params_header(ignored)}
+
+
+# A request may send any number of made-up fields, named in any characters: the header names a
+# bounded number, each percent-encoded, since header values are Latin-1 and must not break lines.
+MAX_IGNORED_NAMED = 32
+
+
+def ignored_params_header(names: list[str]) -> str:
+    """``x-ignored-params``' value: the first ``MAX_IGNORED_NAMED`` names, URL-quoted, then how many more."""
+    shown = [quote(name, safe="._-[]") for name in names[:MAX_IGNORED_NAMED]]
+    more = len(names) - len(shown)
+    return ", ".join(shown) + (f", +{more} more" if more else "")
 
 
 def _echo_texts(req: CompletionRequest, prompts: list[list[int]], state: ServerState) -> list[str]:

@@ -17,7 +17,7 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_serializer
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from adapters.engine import SEED_MAX, SEED_MIN
@@ -227,7 +227,7 @@ class ChatMessage(_Request):
         if isinstance(content, list):
             for index, part in enumerate(content):
                 kind = part.get("type") if isinstance(part, dict) else None
-                if kind in _MEDIA_PARTS:
+                if isinstance(kind, str) and kind in _MEDIA_PARTS:
                     raise PydanticCustomError(
                         "text_only",
                         "part {index} is {what} ('{kind}'), but this model is text-only: send text parts only",
@@ -339,6 +339,14 @@ class _Response(BaseModel):
     pass
 
 
+def _is_none(value: object) -> bool:
+    return value is None
+
+
+# A field OpenAI leaves out of a response (rather than sending null) when it has no value.
+Absent: Any = Field(None, exclude_if=_is_none)
+
+
 class PromptTokensDetails(_Response):
     cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
 
@@ -351,13 +359,8 @@ class Usage(_Response):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
-    prompt_tokens_details: PromptTokensDetails | None = None
-    completion_tokens_details: CompletionTokensDetails | None = None
-
-    @model_serializer(mode="wrap")
-    def _without_absent_details(self, handler: Any) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
-        return {k: v for k, v in data.items() if v is not None or not k.endswith("_details")}
+    prompt_tokens_details: PromptTokensDetails | None = Absent
+    completion_tokens_details: CompletionTokensDetails | None = Absent
 
 
 class TopLogprob(_Response):
@@ -409,13 +412,8 @@ class ResponseMessage(_Response):
     content: str | None
     refusal: None = None
     # vLLM's field for a reasoning model's thinking, kept out of ``content``.
-    reasoning_content: str | None = None
-    tool_calls: list[ToolCallOut] | None = None
-
-    @model_serializer(mode="wrap")
-    def _without_absent(self, handler: Any) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
-        return {k: v for k, v in data.items() if v is not None or k in ("content", "refusal")}
+    reasoning_content: str | None = Absent
+    tool_calls: list[ToolCallOut] | None = Absent
 
 
 class ChatChoice(_Response):
@@ -452,61 +450,35 @@ class PromptLogprob(_Response):
 PromptLogprobs = list[dict[str, PromptLogprob] | None]
 
 
-def _without_absent_prompt_logprobs(data: dict[str, Any]) -> dict[str, Any]:
-    """Responses carry vLLM's ``prompt_logprobs`` only when asked for, keeping OpenAI's shape otherwise."""
-    if data.get("prompt_logprobs", "") is None:
-        del data["prompt_logprobs"]
-    return data
-
-
 class ChatCompletion(_Envelope):
     object: Literal["chat.completion"] = "chat.completion"
     choices: list[ChatChoice]
     usage: Usage
-    prompt_logprobs: PromptLogprobs | None = None
-
-    @model_serializer(mode="wrap")
-    def _without_absent(self, handler: Any) -> dict[str, Any]:
-        return _without_absent_prompt_logprobs(handler(self))
+    # Only when asked for (vLLM's extension), keeping OpenAI's shape otherwise.
+    prompt_logprobs: PromptLogprobs | None = Absent
 
 
 class FunctionCallDelta(_Response):
-    name: str | None = None
+    name: str | None = Absent
     arguments: str = ""
-
-    @model_serializer(mode="plain")
-    def _without_absent(self) -> dict[str, str]:
-        return (
-            {"name": self.name, "arguments": self.arguments} if self.name is not None else {"arguments": self.arguments}
-        )
 
 
 class ToolCallDeltaOut(_Response):
     """A streamed fragment of a call: the first carries its id, type and name; later ones argument text."""
 
     index: int
-    id: str | None = None
-    type: Literal["function"] | None = None
+    id: str | None = Absent
+    type: Literal["function"] | None = Absent
     function: FunctionCallDelta
-
-    @model_serializer(mode="wrap")
-    def _without_absent(self, handler: Any) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
-        return {k: v for k, v in data.items() if v is not None}
 
 
 class Delta(_Response):
     """A streamed message fragment; OpenAI leaves out the fields a fragment does not carry."""
 
-    role: Literal["assistant"] | None = None
-    content: str | None = None
-    reasoning_content: str | None = None
-    tool_calls: list[ToolCallDeltaOut] | None = None
-
-    @model_serializer(mode="wrap")
-    def _without_absent(self, handler: Any) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
-        return {k: v for k, v in data.items() if v is not None}
+    role: Literal["assistant"] | None = Absent
+    content: str | None = Absent
+    reasoning_content: str | None = Absent
+    tool_calls: list[ToolCallDeltaOut] | None = Absent
 
 
 class ChatChunkChoice(_Response):
@@ -526,11 +498,7 @@ class CompletionChoice(_Response):
     text: str
     logprobs: CompletionLogprobs | None = None
     finish_reason: FinishReason | None = None
-    prompt_logprobs: PromptLogprobs | None = None
-
-    @model_serializer(mode="wrap")
-    def _without_absent(self, handler: Any) -> dict[str, Any]:
-        return _without_absent_prompt_logprobs(handler(self))
+    prompt_logprobs: PromptLogprobs | None = Absent
 
 
 class Completion(_Envelope):

@@ -534,3 +534,20 @@ async def test_a_template_that_knows_tools_gets_them_and_its_format_is_parsed(
         assert "".join(d.get("content") or "" for d in deltas) == "Let me check."
         arguments = "".join(t["function"]["arguments"] for d in deltas for t in d.get("tool_calls", []))
         assert json.loads(arguments) == {"city": "Oslo"}
+
+
+async def test_ignored_field_names_cannot_break_the_header(http: httpx.AsyncClient) -> None:
+    """Field names are the client's: any characters, any number of them (found by schemathesis)."""
+    body = _chat(**{"\n\u00b4x": 1, "\u023e": [], **{f"f{i}": i for i in range(40)}})
+    response = await http.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200
+    header = response.headers["x-ignored-params"]
+    assert header.startswith("%0A%C2%B4x, %C8%BE, f0, f1") and header.endswith(", +10 more")
+
+
+async def test_a_content_part_of_no_known_type_is_a_400(http: httpx.AsyncClient) -> None:
+    """Found by schemathesis: a part whose type is an object once crashed the text-only check."""
+    messages = [{"role": "user", "content": [{"type": {}, "text": "hi"}]}]
+    assert (
+        _error(await http.post("/v1/chat/completions", json=_chat(messages=messages)))["param"] == "messages.0.content"
+    )

@@ -45,8 +45,12 @@ def test_unknown_model_is_404(api_client: openai.OpenAI, api_server: ServerHandl
         ({"messages": []}, "messages"),
         ({}, "messages"),
         ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
-        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, None),
-        ({"messages": FRANCE, "logprobs": True}, "logprobs"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+            "messages.0.content",
+        ),
+        ({"messages": FRANCE, "top_logprobs": 2}, "top_logprobs"),
+        ({"messages": FRANCE, "logit_bias": {"999999": 5}}, "logit_bias"),
         ({"messages": FRANCE, "stop_token_ids": [10**9]}, "stop_token_ids"),
     ],
 )

@@ -313,7 +313,7 @@ def _invalid_kinds(model: str) -> list[_Invalid]:
         _Invalid("malformed json", 400, "invalid_value", {**key, **json_type}, b'{"model": "x", "messages": [{'),
         _Invalid("temperature out of range", 400, "invalid_value", {**key, **json_type}, chat(temperature=7)),
         _Invalid("missing messages", 400, None, {**key, **json_type}, json.dumps({"model": model}).encode()),
-        _Invalid("unsupported logprobs", 400, None, {**key, **json_type}, chat(logprobs=True)),
+        _Invalid("unenforceable schema", 400, None, {**key, **json_type}, chat(guided_regex="a(b")),
         _Invalid("unknown model", 404, "model_not_found", {**key, **json_type}, chat(model="gpt-nope")),
         _Invalid("wrong key", 401, "invalid_api_key", {**bearer(WRONG_KEY), **json_type}, chat()),
         _Invalid("no key", 401, "invalid_api_key", json_type, chat()),
