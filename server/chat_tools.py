@@ -67,8 +67,9 @@ def plan_chat(
     generic = parser_name == GENERIC_PARSER
     reasoning = _reasoning_parser(api)
     if generic:
-        # The template knows no tool roles or calls: the history is rewritten in the generic format.
-        messages = history_messages(messages)
+        # The template knows no tool roles or calls: the history is rewritten in the generic format
+        # (its calls as prose when this answer may not call: the model would copy the JSON).
+        messages = history_messages(messages, calls_as_json=choice != "none")
     if choice == "none":
         return ChatPlan(messages, tools if tools and not generic else None, None, ChatOutput(reasoning))
     mode = "named" if named is not None else str(choice)

@@ -10,7 +10,7 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol, TypeVar
 from urllib.parse import quote
 
@@ -376,14 +376,21 @@ async def chat_completion(req: ChatCompletionRequest, raw: Request, state: Serve
     )
     _log_prompt(state, plan.messages)
     prompt = chat_prompt(plan.messages, state, tools=plan.template_tools, template_kwargs=req.chat_template_kwargs)
-    structured = plan.structured if plan.structured is not None else structured_output(req)
-    if plan.structured is not None and structured_output(req) is not None:
+    requested = structured_output(req)
+    if plan.structured is not None and requested is not None:
         raise invalid_request(
-            "A structured-output constraint cannot be combined with tool_choice 'required' or a named function.",
+            "A structured-output constraint cannot be combined with tool calls ise enforces by a grammar "
+            "(tool_choice 'required', a named function, or 'auto' in the generic tool format).",
             param="tool_choice",
         )
+    structured = plan.structured if plan.structured is not None else requested
+    output = plan.output
+    if structured is not None and output.reasoning is not None:
+        # The constraint holds from the first token, so no thinking precedes the answer: it is
+        # reasoning only where the constrained text itself opens the tags.
+        output = replace(output, reasoning=replace(output.reasoning, starts_in_reasoning=False))
     job = _job(req, [prompt], req.requested_max_tokens(), state, "messages", structured)
-    fmt = _ChatFormat(req.model, state.tokenization, plan.output, req.logprobs)
+    fmt = _ChatFormat(req.model, state.tokenization, output, req.logprobs)
     return await _respond(req, job, fmt, raw, state, headers)
 
 
@@ -406,8 +413,10 @@ def _ignored(req: SamplingFields, state: ServerState) -> dict[str, str]:
     if not ignored:
         return {}
     if state.api.strict:
+        named = ", ".join(f"'{name}'" for name in ignored[:MAX_IGNORED_NAMED])
         raise invalid_request(
-            f"'{ignored[0]}' is not supported by this server and would be ignored (the server runs with --strict).",
+            f"{named} {'is' if len(ignored) == 1 else 'are'} not supported by this server and would be ignored "
+            "(the server runs with --strict).",
             param=ignored[0],
             code="unsupported_parameter",
         )

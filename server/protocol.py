@@ -17,7 +17,7 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from adapters.engine import SEED_MAX, SEED_MIN
@@ -299,11 +299,12 @@ class ChatCompletionRequest(SamplingFields):
     def num_logprobs(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
 
-    def unsupported_fields(self) -> list[str]:
-        found = super().unsupported_fields()
-        if self.top_logprobs and not self.logprobs:
-            found.append("top_logprobs")
-        return found
+    @field_validator("top_logprobs")
+    @classmethod
+    def _needs_logprobs(cls, top_logprobs: int | None, info: ValidationInfo) -> int | None:
+        if top_logprobs and not info.data.get("logprobs"):
+            raise PydanticCustomError("needs_logprobs", "top_logprobs needs logprobs: true")
+        return top_logprobs
 
 
 class CompletionRequest(SamplingFields):

@@ -74,13 +74,17 @@ def _reply_format(tool_choice: ToolChoice) -> str:
     )
 
 
-def history_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def history_messages(messages: Sequence[Mapping[str, Any]], calls_as_json: bool = True) -> list[dict[str, Any]]:
     """OpenAI chat messages with their tool turns rewritten as plain text in the ``ise_json`` format.
 
     An assistant message with ``tool_calls`` becomes one whose content is the ``{"tool_calls":
     [...]}`` object it would have written (after its own content, if it had any); each run of
     ``tool`` messages becomes one user message of ``Result of <name> (call <id>): <content>``
     lines, the name found from the call's id. Other messages are copied unchanged.
+
+    ``calls_as_json`` False (a request that may not call tools: the answer must be text) writes
+    the calls as a sentence instead, ``Called get_weather with {"city": "Paris"}.``: a model shown
+    its own earlier calls as JSON writes JSON again, which would reach the user as content.
     """
     names: dict[str, str] = {}
     out: list[dict[str, Any]] = []
@@ -96,7 +100,7 @@ def history_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, An
         if message.get("role") == "assistant" and calls:
             for call in calls:
                 names[str(call.get("id", ""))] = str(call["function"]["name"])
-            out.append({"role": "assistant", "content": _calls_text(message.get("content"), calls)})
+            out.append({"role": "assistant", "content": _calls_text(message.get("content"), calls, calls_as_json)})
         else:
             out.append(dict(message))
     if results:
@@ -104,9 +108,12 @@ def history_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, An
     return out
 
 
-def _calls_text(content: Any, calls: Sequence[Mapping[str, Any]]) -> str:
+def _calls_text(content: Any, calls: Sequence[Mapping[str, Any]], as_json: bool) -> str:
     objects = [{"name": call["function"]["name"], "arguments": _arguments(call["function"])} for call in calls]
-    text = json.dumps({"tool_calls": objects}, ensure_ascii=False)
+    if as_json:
+        text = json.dumps({"tool_calls": objects}, ensure_ascii=False)
+    else:
+        text = " ".join(f"Called {o['name']} with {json.dumps(o['arguments'], ensure_ascii=False)}." for o in objects)
     prefix = _text(content)
     return f"{prefix}\n\n{text}" if prefix else text
 

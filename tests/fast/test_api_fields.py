@@ -551,3 +551,44 @@ async def test_a_content_part_of_no_known_type_is_a_400(http: httpx.AsyncClient)
     assert (
         _error(await http.post("/v1/chat/completions", json=_chat(messages=messages)))["param"] == "messages.0.content"
     )
+
+
+async def test_a_conversation_that_may_not_call_sees_its_calls_as_prose(
+    roomy: httpx.AsyncClient, fake: FakeEngine, tiny: TinyModel
+) -> None:
+    """Found by a fresh user: shown its calls as JSON, the model wrote JSON again, as content."""
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    messages = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18C"},
+    ]
+    for extra in ({"tools": [WEATHER], "tool_choice": "none"}, {}):
+        await roomy.post("/v1/chat/completions", json=_chat(messages=messages, **extra))
+        prompt = tiny.tokenization.decode(fake.requests[-1].prompt_token_ids)
+        assert 'Called get_weather with {"city": "Paris"}.' in prompt and '"tool_calls"' not in prompt
+    await roomy.post("/v1/chat/completions", json=_chat(messages=messages, tools=[WEATHER]))
+    assert '{"tool_calls": [{"name": "get_weather"' in tiny.tokenization.decode(fake.requests[-1].prompt_token_ids)
+
+
+async def test_a_constrained_answer_with_a_reasoning_parser_is_content(fake: FakeEngine, tiny: TinyModel) -> None:
+    """The grammar holds from the first token, so deepseek_r1's implicit thinking cannot be there."""
+    fake.script = lambda _: tiny.reply("yes")
+    api = ApiArgs(reasoning_parser="deepseek_r1")
+    app = create_app(ServerState(engine=fake, tokenization=tiny.tokenization, model_name=MODEL, api=api))
+    async with app.router.lifespan_context(app), _client(app) as http:
+        constrained = await http.post("/v1/chat/completions", json=_chat(guided_choice=["yes", "no"]))
+        message = constrained.json()["choices"][0]["message"]
+        assert message["content"] == "yes" and "reasoning_content" not in message
+        free = (await http.post("/v1/chat/completions", json=_chat())).json()["choices"][0]["message"]
+        assert free["reasoning_content"] == "yes" and free["content"] is None
+
+
+async def test_errors_say_what_to_change(fake: FakeEngine, tiny: TinyModel) -> None:
+    state = ServerState(engine=fake, tokenization=tiny.tokenization, model_name=MODEL, api=ApiArgs(strict=True))
+    app = create_app(state)
+    async with app.router.lifespan_context(app), _client(app) as http:
+        error = _error(await http.post("/v1/chat/completions", json=_chat(top_logprobs=2)))
+        assert error["param"] == "top_logprobs" and "logprobs: true" in error["message"]
+        error = _error(await http.post("/v1/chat/completions", json=_chat(store=True, foo=1)))
+        assert error["param"] == "store" and "'store', 'foo' are not supported" in error["message"]

@@ -145,11 +145,12 @@ def reasoning_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_thinking_goes_to_reasoning_content(reasoning_server: ServerHandle, stream: bool) -> None:
-    """deepseek_r1's format: the output thinks first, then closes the thinking with </think>.
+    """Thinking between <think> and </think>, then the answer.
 
-    The built-in model does not think, so a grammar makes it write that shape.
+    The built-in model does not think, so a grammar makes it write that shape; under a grammar
+    the thinking is only what the constrained text itself puts between the tags.
     """
-    grammar = 'root ::= [a-z ]{5,40} "</think>" [A-Za-z ,.!]{1,40}'
+    grammar = 'root ::= "<think>" [a-z ]{5,40} "</think>" [A-Za-z ,.!]{1,40}'
     client = openai.OpenAI(base_url=reasoning_server.base_url, api_key="x", max_retries=0)
     kwargs: dict[str, Any] = {"max_tokens": 60, "extra_body": {"guided_grammar": grammar}, "temperature": 0}
     messages = user("Think, then answer: what colour is the sky?")
