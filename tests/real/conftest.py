@@ -122,9 +122,15 @@ def serving_in_thread(app: FastAPI) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
+def cpu_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
     with running_server(["--dtype", "float32"], tmp_path_factory.mktemp("server") / "ise.log") as handle:
         yield handle
+
+
+@pytest.fixture(scope="session")
+def server(cpu_server: ServerHandle) -> ServerHandle:
+    """The session's CPU-engine server; a module may rebind ``server`` (to ``api_server``, say)."""
+    return cpu_server
 
 
 def _wait_until_healthy(proc: subprocess.Popen[bytes], root: str, log_path: Path) -> None:
@@ -153,7 +159,7 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHand
 @pytest.fixture(scope="session", params=ENGINES)
 def api_server(request: pytest.FixtureRequest) -> ServerHandle:
     """The API suite's server, once per engine: ise's CPU engine, then vLLM's."""
-    handle: ServerHandle = request.getfixturevalue("server" if request.param == "cpu" else "vllm_server")
+    handle: ServerHandle = request.getfixturevalue("cpu_server" if request.param == "cpu" else "vllm_server")
     return handle
 
 
