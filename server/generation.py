@@ -109,13 +109,7 @@ def build_job(
     bad_ids = [t for t in req.stop_token_ids or () if not 0 <= t < vocab_size]
     if bad_ids:
         raise invalid_request(f"stop_token_ids holds ids outside the vocabulary: {bad_ids}", param="stop_token_ids")
-    base = replace(
-        _base_params(req, defaults),
-        logit_bias=_logit_bias(req, vocab_size),
-        logprobs=req.num_logprobs(),
-        prompt_logprobs=prompt_logprobs if prompt_logprobs is not None else req.prompt_logprobs,
-        structured_output=structured,
-    )
+    base = _base_params(req, defaults, vocab_size, structured, prompt_logprobs)
     params = []
     for prompt in prompts:
         if not prompt:
@@ -162,8 +156,15 @@ def _max_new_tokens(
     return max_new_tokens
 
 
-def _base_params(req: SamplingFields, defaults: SamplingDefaults) -> SamplingParams:
-    """The request's own sampling fields, with the model's defaults where it leaves them out."""
+def _base_params(
+    req: SamplingFields,
+    defaults: SamplingDefaults,
+    vocab_size: int,
+    structured: StructuredOutput | None,
+    prompt_logprobs: int | None,
+) -> SamplingParams:
+    """The request's own sampling fields, with the model's defaults where it leaves them out;
+    ``max_tokens`` is each prompt's own, set by the caller."""
     top_k = defaults.top_k if req.top_k is None else req.top_k
     return SamplingParams(
         max_tokens=1,
@@ -178,6 +179,10 @@ def _base_params(req: SamplingFields, defaults: SamplingDefaults) -> SamplingPar
         ignore_eos=req.ignore_eos,
         stop_token_ids=tuple(sorted(set(req.stop_token_ids or ()))),
         min_p=req.min_p,
+        logit_bias=_logit_bias(req, vocab_size),
+        logprobs=req.num_logprobs(),
+        prompt_logprobs=prompt_logprobs if prompt_logprobs is not None else req.prompt_logprobs,
+        structured_output=structured,
     )
 
 

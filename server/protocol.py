@@ -66,7 +66,6 @@ _NO_EFFECT_VALUES: dict[str, tuple[object, ...]] = {
     "store": (False,),
     "service_tier": ("auto", "default"),
     "parallel_tool_calls": (True, False),
-    "logprobs": (False,),
     "skip_special_tokens": (True,),
     "spaces_between_special_tokens": (True,),
     "include_obfuscation": (False,),

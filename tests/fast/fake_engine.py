@@ -76,7 +76,7 @@ class FakeEngine:
         self.script = script
         self.cached_tokens = cached_tokens
         self._eos = eos_token_ids
-        self._max_model_len = max_model_len
+        self.max_model_len = max_model_len  # a test may widen the context (long tool prompts)
         self._started = False
         # Set when the engine dies or shuts down: wakes every in-flight request to fail it.
         self._stopped = asyncio.Event()
@@ -84,10 +84,6 @@ class FakeEngine:
         self.requests: list[EngineRequest] = []  # every request submitted, in order
         self.emitted: list[tuple[str, int]] = []  # (request id, token id), in the order yielded
         self.aborted: list[str] = []  # requests that ended unfinished: stream closed early, or failed
-
-    @property
-    def max_model_len(self) -> int:
-        return self._max_model_len
 
     @property
     def eos_token_ids(self) -> frozenset[int]:

@@ -342,7 +342,7 @@ CALL_TEXT = '{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Pari
 async def roomy(fake: FakeEngine, tiny: TinyModel) -> AsyncIterator[httpx.AsyncClient]:
     """A server whose engine takes 4,096 tokens: the tools' description is long in the tiny
     tokenizer, which spells most words a byte at a time."""
-    fake._max_model_len = 4096
+    fake.max_model_len = 4096
     app = create_app(ServerState(engine=fake, tokenization=tiny.tokenization, model_name=MODEL))
     async with app.router.lifespan_context(app), _client(app) as http:
         yield http
@@ -518,7 +518,7 @@ async def test_a_template_that_knows_tools_gets_them_and_its_format_is_parsed(
 ) -> None:
     """Hermes-style: the template renders the tools; auto needs no grammar; <tool_call> blocks become calls."""
     tokenization = Tokenization(tiny.path, tiny.info.vocab_size, chat_template=HERMES_TEMPLATE)
-    fake._max_model_len = 4096
+    fake.max_model_len = 4096
     call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
     fake.script = lambda _: tiny.reply("Let me check. ", *[call[i : i + 5] for i in range(0, len(call), 5)])
     app = create_app(ServerState(engine=fake, tokenization=tokenization, model_name=MODEL))

@@ -388,15 +388,18 @@ def test_langchain_structured_output(server: ServerHandle, method: Literal["json
 PROVIDERS = ["openai", "hosted_vllm"]
 
 
+def litellm_target(server: ServerHandle, provider: str) -> dict[str, Any]:
+    """LiteLLM's way to name ise: the provider's prefix on the model, the base URL, a key."""
+    return {"model": f"{provider}/{server.model}", "api_base": server.base_url, "api_key": "unused"}
+
+
 @pytest.mark.usefixtures("litellm_offline")
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_litellm_completion_and_stream(server: ServerHandle, provider: str, hello_text: str) -> None:
     import litellm
 
     options: dict[str, Any] = {
-        "model": f"{provider}/{server.model}",
-        "api_base": server.base_url,
-        "api_key": "unused",
+        **litellm_target(server, provider),
         "messages": HELLO,
         "temperature": 0,
         "max_tokens": HELLO_TOKENS,
@@ -416,9 +419,7 @@ def test_litellm_required_tool_call(server: ServerHandle, provider: str) -> None
     import litellm
 
     reply = litellm.completion(
-        model=f"{provider}/{server.model}",
-        api_base=server.base_url,
-        api_key="unused",
+        **litellm_target(server, provider),
         messages=WEATHER_QUESTION,
         tools=[WEATHER_TOOL],
         tool_choice="required",
@@ -442,9 +443,7 @@ def test_litellm_response_format_json_schema(server: ServerHandle, provider: str
     import litellm
 
     reply = litellm.completion(
-        model=f"{provider}/{server.model}",
-        api_base=server.base_url,
-        api_key="unused",
+        **litellm_target(server, provider),
         messages=CITY,
         response_format=City,
         temperature=0,
