@@ -2,7 +2,8 @@
 
 ``ise bench run --base-url URL --model NAME`` drives one endpoint.
 ``ise bench static`` times static batched ``model.generate``, the bar without scheduling.
-``ise bench step`` times the CPU engine's steps directly, for each model implementation.
+``ise bench step`` times the CPU engine's steps directly, for each model implementation;
+``--profile`` breaks them down per op class.
 ``ise bench quality`` scores a text at full precision and quantized: perplexity and top-1 agreement.
 ``ise bench limits`` measures this machine's memory bandwidth and GEMM rate, the ceiling they put
 on a run, and how close ise's run (a ``compare`` results.json) came to it.
@@ -41,6 +42,7 @@ from adapters.config import DTYPES, MODEL_IMPLS, QUANTIZATIONS
 from adapters.cpu.numerics import resolve_dtype
 from benchmarks import admission as admission_bench
 from benchmarks import limits as machine_limits
+from benchmarks import profile as step_profile
 from benchmarks import quality as quantization_quality
 from benchmarks import soak as soak_test
 from benchmarks import static_batch
@@ -184,6 +186,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     step.add_argument("--repeats", type=int, default=3, help="passes over the implementations, alternating")
     step.add_argument("--dtype", default="auto", choices=DTYPES)
     step.add_argument("--seed", type=int, default=0)
+    step.add_argument("--profile", action="store_true", help="where each step's time goes, per op class (ise impl)")
     step.add_argument("--out", type=Path, default=DEFAULT_OUT)
     limits = sub.add_parser("limits", help="this machine's ceiling for the model, and a run's share of it")
     limits.add_argument("--model-dir", type=Path, help="model directory (default: built-in)")
@@ -323,6 +326,20 @@ async def static(args: argparse.Namespace) -> None:
 
 async def step(args: argparse.Namespace) -> None:
     dtype = resolve_dtype(args.dtype)
+    if args.profile:
+        found = step_profile.measure(
+            _model_dir(args),
+            dtype=dtype,
+            batches=args.batch,
+            prompt_len=args.prompt_len,
+            steps=args.steps,
+            kernel_dir=Settings().cache_dir,
+            seed=args.seed,
+            repeats=args.repeats,
+        )
+        print(step_profile.save(found, _meta(dtype), args.out))
+        print(f"Wrote {args.out}/profile.json and profile.md")
+        return
     results = engine_step.measure(
         _model_dir(args),
         impls=args.model_impl,

@@ -40,13 +40,14 @@ class StepResult:
     decode_tokens_per_s: float
 
 
-def _step(runner: ModelRunner, scheduler: Scheduler) -> None:
+def engine_step(runner: ModelRunner, scheduler: Scheduler) -> None:
     """One engine step, as ``EngineCore.step`` runs it: schedule, execute, update."""
     scheduler_output = scheduler.schedule()
     scheduler.update_from_output(scheduler_output, runner.execute_model(scheduler_output))
 
 
-def _measure(runner: ModelRunner, impl: str, batch: int, prompt_len: int, steps: int, seed: int) -> StepResult:
+def decode_batch(runner: ModelRunner, batch: int, prompt_len: int, steps: int, seed: int) -> Scheduler:
+    """A scheduler holding ``batch`` random prompts of ``prompt_len`` tokens, each allowed ``steps`` more."""
     scheduler = Scheduler(
         BlockManager(runner.cache.num_blocks, BLOCK_SIZE, prefix_caching=False),
         max_num_seqs=batch,
@@ -61,13 +62,18 @@ def _measure(runner: ModelRunner, impl: str, batch: int, prompt_len: int, steps:
     for i in range(batch):
         prompt = [rng.randrange(1000, 40000) for _ in range(prompt_len)]
         scheduler.add_request(Sequence(EngineRequest(f"step{i}", prompt, params)))
+    return scheduler
+
+
+def _measure(runner: ModelRunner, impl: str, batch: int, prompt_len: int, steps: int, seed: int) -> StepResult:
+    scheduler = decode_batch(runner, batch, prompt_len, steps, seed)
     started = time.perf_counter()
-    _step(runner, scheduler)
+    engine_step(runner, scheduler)
     prefill_s = time.perf_counter() - started
     times = []
     for _ in range(steps):
         started = time.perf_counter()
-        _step(runner, scheduler)
+        engine_step(runner, scheduler)
         times.append(time.perf_counter() - started)
     step_s = statistics.median(times[2:])  # the first steps warm up
     return StepResult(impl, batch, prompt_len, batch * prompt_len / prefill_s, step_s * 1e3, batch / step_s)
