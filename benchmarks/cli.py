@@ -39,7 +39,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from adapters.builtin_model import ensure_builtin_model
 from adapters.config import DTYPES, MODEL_IMPLS, QUANTIZATIONS
-from adapters.cpu.numerics import resolve_dtype
+from adapters.cpu.numerics import default_threads, resolve_dtype
 from benchmarks import admission as admission_bench
 from benchmarks import limits as machine_limits
 from benchmarks import profile as step_profile
@@ -187,6 +187,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     step.add_argument("--dtype", default="auto", choices=DTYPES)
     step.add_argument("--seed", type=int, default=0)
     step.add_argument("--profile", action="store_true", help="where each step's time goes, per op class (ise impl)")
+    step.add_argument("--threads", type=int, help="with --profile: 1 reads CPU time, robust on a busy machine")
     step.add_argument("--out", type=Path, default=DEFAULT_OUT)
     limits = sub.add_parser("limits", help="this machine's ceiling for the model, and a run's share of it")
     limits.add_argument("--model-dir", type=Path, help="model directory (default: built-in)")
@@ -336,6 +337,7 @@ async def step(args: argparse.Namespace) -> None:
             kernel_dir=Settings().cache_dir,
             seed=args.seed,
             repeats=args.repeats,
+            threads=args.threads or default_threads(),
         )
         print(step_profile.save(found, _meta(dtype), args.out))
         print(f"Wrote {args.out}/profile.json and profile.md")

@@ -24,7 +24,6 @@ from torch import nn
 
 from adapters.cpu.llama import LlamaForward
 from adapters.cpu.model_runner import ModelRunner
-from adapters.cpu.numerics import default_threads
 from adapters.cpu.scheduler import Scheduler
 from benchmarks.step import BLOCK_SIZE, decode_batch, engine_step
 
@@ -39,18 +38,19 @@ KERNEL_CLASSES = {
 
 
 class Clock:
-    """Seconds spent per op class, summed over the calls it wrapped."""
+    """Seconds spent per op class, summed over the calls it wrapped, read off ``timer``."""
 
-    def __init__(self) -> None:
+    def __init__(self, timer: Callable[[], float] = time.perf_counter) -> None:
+        self.timer = timer
         self.seconds: defaultdict[str, float] = defaultdict(float)
 
     def timed(self, category: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
+            started = self.timer()
             try:
                 return fn(*args, **kwargs)
             finally:
-                self.seconds[category] += time.perf_counter() - started
+                self.seconds[category] += self.timer() - started
 
         return call
 
@@ -137,13 +137,17 @@ def measure(
     kernel_dir: Path,
     seed: int,
     repeats: int,
+    threads: int,
 ) -> dict[str, dict[str, float]]:
     """Per batch size: the prefill step of its prompts, then the decode steps, each broken down.
 
     Each batch runs ``repeats`` times, and every op class's median over them is reported, so a
     pass that the machine's other tenants slowed does not set the figure.
     """
-    torch.set_num_threads(default_threads())
+    torch.set_num_threads(threads)
+    # One thread computes everything on this one, so its CPU time is the work done, which other
+    # processes on a busy machine do not inflate; with more, wall time is all there is.
+    timer = time.thread_time if threads == 1 else time.perf_counter
     runner = ModelRunner(
         model_dir, dtype=dtype, kv_cache_bytes=2**30, block_size=BLOCK_SIZE, kernel_dir=kernel_dir, model_impl="ise"
     )
@@ -151,19 +155,19 @@ def measure(
     for _ in range(repeats):
         for batch in batches:
             scheduler = decode_batch(runner, batch, prompt_len, steps, seed)
-            clock = Clock()
+            clock = Clock(timer)
             restore = instrument(runner, scheduler, clock)
             try:
-                started = time.perf_counter()
+                started = timer()
                 engine_step(runner, scheduler)
-                prefill = breakdown(clock, 1, time.perf_counter() - started)
+                prefill = breakdown(clock, 1, timer() - started)
                 for _ in range(2):  # warm-up steps, not counted
                     engine_step(runner, scheduler)
                 clock.reset()
-                started = time.perf_counter()
+                started = timer()
                 for _ in range(steps - 2):
                     engine_step(runner, scheduler)
-                decode = breakdown(clock, steps - 2, time.perf_counter() - started)
+                decode = breakdown(clock, steps - 2, timer() - started)
             finally:
                 restore()
             found.setdefault(f"prefill {batch} x {prompt_len}", []).append(prefill)

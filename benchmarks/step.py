@@ -52,6 +52,7 @@ def decode_batch(runner: ModelRunner, batch: int, prompt_len: int, steps: int, s
         BlockManager(runner.cache.num_blocks, BLOCK_SIZE, prefix_caching=False),
         max_num_seqs=batch,
         max_num_batched_tokens=batch * prompt_len,
+        prompt_tokens_per_step=batch * prompt_len,  # every prompt in the first step, then only decodes
         prefill_chunk_tokens=prompt_len,
         long_prefill_token_threshold=prompt_len,
         max_model_len=prompt_len + steps + 10,
