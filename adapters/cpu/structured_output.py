@@ -23,6 +23,10 @@ from transformers import AutoTokenizer
 from adapters.engine import StructuredOutput
 from adapters.model_info import ModelInfo
 
+# Compiled grammars kept for reuse, least recently used evicted past this: xgrammar's default
+# keeps every schema ever sent, so a server sent ever-new schemas would grow without end.
+GRAMMAR_CACHE_BYTES = 256 * 2**20
+
 
 class Grammar:
     """One request's constraint, following its output token by token (vLLM's ``StructuredOutputGrammar``)."""
@@ -111,5 +115,7 @@ class StructuredOutputManager:
                 info = xgr.TokenizerInfo.from_huggingface(
                     tokenizer, vocab_size=self._vocab_size, stop_token_ids=sorted(self._model.eos_token_ids) or None
                 )
-                self._compiler = xgr.GrammarCompiler(info, max_threads=self._max_threads)
+                self._compiler = xgr.GrammarCompiler(
+                    info, max_threads=self._max_threads, cache_limit_bytes=GRAMMAR_CACHE_BYTES
+                )
             return self._compiler
