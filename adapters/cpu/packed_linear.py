@@ -54,9 +54,10 @@ class PackedLinear(nn.Module):
 # Row counts torch's layer is called with: powers of two up to 16, then multiples of 16 up to
 # ROW_PIECE; more rows are computed ROW_PIECE at a time. oneDNN builds and caches a kernel for every
 # problem shape it meets (up to its cache's capacity, 1,024 by default), and a serving engine meets
-# every row count from 1 to --max-num-batched-tokens, so in bfloat16 the process's memory grew
-# over thousands of requests of varied lengths. These buckets bound it to 20 shapes per weight,
-# for at most 15 padded rows (AMX computes 16-row tiles anyway).
+# every row count from 1 to --max-num-batched-tokens: the likely cause of bfloat16's memory growth
+# over thousands of requests of varied lengths on an AMX Xeon (issue 25; not measurable on a CPU
+# without these kernels). These buckets bound it to 20 shapes per weight, for at most 15 padded
+# rows (AMX computes 16-row tiles anyway).
 ROW_PIECE = 256
 
 
