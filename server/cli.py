@@ -54,6 +54,7 @@ def build_state(settings: Settings, engine_argv: list[str] | None = None) -> Ser
         tokenization=Tokenization(model, info.vocab_size, chat_template=settings.chat_template),
         model_name=names[0],
         aliases=tuple(names[1:]),
+        model_path=str(model),
         sampling_defaults=defaults,
         gateway=settings,
         api=settings,
