@@ -41,15 +41,21 @@ async def test_streamed_choices_interleave_in_arrival_order(
     lines = response.text.split("\n\n")
     assert lines[-2:] == ["data: [DONE]", ""]
     chunks: list[dict[str, Any]] = [json.loads(line.removeprefix("data: ")) for line in lines[:-2]]
-    opening = [c["choices"] for c in chunks[:2]]
-    assert opening == [
-        [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]
-        for i in (0, 1)
-    ]
-    usage = chunks[-1]
+    usage, chunks = chunks[-1], chunks[:-1]
     assert usage["choices"] == []
     assert usage["usage"]["completion_tokens"] == 4 + 3
-    # After the openings, one chunk per token the engine emitted, in the order it emitted them.
+    # Each choice opens with its role right before its first token's chunk, not before any token.
+    openings = [i for i, c in enumerate(chunks) if "role" in c["choices"][0]["delta"]]
+    assert [chunks[i]["choices"] for i in openings] == [
+        [{"index": k, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]
+        for k in (0, 1)
+    ]
+    for at in openings:
+        index = chunks[at]["choices"][0]["index"]
+        assert [c["choices"][0]["index"] for c in chunks[: at + 2]].index(index) == at
+        assert chunks[at + 1]["choices"][0]["index"] == index
+    assert openings[1] > 1, "choice 1's first token came after choice 0's"
+    # Besides the openings, one chunk per token the engine emitted, in the order it emitted them.
     choice_of = {r.request_id: _choice(r) for r in fake.requests}
     expected = [
         (choice_of[rid], "stop" if token == tiny.eos else tiny.tokenization.decode([token]))
@@ -57,7 +63,8 @@ async def test_streamed_choices_interleave_in_arrival_order(
     ]
     seen = [
         (c["choices"][0]["index"], c["choices"][0]["finish_reason"] or c["choices"][0]["delta"]["content"])
-        for c in chunks[2:-1]
+        for at, c in enumerate(chunks)
+        if at not in openings
     ]
     assert seen == expected
     assert [i for i, _ in seen] != sorted(i for i, _ in seen), "the choices should have interleaved"
