@@ -467,7 +467,7 @@ def _prompts(req: CompletionRequest, state: ServerState) -> list[list[int]]:
 
 def _log_prompt(state: ServerState, prompt: object) -> None:
     if state.gateway.log_prompts:
-        log.info("Prompt: %r", prompt)
+        log.info("Prompt: %s", repr(prompt)[: state.gateway.max_log_len])
 
 
 def _job(
@@ -511,7 +511,7 @@ async def _respond(
             ticket.client_gone = True
 
         return EventStream(
-            _sse(events, job, fmt, _UsageReport(req.include_usage(), req.continuous_usage()), ticket, state),
+            _sse(events, job, fmt, _usage_report(req, state), ticket, state),
             sep="\n",
             headers=headers,
             send_timeout=state.gateway.stream_send_timeout,
@@ -535,6 +535,11 @@ class _UsageReport:
 
     final: bool
     continuous: bool
+
+
+def _usage_report(req: SamplingFields, state: ServerState) -> _UsageReport:
+    """Where the request asks for usage; ``--enable-force-include-usage`` asks for the last chunk on every stream."""
+    return _UsageReport(req.include_usage() or state.api.enable_force_include_usage, req.continuous_usage())
 
 
 class _Tally:
