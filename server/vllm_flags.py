@@ -45,17 +45,38 @@ def _refused(why: str, *, takes_value: bool = False) -> VllmFlag:
 
 
 _NO_COHERE = "ise serves no Cohere API"
+_NO_ANTHROPIC = "ise serves no Anthropic API"
+_NO_SCORING = "ise serves no pooling or scoring"
+_NO_OUTPUT_LOG = "ise does not log generated text"
 _PLAIN_HTTP = "ise serves plain HTTP: terminate TLS in a proxy in front of it"
 _DP_SUPERVISOR = "used by vLLM's multi-port data-parallel launcher only, which ise does not run"
+_REQUEST_ID = "ise sends x-request-id on every response"
+_CACHED_TOKENS = "ise always reports usage.prompt_tokens_details.cached_tokens"
+_NO_REQUEST_LOG = "ise logs no request's contents unless --log-prompts"
+_ERROR_STACK = "ise logs the traceback of every server error (500), and none for client errors"
+_TOKEN_IDS = "ise writes logprobs' tokens as text with their bytes, never as token_id:N"
+_LOAD = "ise serves no /load route; /metrics has ise_num_requests_running and ise_num_requests_waiting"
+_TIMINGS = "ise puts no timings in responses; its log line per request has queue, prefill and decode times"
+_TOKENIZER_INFO = "ise serves no /tokenizer_info route"
+_OFFLINE_DOCS = "ise's /docs load Swagger UI from its CDN"
+_SCALE_OUT = "ise serves none of vLLM's scale-out endpoints"
+_TOKENS_ONLY = "ise serves the OpenAI API, not vLLM's tokens-only endpoints"
+_REQUEST_TEMPLATE = "ise renders no chat template sent in a request"
+_TOOLS_NONE = "with tool_choice none, ise shows the tools to the model and tells it not to call them"
+_REMOTE_CODE = (
+    "ise reads the model's config and tokenizer itself and never runs code shipped with a model; "
+    "a model that needs remote code cannot be served"
+)
 
-# vLLM 0.32's server flags (vllm/entrypoints/launchers/cli_args.py) that are not ise options,
-# the logging flags among its engine arguments, and --disable-log-requests from older vLLMs.
+# vLLM 0.32's server flags (vllm/entrypoints/launchers/cli_args.py) that are not ise options, with
+# their --no- forms, the logging and remote-code flags among its engine arguments, and
+# --disable-log-requests from older vLLMs. A --no- form asks for vLLM's default.
 VLLM_FLAGS: dict[str, VllmFlag] = {
-    # ise already does what these ask.
-    "--enable-request-id-headers": _accepted("ise sends x-request-id on every response"),
-    "--enable-prompt-tokens-details": _accepted("ise always reports usage.prompt_tokens_details.cached_tokens"),
-    "--disable-log-requests": _accepted("ise logs no request's contents unless --log-prompts"),
-    "--no-enable-log-requests": _accepted("ise logs no request's contents unless --log-prompts", engine=True),
+    # ise already does what these ask, or they do not apply to it.
+    "--enable-request-id-headers": _accepted(_REQUEST_ID),
+    "--enable-prompt-tokens-details": _accepted(_CACHED_TOKENS),
+    "--disable-log-requests": _accepted(_NO_REQUEST_LOG),
+    "--no-enable-log-requests": _accepted(_NO_REQUEST_LOG, engine=True),
     "--enable-log-requests": _accepted(
         "ise logs one line per request (id, tokens, timings); --log-prompts adds its prompt", engine=True
     ),
@@ -64,7 +85,10 @@ VLLM_FLAGS: dict[str, VllmFlag] = {
         "uvicorn's access log is off in ise; ise's own line per request stays (it has the request's tokens "
         "and timings; --disable-access-log-for-endpoints leaves paths out of it)"
     ),
-    "--log-error-stack": _accepted("ise logs the traceback of every server error (500)"),
+    "--no-disable-uvicorn-access-log": _accepted("ise logs one line per request"),
+    "--log-error-stack": _accepted(_ERROR_STACK),
+    "--no-log-error-stack": _accepted(_ERROR_STACK),
+    "--no-trust-remote-code": _accepted(_REMOTE_CODE, engine=True),
     "--chat-template-content-format": _accepted(
         "ise renders message content as a string (its text parts joined)", "auto", "string"
     ),
@@ -76,34 +100,40 @@ VLLM_FLAGS: dict[str, VllmFlag] = {
     ),
     "--api-server-count": _accepted("ise runs one API server process", "1"),
     "--trust-request-mm-kwargs": _accepted("ise serves text-only models"),
-    "--enable-flash-late-interaction": _accepted("ise serves no pooling or scoring"),
-    "--no-enable-flash-late-interaction": _accepted("ise serves no pooling or scoring"),
-    "--enable-log-deltas": _accepted("ise does not log outputs (--enable-log-outputs is refused)"),
-    "--no-enable-log-deltas": _accepted("ise does not log outputs (--enable-log-outputs is refused)"),
+    "--no-trust-request-mm-kwargs": _accepted("ise serves text-only models"),
+    "--no-trust-request-chat-template": _accepted(_REQUEST_TEMPLATE),
+    "--no-exclude-tools-when-tool-choice-none": _accepted(_TOOLS_NONE),
+    "--no-return-tokens-as-token-ids": _accepted(_TOKEN_IDS),
+    "--no-enable-server-load-tracking": _accepted(_LOAD),
+    "--no-enable-per-request-metrics": _accepted(_TIMINGS),
+    "--no-enable-log-outputs": _accepted(_NO_OUTPUT_LOG),
+    "--enable-log-deltas": _accepted(_NO_OUTPUT_LOG),
+    "--no-enable-log-deltas": _accepted(_NO_OUTPUT_LOG),
+    "--no-enable-tokenizer-info-endpoint": _accepted(_TOKENIZER_INFO),
+    "--no-enable-offline-docs": _accepted(_OFFLINE_DOCS),
+    "--no-enable-scale-out": _accepted(_SCALE_OUT),
+    "--no-tokens-only": _accepted(_TOKENS_ONLY),
+    "--no-enable-ssl-refresh": _accepted(_PLAIN_HTTP),
+    "--enable-flash-late-interaction": _accepted(_NO_SCORING),
+    "--no-enable-flash-late-interaction": _accepted(_NO_SCORING),
     "--cohere-is-reasoning-model": _accepted(_NO_COHERE),
+    "--no-cohere-is-reasoning-model": _accepted(_NO_COHERE),
     "--cohere-format": _accepted(_NO_COHERE, takes_value=True),
-    "--anthropic-disabled-thinking-effort": _accepted("ise serves no Anthropic API", takes_value=True),
+    "--anthropic-disabled-thinking-effort": _accepted(_NO_ANTHROPIC, takes_value=True),
     "--data-parallel-supervisor-port": _accepted(_DP_SUPERVISOR, takes_value=True),
     "--dp-supervisor-probe-interval-s": _accepted(_DP_SUPERVISOR, takes_value=True),
     "--dp-supervisor-probe-timeout-s": _accepted(_DP_SUPERVISOR, takes_value=True),
     "--dp-supervisor-probe-failure-threshold": _accepted(_DP_SUPERVISOR, takes_value=True),
     # What ise cannot give.
-    "--trust-remote-code": _refused(
-        "ise reads the model's config and tokenizer itself and never runs code shipped with a model; "
-        "a model that needs remote code cannot be served"
-    ),
-    "--return-tokens-as-token-ids": _refused(
-        "ise writes logprobs' tokens as text with their bytes, never as token_id:N"
-    ),
-    "--enable-server-load-tracking": _refused(
-        "ise serves no /load route; /metrics has ise_num_requests_running and ise_num_requests_waiting"
-    ),
-    "--enable-per-request-metrics": _refused(
-        "ise puts no timings in responses; its log line per request has queue, prefill and decode times"
-    ),
-    "--enable-log-outputs": _refused("ise does not log generated text"),
-    "--enable-tokenizer-info-endpoint": _refused("ise serves no /tokenizer_info route"),
-    "--enable-offline-docs": _refused("ise's /docs load Swagger UI from its CDN"),
+    "--trust-remote-code": _refused(_REMOTE_CODE),
+    "--no-enable-request-id-headers": _refused(_REQUEST_ID),
+    "--no-enable-prompt-tokens-details": _refused(_CACHED_TOKENS),
+    "--return-tokens-as-token-ids": _refused(_TOKEN_IDS),
+    "--enable-server-load-tracking": _refused(_LOAD),
+    "--enable-per-request-metrics": _refused(_TIMINGS),
+    "--enable-log-outputs": _refused(_NO_OUTPUT_LOG),
+    "--enable-tokenizer-info-endpoint": _refused(_TOKENIZER_INFO),
+    "--enable-offline-docs": _refused(_OFFLINE_DOCS),
     "--sse-keep-alive-interval": _refused(
         "ise's streams send an SSE comment every 15 s of their own; the interval is not an option",
         takes_value=True,
@@ -112,10 +142,8 @@ VLLM_FLAGS: dict[str, VllmFlag] = {
     "--default-chat-template-kwargs": _refused(
         "ise has no server-wide chat_template_kwargs; requests send their own", takes_value=True
     ),
-    "--trust-request-chat-template": _refused("ise renders no chat template sent in a request"),
-    "--exclude-tools-when-tool-choice-none": _refused(
-        "with tool_choice none, ise shows the tools to the model and tells it not to call them"
-    ),
+    "--trust-request-chat-template": _refused(_REQUEST_TEMPLATE),
+    "--exclude-tools-when-tool-choice-none": _refused(_TOOLS_NONE),
     "--tool-parser-plugin": _refused(
         "ise loads no tool parser plugins; --tool-call-parser names its own formats", takes_value=True
     ),
@@ -137,8 +165,8 @@ VLLM_FLAGS: dict[str, VllmFlag] = {
     "--headless": _refused("ise always runs its API server"),
     "--grpc": _refused("ise serves HTTP only"),
     "--grpc-port": _refused("ise serves HTTP only", takes_value=True),
-    "--tokens-only": _refused("ise serves the OpenAI API, not vLLM's tokens-only endpoints"),
-    "--enable-scale-out": _refused("ise serves none of vLLM's scale-out endpoints"),
+    "--tokens-only": _refused(_TOKENS_ONLY),
+    "--enable-scale-out": _refused(_SCALE_OUT),
 }
 
 # Values each flag takes on the command line, for splitting it (server.command_line).

@@ -127,3 +127,18 @@ def test_flags_whose_meaning_ise_cannot_give_are_refused_with_the_reason(
 
 def test_every_table_flag_is_not_also_an_ise_option() -> None:
     assert not set(VLLM_FLAGS) & set(FLAGS)
+
+
+def test_the_readme_shows_the_table() -> None:
+    """The README's table of vLLM's server flags is the one ise reads: rows of flags with the same answer."""
+    groups: dict[tuple[bool, str, bool], list[str]] = {}
+    for flag, entry in VLLM_FLAGS.items():
+        shown = [f"`{flag} {value}`" for value in sorted(entry.values)] or [f"`{flag}`"]
+        groups.setdefault((entry.accepted, entry.why, entry.engine), []).extend(shown)
+    rows = []
+    for (accepted, why, engine), flags in groups.items():
+        verdict = ("accepted" if accepted else "**refused**") + ("; `--engine vllm` hands it to vLLM" if engine else "")
+        rows.append(f"| {', '.join(flags)} | {verdict} | {why} |")
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme.split("<!-- vllm-flags")[1].split("<!-- /vllm-flags -->")[0]
+    assert table.splitlines()[3:] == rows
