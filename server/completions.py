@@ -584,7 +584,7 @@ async def _sse(
 ) -> AsyncIterator[str]:
     """The SSE body: data lines in OpenAI's chunk format, then ``[DONE]``.
 
-    Nothing is sent before a choice's first token (its opening role chunk goes with it), so a
+    Nothing is sent before the first token (the choices' opening role chunks go with it), so a
     request that fails before any token streams only its error event and ``[DONE]``.
 
     sse-starlette cancels this generator when the client goes away, and closes it when a send
@@ -593,20 +593,22 @@ async def _sse(
     """
     exclude = None if report.final else {"usage"}
     tally = _Tally(job)
-    opened: set[int] = set()
+    opened = False
     finished = False
     try:
         async with aclosing(events):
             async for event in events:
-                if event.index not in opened:
-                    # A choice opens with its first token, as in vLLM: clients time the first
-                    # token (TTFT) at the first chunk with choices, so none may come before prefill.
-                    opened.add(event.index)
-                    opening = fmt.opening(event.index)
-                    if opening is not None:
-                        if report.continuous:
-                            opening.usage = tally.usage(fmt)  # type: ignore[attr-defined]
-                        yield opening.model_dump_json(exclude=exclude)
+                if not opened:
+                    # The choices open with the first token, all of them in index order, as in
+                    # vLLM: clients time the first token at the first chunk with choices, and the
+                    # openai SDK's stream helper takes choices in the order they first appear.
+                    opened = True
+                    for index in range(job.num_choices):
+                        opening = fmt.opening(index)
+                        if opening is not None:
+                            if report.continuous:
+                                opening.usage = job.usage(0)  # type: ignore[attr-defined]
+                            yield opening.model_dump_json(exclude=exclude)
                 tally.add(event)
                 chunk = fmt.chunk(event)
                 if chunk is not None:
