@@ -44,8 +44,11 @@ async def test_quiet_paths_get_no_log_line_and_prompts_are_cut_to_max_log_len(
     fake: FakeEngine, tiny: TinyModel, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    gateway = {"disable_access_log_for_endpoints": "/health,/metrics", "log_prompts": True, "max_log_len": 12}
-    async with serving(fake, tiny, **gateway) as app, client(app) as http:
+    quiet = "/health,/metrics"
+    async with (
+        serving(fake, tiny, disable_access_log_for_endpoints=quiet, log_prompts=True, max_log_len=12) as app,
+        client(app) as http,
+    ):
         for path in ("/health", "/metrics", "/v1/models"):
             assert (await http.get(path)).status_code == 200
         await http.post("/v1/chat/completions", json={**CHAT, "stream": False})
