@@ -34,6 +34,11 @@ class ApiArgs(BaseModel):
         True,
         description="Accepted so vLLM command lines work: tool_choice auto always works on ise, whatever its value",
     )
+    enable_force_include_usage: bool = Field(
+        False,
+        description="Every stream ends with its usage chunk, as if the request sent stream_options.include_usage "
+        "(vLLM's flag)",
+    )
     reasoning_parser: ReasoningParserName | None = Field(
         None,
         description="Put a reasoning model's thinking in reasoning_content, not content: deepseek_r1 (the "

@@ -467,7 +467,7 @@ def _prompts(req: CompletionRequest, state: ServerState) -> list[list[int]]:
 
 def _log_prompt(state: ServerState, prompt: object) -> None:
     if state.gateway.log_prompts:
-        log.info("Prompt: %r", prompt)
+        log.info("Prompt: %s", repr(prompt)[: state.gateway.max_log_len])
 
 
 def _job(
@@ -511,7 +511,7 @@ async def _respond(
             ticket.client_gone = True
 
         return EventStream(
-            _sse(events, job, fmt, _UsageReport(req.include_usage(), req.continuous_usage()), ticket, state),
+            _sse(events, job, fmt, _usage_report(req, state), ticket, state),
             sep="\n",
             headers=headers,
             send_timeout=state.gateway.stream_send_timeout,
@@ -535,6 +535,11 @@ class _UsageReport:
 
     final: bool
     continuous: bool
+
+
+def _usage_report(req: SamplingFields, state: ServerState) -> _UsageReport:
+    """Where the request asks for usage; ``--enable-force-include-usage`` asks for the last chunk on every stream."""
+    return _UsageReport(req.include_usage() or state.api.enable_force_include_usage, req.continuous_usage())
 
 
 class _Tally:
@@ -579,22 +584,31 @@ async def _sse(
 ) -> AsyncIterator[str]:
     """The SSE body: data lines in OpenAI's chunk format, then ``[DONE]``.
 
+    Nothing is sent before the first token (the choices' opening role chunks go with it), so a
+    request that fails before any token streams only its error event and ``[DONE]``.
+
     sse-starlette cancels this generator when the client goes away, and closes it when a send
     waits past ``--stream-send-timeout`` (a client that stopped reading); either way closing
     ``events`` aborts every engine request behind it, and the abort is counted by its reason.
     """
     exclude = None if report.final else {"usage"}
-    for index in range(job.num_choices):
-        opening = fmt.opening(index)
-        if opening is not None:
-            if report.continuous:
-                opening.usage = job.usage(0)  # type: ignore[attr-defined]
-            yield opening.model_dump_json(exclude=exclude)
     tally = _Tally(job)
+    opened = False
     finished = False
     try:
         async with aclosing(events):
             async for event in events:
+                if not opened:
+                    # The choices open with the first token, all of them in index order, as in
+                    # vLLM: clients time the first token at the first chunk with choices, and the
+                    # openai SDK's stream helper takes choices in the order they first appear.
+                    opened = True
+                    for index in range(job.num_choices):
+                        opening = fmt.opening(index)
+                        if opening is not None:
+                            if report.continuous:
+                                opening.usage = job.usage(0)  # type: ignore[attr-defined]
+                            yield opening.model_dump_json(exclude=exclude)
                 tally.add(event)
                 chunk = fmt.chunk(event)
                 if chunk is not None:

@@ -508,12 +508,35 @@ class Completion(_Envelope):
     choices: list[CompletionChoice]
 
 
+class ModelPermission(_Response):
+    """vLLM's (and OpenAI's former) permission entry of a model card: what clients may do with it."""
+
+    id: str = Field(default_factory=lambda: new_id("modelperm"))
+    object: Literal["model_permission"] = "model_permission"
+    created: int = Field(default_factory=lambda: now())
+    allow_create_engine: bool = False
+    allow_sampling: bool = True
+    allow_logprobs: bool = True
+    allow_search_indices: bool = False
+    allow_view: bool = True
+    allow_fine_tuning: bool = False
+    organization: str = "*"
+    group: str | None = None
+    is_blocking: bool = False
+
+
 class ModelCard(_Response):
+    """OpenAI's model object with vLLM's fields: clients written for vLLM read ``root`` (``vllm bench
+    serve`` takes it as the tokenizer to load) and ``max_model_len``."""
+
     id: str
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "ise"
+    root: str | None = None  # where the model was loaded from, as given (a directory or a hub id)
+    parent: str | None = None  # the base model of an adapter; ise serves no adapters
     max_model_len: int
+    permission: list[ModelPermission] = Field(default_factory=lambda: [ModelPermission()])
 
 
 class ModelList(_Response):

@@ -24,6 +24,7 @@ class ServerState:
     tokenization: Tokenization
     model_name: str
     aliases: tuple[str, ...] = ()  # further names clients may use (--served-model-name a b)
+    model_path: str | None = None  # where the model was loaded from: its /v1/models card's root, as in vLLM
     sampling_defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
     created: int = field(default_factory=now)
     gateway: GatewayArgs = field(default_factory=GatewayArgs)
