@@ -68,6 +68,7 @@ def create_app(state: ServerState, on_ready: Callable[[], None] = lambda: None) 
         try:
             yield
         finally:
+            await state.grammars.close()
             await state.engine.shutdown()
 
     gateway = state.gateway

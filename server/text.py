@@ -122,6 +122,7 @@ class Tokenization:
         ``chat_template``: a Jinja template, or a file holding one, used instead of the tokenizer's.
         """
         self.hf = AutoTokenizer.from_pretrained(model)
+        self.model_vocab_size = model_vocab_size
         if chat_template is not None:
             template = Path(chat_template)
             self.hf.chat_template = template.read_text() if template.is_file() else chat_template

@@ -307,7 +307,7 @@ async def test_every_structured_output_spelling_reaches_the_engine(
         ({"response_format": {"type": "xml"}}, "response_format.type", ""),
         ({"guided_regex": "a(b"}, "guided_regex", "parenthesis"),
         ({"structured_outputs": {"grammar": "root ::= foo"}}, "structured_outputs.grammar", "foo"),
-        ({"guided_choice": []}, "guided_choice", "at least one"),
+        ({"guided_choice": []}, "guided_choice", "at least 1"),
         ({"guided_json": "{not json"}, "guided_json", "not JSON"),
         ({"response_format": {"type": "json_object"}, "guided_regex": "a"}, "guided_regex", "only one"),
     ],
