@@ -468,8 +468,8 @@ def _prompts(req: CompletionRequest, state: ServerState) -> list[list[int]]:
         return [text_prompt(prompt, state)]
     if not prompt:
         raise invalid_request("The prompt is empty.", param="prompt")
-    if all(isinstance(p, int) for p in prompt):
-        return [[int(p) for p in prompt]]  # type: ignore[arg-type]
+    if isinstance(prompt[0], int):  # the list's type is one of the forms: its first item tells which
+        return [list(prompt)]
     # A batch of prompts, each n times: every choice is a request in the engine.
     if len(prompt) * req.n > MAX_CHOICES:
         raise invalid_request(
@@ -479,7 +479,7 @@ def _prompts(req: CompletionRequest, state: ServerState) -> list[list[int]]:
     for text in prompt:
         if isinstance(text, str):
             check_text_length(len(text), state, "prompt")
-    return [state.tokenization.encode(p) if isinstance(p, str) else list(p) for p in prompt]  # type: ignore[arg-type]
+    return [state.tokenization.encode(p) if isinstance(p, str) else list(p) for p in prompt]
 
 
 def _log_prompt(state: ServerState, prompt: object) -> None:

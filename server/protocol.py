@@ -84,18 +84,21 @@ class _Request(BaseModel):
 
         ``null`` and OpenAI's own default values are not counted: they ask for nothing.
         """
-        found = [
+        # An ordered set: a body can name a hundred thousand fields, each message its own.
+        found = dict.fromkeys(
             f"{prefix}{name}"
             for name, value in (self.model_extra or {}).items()
             if value is not None and not (name in _NO_EFFECT_VALUES and value in _NO_EFFECT_VALUES[name])
-        ]
+        )
         for name in type(self).model_fields:
             value = getattr(self, name)
-            items = value if isinstance(value, list) else [value]
+            # A list holds models or none (its type says which), so its first item tells: a prompt
+            # of a million token ids is not walked.
+            items = value if isinstance(value, list) and value and isinstance(value[0], _Request) else [value]
             for item in items:
                 if isinstance(item, _Request):
-                    found += [f for f in item.ignored_fields(f"{prefix}{name}.") if f not in found]
-        return found
+                    found.update(dict.fromkeys(item.ignored_fields(f"{prefix}{name}.")))
+        return list(found)
 
 
 class StreamOptions(_Request):
