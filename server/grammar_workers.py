@@ -13,7 +13,8 @@ xgrammar, jsonschema, and the torch that xgrammar imports) once: a replacement i
 tens of milliseconds, shares those pages, and never inherits the server's threads. They start
 with the first constraint, so a server that never sees one never starts them. Outcomes are
 cached by the constraint's digest, as clients send the same schemas and tools again and again;
-a timeout is not cached, since it may reflect a busy machine rather than the constraint.
+a timeout is not cached, since it may reflect a busy machine rather than the constraint. The
+budget starts when a worker takes the constraint: callers wait for a free worker in turn.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import multiprocessing
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from types import ModuleType
 
 import xgrammar as xgr
 from cachetools import LRUCache
@@ -79,7 +82,7 @@ class GrammarWorkers:
         first constraint comes); ``workers`` compile in parallel, each on one core; ``timeout_s``
         is the budget of one compile, from when a worker takes it."""
         self._tokenizer_info = tokenizer_info
-        self.size = workers
+        self._size = workers
         self.timeout_s = timeout_s
         self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
         self._all: set[_Worker] = set()
@@ -110,9 +113,9 @@ class GrammarWorkers:
         except TimeoutError:
             self._replace(worker)
             raise CompileTimeout from None
-        except (EOFError, OSError):  # the worker died on it
+        except (EOFError, OSError):  # the worker died on it (or just before: not cached)
             self._replace(worker)
-            outcome = WORKER_DIED
+            return WORKER_DIED
         except BaseException:  # cancelled: the client went away
             self._replace(worker)
             raise
@@ -135,10 +138,9 @@ class GrammarWorkers:
         self._all.clear()
 
     async def _start(self) -> None:
-        # The fork server imports this module once, before its first fork (seconds: torch).
-        _CONTEXT.set_forkserver_preload([__name__])
+        _CONTEXT.set_forkserver_preload(_preload())
         self._info_json = await asyncio.to_thread(lambda: self._tokenizer_info().serialize_json())
-        for _ in range(self.size):
+        for _ in range(self._size):
             await self._add_worker()
 
     async def _add_worker(self) -> None:
@@ -174,6 +176,27 @@ class GrammarWorkers:
     async def _respawn(self, dead: _Worker) -> None:
         await asyncio.to_thread(dead.process.join)
         await self._add_worker()
+
+
+def _preload() -> list[str]:
+    """What the fork server imports once, before its first fork: this module (seconds: torch), and
+    what the program's main module imports, since multiprocessing runs the main module again in
+    every child it starts (as ``__mp_main__``): for ``ise serve`` that is the whole server, a
+    second of CPU per worker unless those imports are already done."""
+    main = sys.modules["__main__"]
+    spec = getattr(main, "__spec__", None)
+    if spec is not None:  # python -m NAME: NAME itself (a package's __main__ is not run again)
+        return [__name__] if spec.name.endswith(".__main__") else [__name__, spec.name]
+    # A script, such as the ``ise`` console script: the modules its names come from. (The fork
+    # server cannot run the script itself: Python 3.11 drops its path on the way.)
+    sources = {
+        value.__name__ if isinstance(value, ModuleType) else getattr(value, "__module__", None)
+        for value in vars(main).values()
+    }
+    return [
+        __name__,
+        *sorted(name for name in sources if isinstance(name, str) and name in sys.modules and name != "__main__"),
+    ]
 
 
 async def _readable(conn: Connection) -> None:
