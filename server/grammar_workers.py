@@ -10,7 +10,8 @@ same way, vLLM with the same library and tokenizer, so their compile is bounded 
 
 Workers are forked from multiprocessing's fork server, which imports this module (and with it
 xgrammar, jsonschema, and the torch that xgrammar imports) once: a replacement is ready in
-tens of milliseconds, shares those pages, and never inherits the server's threads. They start
+tens of milliseconds, shares those pages, and never inherits the server's threads. The fork
+server starts with the server (``warm``), importing while the model loads; the workers start
 with the first constraint, so a server that never sees one never starts them. Outcomes are
 cached by the constraint's digest, as clients send the same schemas and tools again and again;
 a timeout is not cached, since it may reflect a busy machine rather than the constraint. The
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import multiprocessing
+import multiprocessing.forkserver
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -124,6 +126,11 @@ class GrammarWorkers:
         self._outcomes[key] = outcome
         return outcome
 
+    def warm(self) -> None:
+        """Start the fork server now, so its imports (seconds) are done before the first constraint."""
+        _CONTEXT.set_forkserver_preload(_preload())
+        multiprocessing.forkserver.ensure_running()
+
     async def close(self) -> None:
         """Kill every worker, busy or idle, for good; a server that never compiled has none."""
         self._closed = True
@@ -138,7 +145,7 @@ class GrammarWorkers:
         self._all.clear()
 
     async def _start(self) -> None:
-        _CONTEXT.set_forkserver_preload(_preload())
+        self.warm()
         self._info_json = await asyncio.to_thread(lambda: self._tokenizer_info().serialize_json())
         for _ in range(self._size):
             await self._add_worker()
