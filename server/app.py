@@ -63,11 +63,13 @@ def create_app(state: ServerState, on_ready: Callable[[], None] = lambda: None) 
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        state.grammars.warm()  # the compile workers' fork server imports while the model loads
         await state.engine.start()
         on_ready()
         try:
             yield
         finally:
+            await state.grammars.close()
             await state.engine.shutdown()
 
     gateway = state.gateway
