@@ -4,7 +4,7 @@
 ``ise bench static`` times static batched ``model.generate``, the bar without scheduling.
 ``ise bench step`` times the CPU engine's steps directly, for each model implementation;
 ``--profile`` breaks them down per op class.
-``ise bench quality`` scores a text at full precision and quantized: perplexity and top-1 agreement.
+``ise bench quality`` scores a text in float32, bfloat16 and int8: perplexity, top-1 agreement and ties.
 ``ise bench limits`` measures this machine's memory bandwidth and GEMM rate, the ceiling they put
 on a run, and how close ise's run (a ``compare`` results.json) came to it.
 ``ise bench compare`` starts every target on loopback (or in process), sends each in turn the
@@ -38,12 +38,12 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from adapters.builtin_model import ensure_builtin_model
-from adapters.config import DTYPES, MODEL_IMPLS, QUANTIZATIONS
+from adapters.config import DTYPES, MODEL_IMPLS
 from adapters.cpu.numerics import default_threads, resolve_dtype
 from benchmarks import admission as admission_bench
 from benchmarks import limits as machine_limits
 from benchmarks import profile as step_profile
-from benchmarks import quality as quantization_quality
+from benchmarks import quality as precision_quality
 from benchmarks import soak as soak_test
 from benchmarks import static_batch
 from benchmarks import step as engine_step
@@ -196,9 +196,15 @@ def parse(argv: list[str]) -> argparse.Namespace:
     limits.add_argument("--output-len", type=int, default=128, help="output tokens per request of the run")
     limits.add_argument("--results", type=Path, help="a compare results.json whose ise runs to rate")
     limits.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    quality = sub.add_parser("quality", help="perplexity and top-1 agreement of a quantized model with float32")
+    quality = sub.add_parser("quality", help="perplexity, top-1 agreement and ties of bfloat16 and int8 with float32")
     quality.add_argument("--model-dir", type=Path, help="model directory (default: built-in)")
-    quality.add_argument("--quantization", default="int8", choices=QUANTIZATIONS[1:])
+    quality.add_argument(
+        "--variants",
+        nargs="+",
+        default=list(precision_quality.VARIANTS)[1:],
+        choices=list(precision_quality.VARIANTS)[1:],
+        help="dtypes and quantizations to score against float32",
+    )
     quality.add_argument("--text-file", type=Path, help="text to score (default: a built-in English passage)")
     quality.add_argument("--out", type=Path, default=DEFAULT_OUT)
     _soak_args(sub.add_parser("soak", help="many requests, a fifth abandoned: the server must come back clean"))
@@ -372,9 +378,9 @@ async def limits(args: argparse.Namespace) -> None:
 
 
 async def quality(args: argparse.Namespace) -> None:
-    text = args.text_file.read_text() if args.text_file else quantization_quality.REFERENCE_TEXT
-    result = quantization_quality.measure(_model_dir(args), Settings().cache_dir, args.quantization, text)
-    print(quantization_quality.save(result, _meta(), args.out))
+    text = args.text_file.read_text() if args.text_file else precision_quality.REFERENCE_TEXT
+    scores = precision_quality.measure(_model_dir(args), Settings().cache_dir, args.variants, text)
+    print(precision_quality.save(scores, _meta(), args.out))
     print(f"Wrote {args.out}/quality.json and quality.md")
 
 

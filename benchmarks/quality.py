@@ -1,9 +1,12 @@
-"""What quantization costs in output quality: the same text scored at full precision and quantized.
+"""What a lower precision costs in output quality: the same text scored in float32 and in each variant.
 
-Both runners read the same text, every position at once (teacher forcing), so each prediction is
-compared on the same context: the perplexity of each, and how often the quantized model's most
-likely next token is full precision's. Greedy decoding follows that top-1 token, so the agreement
-is the share of steps at which a quantized greedy run would still be on full precision's path.
+A variant is a dtype (bfloat16) or a quantization (int8 weights). Every runner reads the same text,
+every position at once (teacher forcing), so each prediction is compared on the same context: the
+perplexity of each, and how often the variant's most likely next token is float32's. Greedy
+decoding follows that top-1 token, so the agreement is the share of steps at which the variant's
+greedy run would still be on float32's path. Ties are the share of positions whose two best logits
+are exactly equal: where that comes from rounding, the argmax falls to the lower token id and a
+greedy answer changes for no reason in the model (issue 20).
 """
 
 from __future__ import annotations
@@ -50,17 +53,23 @@ next month, and the council has promised to publish every written comment it rec
 """
 
 
-@dataclass(frozen=True)
-class QualityResult:
-    quantization: str
-    tokens: int
-    perplexity_full: float
-    perplexity_quantized: float
-    top1_agreement: float  # share of positions whose most likely next token is the same
+# Each variant's dtype and quantization; float32 unquantized is the reference every variant is scored against.
+REFERENCE = "float32"
+VARIANTS: dict[str, tuple[torch.dtype, Quantization]] = {
+    REFERENCE: (torch.float32, "none"),
+    "bfloat16": (torch.bfloat16, "none"),
+    "int8": (torch.float32, "int8"),
+}
 
-    @property
-    def perplexity_ratio(self) -> float:
-        return self.perplexity_quantized / self.perplexity_full
+
+@dataclass(frozen=True)
+class VariantScores:
+    variant: str
+    tokens: int  # positions scored
+    perplexity: float
+    perplexity_ratio: float  # over float32's
+    top1_agreement: float  # share of positions whose most likely next token is float32's
+    top2_ties: float  # share of positions whose two best logits are exactly equal
 
 
 def _perplexity(logits: torch.Tensor, token_ids: list[int]) -> float:
@@ -69,44 +78,56 @@ def _perplexity(logits: torch.Tensor, token_ids: list[int]) -> float:
     return math.exp(float(nll))
 
 
-def measure(model_dir: Path, kernel_dir: Path, quantization: Quantization, text: str) -> QualityResult:
+def _top2_ties(logits: torch.Tensor) -> float:
+    best = logits.topk(2, dim=-1).values
+    return float((best[:, 0] == best[:, 1]).float().mean())
+
+
+def _logits(model_dir: Path, kernel_dir: Path, variant: str, token_ids: list[int]) -> torch.Tensor:
+    dtype, quantization = VARIANTS[variant]
+    runner = ModelRunner(
+        model_dir, dtype=dtype, kv_cache_bytes=2**28, block_size=16, kernel_dir=kernel_dir, quantization=quantization
+    )
+    return runner.prompt_logits(token_ids).float()
+
+
+def measure(model_dir: Path, kernel_dir: Path, variants: list[str], text: str) -> list[VariantScores]:
+    """Scores of float32 (first) and of each of ``variants`` on ``text``, scored as the engine runs them."""
     torch.set_num_threads(default_threads())
     token_ids = AutoTokenizer.from_pretrained(model_dir)(text)["input_ids"]
-    logits = {}
-    for mode in ("none", quantization):
-        runner = ModelRunner(
-            model_dir,
-            dtype=torch.float32,
-            kv_cache_bytes=2**28,
-            block_size=16,
-            kernel_dir=kernel_dir,
-            quantization=mode,
+    reference = _logits(model_dir, kernel_dir, REFERENCE, token_ids)
+    reference_perplexity = _perplexity(reference, token_ids)
+    scores = []
+    for variant in [REFERENCE, *(v for v in variants if v != REFERENCE)]:
+        logits = reference if variant == REFERENCE else _logits(model_dir, kernel_dir, variant, token_ids)
+        perplexity = _perplexity(logits, token_ids)
+        scores.append(
+            VariantScores(
+                variant=variant,
+                tokens=len(token_ids),
+                perplexity=perplexity,
+                perplexity_ratio=perplexity / reference_perplexity,
+                top1_agreement=float((logits.argmax(dim=-1) == reference.argmax(dim=-1)).float().mean()),
+                top2_ties=_top2_ties(logits),
+            )
         )
-        logits[mode] = runner.prompt_logits(token_ids)
-        del runner
-    full, quantized = logits["none"], logits[quantization]
-    agreement = float((full.argmax(dim=-1) == quantized.argmax(dim=-1)).float().mean())
-    return QualityResult(
-        quantization=quantization,
-        tokens=len(token_ids),
-        perplexity_full=_perplexity(full, token_ids),
-        perplexity_quantized=_perplexity(quantized, token_ids),
-        top1_agreement=agreement,
-    )
+    return scores
 
 
-def save(result: QualityResult, meta: Mapping[str, object], out: Path) -> str:
+def save(scores: list[VariantScores], meta: Mapping[str, object], out: Path) -> str:
     """Write quality.json and quality.md; return the table."""
     out.mkdir(parents=True, exist_ok=True)
-    payload = {**meta, **asdict(result), "perplexity_ratio": result.perplexity_ratio}
+    payload = {**meta, "variants": [asdict(score) for score in scores]}
     (out / "quality.json").write_text(json.dumps(payload, indent=1))
-    table = "\n".join(
-        [
-            "| quantization | tokens scored | perplexity float32 | perplexity quantized | ratio | top-1 agreement |",
-            "|---|---|---|---|---|---|",
-            f"| {result.quantization} | {result.tokens} | {result.perplexity_full:.3f} "
-            f"| {result.perplexity_quantized:.3f} | {result.perplexity_ratio:.4f} | {result.top1_agreement:.1%} |",
-        ]
-    )
+    rows = [
+        "| variant | tokens scored | perplexity | ratio to float32 | top-1 agreement with float32 | exact top-2 ties |",
+        "|---|---|---|---|---|---|",
+    ]
+    rows += [
+        f"| {s.variant} | {s.tokens} | {s.perplexity:.3f} | {s.perplexity_ratio:.4f} "
+        f"| {s.top1_agreement:.1%} | {s.top2_ties:.1%} |"
+        for s in scores
+    ]
+    table = "\n".join(rows)
     (out / "quality.md").write_text(table + "\n")
     return table

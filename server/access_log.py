@@ -24,11 +24,13 @@ log = logging.getLogger("ise.access")
 
 
 class AccessLogMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, quiet_paths: frozenset[str] = frozenset()) -> None:
+        """``quiet_paths``: paths whose requests get no line (--disable-access-log-for-endpoints)."""
         self.app = app
+        self.quiet_paths = quiet_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in self.quiet_paths:
             await self.app(scope, receive, send)
             return
         started = time.monotonic()

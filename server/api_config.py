@@ -1,4 +1,4 @@
-"""Options for what the API does with requests' text: strictness, tool calls, reasoning; declared once.
+"""Options for what the API does with requests' text: strictness, tool calls, reasoning, grammars; declared once.
 
 ``server.settings.Settings`` inherits them (as it inherits ``EngineArgs`` and ``GatewayArgs``), so
 each is a flag, an ``ISE_*`` variable and a key of the TOML file. Names and values follow vLLM's
@@ -34,6 +34,11 @@ class ApiArgs(BaseModel):
         True,
         description="Accepted so vLLM command lines work: tool_choice auto always works on ise, whatever its value",
     )
+    enable_force_include_usage: bool = Field(
+        False,
+        description="Every stream ends with its usage chunk, as if the request sent stream_options.include_usage "
+        "(vLLM's flag)",
+    )
     reasoning_parser: ReasoningParserName | None = Field(
         None,
         description="Put a reasoning model's thinking in reasoning_content, not content: deepseek_r1 (the "
@@ -44,4 +49,18 @@ class ApiArgs(BaseModel):
         min_length=2,
         max_length=2,
         description="The opening and closing tags around the thinking, for --reasoning-parser",
+    )
+    grammar_compile_timeout: float = Field(
+        5.0,
+        gt=0,
+        le=600,
+        description="Seconds a structured-output constraint (a schema, regex, grammar, choice, or the tools' "
+        "schemas) may take to compile into a grammar; a slower one is refused with a 400 and its compile stopped",
+    )
+    grammar_compile_workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Processes that compile structured-output constraints, each on one core, started with the "
+        "first constraint",
     )

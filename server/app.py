@@ -63,15 +63,25 @@ def create_app(state: ServerState, on_ready: Callable[[], None] = lambda: None) 
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        state.grammars.warm()  # the compile workers' fork server imports while the model loads
         await state.engine.start()
         on_ready()
         try:
             yield
         finally:
+            await state.grammars.close()
             await state.engine.shutdown()
 
     gateway = state.gateway
-    app = _App(title="ise", summary="OpenAI-compatible inference serving endpoint", lifespan=lifespan)
+    docs = not gateway.disable_fastapi_docs
+    app = _App(
+        title="ise",
+        summary="OpenAI-compatible inference serving endpoint",
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+    )
     app.state.ise = state
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=gateway.max_request_body_bytes)
@@ -86,7 +96,7 @@ def create_app(state: ServerState, on_ready: Callable[[], None] = lambda: None) 
             # Browsers may read these: OpenAI's rate-limit and request-id headers.
             expose_headers=["x-request-id", "retry-after", "retry-after-ms", *RATE_LIMIT_HEADERS],
         )
-    app.add_middleware(AccessLogMiddleware)
+    app.add_middleware(AccessLogMiddleware, quiet_paths=frozenset(gateway.disable_access_log_for_endpoints))
     app.add_middleware(RequestIdMiddleware)
     app.include_router(router)
     return app

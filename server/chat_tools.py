@@ -5,12 +5,13 @@ their output is read by that format's parser. Templates that do not (the built-i
 ise's generic format: the tools are described in a system message and the whole answer is one
 JSON object, either calls or a response (``server/tool_parsers``). ``tool_choice`` ``required``
 and a named function are enforced by structured decoding against the tools' parameter schemas
-(vLLM's approach), as is ``auto`` in the generic format, so those answers always parse.
+(vLLM's approach), as is ``auto`` in the generic format, so those answers always parse; the
+server compiles that constraint under its budget like any other (``server/structured_outputs.py``),
+naming ``tools`` when it cannot be enforced.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -20,7 +21,7 @@ from server.chat_output import ChatOutput
 from server.errors import invalid_request
 from server.protocol import ChatMessage, NamedToolChoice, Tool, ToolChoice
 from server.reasoning import REASONING_PARSERS, ReasoningParser
-from server.structured_outputs import check_constraint
+from server.structured_outputs import schema_text
 from server.tool_parsers import (
     TOOL_PARSERS,
     ToolParser,
@@ -38,7 +39,7 @@ GENERIC_PARSER = "ise_json"
 class ChatPlan:
     messages: list[dict[str, Any]]  # as the chat template gets them
     template_tools: list[dict[str, Any]] | None  # ``tools`` for a template that knows them
-    structured: StructuredOutput | None  # the constraint tool_choice needs, if any
+    structured: StructuredOutput | None  # the constraint tool_choice needs, if any (not yet compiled)
     output: ChatOutput
 
 
@@ -52,8 +53,8 @@ def plan_chat(
 ) -> ChatPlan:
     """One plan for chat completions and ``/tokenize`` alike, so a token count is what a completion is charged.
 
-    Raises a 400 ``APIError`` naming the field for a tool_choice without tools, an unknown
-    function, or a parameters schema structured decoding cannot enforce.
+    Raises a 400 ``APIError`` naming the field for a tool_choice without tools or an unknown
+    function. (Each parameters schema was bounded while the request was parsed.)
     """
     messages = [m.template_dict() for m in chat_messages]
     tools = [t.model_dump(exclude_none=True, by_alias=True) for t in request_tools or []]
@@ -76,9 +77,7 @@ def plan_chat(
     wire_choice: str | dict[str, Any] = choice.model_dump() if isinstance(choice, NamedToolChoice) else choice
     structured: StructuredOutput | None = None
     if mode in ("required", "named") or generic:
-        schema = tools_json_schema(tools, wire_choice, parallel_tool_calls)
-        structured = StructuredOutput(json=json.dumps(schema, separators=(",", ":")))
-        check_constraint("tools", structured)
+        structured = StructuredOutput(json=schema_text(tools_json_schema(tools, wire_choice, parallel_tool_calls)))
     parser: ToolParser = ForcedJsonToolParser(named) if mode in ("required", "named") else TOOL_PARSERS[parser_name]()
     output = ChatOutput(reasoning, parser, calls_only=mode in ("required", "named"))
     if generic:

@@ -12,7 +12,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from adapters.builtin_model import BUILTIN_MODEL_NAME, ensure_builtin_model
-from adapters.factory import build_engine
+from adapters.factory import build_engine, choose_engine
 from adapters.model_info import ModelInfo
 from server.app import create_app
 from server.command_line import split_serve_args
@@ -23,6 +23,7 @@ from server.request_id import RequestIdLogFilter
 from server.settings import Settings
 from server.state import ServerState
 from server.text import Tokenization
+from server.vllm_flags import read_vllm_flags
 
 log = logging.getLogger("ise")
 
@@ -54,6 +55,7 @@ def build_state(settings: Settings, engine_argv: list[str] | None = None) -> Ser
         tokenization=Tokenization(model, info.vocab_size, chat_template=settings.chat_template),
         model_name=names[0],
         aliases=tuple(names[1:]),
+        model_path=str(model),
         sampling_defaults=defaults,
         gateway=settings,
         api=settings,
@@ -75,7 +77,16 @@ def serve(argv: list[str]) -> None:
     for handler in logging.getLogger().handlers:
         handler.addFilter(RequestIdLogFilter())
     logging.getLogger("uvicorn.error").addFilter(UnfinishedStreamFilter())
-    state = build_state(settings, args.engine)
+    try:
+        vllm_flags = read_vllm_flags(args.vllm, choose_engine(settings.engine))
+    except ValueError as exc:
+        raise SystemExit(f"ise serve: {exc}") from None
+    if vllm_flags.accepted:
+        log.info(
+            "vLLM flags accepted without effect (ise already does as they ask, or they do not apply): %s",
+            "; ".join(vllm_flags.accepted),
+        )
+    state = build_state(settings, [*args.engine, *vllm_flags.engine_argv])
     try:
         app = create_app(
             state,

@@ -57,7 +57,7 @@ from server.protocol import (
     now,
 )
 from server.state import ServerState
-from server.structured_outputs import structured_output
+from server.structured_outputs import Constraint, enforceable, requested_constraint
 from server.text import Tokenization
 from server.tool_parsers.base import ToolCallDelta
 
@@ -376,14 +376,16 @@ async def chat_completion(req: ChatCompletionRequest, raw: Request, state: Serve
     )
     _log_prompt(state, plan.messages)
     prompt = chat_prompt(plan.messages, state, tools=plan.template_tools, template_kwargs=req.chat_template_kwargs)
-    requested = structured_output(req)
-    if plan.structured is not None and requested is not None:
-        raise invalid_request(
-            "A structured-output constraint cannot be combined with tool calls ise enforces by a grammar "
-            "(tool_choice 'required', a named function, or 'auto' in the generic tool format).",
-            param="tool_choice",
-        )
-    structured = plan.structured if plan.structured is not None else requested
+    constraint = requested_constraint(req)
+    if plan.structured is not None:
+        if constraint is not None:
+            raise invalid_request(
+                "A structured-output constraint cannot be combined with tool calls ise enforces by a grammar "
+                "(tool_choice 'required', a named function, or 'auto' in the generic tool format).",
+                param="tool_choice",
+            )
+        constraint = Constraint("tools", plan.structured)
+    structured = await _compiled(constraint, raw, state)
     output = plan.output
     if structured is not None and output.reasoning is not None:
         # The constraint holds from the first token, so no thinking precedes the answer: it is
@@ -399,12 +401,27 @@ async def text_completion(req: CompletionRequest, raw: Request, state: ServerSta
     headers = {**charge_request(raw, state), **_ignored(req, state)}
     _log_prompt(state, req.prompt)
     prompts = _prompts(req, state)
+    structured = await _compiled(requested_constraint(req), raw, state)
     logprobs = req.num_logprobs()
     echo_logprobs = logprobs if req.echo and logprobs is not None else None
-    job = _job(req, prompts, req.requested_max_tokens(), state, "prompt", structured_output(req), echo_logprobs)
+    job = _job(req, prompts, req.requested_max_tokens(), state, "prompt", structured, echo_logprobs)
     echo = _echo_texts(req, prompts, state) if req.echo else None
     fmt = _TextFormat(req.model, state.tokenization, job, echo, logprobs, req.prompt_logprobs is not None)
     return await _respond(req, job, fmt, raw, state, headers)
+
+
+async def _compiled(constraint: Constraint | None, raw: Request, state: ServerState) -> StructuredOutput | None:
+    """The constraint for the engine once it compiled within the budget (None: the request has none).
+
+    A client that goes away meanwhile stops the compile; its request ends with a 499 nobody reads.
+    """
+    if constraint is None:
+        return None
+    compiled = await _unless_disconnected(raw, enforceable(constraint, state.grammars))
+    if compiled is None:
+        state.metrics.aborted.labels("client_disconnect").inc()
+        raise APIError(499, "The client closed the request while its constraint compiled.")
+    return compiled
 
 
 def _ignored(req: SamplingFields, state: ServerState) -> dict[str, str]:
@@ -451,8 +468,8 @@ def _prompts(req: CompletionRequest, state: ServerState) -> list[list[int]]:
         return [text_prompt(prompt, state)]
     if not prompt:
         raise invalid_request("The prompt is empty.", param="prompt")
-    if all(isinstance(p, int) for p in prompt):
-        return [[int(p) for p in prompt]]  # type: ignore[arg-type]
+    if isinstance(prompt[0], int):  # the list's type is one of the forms: its first item tells which
+        return [list(prompt)]
     # A batch of prompts, each n times: every choice is a request in the engine.
     if len(prompt) * req.n > MAX_CHOICES:
         raise invalid_request(
@@ -462,12 +479,12 @@ def _prompts(req: CompletionRequest, state: ServerState) -> list[list[int]]:
     for text in prompt:
         if isinstance(text, str):
             check_text_length(len(text), state, "prompt")
-    return [state.tokenization.encode(p) if isinstance(p, str) else list(p) for p in prompt]  # type: ignore[arg-type]
+    return [state.tokenization.encode(p) if isinstance(p, str) else list(p) for p in prompt]
 
 
 def _log_prompt(state: ServerState, prompt: object) -> None:
     if state.gateway.log_prompts:
-        log.info("Prompt: %r", prompt)
+        log.info("Prompt: %s", repr(prompt)[: state.gateway.max_log_len])
 
 
 def _job(
@@ -511,7 +528,7 @@ async def _respond(
             ticket.client_gone = True
 
         return EventStream(
-            _sse(events, job, fmt, _UsageReport(req.include_usage(), req.continuous_usage()), ticket, state),
+            _sse(events, job, fmt, _usage_report(req, state), ticket, state),
             sep="\n",
             headers=headers,
             send_timeout=state.gateway.stream_send_timeout,
@@ -535,6 +552,11 @@ class _UsageReport:
 
     final: bool
     continuous: bool
+
+
+def _usage_report(req: SamplingFields, state: ServerState) -> _UsageReport:
+    """Where the request asks for usage; ``--enable-force-include-usage`` asks for the last chunk on every stream."""
+    return _UsageReport(req.include_usage() or state.api.enable_force_include_usage, req.continuous_usage())
 
 
 class _Tally:
@@ -579,22 +601,31 @@ async def _sse(
 ) -> AsyncIterator[str]:
     """The SSE body: data lines in OpenAI's chunk format, then ``[DONE]``.
 
+    Nothing is sent before the first token (the choices' opening role chunks go with it), so a
+    request that fails before any token streams only its error event and ``[DONE]``.
+
     sse-starlette cancels this generator when the client goes away, and closes it when a send
     waits past ``--stream-send-timeout`` (a client that stopped reading); either way closing
     ``events`` aborts every engine request behind it, and the abort is counted by its reason.
     """
     exclude = None if report.final else {"usage"}
-    for index in range(job.num_choices):
-        opening = fmt.opening(index)
-        if opening is not None:
-            if report.continuous:
-                opening.usage = job.usage(0)  # type: ignore[attr-defined]
-            yield opening.model_dump_json(exclude=exclude)
     tally = _Tally(job)
+    opened = False
     finished = False
     try:
         async with aclosing(events):
             async for event in events:
+                if not opened:
+                    # The choices open with the first token, all of them in index order, as in
+                    # vLLM: clients time the first token at the first chunk with choices, and the
+                    # openai SDK's stream helper takes choices in the order they first appear.
+                    opened = True
+                    for index in range(job.num_choices):
+                        opening = fmt.opening(index)
+                        if opening is not None:
+                            if report.continuous:
+                                opening.usage = job.usage(0)  # type: ignore[attr-defined]
+                            yield opening.model_dump_json(exclude=exclude)
                 tally.add(event)
                 chunk = fmt.chunk(event)
                 if chunk is not None:

@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from adapters.engine import EngineDeadError, RequestFailedError
 from server.protocol import ErrorDetail, ErrorResponse
@@ -139,10 +140,36 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(400, message, param=param, code="invalid_value" if first.get("type") != "missing" else None)
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's HTTP errors in OpenAI's shape; the router's own 404 and 405 name the method and path.
+
+    Clients turn any 404 into "model not found" (LangChain's ``OpenAIModelNotFoundError``, Claude
+    Code's "issue with the selected model"), so the message is what tells the user the URL is wrong;
+    its form is OpenAI's own for a URL it does not serve, ``Invalid URL (POST /v1/foo)``.
+    """
     assert isinstance(exc, StarletteHTTPException)
-    message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
-    return api_error_response(APIError(exc.status_code, message, headers=dict(exc.headers or {})))
+    phrase = HTTPStatus(exc.status_code).phrase
+    headers = dict(exc.headers or {})
+    message = exc.detail if isinstance(exc.detail, str) else phrase
+    if message == phrase and exc.status_code == 404:
+        message = f"Invalid URL ({request.method} {request.url.path}): ise does not serve this path."
+    elif message == phrase and exc.status_code == 405:
+        # Starlette's Allow names the first route on the path only (HEAD and GET are two routes).
+        headers["Allow"] = ", ".join(_allowed_methods(request))
+        message = (
+            f"Invalid method ({request.method} {request.url.path}): ise serves this path with {headers['Allow']} only."
+        )
+    return api_error_response(APIError(exc.status_code, message, headers=headers))
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods some route serves the request's path with."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
 
 
 async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:

@@ -97,3 +97,11 @@ class GatewayArgs(BaseModel):
     allowed_headers: StringList = Field(default_factory=lambda: ["*"], description="CORS: request headers allowed")
     allow_credentials: bool = Field(False, description="CORS: allow cookies and credentials")
     log_prompts: bool = Field(False, description="Log each request's prompt with its one end-of-request line")
+    max_log_len: int | None = Field(
+        None, ge=0, description="With --log-prompts, the characters of each prompt logged at most (unset: all)"
+    )
+    disable_access_log_for_endpoints: StringList = Field(
+        default_factory=list,
+        description="Paths whose requests get no log line, comma-separated ('/health,/metrics'), as vLLM's flag",
+    )
+    disable_fastapi_docs: bool = Field(False, description="Serve no /docs, /redoc or /openapi.json")

@@ -114,23 +114,30 @@ def build_job(
     for prompt in prompts:
         if not prompt:
             raise invalid_request("The prompt is empty.", param=prompt_param)
+        # Its length first: a prompt of token ids can hold a million, and only then is each looked at.
+        max_new_tokens = _max_new_tokens(req, len(prompt), max_tokens, max_model_len, prompt_param)
         if any(not 0 <= t < vocab_size for t in prompt):
             raise invalid_request("The prompt holds token ids outside the vocabulary.", param=prompt_param)
-        max_new_tokens = _max_new_tokens(req, len(prompt), max_tokens, max_model_len, prompt_param)
         params.append(replace(base, max_tokens=max_new_tokens))
     return Job(
         prompts=prompts, params=params, n=req.n, stop=req.stop_strings(), include_stop=req.include_stop_str_in_output
     )
 
 
+# A logit_bias key longer than this is no token id (no vocabulary reaches 10**12 tokens), and int()
+# refuses keys of 4,300 digits or more: such a key is refused before it is converted.
+_MAX_TOKEN_ID_CHARS = 12
+
+
 def _logit_bias(req: SamplingFields, vocab_size: int) -> tuple[tuple[int, float], ...]:
     """OpenAI's ``{"token id": bias}`` as engine pairs; keys that are not token ids are a 400."""
     pairs = []
     for key, bias in (req.logit_bias or {}).items():
-        token_id = int(key) if key.strip().lstrip("-").isdigit() else None
+        token_id = int(key) if len(key) <= _MAX_TOKEN_ID_CHARS and key.strip().lstrip("-").isdigit() else None
         if token_id is None or not 0 <= token_id < vocab_size:
             raise invalid_request(
-                f"logit_bias keys must be token ids below {vocab_size}; got {key!r}.", param="logit_bias"
+                f"logit_bias keys must be token ids below {vocab_size}; got {key[: _MAX_TOKEN_ID_CHARS + 1]!r}.",
+                param="logit_bias",
             )
         pairs.append((token_id, bias))
     return tuple(sorted(pairs))

@@ -22,9 +22,15 @@ def chat_prompt(
     template_kwargs: Mapping[str, Any] | None = None,
 ) -> list[int]:
     """The token ids of messages as ``ChatMessage.template_dict`` gives them, refused first if
-    surely over the context window; ``tools`` and ``template_kwargs`` as ``Tokenization.chat_prompt`` takes them."""
+    surely over the context window; ``tools`` and ``template_kwargs`` as ``Tokenization.chat_prompt`` takes them.
+
+    The messages' text is measured before the template runs, and the rendered prompt (with the
+    tools, tool-call arguments and template variables it took in) before it is tokenized.
+    """
     check_text_length(sum(len(m["content"]) for m in messages), state, "messages")
-    return state.tokenization.chat_prompt(messages, tools, template_kwargs)
+    return state.tokenization.chat_prompt(
+        messages, tools, template_kwargs, check_length=lambda chars: check_text_length(chars, state, "messages")
+    )
 
 
 def text_prompt(text: str, state: ServerState, *, add_special_tokens: bool = True) -> list[int]:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationIn
 from pydantic_core import PydanticCustomError
 
 from adapters.engine import SEED_MAX, SEED_MIN
+from server.constraint_limits import Choice, GrammarText, Regex, Schema, SchemaOrText
 
 FinishReason = Literal["stop", "length", "tool_calls"]
 
@@ -39,7 +40,7 @@ MAX_CHOICES = 128  # prompts x n: each one a request in the engine
 MAX_LOGIT_BIAS = 1024  # entries of logit_bias (OpenAI documents no limit; 300 is common)
 MAX_LOGPROBS = 20  # OpenAI's top_logprobs bound; vLLM's default --max-logprobs
 MAX_TOOLS = 128  # OpenAI's limit on tools per request
-MAX_CHOICE_STRINGS = 1024  # vLLM's choice / guided_choice
+# Structured-output constraints have their own bounds: server/constraint_limits.py.
 
 Name = Annotated[str, Field(max_length=MAX_NAME_CHARS)]
 
@@ -83,18 +84,21 @@ class _Request(BaseModel):
 
         ``null`` and OpenAI's own default values are not counted: they ask for nothing.
         """
-        found = [
+        # An ordered set: a body can name a hundred thousand fields, each message its own.
+        found = dict.fromkeys(
             f"{prefix}{name}"
             for name, value in (self.model_extra or {}).items()
             if value is not None and not (name in _NO_EFFECT_VALUES and value in _NO_EFFECT_VALUES[name])
-        ]
+        )
         for name in type(self).model_fields:
             value = getattr(self, name)
-            items = value if isinstance(value, list) else [value]
+            # A list holds models or none (its type says which), so its first item tells: a prompt
+            # of a million token ids is not walked.
+            items = value if isinstance(value, list) and value and isinstance(value[0], _Request) else [value]
             for item in items:
                 if isinstance(item, _Request):
-                    found += [f for f in item.ignored_fields(f"{prefix}{name}.") if f not in found]
-        return found
+                    found.update(dict.fromkeys(item.ignored_fields(f"{prefix}{name}.")))
+        return list(found)
 
 
 class StreamOptions(_Request):
@@ -106,7 +110,7 @@ class StreamOptions(_Request):
 class JSONSchemaFormat(_Request):
     name: Name = "response"
     # ``schema`` shadows a BaseModel attribute, hence the alias.
-    json_schema: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    json_schema: Schema = Field(default_factory=dict, alias="schema")
     strict: bool | None = None
 
 
@@ -120,10 +124,10 @@ class ResponseFormat(_Request):
 class StructuredOutputsFields(_Request):
     """vLLM's ``structured_outputs`` request field: exactly one constraint."""
 
-    json_: dict[str, Any] | str | None = Field(None, alias="json")
-    regex: str | None = None
-    choice: Annotated[list[str], Field(max_length=MAX_CHOICE_STRINGS)] | None = None
-    grammar: str | None = None
+    json_: SchemaOrText | None = Field(None, alias="json")
+    regex: Regex | None = None
+    choice: Choice | None = None
+    grammar: GrammarText | None = None
     json_object: bool | None = None
 
 
@@ -157,10 +161,10 @@ class SamplingFields(_Request):
     prompt_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     structured_outputs: StructuredOutputsFields | None = None
     # vLLM's older names for structured_outputs' fields.
-    guided_json: dict[str, Any] | str | None = None
-    guided_regex: str | None = None
-    guided_choice: Annotated[list[str], Field(max_length=MAX_CHOICE_STRINGS)] | None = None
-    guided_grammar: str | None = None
+    guided_json: SchemaOrText | None = None
+    guided_regex: Regex | None = None
+    guided_choice: Choice | None = None
+    guided_grammar: GrammarText | None = None
     use_beam_search: Annotated[bool, _null_is(False, bool)] = False
 
     def stop_strings(self) -> list[str]:
@@ -259,7 +263,7 @@ class ChatMessage(_Request):
 class FunctionDefinition(_Request):
     name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")]
     description: str | None = None
-    parameters: dict[str, Any] | None = None
+    parameters: Schema | None = None
     strict: bool | None = None
 
 
@@ -508,12 +512,35 @@ class Completion(_Envelope):
     choices: list[CompletionChoice]
 
 
+class ModelPermission(_Response):
+    """vLLM's (and OpenAI's former) permission entry of a model card: what clients may do with it."""
+
+    id: str = Field(default_factory=lambda: new_id("modelperm"))
+    object: Literal["model_permission"] = "model_permission"
+    created: int = Field(default_factory=lambda: now())
+    allow_create_engine: bool = False
+    allow_sampling: bool = True
+    allow_logprobs: bool = True
+    allow_search_indices: bool = False
+    allow_view: bool = True
+    allow_fine_tuning: bool = False
+    organization: str = "*"
+    group: str | None = None
+    is_blocking: bool = False
+
+
 class ModelCard(_Response):
+    """OpenAI's model object with vLLM's fields: clients written for vLLM read ``root`` (``vllm bench
+    serve`` takes it as the tokenizer to load) and ``max_model_len``."""
+
     id: str
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "ise"
+    root: str | None = None  # where the model was loaded from, as given (a directory or a hub id)
+    parent: str | None = None  # the base model of an adapter; ise serves no adapters
     max_model_len: int
+    permission: list[ModelPermission] = Field(default_factory=lambda: [ModelPermission()])
 
 
 class ModelList(_Response):

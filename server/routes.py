@@ -103,7 +103,7 @@ State = Annotated[ServerState, Depends(get_state)]
 
 
 def _card(state: ServerState, name: str) -> ModelCard:
-    return ModelCard(id=name, created=state.created, max_model_len=state.engine.max_model_len)
+    return ModelCard(id=name, created=state.created, root=state.model_path, max_model_len=state.engine.max_model_len)
 
 
 @router.head("/v1/models", include_in_schema=False)

@@ -1,4 +1,5 @@
-"""What every route needs: the engine, the tokenizer, the model's names, and the gateway's state."""
+"""What every route needs: the engine, the tokenizer, the model's names, the grammar compile workers,
+and the gateway's state."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ from dataclasses import dataclass, field
 from fastapi import Request
 
 from adapters.engine import Engine
+from adapters.grammars import tokenizer_info
 from server.admission import Admission
 from server.api_config import ApiArgs
 from server.errors import APIError
 from server.gateway_config import GatewayArgs
 from server.generation import SamplingDefaults
+from server.grammar_workers import GrammarWorkers
 from server.metrics import Metrics
 from server.protocol import now
 from server.rate_limits import RateLimits
@@ -24,6 +27,7 @@ class ServerState:
     tokenization: Tokenization
     model_name: str
     aliases: tuple[str, ...] = ()  # further names clients may use (--served-model-name a b)
+    model_path: str | None = None  # where the model was loaded from: its /v1/models card's root, as in vLLM
     sampling_defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
     created: int = field(default_factory=now)
     gateway: GatewayArgs = field(default_factory=GatewayArgs)
@@ -32,10 +36,17 @@ class ServerState:
     admission: Admission = field(init=False)
     rate_limits: RateLimits = field(init=False, default_factory=RateLimits)
     metrics: Metrics = field(init=False)
+    grammars: GrammarWorkers = field(init=False)
 
     def __post_init__(self) -> None:
         self.admission = Admission(self.gateway, self.batch_slots)
         self.metrics = Metrics(self.engine, self.admission)
+        tok = self.tokenization
+        self.grammars = GrammarWorkers(
+            lambda: tokenizer_info(tok.hf, tok.model_vocab_size, self.engine.eos_token_ids),
+            workers=self.api.grammar_compile_workers,
+            timeout_s=self.api.grammar_compile_timeout,
+        )
 
     @property
     def model_names(self) -> tuple[str, ...]:

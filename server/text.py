@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -122,6 +122,7 @@ class Tokenization:
         ``chat_template``: a Jinja template, or a file holding one, used instead of the tokenizer's.
         """
         self.hf = AutoTokenizer.from_pretrained(model)
+        self.model_vocab_size = model_vocab_size
         if chat_template is not None:
             template = Path(chat_template)
             self.hf.chat_template = template.read_text() if template.is_file() else chat_template
@@ -150,11 +151,15 @@ class Tokenization:
         messages: Sequence[Mapping[str, Any]],
         tools: list[dict[str, Any]] | None = None,
         template_kwargs: Mapping[str, Any] | None = None,
+        check_length: Callable[[int], None] = lambda _: None,
     ) -> list[int]:
         """The prompt's token ids: the template's markers as control tokens, message text as text.
 
         ``tools`` go to templates that render them; ``template_kwargs`` (vLLM's
         chat_template_kwargs, e.g. ``enable_thinking``) become template variables.
+        ``check_length`` gets the rendered prompt's length in characters before it is tokenized,
+        and raises to refuse it: tools, tool-call arguments and template variables reach the
+        prompt there, in any amount a client sends.
 
         Special-token text inside a message (a user typing ``<|im_end|>``) must not become the
         control token, or a user could forge turns of the conversation. Such text is swapped for
@@ -167,7 +172,9 @@ class Tokenization:
         pattern = self._special_re
         if pattern is None or not any(pattern.search(str(m.get("content") or "")) for m in messages):
             # The template already wrote the special tokens it wants.
-            return self.encode(self._render(messages, tools, template_kwargs), add_special_tokens=False)
+            text = self._render(messages, tools, template_kwargs)
+            check_length(len(text))
+            return self.encode(text, add_special_tokens=False)
         nonce = uuid.uuid4().hex
         held: list[str] = []
 
@@ -177,9 +184,9 @@ class Tokenization:
 
         masked = [{**m, "content": pattern.sub(hold, str(m.get("content") or ""))} for m in messages]
         placeholder = re.compile(f"\ue000{nonce}:(\\d+)\ue001")
-        pieces = pattern.split(
-            self._render(masked, tools, template_kwargs)
-        )  # odd indices: the template's special tokens
+        text = self._render(masked, tools, template_kwargs)
+        check_length(len(text))  # an upper bound: each placeholder is longer than the text it holds
+        pieces = pattern.split(text)  # odd indices: the template's special tokens
         ids: list[int] = []
         for i, piece in enumerate(pieces):
             if i % 2:

@@ -22,6 +22,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from adapters.config import Quantization
 from adapters.cpu.attention import AttentionMetadata, attend
 from adapters.cpu.kernels import CPUKernels
+from adapters.cpu.lm_head import lm_head
 from adapters.cpu.packed_linear import fast_linear
 
 FAMILY = frozenset({"llama", "mistral", "qwen2"})
@@ -69,9 +70,10 @@ class LlamaForward:
         decoder = model.model
         self.embed = decoder.embed_tokens.weight.detach()
         self.rotary = decoder.rotary_emb
-        self.norm = decoder.norm.weight.detach()
-        lm_head = model.lm_head
-        self.lm_head = fast_linear(lm_head.weight, lm_head.bias, kernels)
+        # The last norm runs in float32 whatever the model's dtype: the logits are read off it.
+        self.norm = decoder.norm.weight.detach().float()
+        head = model.lm_head
+        self.lm_head = lm_head(head.weight, head.bias, kernels)
         self.layers = [
             _Layer(
                 input_norm=layer.input_layernorm.weight.detach(),
@@ -105,7 +107,9 @@ class LlamaForward:
             attended = attend(attn_metadata, index, qkv[:, : heads * dim].view(tokens, heads, dim), self.scale)
             hidden = kernels.rms_norm(layer.o(attended), residual, layer.post_norm, self.eps)
             mlp = layer.down(kernels.silu_mul(layer.gate_up(hidden)))
-            following = self.layers[index + 1].input_norm if index + 1 < len(self.layers) else self.norm
-            hidden = kernels.rms_norm(mlp, residual, following, self.eps)
-        logits: torch.Tensor = self.lm_head(hidden[keep])
+            if index + 1 < len(self.layers):
+                hidden = kernels.rms_norm(mlp, residual, self.layers[index + 1].input_norm, self.eps)
+        # The last residual sum and norm only at the kept rows, in float32 (a no-op cast in float32).
+        final = kernels.rms_norm(mlp[keep].float(), residual[keep].float(), self.norm, self.eps)
+        logits: torch.Tensor = self.lm_head(final)
         return logits

@@ -23,6 +23,7 @@ from adapters.cpu.attention import ATTN_IMPLEMENTATION, AttentionMetadata
 from adapters.cpu.kernels import CPUKernels, cpu_kernels
 from adapters.cpu.kv_cache import PagedKVCache
 from adapters.cpu.llama import LlamaForward, unsupported_reason
+from adapters.cpu.lm_head import lm_head
 from adapters.cpu.outputs import ModelRunnerOutput
 from adapters.cpu.packed_linear import pack_linears, quantization_problem
 from adapters.cpu.sampler import Sampler, prompt_logprobs
@@ -44,6 +45,8 @@ class TransformersForward:
 
     def __init__(self, model: PreTrainedModel, kernels: CPUKernels, quantization: Quantization) -> None:
         self.model = model
+        head = model.get_output_embeddings()
+        model.set_output_embeddings(lm_head(head.weight, head.bias, kernels))
         count = pack_linears(model, kernels, quantization)
         log.info("%d linear layers packed, %s weights", count, "int8" if quantization == "int8" else model.dtype)
 

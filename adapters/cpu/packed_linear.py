@@ -105,15 +105,10 @@ def fast_linear(
 
 
 def pack_linears(model: nn.Module, kernels: CPUKernels, quantization: Quantization = "none") -> int:
-    """Replace ``model``'s linear layers by ``fast_linear`` ones; return how many were replaced.
-
-    The vocabulary projection keeps full precision under quantization: the next token is read off
-    its output directly.
-    """
+    """Replace ``model``'s ``nn.Linear`` layers by ``fast_linear`` ones; return how many were replaced."""
     targets = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)]
     for name, module in targets:
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        layer_quantization: Quantization = "none" if name == "lm_head" else quantization
-        setattr(parent, attr, fast_linear(module.weight, module.bias, kernels, layer_quantization))
+        setattr(parent, attr, fast_linear(module.weight, module.bias, kernels, quantization))
     return len(targets)

@@ -2,18 +2,20 @@
 
 One ``StructuredOutputManager`` per engine holds xgrammar's compiler, built on first use from the
 model's tokenizer (a few seconds an engine that never sees a constraint need not spend); it
-caches compiled grammars, so a schema sent again compiles once. Each constrained request gets a
-``Grammar``: a matcher that follows its output and, before each of its tokens is sampled, a
-bitmask of the tokens that keep the output inside the grammar.
+caches compiled grammars (up to ``COMPILER_CACHE_BYTES``), so a schema sent again compiles once.
+Each constrained request gets a ``Grammar``: a matcher that follows its output and, before each
+of its tokens is sampled, a bitmask of the tokens that keep the output inside the grammar.
 
 Compiling runs on a thread of the event loop's pool when the request arrives, never on the
-engine's thread, and a constraint that does not compile fails its own request. Filling the
-bitmasks runs on the model runner's worker thread while the forward pass computes.
+engine's thread, and a constraint that does not compile fails its own request. A compile cannot
+be interrupted there, so the server compiles each constraint first, the same way
+(``adapters/grammars.py``), in a worker process it stops at a time budget: what reaches the
+engine has compiled within that budget. Filling the bitmasks runs on the model runner's worker
+thread while the forward pass computes.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 
 import torch
@@ -21,11 +23,8 @@ import xgrammar as xgr
 from transformers import AutoTokenizer
 
 from adapters.engine import StructuredOutput
+from adapters.grammars import COMPILER_CACHE_BYTES, compile_constraint, tokenizer_info
 from adapters.model_info import ModelInfo
-
-# Compiled grammars kept for reuse, least recently used evicted past this: xgrammar's default
-# keeps every schema ever sent, so a server sent ever-new schemas would grow without end.
-GRAMMAR_CACHE_BYTES = 256 * 2**20
 
 
 class Grammar:
@@ -68,14 +67,6 @@ class Grammar:
         return bool(self._matcher.is_terminated())
 
 
-def choice_grammar(choice: tuple[str, ...]) -> str:
-    """An EBNF grammar matching exactly one of the strings.
-
-    JSON's string escapes are also the EBNF dialect's, so each string is written as JSON.
-    """
-    return "root ::= " + " | ".join(json.dumps(text, ensure_ascii=False) for text in choice)
-
-
 class StructuredOutputManager:
     """The engine's grammar compiler, built once from the model's tokenizer (vLLM's name)."""
 
@@ -92,30 +83,16 @@ class StructuredOutputManager:
         Raises whatever xgrammar raises for a constraint that does not compile.
         """
         compiler = self._get_compiler()
-        if constraint.json is not None:
-            compiled = compiler.compile_json_schema(constraint.json)
-        elif constraint.json_object:
-            compiled = compiler.compile_json_schema('{"type": "object"}')
-        elif constraint.regex is not None:
-            compiled = compiler.compile_regex(constraint.regex)
-        elif constraint.choice is not None:
-            compiled = compiler.compile_grammar(choice_grammar(constraint.choice))
-        elif constraint.grammar is not None:
-            compiled = compiler.compile_grammar(constraint.grammar)
-        else:
-            raise ValueError("the structured output constraint sets none of its fields")
-        return Grammar(compiled, self._vocab_size)
+        return Grammar(compile_constraint(compiler, constraint), self._vocab_size)
 
     def _get_compiler(self) -> xgr.GrammarCompiler:
         with self._lock:
             if self._compiler is None:
                 tokenizer = AutoTokenizer.from_pretrained(self._model.path)
+                info = tokenizer_info(tokenizer, self._model.vocab_size, self._model.eos_token_ids)
                 # The model's rows, not the tokenizer's length: the bitmask must cover every logit.
-                self._vocab_size = self._model.vocab_size or len(tokenizer)
-                info = xgr.TokenizerInfo.from_huggingface(
-                    tokenizer, vocab_size=self._vocab_size, stop_token_ids=sorted(self._model.eos_token_ids) or None
-                )
+                self._vocab_size = info.vocab_size
                 self._compiler = xgr.GrammarCompiler(
-                    info, max_threads=self._max_threads, cache_limit_bytes=GRAMMAR_CACHE_BYTES
+                    info, max_threads=self._max_threads, cache_limit_bytes=COMPILER_CACHE_BYTES
                 )
             return self._compiler

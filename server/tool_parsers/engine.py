@@ -17,10 +17,15 @@ Rules that make a stream equal to the whole output whatever the split:
   call whose arguments come before its name is held whole until the name follows them, and is
   content, exactly as written, if it does not.
 - Arguments are the model's own text of the arguments object, sliced exactly. If the object
-  breaks JSON (or the output ends inside it), the arguments end at the longest prefix that
-  was already sendable, closed by the quote and brackets still open, and the text from there on
-  is content again (searched for further calls in a tag format). Markup after a call that does
-  not match is content in the same way: the machine drops nothing but the markup it matched.
+  breaks JSON, the arguments end at the longest prefix that was already sendable, closed by the
+  quote and brackets still open, and the text from there on is content again (searched for
+  further calls in a tag format). Markup after a call that does not match is content in the
+  same way: the machine drops nothing but the markup it matched, and cut calls.
+- A cut call is dropped, never content: when the output ends (``max_tokens``, say) on text that
+  could still be call syntax (the start of a tag, a call's markup, arguments not yet sendable, a
+  response string's escape), that text is dropped. A call already opened keeps the arguments
+  sent up to the cut, closed as above so they parse; the choice's ``finish_reason`` says it was
+  cut. Content already sent was never call syntax, since such text is held back until decided.
 - Whitespace next to matched markup is dropped rather than sent as content.
 """
 
@@ -116,12 +121,12 @@ class FormatStream(ToolStream):
             self._send_content(keep)
             self._mode, self._state = "markup", "start"
             return True
-        if self._final:
+        partial = next((n for n in range(min(len(tag) - 1, len(text)), 0, -1) if tag.startswith(text[-n:])), 0)
+        if self._final and not partial:
             self._send_content(len(text))
             return False
-        partial = next((n for n in range(min(len(tag) - 1, len(text)), 0, -1) if tag.startswith(text[-n:])), 0)
         self._send_content(len(text[: len(text) - partial].rstrip(JSON_WHITESPACE)))
-        return False
+        return self._drop_cut() if self._final else False
 
     def _send_content(self, length: int) -> None:
         self._content.append(self._buffer[:length])
@@ -139,10 +144,15 @@ class FormatStream(ToolStream):
             self._send_content(self._buffer.index(tag) + len(tag))
         self._mode = "content" if tag is not None else "passthrough"
 
+    def _drop_cut(self) -> bool:
+        """The output ended inside call syntax: drop what is held, and stop."""
+        self._buffer, self._held, self._mode = "", None, "passthrough"
+        return False
+
     def _markup_step(self) -> bool:
-        match = match_markup(self._format.states[self._state], self._buffer, self._final)
+        match = match_markup(self._format.states[self._state], self._buffer)
         if match == WAIT:
-            return False
+            return self._drop_cut() if self._final else False
         if match is None:
             if self._held is not None:
                 self._back_to_content(self._held, self._held_since)
@@ -189,6 +199,8 @@ class FormatStream(ToolStream):
             return True
         if scanner.failed or self._final:
             self._send_arguments(scanner.closer)
+            if not scanner.failed:
+                return self._drop_cut()
             self._back_to_content(scanner.text[scanner.safe :])
             return True
         return False
@@ -202,11 +214,11 @@ class FormatStream(ToolStream):
             self._held += self._held_arguments
             self._buffer, self._mode = scanner.text[scanner.end :], "markup"
             return True
-        if scanner.failed or self._final:
+        if scanner.failed:
             self._back_to_content(self._held + scanner.text, self._held_since)
             self._held = None
             return True
-        return False
+        return self._drop_cut() if self._final else False
 
     def _send_arguments(self, text: str) -> None:
         if not text:
@@ -228,4 +240,4 @@ class FormatStream(ToolStream):
         if decoder.failed:
             self._back_to_content(decoder.text[decoder.end :])
             return True
-        return False
+        return self._drop_cut() if decoder.cut else False

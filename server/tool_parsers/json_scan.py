@@ -65,8 +65,10 @@ class ArgumentsScanner:
             self._step()
 
     def finish(self) -> None:
-        """The text ended: a number or literal it ends on is complete."""
-        if self._state in (_NUMBER_TOKEN, _LITERAL_TOKEN) and not (self.done or self.failed):
+        """The text ended: a number or literal it ends on is complete where it is whole (``12``,
+        ``true``); a part of one (``1e``, ``tr``) was cut, which is not a failure."""
+        scalar = self._state in (_NUMBER_TOKEN, _LITERAL_TOKEN) and not (self.done or self.failed)
+        if scalar and self._scalar_is_whole(len(self.text)):
             self._end_scalar(len(self.text))
 
     def _mark(self, position: int) -> None:
@@ -178,10 +180,12 @@ class ArgumentsScanner:
         if self._state not in (_NUMBER_TOKEN, _LITERAL_TOKEN):
             self._mark(self._pos)
 
-    def _end_scalar(self, end: int) -> None:
+    def _scalar_is_whole(self, end: int) -> bool:
         token = self.text[self._token_start : end]
-        valid = token in _LITERALS if self._state == _LITERAL_TOKEN else _NUMBER.fullmatch(token) is not None
-        if not valid:
+        return token in _LITERALS if self._state == _LITERAL_TOKEN else _NUMBER.fullmatch(token) is not None
+
+    def _end_scalar(self, end: int) -> None:
+        if not self._scalar_is_whole(end):
             self.failed = True
             return
         self._state = _AFTER
@@ -204,13 +208,15 @@ class StringDecoder:
     UTF-8). Raw control characters are let through, as ``json.loads(strict=False)`` does.
     ``closed`` is set at the closing quote, ``end`` then being the length of the body and
     quote in ``text``; ``failed`` at an escape JSON does not have, ``end`` then being where the
-    backslash is.
+    backslash is; ``cut`` when the text ended before the closing quote, ``end`` then being where
+    the characters decoded end (an escape the text ends inside is not one of them).
     """
 
     def __init__(self) -> None:
         self.text = ""
         self.closed = False
         self.failed = False
+        self.cut = False
         self.end = 0
         self._pos = 0
 
@@ -228,19 +234,18 @@ class StringDecoder:
                 out.append(run.group())
                 self._pos = run.end()
             else:
-                decoded = self._escape(final)
+                decoded = self._escape()
                 if decoded is None:
                     break
                 out.append(decoded)
         if final and not (self.closed or self.failed):
-            self.failed, self.end = True, self._pos
+            self.cut, self.end = True, self._pos
         return "".join(out)
 
-    def _escape(self, final: bool) -> str | None:
-        """Decode the escape at the cursor and step past it; None when it needs more text."""
+    def _escape(self) -> str | None:
+        """Decode the escape at the cursor and step past it; None when it needs more text (or ``failed``)."""
         rest = self.text[self._pos :]
         if len(rest) < 2:
-            self._incomplete(final)
             return None
         if rest[1] in _SIMPLE_ESCAPES:
             self._pos += 2
@@ -249,11 +254,9 @@ class StringDecoder:
         if code is None:
             if len(rest) >= 6 or rest[1] != "u" or not all(c in _HEX for c in rest[2:]):
                 self.failed, self.end = True, self._pos
-            else:
-                self._incomplete(final)
             return None
         if 0xD800 <= code <= 0xDBFF:
-            if len(rest) < 12 and not final and _could_be_low_half(rest[6:]):
+            if len(rest) < 12 and _could_be_low_half(rest[6:]):
                 return None
             low = _hex_escape(rest[6:12])
             if low is not None and 0xDC00 <= low <= 0xDFFF:
@@ -261,11 +264,6 @@ class StringDecoder:
                 return chr(0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00))
         self._pos += 6
         return "\ufffd" if 0xD800 <= code <= 0xDFFF else chr(code)
-
-    def _incomplete(self, final: bool) -> None:
-        """An escape the text ends inside: wait for more, or fail when no more comes."""
-        if final:
-            self.failed, self.end = True, self._pos
 
 
 def _hex_escape(text: str) -> int | None:

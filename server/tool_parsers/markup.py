@@ -2,8 +2,8 @@
 ``{``, and what closes a call.
 
 Markup is a sequence of tokens with JSON whitespace allowed before each one. A match is decided
-only when no pattern can still grow with more text (or the text has ended), and the longest
-match wins, so the answer is the same however the text arrived.
+only when no pattern can still grow with more text, and the longest match wins, so the answer is
+the same however the text arrived; text that ends while a pattern could still grow is cut markup.
 """
 
 from __future__ import annotations
@@ -73,15 +73,15 @@ def lit(*options: str) -> Lit:
     return Lit(options)
 
 
-def match_markup(patterns: tuple[Pattern, ...], text: str, final: bool) -> Match | Literal["wait"] | None:
+def match_markup(patterns: tuple[Pattern, ...], text: str) -> Match | Literal["wait"] | None:
     """The longest of ``patterns`` matching the start of ``text``.
 
-    Returns ``WAIT`` while some pattern could still match given more text (never when
-    ``final``), and ``None`` when none matches.
+    Returns ``WAIT`` while some pattern could still match given more text, and ``None`` when
+    none matches.
     """
     best: Match | None = None
     for pattern in patterns:
-        result = _match(pattern, text, final)
+        result = _match(pattern, text)
         if result == WAIT:
             return WAIT
         if result is not None and (best is None or result.end > best.end):
@@ -89,19 +89,19 @@ def match_markup(patterns: tuple[Pattern, ...], text: str, final: bool) -> Match
     return best
 
 
-def _match(pattern: Pattern, text: str, final: bool) -> Match | Literal["wait"] | None:
+def _match(pattern: Pattern, text: str) -> Match | Literal["wait"] | None:
     position, name = 0, None
     for token in pattern.tokens:
         while position < len(text) and text[position] in JSON_WHITESPACE:
             position += 1
         rest = text[position:]
         if not rest:
-            return None if final else WAIT
+            return WAIT
         if isinstance(token, Lit):
             matched = next((option for option in token.options if rest.startswith(option)), None)
             if matched is None:
                 partial = any(option.startswith(rest) for option in token.options)
-                return WAIT if partial and not final else None
+                return WAIT if partial else None
             position += len(matched)
         elif isinstance(token, Name):
             if rest[0] != '"':
@@ -111,12 +111,12 @@ def _match(pattern: Pattern, text: str, final: bool) -> Match | Literal["wait"] 
             if "\\" in body or any(ord(c) < 0x20 for c in body) or close == 1:
                 return None
             if close < 0:
-                return None if final else WAIT
+                return WAIT
             name, position = body, position + close + 1
         else:
             length = next((i for i, c in enumerate(rest) if c not in _BARE_NAME_CHARS), len(rest))
             if length == len(rest):
-                return None if final else WAIT
+                return WAIT
             if length == 0:
                 return None
             name, position = rest[:length], position + length

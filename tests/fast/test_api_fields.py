@@ -22,7 +22,7 @@ from server.api_config import ApiArgs
 from server.app import create_app
 from server.state import ServerState
 from server.text import Tokenization
-from tests.fast.conftest import MODEL, TinyModel
+from tests.fast.conftest import HERMES_TEMPLATE, MODEL, TinyModel
 from tests.fast.fake_engine import FakeEngine, Reply, fake_logprobs
 
 HI = [{"role": "user", "content": "Say hello"}]
@@ -307,7 +307,7 @@ async def test_every_structured_output_spelling_reaches_the_engine(
         ({"response_format": {"type": "xml"}}, "response_format.type", ""),
         ({"guided_regex": "a(b"}, "guided_regex", "parenthesis"),
         ({"structured_outputs": {"grammar": "root ::= foo"}}, "structured_outputs.grammar", "foo"),
-        ({"guided_choice": []}, "guided_choice", "at least one"),
+        ({"guided_choice": []}, "guided_choice", "at least 1"),
         ({"guided_json": "{not json"}, "guided_json", "not JSON"),
         ({"response_format": {"type": "json_object"}, "guided_regex": "a"}, "guided_regex", "only one"),
     ],
@@ -501,16 +501,6 @@ async def test_a_forced_call_cut_short_leaves_no_call_syntax_in_content(
         message = response.json()["choices"][0]["message"]
         assert message["content"] is None
         assert message["tool_calls"][0]["function"]["name"] == "get_weather"
-
-
-HERMES_TEMPLATE = (
-    "{% if tools %}<|im_start|>system\nTools: {{ tools | tojson }}\nCall one as "
-    '<tool_call>{"name": ..., "arguments": ...}</tool_call><|im_end|>\n{% endif %}'
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
-    "{% if m.get('tool_calls') %}{% for c in m['tool_calls'] %}<tool_call>{{ c['function'] | tojson }}</tool_call>"
-    "{% endfor %}{% else %}{{ m['content'] }}{% endif %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
 
 async def test_a_template_that_knows_tools_gets_them_and_its_format_is_parsed(

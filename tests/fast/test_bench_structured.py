@@ -7,8 +7,10 @@ import math
 from pathlib import Path
 
 import pytest
+import xgrammar
 
 from adapters.engine import StructuredOutput
+from adapters.grammars import tokenizer_info
 from benchmarks.clients import HttpClient
 from benchmarks.metrics import RequestRecord
 from benchmarks.structured import (
@@ -25,7 +27,8 @@ from benchmarks.structured import (
     valid_fraction,
     verdict,
 )
-from server.structured_outputs import check_constraint
+from server.grammar_check import problem
+from tests.fast.conftest import TinyModel
 
 PERSON = {
     "name": "Ada Brook",
@@ -41,8 +44,9 @@ def _answer(text: str | None, finish_reason: str = "stop", error: str | None = N
     return RequestRecord(text=text, finish_reason=finish_reason, error=error)
 
 
-def test_the_schema_is_one_ise_enforces() -> None:
-    check_constraint("response_format", StructuredOutput(json=json.dumps(PERSON_SCHEMA)))  # raises if not
+def test_the_schema_is_one_ise_enforces(tiny: TinyModel) -> None:
+    info = tokenizer_info(tiny.tokenization.hf, tiny.info.vocab_size, tiny.info.eos_token_ids)
+    assert problem(xgrammar.GrammarCompiler(info), StructuredOutput(json=json.dumps(PERSON_SCHEMA))) is None
 
 
 def test_schema_requests_carry_the_response_format_and_plain_ones_do_not() -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import openai
+from openai.lib.streaming.chat import ChatCompletionStreamState
 
 from adapters.engine import EngineRequest
 from tests.fast.conftest import MODEL, TinyModel
@@ -41,14 +42,15 @@ async def test_streamed_choices_interleave_in_arrival_order(
     lines = response.text.split("\n\n")
     assert lines[-2:] == ["data: [DONE]", ""]
     chunks: list[dict[str, Any]] = [json.loads(line.removeprefix("data: ")) for line in lines[:-2]]
-    opening = [c["choices"] for c in chunks[:2]]
-    assert opening == [
+    usage, chunks = chunks[-1], chunks[:-1]
+    assert usage["choices"] == []
+    assert usage["usage"]["completion_tokens"] == 4 + 3
+    # The choices open together, in index order (the openai SDK's stream helper needs that order),
+    # with the first token: no chunk comes before it.
+    assert [c["choices"] for c in chunks[:2]] == [
         [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]
         for i in (0, 1)
     ]
-    usage = chunks[-1]
-    assert usage["choices"] == []
-    assert usage["usage"]["completion_tokens"] == 4 + 3
     # After the openings, one chunk per token the engine emitted, in the order it emitted them.
     choice_of = {r.request_id: _choice(r) for r in fake.requests}
     expected = [
@@ -57,11 +59,28 @@ async def test_streamed_choices_interleave_in_arrival_order(
     ]
     seen = [
         (c["choices"][0]["index"], c["choices"][0]["finish_reason"] or c["choices"][0]["delta"]["content"])
-        for c in chunks[2:-1]
+        for c in chunks[2:]
     ]
     assert seen == expected
     assert [i for i, _ in seen] != sorted(i for i, _ in seen), "the choices should have interleaved"
     assert [s for s in seen if s[1] == "stop"] == [(1, "stop"), (0, "stop")]
+
+
+async def test_the_sdks_stream_helper_reads_choices_whose_first_tokens_come_out_of_order(
+    sdk: openai.AsyncOpenAI, fake: FakeEngine, tiny: TinyModel
+) -> None:
+    """The openai SDK's stream accumulator takes a choice's first chunk as the next index: the
+    choices must open in index order even when choice 1 has its first token first."""
+    replies = [tiny.reply("A", delays=0.05), tiny.reply("x")]
+    fake.script = lambda request: replies[_choice(request)]
+    state = ChatCompletionStreamState()
+    stream = await sdk.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], n=2, seed=SEED, stream=True
+    )
+    async for chunk in stream:
+        state.handle_chunk(chunk)
+    assert fake.emitted[0][1] == tiny.ids("x")[0], "choice 1 said its first token first"
+    assert [c.message.content for c in state.get_final_completion().choices] == ["A", "x"]
 
 
 async def test_whole_choices_in_order_with_summed_usage(

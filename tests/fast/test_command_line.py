@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from adapters.config import EngineKind
 from server.command_line import split_serve_args
 from server.settings import Settings
+from server.vllm_flags import VLLM_FLAGS, read_vllm_flags
 
 FLAGS = Settings.cli_flags()
 
@@ -70,3 +72,73 @@ def test_the_config_file_passes_a_vllm_table(tmp_path: Path) -> None:
     settings = Settings.load(["--config", str(config)])
     assert settings.engine == "vllm"
     assert settings.vllm == {"tensor_parallel_size": 4, "enforce_eager": True}
+
+
+# vLLM's server flags that are not ise options (server/vllm_flags.py): accepted and named, or refused.
+RECIPE = [
+    "/models/llama", "--disable-log-requests", "--enable-request-id-headers", "--enable-prompt-tokens-details",
+    "--disable-log-stats", "--disable-uvicorn-access-log", "--uvicorn-log-level", "warning",
+    "--response-role=assistant", "--enforce-eager",
+]  # fmt: skip
+
+
+def test_a_deployment_recipes_server_flags_are_accepted_and_named() -> None:
+    split = split_serve_args(RECIPE, FLAGS)
+    assert split.ise == ["--model", "/models/llama", "--uvicorn-log-level", "warning"]
+    assert split.engine == ["--enforce-eager"]
+    on_cpu = read_vllm_flags(split.vllm, "cpu")
+    assert on_cpu.engine_argv == []
+    named = [entry.split(" (")[0] for entry in on_cpu.accepted]
+    assert named == [
+        "--disable-log-requests", "--enable-request-id-headers", "--enable-prompt-tokens-details",
+        "--disable-log-stats", "--disable-uvicorn-access-log", "--response-role",
+    ]  # fmt: skip
+    assert "ise sends x-request-id on every response" in on_cpu.accepted[1]
+    # vLLM's engine takes its own engine arguments among them, where they take effect.
+    on_vllm = read_vllm_flags(split.vllm, "vllm")
+    assert on_vllm.engine_argv == ["--disable-log-stats"]
+    assert "--disable-log-stats" not in " ".join(on_vllm.accepted)
+
+
+def test_a_switch_does_not_swallow_the_model_after_it() -> None:
+    split = split_serve_args(["--enable-request-id-headers", "/models/llama"], FLAGS)
+    assert (split.ise, split.vllm) == (["--model", "/models/llama"], [("--enable-request-id-headers", None)])
+
+
+@pytest.mark.parametrize(
+    ("argv", "why"),
+    [
+        (["--trust-remote-code"], "never runs code shipped with a model"),
+        (["--return-tokens-as-token-ids"], "never as token_id:N"),
+        (["--enable-server-load-tracking"], "no /load route"),
+        (["--response-role", "user"], "the assistant's"),
+        (["--ssl-keyfile", "key.pem"], "plain HTTP"),
+        (["--lora-modules"], "needs a value"),
+    ],
+)
+@pytest.mark.parametrize("engine", ["cpu", "vllm"])
+def test_flags_whose_meaning_ise_cannot_give_are_refused_with_the_reason(
+    argv: list[str], why: str, engine: EngineKind
+) -> None:
+    with pytest.raises(ValueError, match=why) as refused:
+        read_vllm_flags(split_serve_args(argv, FLAGS).vllm, engine)
+    assert argv[0] in str(refused.value)
+
+
+def test_every_table_flag_is_not_also_an_ise_option() -> None:
+    assert not set(VLLM_FLAGS) & set(FLAGS)
+
+
+def test_the_readme_shows_the_table() -> None:
+    """The README's table of vLLM's server flags is the one ise reads: rows of flags with the same answer."""
+    groups: dict[tuple[bool, str, bool], list[str]] = {}
+    for flag, entry in VLLM_FLAGS.items():
+        shown = [f"`{flag} {value}`" for value in sorted(entry.values)] or [f"`{flag}`"]
+        groups.setdefault((entry.accepted, entry.why, entry.engine), []).extend(shown)
+    rows = []
+    for (accepted, why, engine), flags in groups.items():
+        verdict = ("accepted" if accepted else "**refused**") + ("; `--engine vllm` hands it to vLLM" if engine else "")
+        rows.append(f"| {', '.join(flags)} | {verdict} | {why} |")
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme.split("<!-- vllm-flags")[1].split("<!-- /vllm-flags -->")[0]
+    assert table.splitlines()[3:] == rows

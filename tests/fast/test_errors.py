@@ -88,10 +88,26 @@ async def test_unknown_model_is_404(http: httpx.AsyncClient, sdk: openai.AsyncOp
     assert [m.id async for m in sdk.models.list()] == [MODEL]
 
 
-async def test_unknown_route_and_wrong_method(http: httpx.AsyncClient) -> None:
-    assert _error(await http.get("/v1/nothing-here"), 404)["type"] == "invalid_request_error"
-    assert _error(await http.get("/v1/chat/completions"), 405)["type"] == "invalid_request_error"
-    assert _error(await http.delete("/health"), 405)["message"] == "Method Not Allowed"
+async def test_unknown_route_and_wrong_method_name_what_is_not_served(
+    http: httpx.AsyncClient, sdk: openai.AsyncOpenAI
+) -> None:
+    """Clients read any 404 as "no such model": the message says it is the URL, by method and path."""
+    missing = _error(await http.post("/v1/nothing-here", json={}), 404)
+    assert missing == {
+        "message": "Invalid URL (POST /v1/nothing-here): ise does not serve this path.",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": None,
+    }
+    wrong = await http.get("/v1/chat/completions")
+    message = "Invalid method (GET /v1/chat/completions): ise serves this path with POST only."
+    assert _error(wrong, 405)["message"] == message
+    assert wrong.headers["allow"] == "POST"
+    probe = await http.delete("/health")
+    assert _error(probe, 405)["message"] == "Invalid method (DELETE /health): ise serves this path with GET, HEAD only."
+    assert probe.headers["allow"] == "GET, HEAD"
+    with pytest.raises(openai.NotFoundError, match=r"Invalid URL \(GET /v1/fine_tuning/jobs\)"):
+        await sdk.fine_tuning.jobs.list()
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,9 @@ from tests.fast.fake_engine import FakeEngine
 
 
 async def test_every_served_name_is_listed_and_answers(tiny: TinyModel, fake: FakeEngine) -> None:
-    state = ServerState(engine=fake, tokenization=tiny.tokenization, model_name="main", aliases=("alias",))
+    state = ServerState(
+        engine=fake, tokenization=tiny.tokenization, model_name="main", aliases=("alias",), model_path=str(tiny.path)
+    )
     app = create_app(state)
     async with (
         app.router.lifespan_context(app),
@@ -22,6 +24,12 @@ async def test_every_served_name_is_listed_and_answers(tiny: TinyModel, fake: Fa
     ):
         listed = (await http.get("/v1/models")).json()["data"]
         assert [card["id"] for card in listed] == ["main", "alias"]
+        # vLLM's card: every name's root is the model it serves (vllm bench serve loads its tokenizer
+        # from there), no parent (no adapters), the context window and one permission entry.
+        for card in listed:
+            assert (card["root"], card["parent"], card["max_model_len"]) == (str(tiny.path), None, fake.max_model_len)
+            [permission] = card["permission"]
+            assert permission["object"] == "model_permission" and permission["allow_sampling"] is True
         assert (await http.get("/v1/models/alias")).json()["id"] == "alias"
         body = {"model": "alias", "prompt": "hi", "max_tokens": 3}
         reply = await http.post("/v1/completions", json=body)

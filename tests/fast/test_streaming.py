@@ -1,17 +1,22 @@
-"""Streams as OpenAI clients parse them: exact SSE framing, an opening role chunk, one chunk per text
-delta, a finish chunk, the usage chunk when asked for, then ``[DONE]``; no broken characters."""
+"""Streams as OpenAI clients parse them: exact SSE framing, an opening role chunk sent with the first
+token, one chunk per text delta, a finish chunk, the usage chunk when asked for, then ``[DONE]``; no
+broken characters."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 import httpx
 import openai
 import pytest
+from fastapi import FastAPI
+from starlette.types import Message
 
-from tests.fast.conftest import MODEL, TinyModel
-from tests.fast.fake_engine import FakeEngine
+from adapters.engine import EngineRequest
+from tests.fast.conftest import MODEL, TinyModel, asgi_call
+from tests.fast.fake_engine import FakeEngine, Reply
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -84,6 +89,49 @@ async def test_text_stream_bytes(http: httpx.AsyncClient, include_usage: bool) -
         )
     assert first["id"].startswith("cmpl-")
     assert response.text == expected + "data: [DONE]\n\n"
+
+
+async def test_the_role_chunk_waits_for_the_first_token(app: FastAPI, fake: FakeEngine, tiny: TinyModel) -> None:
+    """Clients time the first token at the first chunk with choices (vllm bench serve's chat backend):
+    a role chunk sent before prefill made a long prompt's TTFT read as a few milliseconds."""
+    prefilling, first_token = asyncio.Event(), asyncio.Event()
+
+    def script(_: EngineRequest) -> Reply:
+        prefilling.set()  # the engine has the request
+        return tiny.reply("Hello", gates={0: first_token})
+
+    fake.script = script
+    early: list[bytes] = []
+
+    async def watch(message: Message) -> None:
+        if message["type"] == "http.response.body" and message.get("body") and not first_token.is_set():
+            early.append(message["body"])
+
+    body = json.dumps({"model": MODEL, "messages": HI, "stream": True}).encode()
+    headers = ((b"host", b"test"), (b"content-type", b"application/json"))
+    call = asyncio.create_task(
+        asgi_call(app, "POST", b"/v1/chat/completions", headers=headers, chunks=[body], send=watch)
+    )
+    await prefilling.wait()
+    await asyncio.sleep(0.05)
+    first_token.set()
+    events = [json.loads(e.removeprefix("data: ")) for e in (await call).body.decode().split("\n\n")[:-2]]
+    assert early == []
+    assert [e["choices"][0]["delta"] for e in events] == [
+        {"role": "assistant", "content": ""},
+        {"content": "Hello"},
+        {},
+    ]
+
+
+async def test_a_failure_before_the_first_token_is_the_whole_stream(
+    http: httpx.AsyncClient, fake: FakeEngine, tiny: TinyModel
+) -> None:
+    fake.script = lambda _: tiny.reply("Hello", fail_at=0)
+    response = await http.post("/v1/chat/completions", json={"model": MODEL, "messages": HI, "stream": True})
+    error, done = response.text.split("\n\n")[:-1]
+    assert json.loads(error.removeprefix("data: "))["error"]["type"] == "server_error"
+    assert done == "data: [DONE]"
 
 
 async def test_sdk_reads_the_chat_stream(sdk: openai.AsyncOpenAI) -> None:

@@ -70,7 +70,8 @@ CORPUS: list[tuple[str, str, Expected]] = [
     ("hermes", '<tool_call>{"name":"f","arguments":{"x":1}}</tool_call>\nDone.', ("Done.", [("f", '{"x":1}')])),
     ("hermes", "I use <tool and <tool_call without JSON", ("I use <tool and <tool_call without JSON", [])),
     ("hermes", "a <tool_call>not json</tool_call> b", ("a <tool_call>not json</tool_call> b", [])),
-    # Arguments before the name: held until the name, content if it never comes.
+    # Arguments before the name: held until the name, content if something else comes, dropped if
+    # the output ends first (a cut call).
     (
         "hermes",
         f'<tool_call>{{"arguments": {HARD_ARGS}, "name": "f"}}</tool_call>',
@@ -81,7 +82,7 @@ CORPUS: list[tuple[str, str, Expected]] = [
         '<tool_call>{"arguments": {"a": 1}, "nam": "f"}</tool_call> <tool_call>{"parameters": {"a": }',
         ('<tool_call>{"arguments": {"a": 1}, "nam": "f"}</tool_call> <tool_call>{"parameters": {"a": }', []),
     ),
-    ("hermes", '<tool_call>{"arguments": {"a": [1', ('<tool_call>{"arguments": {"a": [1', [])),
+    ("hermes", '<tool_call>{"arguments": {"a": [1', (None, [])),
     # A call whose arguments break JSON: they end where they were last valid; the rest is content.
     (
         "hermes",
@@ -136,8 +137,8 @@ CORPUS: list[tuple[str, str, Expected]] = [
         '[TOOL_CALLS][{"name": "a", "arguments": {}}, {"parameters": {"b": 2}, "name": "b"}]',
         (None, [("a", "{}"), ("b", '{"b": 2}')]),
     ),
-    ("mistral", "[TOOL_CALL] not a tag [TOOL", ("[TOOL_CALL] not a tag [TOOL", [])),
-    ("mistral", "[TOOL_CALLS] oops", ("[TOOL_CALLS] oops", [])),
+    ("mistral", "[TOOL_CALL] not a tag [TOOL ok", ("[TOOL_CALL] not a tag [TOOL ok", [])),
+    ("mistral", "[TOOL_CALLS] oops, no call", ("[TOOL_CALLS] oops, no call", [])),
     # ise_json
     ("ise_json", '{"response": "Hello!"}', ("Hello!", [])),
     (
@@ -173,6 +174,24 @@ CORPUS: list[tuple[str, str, Expected]] = [
     ("ise_json", '{"tool_calls": []}', ('{"tool_calls": []}', [])),
     ("ise_json", '{"response": "a"} trailing', ("atrailing", [])),
     ("ise_json", '{"response": "bad \\q escape"}', ('bad \\q escape"}', [])),
+    # The output ends (max_tokens) inside call syntax: the cut call is dropped, never content;
+    # the one the issue found, as SmolLM2 wrote it under the generic format's grammar, first.
+    (
+        "ise_json",
+        '{"tool_calls": [\n    {\n      "name": "llm_time",\n      "arguments": {}\n    },\n    {\n'
+        '      "name": "llm_time",\n      "arguments": {}\n    },\n    {\n      "name": "l',
+        (None, [("llm_time", "{}"), ("llm_time", "{}")]),
+    ),
+    ("ise_json", '{"response": "Caf\\u00', ("Caf", [])),
+    ("ise_json", '{"response": "smile \\ud83d', ("smile ", [])),
+    ("hermes", "Let me check.\n<tool_ca", ("Let me check.", [])),
+    ("hermes", '<tool_call>{"name": "f", "arguments": {"a": 1, "b', (None, [("f", '{"a": 1}')])),
+    ("hermes", '<tool_call>{"name": "f", "arguments": {"a": tr', (None, [("f", "{}")])),
+    ("hermes", '<tool_call>{"name": "f", "arguments": {"a": -', (None, [("f", "{}")])),
+    ("hermes", '<tool_call>{"name": "f", "arguments": {"a": "x\\', (None, [("f", '{"a": "x"}')])),
+    ("llama3_json", '{"name": "a", "parameters": {"x": 1}}; {"na', (None, [("a", '{"x": 1}')])),
+    ("mistral", 'Sure. [TOOL_CALLS][{"name": "a", "arguments": {}}, {"name', ("Sure.", [("a", "{}")])),
+    ("mistral", "[TOOL_CALLS] get_wea", (None, [])),
     # json (forced)
     (
         "json_required",
@@ -187,6 +206,8 @@ CORPUS: list[tuple[str, str, Expected]] = [
     ("json_required", '[{"parameters": {}, "name": "ping"}]', (None, [("ping", "{}")])),
     ("json_named", CITY, (None, [("get_weather", CITY)])),
     ("json_named", f"  {HARD_ARGS} ", (None, [("get_weather", HARD_ARGS)])),
+    ("json_required", '[{"name": "a", "parameters": {}}, {"na', (None, [("a", "{}")])),
+    ("json_named", '{"city": "Par', (None, [("get_weather", '{"city": "Par"}')])),
 ]
 CORPUS_IDS = [f"{i}-{name}" for i, (name, _, _) in enumerate(CORPUS)]
 
@@ -234,6 +255,28 @@ def test_every_split_streams_the_whole_output(name: str, text: str, expected: Ex
     assert shape(streamed(parser, list(text))) == expected
     for cut in range(len(text) + 1):
         assert shape(streamed(parser, [text[:cut], text[cut:]])) == expected, cut
+
+
+@pytest.mark.parametrize(("name", "text", "expected"), CORPUS, ids=CORPUS_IDS)
+def test_an_output_cut_anywhere_leaks_no_call_syntax(name: str, text: str, expected: Expected) -> None:
+    """``max_tokens`` may end an output at any character: what the cut output says is a beginning
+    of what the whole says. Its content is a prefix of the whole's (trailing whitespace aside), so
+    no call syntax reaches it; its calls are the whole's, the last possibly cut short (arguments
+    written up to the cut, closed so they parse); streamed as it is parsed whole."""
+    parser = PARSERS[name]
+    whole_content, whole_calls = expected
+    for cut in range(len(text) + 1):
+        message = parser.parse(text[:cut])
+        assert shape(streamed(parser, list(text[:cut]))) == shape(message), cut
+        assert_valid_arguments(message)
+        content = (message.content or "").rstrip(" \t\n\r")
+        assert (whole_content or "").startswith(content), (cut, content)
+        calls = [(call.name, call.arguments) for call in message.tool_calls]
+        assert len(calls) <= len(whole_calls), cut
+        if calls:
+            assert calls[:-1] == whole_calls[: len(calls) - 1], cut
+            (last_name, last_arguments), (whole_name, whole_arguments) = calls[-1], whole_calls[len(calls) - 1]
+            assert last_name == whole_name and whole_arguments.startswith(last_arguments.rstrip('"]}')), cut
 
 
 def test_arguments_are_the_models_text_sliced_exactly() -> None:

@@ -46,6 +46,7 @@ class ServerHandle:
     model: str
     model_dir: Path
     log_path: Path
+    pid: int  # the ise serve process (its compile workers are its descendants)
 
     def metric(self, name: str) -> float:
         text = httpx.get(f"{self.root_url}/metrics", timeout=10).text
@@ -82,6 +83,7 @@ def running_server(args: list[str], log_path: Path, model: str = BUILTIN_MODEL_N
             model=model,
             model_dir=builtin_model_dir(Settings().cache_dir),
             log_path=log_path,
+            pid=proc.pid,
         )
     finally:
         proc.send_signal(signal.SIGINT)

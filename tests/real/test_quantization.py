@@ -20,7 +20,8 @@ from tests.real.conftest import ServerHandle, running_server, user
 
 
 def test_int8_weights_score_text_within_tolerance(server: ServerHandle) -> None:
-    result = quality.measure(server.model_dir, Settings().cache_dir, "int8", quality.REFERENCE_TEXT)
+    reference, result = quality.measure(server.model_dir, Settings().cache_dir, ["int8"], quality.REFERENCE_TEXT)
+    assert (reference.variant, result.variant) == ("float32", "int8")
     assert result.tokens > 300
     assert 1.0 < result.perplexity_ratio <= 1.02, result
     assert result.top1_agreement >= 0.93, result
