@@ -64,3 +64,10 @@ class ApiArgs(BaseModel):
         description="Processes that compile structured-output constraints, each on one core, started with the "
         "first constraint",
     )
+    grammar_compile_queue: int = Field(
+        16,
+        ge=0,
+        le=10_000,
+        description="Constraints that may wait for a free compile worker; beyond them a request with a new "
+        "constraint is refused with 429 server_overloaded (constraints compiled before are not held up)",
+    )

@@ -15,7 +15,8 @@ server starts with the server (``warm``), importing while the model loads; the w
 with the first constraint, so a server that never sees one never starts them. Outcomes are
 cached by the constraint's digest, as clients send the same schemas and tools again and again;
 a timeout is not cached, since it may reflect a busy machine rather than the constraint. The
-budget starts when a worker takes the constraint: callers wait for a free worker in turn.
+budget starts when a worker takes the constraint: callers wait for a free worker in turn, a
+bounded number of them.
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ WORKER_DIED = "the grammar compiler failed on it"
 
 class CompileTimeout(Exception):
     """A compile ran past the budget; its worker was killed."""
+
+
+class CompileQueueFull(Exception):
+    """As many constraints as allowed already wait for a free worker."""
 
 
 def _serve(conn: Connection, tokenizer_info_json: str) -> None:
@@ -79,13 +84,18 @@ class _Worker:
 class GrammarWorkers:
     """A few compile workers and the outcomes they found; ``close`` ends them."""
 
-    def __init__(self, tokenizer_info: Callable[[], xgr.TokenizerInfo], *, workers: int, timeout_s: float) -> None:
+    def __init__(
+        self, tokenizer_info: Callable[[], xgr.TokenizerInfo], *, workers: int, timeout_s: float, max_waiting: int
+    ) -> None:
         """``tokenizer_info`` builds the tokenizer's view the engine compiles with (when the
         first constraint comes); ``workers`` compile in parallel, each on one core; ``timeout_s``
-        is the budget of one compile, from when a worker takes it."""
+        is the budget of one compile, from when a worker takes it; ``max_waiting`` callers may
+        wait for a free worker, so a flood of slow constraints cannot queue without bound."""
         self._tokenizer_info = tokenizer_info
         self._size = workers
         self.timeout_s = timeout_s
+        self.max_waiting = max_waiting
+        self._callers = 0  # compiling or waiting for a worker
         self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
         self._all: set[_Worker] = set()
         self._info_json = ""
@@ -97,15 +107,26 @@ class GrammarWorkers:
     async def problem(self, constraint: StructuredOutput) -> str | None:
         """Why ``constraint`` cannot be enforced, or None when it compiles.
 
-        Waits for a free worker first (any number of callers may wait). Raises ``CompileTimeout``
-        when the compile outlasts ``timeout_s``; a caller cancelled meanwhile stops its compile.
+        Waits for a free worker first, behind at most ``max_waiting`` others (else raises
+        ``CompileQueueFull``). Raises ``CompileTimeout`` when the compile outlasts ``timeout_s``; a
+        caller cancelled meanwhile stops its compile.
         """
         key = hashlib.sha256(repr(constraint).encode()).hexdigest()
         if key in self._outcomes:
             return self._outcomes[key]
         if self._starting is None:
             self._starting = asyncio.create_task(self._start())
-        await asyncio.shield(self._starting)
+        if self._callers >= self._size + self.max_waiting:
+            raise CompileQueueFull
+        self._callers += 1
+        try:
+            await asyncio.shield(self._starting)
+            return await self._compile(key, constraint)
+        finally:
+            self._callers -= 1
+
+    async def _compile(self, key: str, constraint: StructuredOutput) -> str | None:
+        """The outcome from the next free worker, within the budget."""
         worker = await self._idle.get()
         try:
             worker.conn.send(constraint)

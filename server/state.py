@@ -46,6 +46,7 @@ class ServerState:
             lambda: tokenizer_info(tok.hf, tok.model_vocab_size, self.engine.eos_token_ids),
             workers=self.api.grammar_compile_workers,
             timeout_s=self.api.grammar_compile_timeout,
+            max_waiting=self.api.grammar_compile_queue,
         )
 
     @property

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from adapters.engine import StructuredOutput
-from server.errors import invalid_request
-from server.grammar_workers import CompileTimeout, GrammarWorkers
+from server.errors import APIError, invalid_request
+from server.grammar_workers import CompileQueueFull, CompileTimeout, GrammarWorkers
 from server.protocol import SamplingFields
+from server.rate_limits import retry_after
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,15 @@ async def enforceable(constraint: Constraint, workers: GrammarWorkers) -> Struct
     naming its field otherwise. Cancelling the wait (the client left) stops the compile."""
     try:
         problem = await workers.problem(constraint.output)
+    except CompileQueueFull:
+        raise APIError(
+            429,
+            f"{workers.max_waiting} structured-output constraints already wait to be compiled "
+            "(--grammar-compile-queue). Try again shortly.",
+            param=constraint.param,
+            code="server_overloaded",
+            headers=retry_after(workers.timeout_s),
+        ) from None
     except CompileTimeout:
         raise invalid_request(
             f"'{constraint.param}' did not compile into a grammar within {workers.timeout_s:g} s, this server's "

@@ -114,10 +114,9 @@ async def test_constraints_at_their_bounds_are_accepted(http: httpx.AsyncClient,
 
 @pytest.fixture
 async def budgeted(fake: FakeEngine, tiny: TinyModel) -> AsyncIterator[FastAPI]:
-    """The app with a compile budget of BUDGET_S."""
-    state = ServerState(
-        engine=fake, tokenization=tiny.tokenization, model_name=MODEL, api=ApiArgs(grammar_compile_timeout=BUDGET_S)
-    )
+    """The app with a compile budget of BUDGET_S, and no room to wait for a busy worker."""
+    api = ApiArgs(grammar_compile_timeout=BUDGET_S, grammar_compile_queue=0)
+    state = ServerState(engine=fake, tokenization=tiny.tokenization, model_name=MODEL, api=api)
     app = create_app(state)
     async with app.router.lifespan_context(app):
         yield app
@@ -194,3 +193,25 @@ async def test_a_client_that_leaves_during_its_compile_frees_the_worker(app: Fas
         assert time.perf_counter() - started < 2.0  # not queued behind the 15 s compile, nor its 5 s budget
     assert await _cpu_growth(1.0) < 0.3
     assert len(fake.requests) == 1  # the first request's alone
+
+
+async def test_constraints_beyond_the_compile_queue_are_refused_at_once(budgeted: FastAPI, fake: FakeEngine) -> None:
+    """A flood of slow constraints cannot queue without bound behind the workers (here no room at all)."""
+    async with client(budgeted) as http:
+        await http.post(CHAT, json={"model": MODEL, "messages": HI, "max_tokens": 2, "guided_regex": "[a-z]+"})
+        slow = asyncio.create_task(
+            http.post(CHAT, json={"model": MODEL, "messages": HI, "max_tokens": 2, "guided_regex": SLOW_REGEX})
+        )
+        before = _descendants_cpu()
+        await until(lambda: _spent_since(before) >= 0.1, timeout_s=10)  # the one worker is busy with it
+        started = time.perf_counter()
+        refused = await http.post(CHAT, json={"model": MODEL, "messages": HI, "max_tokens": 2, "guided_regex": "b+"})
+        assert time.perf_counter() - started < 0.4  # refused, not queued behind the budget
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["error"]["code"] == "server_overloaded"
+        assert refused.json()["error"]["param"] == "guided_regex"
+        assert int(refused.headers["retry-after"]) >= 1
+        assert (await slow).status_code == 400  # the slow one still got its budget
+        # A constraint compiled before needs no worker: never refused for a busy queue.
+        again = await http.post(CHAT, json={"model": MODEL, "messages": HI, "max_tokens": 2, "guided_regex": "[a-z]+"})
+        assert again.status_code == 200, again.text
