@@ -1,6 +1,6 @@
 """The engine's options, declared once: their types, defaults and help.
 
-``server.settings.Settings`` inherits them, so each is a flag, an ``ISE_*`` variable and a key of
+``server.config.settings.Settings`` inherits them, so each is a flag, an ``ISE_*`` variable and a key of
 the TOML file without being declared again; engines and benchmarks take the same model. Names
 follow vLLM's engine arguments where both have the option (``max_num_seqs``,
 ``max_num_batched_tokens``, ``long_prefill_token_threshold``, ``block_size``).

@@ -53,8 +53,8 @@ from benchmarks.metrics import SLO, summarize
 from benchmarks.report import Run, machine, markdown_table, median_runs, plots, write_json
 from benchmarks.targets import TARGETS, TargetConfig, ise_server
 from benchmarks.workloads import RequestSpec, random_workload, shared_prefix_workload
-from server.admission import SLO_HEADER
-from server.settings import Settings
+from server.config.settings import Settings
+from server.gateway.admission import SLO_HEADER
 
 DEFAULT_TARGETS = ["ise", "engine", "transformers"]
 DEFAULT_OUT = Path("benchmarks/results")

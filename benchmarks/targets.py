@@ -30,8 +30,8 @@ from benchmarks.clients import (
     transformers_serve_fixed_length,
     vllm_fixed_length,
 )
-from server.cli import build_state
-from server.settings import Settings
+from server.config.settings import Settings
+from server.endpoints.state import build_state
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ class IseServer:
 
 def ise_command(config: TargetConfig, port: int, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "server.cli", "serve", "--model", str(config.model_dir),
+        sys.executable, "-m", "ise", "serve", "--model", str(config.model_dir),
         "--served-model-name", "bench", "--port", str(port), "--dtype", config.dtype,
         "--max-num-seqs", str(config.max_num_seqs), "--log-level", "warning", *extra,
     ]  # fmt: skip

@@ -30,10 +30,10 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, PreTrainedTokenizerFast
 
 from adapters.model_info import ModelInfo
-from server.app import create_app
-from server.gateway_config import GatewayArgs
-from server.state import ServerState
-from server.text import Tokenization
+from server.endpoints.state import ServerState
+from server.gateway.options import GatewayArgs
+from server.runtime.app import create_app
+from server.text.tokenization import Tokenization
 from tests.fast.fake_engine import FakeEngine, Reply
 
 MODEL = "fake"

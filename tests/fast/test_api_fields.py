@@ -18,10 +18,10 @@ import pytest
 from fastapi import FastAPI
 
 from adapters.engine import StructuredOutput
-from server.api_config import ApiArgs
-from server.app import create_app
-from server.state import ServerState
-from server.text import Tokenization
+from server.endpoints.state import ServerState
+from server.protocol.options import ApiArgs
+from server.runtime.app import create_app
+from server.text.tokenization import Tokenization
 from tests.fast.conftest import HERMES_TEMPLATE, MODEL, TinyModel
 from tests.fast.fake_engine import FakeEngine, Reply, fake_logprobs
 

@@ -27,7 +27,7 @@ from benchmarks.structured import (
     valid_fraction,
     verdict,
 )
-from server.grammar_check import problem
+from server.text.grammar_check import problem
 from tests.fast.conftest import TinyModel
 
 PERSON = {

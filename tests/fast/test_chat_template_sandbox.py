@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from server.errors import APIError
-from server.text import Tokenization
+from server.protocol.errors import APIError
+from server.text.tokenization import Tokenization
 from tests.fast.conftest import TinyModel
 
 ESCAPES = [

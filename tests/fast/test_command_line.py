@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from adapters.config import EngineKind
-from server.command_line import split_serve_args
-from server.settings import Settings
-from server.vllm_flags import VLLM_FLAGS, read_vllm_flags
+from server.config.command_line import split_serve_args
+from server.config.settings import Settings
+from server.config.vllm_flags import VLLM_FLAGS, read_vllm_flags
 
 FLAGS = Settings.cli_flags()
 

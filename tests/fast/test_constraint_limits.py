@@ -18,9 +18,8 @@ import psutil
 import pytest
 from fastapi import FastAPI
 
-from server.api_config import ApiArgs
-from server.app import create_app
-from server.constraint_limits import (
+from server.endpoints.state import ServerState
+from server.protocol.constraint_limits import (
     MAX_CHOICE_CHARS,
     MAX_CHOICE_STRINGS,
     MAX_GRAMMAR_CHARS,
@@ -28,7 +27,8 @@ from server.constraint_limits import (
     MAX_SCHEMA_CHARS,
     MAX_SCHEMA_DEPTH,
 )
-from server.state import ServerState
+from server.protocol.options import ApiArgs
+from server.runtime.app import create_app
 from tests.fast.conftest import MODEL, TinyModel, asgi_call, client, until
 from tests.fast.fake_engine import FakeEngine
 

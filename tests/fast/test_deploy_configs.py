@@ -22,8 +22,8 @@ import yaml  # type: ignore[import-untyped, unused-ignore]
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from server.command_line import split_serve_args
-from server.settings import Settings
+from server.config.command_line import split_serve_args
+from server.config.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile.cuda"
@@ -173,7 +173,7 @@ def test_dockerfile_entrypoint_is_ise_serve_with_vllm(monkeypatch: pytest.Monkey
     # Exec form (a JSON list): ise itself gets SIGTERM on `docker stop` and shuts down gracefully.
     entrypoint = json.loads(only(instructions, "ENTRYPOINT").args)
     assert entrypoint[:2] == ["ise", "serve"]
-    assert pyproject()["project"]["scripts"]["ise"] == "server.cli:main"
+    assert pyproject()["project"]["scripts"]["ise"] == "ise.cli:main"
     for key, value in env_of(instructions).items():
         if key.startswith("ISE_"):
             monkeypatch.setenv(key, value)
@@ -500,7 +500,7 @@ def test_autoscaler_scales_the_deployment_on_a_metric_ise_exports() -> None:
     target = hpa["spec"]["scaleTargetRef"]
     assert (target["kind"], target["name"]) == ("Deployment", objects["Deployment"]["metadata"]["name"])
     assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
-    exported = (ROOT / "server" / "metrics.py").read_text()
+    exported = (ROOT / "server" / "gateway" / "metrics.py").read_text()
     for metric in hpa["spec"]["metrics"]:
         name = metric["pods"]["metric"]["name"]
         assert f'"{name}"' in exported, f"{name}: not a metric ise exports"

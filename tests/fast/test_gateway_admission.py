@@ -22,9 +22,9 @@ import uvicorn
 from fastapi import FastAPI
 
 from adapters.engine import EngineRequest
-from server.drain import DrainingServer
-from server.errors import APIError
-from server.ttft_model import TTFTModel
+from server.gateway.drain import DrainingServer
+from server.gateway.ttft_model import TTFTModel
+from server.protocol.errors import APIError
 from tests.fast.conftest import MODEL, Clock, TinyModel, client, metric, sdk_client, serving, state_of, until
 from tests.fast.fake_engine import FakeEngine, Reply
 

@@ -20,10 +20,10 @@ import pytest
 from fastapi import FastAPI
 from starlette.routing import Route
 
-from server.app import create_app
-from server.command_line import split_serve_args
-from server.settings import Settings
-from server.state import ServerState
+from server.config.command_line import split_serve_args
+from server.config.settings import Settings
+from server.endpoints.state import ServerState
+from server.runtime.app import create_app
 from tests.fast.conftest import MODEL, Clock, Exchange, TinyModel, asgi_call, client, sdk_client, serving
 from tests.fast.fake_engine import FakeEngine
 

@@ -19,7 +19,7 @@ import pytest
 from fastapi import FastAPI
 from starlette.types import Message
 
-from server.gateway_config import GatewayArgs
+from server.gateway.options import GatewayArgs
 from tests.fast.conftest import MODEL, Clock, TinyModel, asgi_call, client, metric, sdk_client, serving, until
 from tests.fast.fake_engine import FakeEngine
 

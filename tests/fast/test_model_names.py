@@ -6,9 +6,9 @@ from pathlib import Path
 
 import httpx
 
-from server.app import create_app
-from server.state import ServerState
-from server.text import Tokenization
+from server.endpoints.state import ServerState
+from server.runtime.app import create_app
+from server.text.tokenization import Tokenization
 from tests.fast.conftest import TinyModel
 from tests.fast.fake_engine import FakeEngine
 

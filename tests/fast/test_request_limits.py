@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from server.app import create_app
-from server.protocol import (
+from server.endpoints.state import ServerState
+from server.protocol.models import (
     MAX_CHOICES,
     MAX_CONTENT_PARTS,
     MAX_LOGIT_BIAS,
@@ -29,8 +29,8 @@ from server.protocol import (
     MAX_STOP_TOKEN_IDS,
     MAX_TOOLS,
 )
-from server.state import ServerState
-from server.text import Tokenization
+from server.runtime.app import create_app
+from server.text.tokenization import Tokenization
 from tests.fast.conftest import CONTEXT_LENGTH, HERMES_TEMPLATE, MODEL, TinyModel, client
 from tests.fast.fake_engine import FakeEngine
 

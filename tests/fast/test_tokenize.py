@@ -13,9 +13,9 @@ import httpx
 import openai
 import pytest
 
-from server.app import create_app
-from server.state import ServerState
-from server.text import Tokenization
+from server.endpoints.state import ServerState
+from server.runtime.app import create_app
+from server.text.tokenization import Tokenization
 from tests.fast.conftest import CONTEXT_LENGTH, MODEL, TinyModel, client, serving
 from tests.fast.fake_engine import FakeEngine
 

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from xgrammar.testing import _is_grammar_accept_string
 
-from server.tool_parsers import (
+from server.text.tool_parsers import (
     TOOL_PARSERS,
     ParsedMessage,
     ToolParser,
@@ -27,7 +27,7 @@ from server.tool_parsers import (
     render_tools_prompt,
     tools_json_schema,
 )
-from server.tool_parsers.formats import ForcedJsonToolParser
+from server.text.tool_parsers.formats import ForcedJsonToolParser
 
 PARSERS: dict[str, ToolParser] = {
     "hermes": TOOL_PARSERS["hermes"](),

@@ -33,7 +33,7 @@ from adapters.config import EngineArgs
 from adapters.cpu.engine import CoreFactory, CPUEngine
 from adapters.cpu.engine_core import CPUEngineConfig, EngineCore
 from adapters.model_info import ModelInfo
-from server.settings import Settings
+from server.config.settings import Settings
 
 START_TIMEOUT_S = 900  # a first run downloads and converts the model
 ENGINES = ["cpu", "vllm"]
@@ -71,7 +71,7 @@ def free_port() -> int:
 def running_server(args: list[str], log_path: Path, model: str = BUILTIN_MODEL_NAME) -> Iterator[ServerHandle]:
     """``ise serve ARGS`` on a free port, until the block ends."""
     port = free_port()
-    cmd = [sys.executable, "-m", "server.cli", "serve", "--port", str(port), *args]
+    cmd = [sys.executable, "-m", "ise", "serve", "--port", str(port), *args]
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     root = f"http://127.0.0.1:{port}"

@@ -6,7 +6,7 @@ import openai
 import pytest
 
 from adapters.model_info import ModelInfo
-from server.generation import SamplingDefaults
+from server.endpoints.generation import SamplingDefaults
 from tests.real.conftest import ServerHandle, user
 
 FRANCE = user("What is the capital of France?")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import openai
 
-from server.text import Tokenization
+from server.text.tokenization import Tokenization
 from tests.real.conftest import ServerHandle
 
 PROMPT = "The three primary colors are"

@@ -19,7 +19,7 @@ from transformers import AutoConfig, LlamaConfig
 from adapters.cpu.engine import CPUEngine
 from adapters.cpu.llama import unsupported_reason
 from adapters.engine import EngineRequest, SamplingParams
-from server.text import Tokenization
+from server.text.tokenization import Tokenization
 from tests.real.conftest import ServerHandle, cpu_engine
 
 BLOCK = 16

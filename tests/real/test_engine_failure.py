@@ -15,9 +15,9 @@ import pytest
 
 from adapters.cpu.engine_core import EngineCore
 from adapters.cpu.scheduler import EngineCoreOutputs
-from server.app import create_app
-from server.state import ServerState
-from server.text import Tokenization
+from server.endpoints.state import ServerState
+from server.runtime.app import create_app
+from server.text.tokenization import Tokenization
 from tests.real.conftest import ServerHandle, cpu_engine, serving_in_thread, user
 
 CRASH_AFTER_STEPS = 5

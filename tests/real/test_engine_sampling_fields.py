@@ -38,7 +38,7 @@ from adapters.engine import (
 )
 from adapters.factory import build_engine
 from adapters.model_info import ModelInfo
-from server.settings import Settings
+from server.config.settings import Settings
 from tests.real.conftest import cpu_engine
 from tests.real.json_schemas import JSON_SCHEMAS
 

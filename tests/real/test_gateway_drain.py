@@ -56,7 +56,7 @@ class Served:
 def serving(args: list[str], log_path: Path) -> Iterator[Served]:
     """``ise serve ARGS`` on a free port, with its process; killed at the end if still running."""
     port = free_port()
-    cmd = [sys.executable, "-m", "server.cli", "serve", "--port", str(port), *args]
+    cmd = [sys.executable, "-m", "ise", "serve", "--port", str(port), *args]
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     served = Served(proc, f"http://127.0.0.1:{port}", log_path)

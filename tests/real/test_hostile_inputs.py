@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from server.text import Tokenization
+from server.text.tokenization import Tokenization
 from tests.real.conftest import ServerHandle, user
 
 QUESTION = user("What is the capital of France?")

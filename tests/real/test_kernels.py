@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from adapters.cpu.kernels import CPUKernels, cpu_kernels
-from server.settings import Settings
+from server.config.settings import Settings
 
 BLOCK = 16
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from server.text import Tokenization
+from server.text.tokenization import Tokenization
 from tests.real.conftest import ServerHandle, user
 
 STORY = user("Tell me a short story about a lighthouse keeper.")

@@ -18,7 +18,7 @@ from adapters.builtin_model import ensure_builtin_model
 from benchmarks.report import machine
 from benchmarks.soak import ABORT_KINDS, KINDS, SoakOptions, SoakReport, SoakTarget, run_soak, save
 from benchmarks.targets import TargetConfig, ise_server
-from server.settings import Settings
+from server.config.settings import Settings
 
 SHORT = SoakOptions(
     requests=300,

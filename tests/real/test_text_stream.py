@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.text import Tokenization
+from server.text.tokenization import Tokenization
 from tests.real.conftest import ServerHandle
 
 SAMPLE = "Héllo wörld! 日本語のテキスト 🎉🚀 done. STOP here"

@@ -231,7 +231,7 @@ def test_vllm_deployment_flags_start_ise_and_are_named_at_start_up(tmp_path: Pat
 )
 def test_flags_whose_meaning_ise_cannot_give_stop_it_with_the_reason(flag: str, why: str) -> None:
     run = subprocess.run(
-        [sys.executable, "-m", "server.cli", "serve", "--port", "0", flag],
+        [sys.executable, "-m", "ise", "serve", "--port", "0", flag],
         capture_output=True,
         text=True,
         timeout=120,
@@ -249,8 +249,8 @@ def test_every_vllm_server_flag_is_an_ise_option_or_in_the_table() -> None:
     from vllm.entrypoints.launchers.cli_args import make_arg_parser
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
-    from server.settings import Settings
-    from server.vllm_flags import VLLM_FLAGS
+    from server.config.settings import Settings
+    from server.config.vllm_flags import VLLM_FLAGS
 
     def flags(parser: FlexibleArgumentParser) -> set[str]:
         return {s for action in parser._actions for s in action.option_strings if s.startswith("--")}

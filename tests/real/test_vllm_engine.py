@@ -51,7 +51,7 @@ def test_both_engines_agree_on_greedy_text(server: ServerHandle, vllm_server: Se
 
 def _serve(*args: str) -> subprocess.CompletedProcess[str]:
     """``ise serve ARGS`` run to its exit (these ones exit while reading their flags)."""
-    command = [sys.executable, "-m", "server.cli", "serve", *args]
+    command = [sys.executable, "-m", "ise", "serve", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
 
 

@@ -1,0 +1,96 @@
+"""What every route needs: the engine, the tokenizer, the model's names, the grammar compile workers,
+and the gateway's state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import Request
+
+from adapters.builtin_model import BUILTIN_MODEL_NAME, ensure_builtin_model
+from adapters.engine import Engine
+from adapters.factory import build_engine
+from adapters.grammars import tokenizer_info
+from adapters.model_info import ModelInfo
+from server.config.settings import Settings
+from server.endpoints.generation import SamplingDefaults
+from server.gateway.admission import Admission
+from server.gateway.metrics import Metrics
+from server.gateway.options import GatewayArgs
+from server.gateway.rate_limits import RateLimits
+from server.protocol.errors import APIError
+from server.protocol.models import now
+from server.protocol.options import ApiArgs
+from server.text.grammar_workers import GrammarWorkers
+from server.text.tokenization import Tokenization
+
+
+@dataclass
+class ServerState:
+    engine: Engine
+    tokenization: Tokenization
+    model_name: str
+    aliases: tuple[str, ...] = ()  # further names clients may use (--served-model-name a b)
+    model_path: str | None = None  # where the model was loaded from: its /v1/models card's root, as in vLLM
+    sampling_defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
+    created: int = field(default_factory=now)
+    gateway: GatewayArgs = field(default_factory=GatewayArgs)
+    api: ApiArgs = field(default_factory=ApiArgs)
+    batch_slots: int | None = None  # the engine's --max-num-seqs, for predicting slot waits
+    admission: Admission = field(init=False)
+    rate_limits: RateLimits = field(init=False, default_factory=RateLimits)
+    metrics: Metrics = field(init=False)
+    grammars: GrammarWorkers = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.admission = Admission(self.gateway, self.batch_slots)
+        self.metrics = Metrics(self.engine, self.admission)
+        tok = self.tokenization
+        self.grammars = GrammarWorkers(
+            lambda: tokenizer_info(tok.hf, tok.model_vocab_size, self.engine.eos_token_ids),
+            workers=self.api.grammar_compile_workers,
+            timeout_s=self.api.grammar_compile_timeout,
+            max_waiting=self.api.grammar_compile_queue,
+        )
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        return (self.model_name, *self.aliases)
+
+    def check_model(self, model: str) -> None:
+        if model not in self.model_names:
+            raise APIError(404, f"The model `{model}` does not exist.", param="model", code="model_not_found")
+
+
+def get_state(request: Request) -> ServerState:
+    state: ServerState = request.app.state.ise
+    return state
+
+
+def build_state(settings: Settings, engine_argv: list[str] | None = None) -> ServerState:
+    """Resolve the model, build its engine and load the tokenizer; the model loads at app start.
+
+    ``engine_argv``: flags ise does not declare, for vLLM's engine argument parser. Raises
+    ``ValueError`` for settings the chosen engine cannot take.
+    """
+    model: str | Path
+    if settings.model is None:
+        model, default_name = ensure_builtin_model(settings.cache_dir), BUILTIN_MODEL_NAME
+    else:
+        model, default_name = settings.model, settings.model
+    info = ModelInfo.load(model)
+    engine = build_engine(settings, info, cache_dir=settings.cache_dir, engine_argv=engine_argv or [])
+    defaults = SamplingDefaults.from_model(info) if settings.generation_config == "auto" else SamplingDefaults()
+    names = settings.served_model_name or [default_name]
+    return ServerState(
+        engine=engine,
+        tokenization=Tokenization(model, info.vocab_size, chat_template=settings.chat_template),
+        model_name=names[0],
+        aliases=tuple(names[1:]),
+        model_path=str(model),
+        sampling_defaults=defaults,
+        gateway=settings,
+        api=settings,
+        batch_slots=settings.max_num_seqs,
+    )

@@ -1,0 +1,73 @@
+"""Options for what the API does with requests' text: strictness, tool calls, reasoning, grammars; declared once.
+
+``server.config.settings.Settings`` inherits them (as it inherits ``EngineArgs`` and ``GatewayArgs``), so
+each is a flag, an ``ISE_*`` variable and a key of the TOML file. Names and values follow vLLM's
+frontend flags (``--tool-call-parser hermes``, ``--reasoning-parser deepseek_r1``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# The tool-call formats ise reads (server/tool_parsers registers one parser under each name).
+ToolCallParserName = Literal["hermes", "llama3_json", "mistral", "ise_json"]
+# The reasoning formats (server/reasoning.py registers one parser under each name).
+ReasoningParserName = Literal["deepseek_r1", "qwen3", "think"]
+
+
+class ApiArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    strict: bool = Field(
+        False,
+        description="Refuse (400, naming it) any request field that would take no effect, instead of listing "
+        "it in the x-ignored-params response header",
+    )
+    tool_call_parser: ToolCallParserName | Literal["auto"] = Field(
+        "auto",
+        description="How model output becomes tool calls: hermes, llama3_json, mistral, ise_json (ise's generic "
+        "JSON format for chat templates without tools), or auto (detected from the chat template)",
+    )
+    enable_auto_tool_choice: bool = Field(
+        True,
+        description="Accepted so vLLM command lines work: tool_choice auto always works on ise, whatever its value",
+    )
+    enable_force_include_usage: bool = Field(
+        False,
+        description="Every stream ends with its usage chunk, as if the request sent stream_options.include_usage "
+        "(vLLM's flag)",
+    )
+    reasoning_parser: ReasoningParserName | None = Field(
+        None,
+        description="Put a reasoning model's thinking in reasoning_content, not content: deepseek_r1 (the "
+        "template opens <think>) or qwen3 / think (the model writes <think>...</think> itself); unset: none",
+    )
+    reasoning_tags: list[str] = Field(
+        ["<think>", "</think>"],
+        min_length=2,
+        max_length=2,
+        description="The opening and closing tags around the thinking, for --reasoning-parser",
+    )
+    grammar_compile_timeout: float = Field(
+        5.0,
+        gt=0,
+        le=600,
+        description="Seconds a structured-output constraint (a schema, regex, grammar, choice, or the tools' "
+        "schemas) may take to compile into a grammar; a slower one is refused with a 400 and its compile stopped",
+    )
+    grammar_compile_workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Processes that compile structured-output constraints, each on one core, started with the "
+        "first constraint",
+    )
+    grammar_compile_queue: int = Field(
+        16,
+        ge=0,
+        le=10_000,
+        description="Constraints that may wait for a free compile worker; beyond them a request with a new "
+        "constraint is refused with 429 server_overloaded (constraints compiled before are not held up)",
+    )
