@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 
 from adapters.engine import Engine, EngineRequest, SamplingParams, StructuredOutput, TokenLogprobs, wrap_seed
 from adapters.model_info import ModelInfo
+from server.gateway.gateway import Demand
 from server.protocol.errors import invalid_request
 from server.protocol.models import FinishReason, PromptTokensDetails, SamplingFields, Usage, new_id
 from server.text.tokenization import Tokenization
@@ -68,14 +69,27 @@ class Job:
     def num_choices(self) -> int:
         return len(self.prompts) * self.n
 
+    @property
+    def prompt_tokens(self) -> int:
+        """Prompt tokens as usage counts them: each prompt once, whatever ``n``."""
+        return sum(len(p) for p in self.prompts)
+
     def usage(self, completion_tokens: int, cached_tokens: int = 0) -> Usage:
         """``cached_tokens``: prompt tokens the prefix cache served, summed over the prompts."""
-        prompt_tokens = sum(len(p) for p in self.prompts)
         return Usage(
-            prompt_tokens=prompt_tokens,
+            prompt_tokens=self.prompt_tokens,
             completion_tokens=completion_tokens,
-            total_tokens=prompt_tokens + completion_tokens,
+            total_tokens=self.prompt_tokens + completion_tokens,
             prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens),
+        )
+
+    def demand(self) -> Demand:
+        """What the job asks of the gateway: each choice reads its prompt and may write its ``max_tokens``."""
+        return Demand(
+            usage_prompt_tokens=self.prompt_tokens,
+            prompt_tokens=self.prompt_tokens * self.n,
+            max_new_tokens=self.n * sum(p.max_tokens for p in self.params),
+            sequences=self.num_choices,
         )
 
 

@@ -16,7 +16,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from server.endpoints.completions import chat_completion, text_completion
+from server.endpoints.chat_completion import create_chat_completion as chat_completion
+from server.endpoints.completion import create_completion as text_completion
 from server.endpoints.state import ServerState, get_state
 from server.endpoints.tokenize import (
     DetokenizeRequest,
@@ -145,7 +146,7 @@ async def health(state: State) -> Response:
     """Liveness and readiness for load balancers; the one route open without an API key."""
     if not state.engine.is_alive:
         return api_error_response(APIError(503, "The engine is not running.", code="engine_dead", retryable=False))
-    if state.admission.draining:
+    if state.gateway.admission.draining:
         message = "The server is draining: it finishes running requests and takes no new ones."
         return error_response(503, message, code="server_shutting_down")
     return JSONResponse(Health().model_dump())
@@ -157,7 +158,7 @@ async def health(state: State) -> Response:
     responses={200: {"description": "Prometheus metrics, in its text exposition format."}, **_errors(401)},
 )
 async def metrics(state: State) -> Response:
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(state.gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.post("/tokenize", responses=_errors(400, 401, 404, 413))

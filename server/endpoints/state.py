@@ -15,14 +15,13 @@ from adapters.grammars import tokenizer_info
 from adapters.model_info import ModelInfo
 from server.config.settings import Settings
 from server.endpoints.generation import SamplingDefaults
-from server.gateway.admission import Admission
-from server.gateway.metrics import Metrics
+from server.gateway.gateway import Gateway
 from server.gateway.options import GatewayArgs
-from server.gateway.rate_limits import RateLimits
 from server.protocol.errors import APIError
 from server.protocol.models import now
 from server.protocol.options import ApiArgs
 from server.text.grammar_workers import GrammarWorkers
+from server.text.prompts import Prompts
 from server.text.tokenization import Tokenization
 
 
@@ -35,17 +34,16 @@ class ServerState:
     model_path: str | None = None  # where the model was loaded from: its /v1/models card's root, as in vLLM
     sampling_defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
     created: int = field(default_factory=now)
-    gateway: GatewayArgs = field(default_factory=GatewayArgs)
+    gateway_args: GatewayArgs = field(default_factory=GatewayArgs)
     api: ApiArgs = field(default_factory=ApiArgs)
     batch_slots: int | None = None  # the engine's --max-num-seqs, for predicting slot waits
-    admission: Admission = field(init=False)
-    rate_limits: RateLimits = field(init=False, default_factory=RateLimits)
-    metrics: Metrics = field(init=False)
+    gateway: Gateway = field(init=False)
+    prompts: Prompts = field(init=False)
     grammars: GrammarWorkers = field(init=False)
 
     def __post_init__(self) -> None:
-        self.admission = Admission(self.gateway, self.batch_slots)
-        self.metrics = Metrics(self.engine, self.admission)
+        self.gateway = Gateway(self.gateway_args, self.engine, self.batch_slots)
+        self.prompts = Prompts(self.tokenization, self.engine)
         tok = self.tokenization
         self.grammars = GrammarWorkers(
             lambda: tokenizer_info(tok.hf, tok.model_vocab_size, self.engine.eos_token_ids),
@@ -90,7 +88,7 @@ def build_state(settings: Settings, engine_argv: list[str] | None = None) -> Ser
         aliases=tuple(names[1:]),
         model_path=str(model),
         sampling_defaults=defaults,
-        gateway=settings,
+        gateway_args=settings,
         api=settings,
         batch_slots=settings.max_num_seqs,
     )

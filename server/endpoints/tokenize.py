@@ -18,7 +18,6 @@ from server.endpoints.state import ServerState
 from server.protocol.errors import invalid_request
 from server.protocol.models import MAX_MESSAGES, MAX_TOOLS, ChatMessage, Name, Tool, ToolChoice
 from server.text.chat_tools import plan_chat
-from server.text.prompts import chat_prompt, text_prompt
 
 
 class _Request(BaseModel):
@@ -79,7 +78,7 @@ def tokenize(req: TokenizeRequest, state: ServerState) -> TokenizeResponse:
         tokens = _chat_tokens(req, req.messages, state)
     elif req.prompt is not None:
         add_special_tokens = True if req.add_special_tokens is None else req.add_special_tokens
-        tokens = text_prompt(req.prompt, state, add_special_tokens=add_special_tokens)
+        tokens = state.prompts.text(req.prompt, add_special_tokens=add_special_tokens)
     else:
         raise invalid_request("Missing required parameter: 'prompt' (or 'messages').", param="prompt")
     token_strs = None
@@ -103,7 +102,7 @@ def _chat_tokens(req: TokenizeRequest, messages: list[ChatMessage], state: Serve
     plan = plan_chat(
         messages, req.tools, req.tool_choice, req.parallel_tool_calls, state.api, state.tokenization.chat_template
     )
-    return chat_prompt(plan.messages, state, tools=plan.template_tools, template_kwargs=req.chat_template_kwargs)
+    return state.prompts.chat(plan.messages, tools=plan.template_tools, template_kwargs=req.chat_template_kwargs)
 
 
 def detokenize(req: DetokenizeRequest, state: ServerState) -> DetokenizeResponse:

@@ -23,14 +23,25 @@ import contextlib
 import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
+from typing import Protocol, TypeVar
 
-from server.endpoints.generation import ChoiceEvent
 from server.gateway.options import GatewayArgs
-from server.gateway.rate_limits import retry_after
 from server.gateway.ttft_model import TTFTModel
-from server.protocol.errors import APIError
+from server.protocol.errors import APIError, retry_after
 
 SLO_HEADER = "x-slo-ttft-ms"
+
+
+class Progress(Protocol):
+    """What a request's output events tell admission: tokens generated, and when the engine began."""
+
+    @property
+    def num_tokens(self) -> int: ...
+    @property
+    def scheduled_at(self) -> float | None: ...
+
+
+E = TypeVar("E", bound=Progress)
 _DECODE_EMA = 0.1  # weight of each finished request in the decode-time average
 
 
@@ -80,7 +91,7 @@ class Ticket:
         self.ended_at = time.monotonic()
         self._admission.release(self)
 
-    async def track(self, events: AsyncGenerator[ChoiceEvent, None]) -> AsyncGenerator[ChoiceEvent, None]:
+    async def track(self, events: AsyncGenerator[E, None]) -> AsyncGenerator[E, None]:
         """``events``, noting the first and counting tokens; the ticket ends when they do (or are closed)."""
         try:
             async with aclosing(events):

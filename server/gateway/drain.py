@@ -21,7 +21,7 @@ from types import FrameType
 import uvicorn
 from sse_starlette.sse import AppStatus
 
-from server.endpoints.state import ServerState
+from server.gateway.gateway import Gateway
 from server.protocol.errors import APIError
 
 log = logging.getLogger(__name__)
@@ -34,9 +34,9 @@ AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]  #
 
 
 class DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
+    def __init__(self, config: uvicorn.Config, gateway: Gateway) -> None:
         super().__init__(config)
-        self.state = state
+        self.gateway = gateway
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain: asyncio.Task[None] | None = None
 
@@ -45,10 +45,10 @@ class DrainingServer(uvicorn.Server):
         await super().startup(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if sig != signal.SIGTERM or self._loop is None or self.state.admission.draining:
+        if sig != signal.SIGTERM or self._loop is None or self.gateway.admission.draining:
             super().handle_exit(sig, frame)
             return
-        self.state.admission.draining = True
+        self.gateway.admission.draining = True
         # A signal handler runs between two bytecodes of the loop's thread: hand the work to the loop,
         # in a context of its own (not the interrupted request's, whose id the log lines would carry).
         self._loop.call_soon_threadsafe(self._start_drain, context=contextvars.Context())
@@ -57,13 +57,13 @@ class DrainingServer(uvicorn.Server):
         self._drain = asyncio.get_running_loop().create_task(self._run_drain())
 
     async def _run_drain(self) -> None:
-        admission, timeout = self.state.admission, self.state.gateway.drain_timeout
+        admission, timeout = self.gateway.admission, self.gateway.options.drain_timeout
         log.info("SIGTERM: draining %d in-flight requests (up to %.1f s)", len(admission.tickets), timeout)
         if not await admission.wait_idle(timeout):
             ended = admission.end_all(
                 APIError(503, "The server shut down before the request finished.", code="server_shutting_down")
             )
-            self.state.metrics.aborted.labels("shutdown").inc(ended)
+            self.gateway.metrics.aborted.labels("shutdown").inc(ended)
             log.warning("Drain timeout: ended %d requests still running", ended)
             await admission.wait_idle(_END_GRACE_S)
         log.info("Drained; shutting down")

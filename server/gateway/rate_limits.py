@@ -33,12 +33,6 @@ def duration(seconds: float) -> str:
     return f"{minutes}m{secs}s" if minutes else f"{secs}s"
 
 
-def retry_after(seconds: float | None) -> dict[str, str]:
-    """``Retry-After`` (whole seconds, at least 1) and the openai SDK's finer ``retry-after-ms``."""
-    wait = max(1.0, seconds or 1.0)
-    return {"retry-after": str(math.ceil(wait)), "retry-after-ms": str(math.ceil(wait * 1000))}
-
-
 @dataclass(frozen=True)
 class _Window:
     """One limit's state after a hit (or a refused one), as ``limits``' sliding-window counter holds it.

@@ -16,8 +16,8 @@ from server.gateway.auth import APIKeyMiddleware, Keyring
 from server.gateway.body_limit import BodyLimitMiddleware
 from server.gateway.rate_limits import RATE_LIMIT_HEADERS
 from server.gateway.request_id import RequestIdMiddleware
-from server.protocol.errors import install_error_handlers
 from server.protocol.models import ChatCompletionRequest, CompletionRequest
+from server.runtime.error_handlers import install_error_handlers
 
 _BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 
@@ -72,7 +72,7 @@ def create_app(state: ServerState, on_ready: Callable[[], None] = lambda: None) 
             await state.grammars.close()
             await state.engine.shutdown()
 
-    gateway = state.gateway
+    gateway = state.gateway_args
     docs = not gateway.disable_fastapi_docs
     app = _App(
         title="ise",

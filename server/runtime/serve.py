@@ -74,7 +74,7 @@ def serve(argv: list[str]) -> None:
         timeout_graceful_shutdown=int(settings.drain_timeout) + 10,
     )
     try:
-        DrainingServer(config, state).run()
+        DrainingServer(config, state.gateway).run()
     except KeyboardInterrupt:
         # uvicorn shuts down gracefully on Ctrl-C, then raises the signal again; the shutdown is
         # already logged, so a traceback would only alarm.

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from adapters.engine import StructuredOutput
-from server.gateway.rate_limits import retry_after
-from server.protocol.errors import APIError, invalid_request
+from server.protocol.errors import APIError, invalid_request, retry_after
 from server.protocol.models import SamplingFields
 from server.text.grammar_workers import CompileQueueFull, CompileTimeout, GrammarWorkers
 

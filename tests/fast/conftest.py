@@ -163,7 +163,7 @@ async def serving(
         engine=engine,
         tokenization=tiny.tokenization,
         model_name=MODEL,
-        gateway=GatewayArgs(**gateway),
+        gateway_args=GatewayArgs(**gateway),
         batch_slots=batch_slots,
     )
     app = create_app(state)

@@ -192,7 +192,7 @@ async def test_a_client_gone_while_waiting_frees_its_place(fake: FakeEngine, tin
         await until(lambda: len(fake.requests) == 1)
         held.cancel()
         await asyncio.gather(held, return_exceptions=True)
-        await until(lambda: state_of(app).admission.waiting_requests == 0)
+        await until(lambda: state_of(app).gateway.admission.waiting_requests == 0)
         assert fake.aborted == [fake.requests[0].request_id]
         late = asyncio.create_task(http.post("/v1/completions", json=_text()))
         await until(lambda: len(fake.requests) == 2)  # admitted: it reached the engine
@@ -210,7 +210,7 @@ def _teach(app: FastAPI, a: float = A, b: float = B) -> None:
 
     (Every request served later teaches it its own, much faster, first token: tests re-teach it.)
     """
-    model = state_of(app).admission.ttft = TTFTModel()
+    model = state_of(app).gateway.admission.ttft = TTFTModel()
     for tokens in range(10, 130, 10):
         model.observe(tokens, a + b * tokens)
     fit = model.coefficients()
@@ -297,7 +297,7 @@ async def test_a_full_batch_adds_the_wait_for_a_slot(fake: FakeEngine, tiny: Tin
     async with serving(fake, tiny, batch_slots=1, slo_ttft_ms=5000) as app, client(app) as http:
         running = asyncio.create_task(http.post("/v1/completions", json=_text(2, stream=True)))
         await until(lambda: len(fake.emitted) == 1)  # streaming: the batch's one slot is taken, nothing waits
-        admission = state_of(app).admission
+        admission = state_of(app).gateway.admission
         _teach(app)
         admission.decode_s = 10.0  # as measured on the requests that ended before
         refused = await http.post("/v1/completions", json=_text(2))
@@ -318,7 +318,7 @@ async def test_no_prediction_no_refusal(fake: FakeEngine, tiny: TinyModel) -> No
     gated = Gated(fake, tiny)
     gated.opened = True
     async with serving(fake, tiny) as app, client(app) as http:
-        model = state_of(app).admission.ttft
+        model = state_of(app).gateway.admission.ttft
         for served in range(1, 8):
             assert (await http.post("/v1/completions", json=_text(served))).status_code == 200
             assert model.points == served  # each first token taught the model
@@ -423,7 +423,7 @@ def test_ttft_model_fits_noisy_points() -> None:
 
 
 async def test_draining_refuses_new_requests_and_fails_health(app: FastAPI, http: httpx.AsyncClient) -> None:
-    state_of(app).admission.draining = True
+    state_of(app).gateway.admission.draining = True
     health = await http.get("/health")
     assert_refused(health, 503, "server_shutting_down")
     for path, body in [("/v1/completions", _text()), ("/v1/chat/completions", _chat())]:
@@ -448,7 +448,7 @@ async def test_end_all_ends_a_stream_with_an_error_event_then_done(
     fake.script = lambda _: tiny.reply("Hello", " world", gates={1: second})
     running = asyncio.create_task(http.post("/v1/chat/completions", json=_chat(stream=True)))
     await until(lambda: len(fake.emitted) == 1)
-    admission = state_of(app).admission
+    admission = state_of(app).gateway.admission
     ended = admission.end_all(
         APIError(503, "The server shut down before the request finished.", code="server_shutting_down")
     )
@@ -477,7 +477,7 @@ async def test_end_all_ends_a_whole_request_with_503(
     fake.script = lambda _: tiny.reply("Hello", " world", gates={0: gate})
     running = asyncio.create_task(http.post("/v1/completions", json=_text()))
     await until(lambda: len(fake.requests) == 1)
-    state_of(app).admission.end_all(APIError(503, "The server shut down.", code="server_shutting_down"))
+    state_of(app).gateway.admission.end_all(APIError(503, "The server shut down.", code="server_shutting_down"))
     assert_refused(await running, 503, "server_shutting_down")
     assert fake.aborted == [fake.requests[0].request_id]
 
@@ -496,7 +496,7 @@ async def test_sigterm_lets_running_requests_finish(fake: FakeEngine, tiny: Tiny
         await until(lambda: len(fake.requests) == 2)
         server = _sigterm(app)
         await until(lambda: server._drain is not None)
-        assert state.admission.draining and not server.should_exit
+        assert state.gateway.admission.draining and not server.should_exit
         assert (await http.get("/health")).status_code == 503
         assert_refused(await http.post("/v1/completions", json=_text()), 503, "server_shutting_down")
         quick.set()
@@ -530,7 +530,7 @@ async def test_sigterm_ends_what_outlives_the_drain_timeout(fake: FakeEngine, ti
 
 def _sigterm(app: FastAPI) -> DrainingServer:
     """The server ``ise serve`` runs, sent SIGTERM as its signal handler would receive it."""
-    server = DrainingServer(uvicorn.Config(app), state_of(app))
+    server = DrainingServer(uvicorn.Config(app), state_of(app).gateway)
     server._loop = asyncio.get_running_loop()  # as its startup records it
     server.handle_exit(signal.SIGTERM, None)
     return server
@@ -538,7 +538,7 @@ def _sigterm(app: FastAPI) -> DrainingServer:
 
 async def test_a_second_sigterm_stops_at_once(app: FastAPI) -> None:
     server = _sigterm(app)
-    assert state_of(app).admission.draining and not server.should_exit
+    assert state_of(app).gateway.admission.draining and not server.should_exit
     server.handle_exit(signal.SIGTERM, None)
     assert server.should_exit
     await until(lambda: server._drain is not None)
@@ -566,7 +566,7 @@ async def test_every_refusal_is_counted_by_its_reason(fake: FakeEngine, tiny: Ti
         assert_refused(await http.post("/v1/completions", json=_text()), 429, "server_overloaded")
         gated.open_all()
         await asyncio.gather(*held)
-        state_of(app).admission.draining = True
+        state_of(app).gateway.admission.draining = True
         assert_refused(await http.post("/v1/completions", json=_text()), 503, "server_shutting_down")
         counts = {reason: await metric(http, "ise_requests_rejected_total", reason=reason) for reason in REASONS}
     assert counts == dict.fromkeys(REASONS, 1) | {"invalid_api_key": 0}  # unauthorized requests are not counted

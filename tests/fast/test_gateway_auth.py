@@ -320,7 +320,7 @@ async def test_keys_from_the_environment_and_flags(
     refused: list[str],
 ) -> None:
     settings = _settings(monkeypatch, env, argv)
-    app = create_app(ServerState(engine=fake, tokenization=tiny.tokenization, model_name=MODEL, gateway=settings))
+    app = create_app(ServerState(engine=fake, tokenization=tiny.tokenization, model_name=MODEL, gateway_args=settings))
     async with app.router.lifespan_context(app):
         for key in accepted:
             assert await _works(app, key), key

@@ -1,0 +1,170 @@
+"""``POST /v1/chat/completions``: messages planned with their tools, and OpenAI's chat completion JSON.
+
+Tool calls and reasoning are read out of the model's text as it streams (``ChatStream``); the
+serving loop (``server/endpoints/serving.py``) does the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from fastapi import Request
+from fastapi.responses import Response
+from pydantic import BaseModel
+
+from adapters.engine import TokenLogprobs
+from server.endpoints.generation import ChoiceEvent, Job
+from server.endpoints.logprobs import clamp_logprob, prompt_logprobs_out
+from server.endpoints.serving import Collected, Identity, ResponseFormat, compiled, job_for, log_prompt, serve
+from server.endpoints.state import ServerState
+from server.protocol.errors import invalid_request
+from server.protocol.models import (
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatLogprobs,
+    Delta,
+    FinishReason,
+    FunctionCallDelta,
+    FunctionCallOut,
+    ResponseMessage,
+    TokenLogprob,
+    ToolCallDeltaOut,
+    ToolCallOut,
+    TopLogprob,
+    Usage,
+)
+from server.text.chat_output import ChatOutput, ChatPiece, ChatStream
+from server.text.chat_tools import plan_chat
+from server.text.structured_outputs import Constraint, requested_constraint
+from server.text.tokenization import Tokenization
+from server.text.tool_parsers.base import ToolCallDelta
+
+
+class ChatFormat(Identity):
+    id_prefix = "chatcmpl"
+
+    def __init__(self, model: str, tokenization: Tokenization, output: ChatOutput, logprobs: bool) -> None:
+        """``logprobs``: the request asked for them, so every choice carries ``logprobs.content``."""
+        super().__init__(model)
+        self.tokenization = tokenization
+        self.output = output
+        self.logprobs = logprobs
+        self._streams: dict[int, ChatStream] = {}
+        self._reasoning_tokens = 0
+
+    def _chunk(self, choices: list[ChatChunkChoice], usage: Usage | None = None) -> ChatCompletionChunk:
+        return ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=choices, usage=usage)
+
+    def opening(self, index: int) -> BaseModel:
+        self._streams[index] = self.output.stream()
+        return self._chunk([ChatChunkChoice(index=index, delta=Delta(role="assistant", content=""))])
+
+    def _push(self, event: ChoiceEvent) -> tuple[ChatStream, ChatPiece]:
+        stream = self._streams.setdefault(event.index, self.output.stream())
+        piece = stream.push(event.text)
+        if piece.in_reasoning:
+            self._reasoning_tokens += event.num_tokens
+        return stream, piece
+
+    def observe(self, event: ChoiceEvent) -> None:
+        if self.output.reasoning is not None:
+            self._push(event)
+
+    def chunk(self, event: ChoiceEvent) -> BaseModel | None:
+        stream, piece = self._push(event)
+        reason: FinishReason | None = None
+        if event.finish_reason is not None:
+            last = stream.finish()
+            piece = ChatPiece(
+                piece.content + last.content, piece.reasoning + last.reasoning, (*piece.tool_calls, *last.tool_calls)
+            )
+            reason = "tool_calls" if stream.called and event.finish_reason == "stop" else event.finish_reason
+        logprobs = self._logprobs(event.logprobs) if event.logprobs else None
+        if not piece and logprobs is None and reason is None:
+            return None
+        delta = Delta(
+            content=piece.content or None,
+            reasoning_content=piece.reasoning or None,
+            tool_calls=[_tool_call_delta(d) for d in piece.tool_calls] or None,
+        )
+        return self._chunk([ChatChunkChoice(index=event.index, delta=delta, logprobs=logprobs, finish_reason=reason)])
+
+    def usage_chunk(self, usage: Usage) -> BaseModel:
+        return self._chunk([], usage)
+
+    def reasoning_tokens(self) -> int | None:
+        return self._reasoning_tokens if self.output.reasoning is not None else None
+
+    def whole(self, choices: list[Collected], usage: Usage) -> BaseModel:
+        return ChatCompletion(
+            id=self.id,
+            created=self.created,
+            model=self.model,
+            choices=[self._choice(i, c) for i, c in enumerate(choices)],
+            usage=usage,
+            prompt_logprobs=prompt_logprobs_out(self.tokenization, choices[0].prompt_logprobs) if choices else None,
+        )
+
+    def _choice(self, index: int, collected: Collected) -> ChatChoice:
+        parts = self.output.whole(collected.text)
+        calls = [
+            ToolCallOut(id=c.id, function=FunctionCallOut(name=c.name, arguments=c.arguments)) for c in parts.tool_calls
+        ]
+        reason = "tool_calls" if calls and collected.finish_reason == "stop" else collected.finish_reason
+        message = ResponseMessage(content=parts.content, reasoning_content=parts.reasoning, tool_calls=calls or None)
+        logprobs = self._logprobs(collected.logprobs) if self.logprobs else None
+        return ChatChoice(index=index, message=message, logprobs=logprobs, finish_reason=reason)
+
+    def _logprobs(self, entries: list[TokenLogprobs]) -> ChatLogprobs:
+        return ChatLogprobs(content=[self._token(e) for e in entries])
+
+    def _token(self, entry: TokenLogprobs) -> TokenLogprob:
+        tok = self.tokenization
+        return TokenLogprob(
+            token=tok.token_text(entry.token_id),
+            logprob=clamp_logprob(entry.logprob),
+            bytes=list(tok.token_bytes(entry.token_id)),
+            top_logprobs=[
+                TopLogprob(token=tok.token_text(t), logprob=clamp_logprob(lp), bytes=list(tok.token_bytes(t)))
+                for t, lp in entry.top
+            ],
+        )
+
+
+def _tool_call_delta(delta: ToolCallDelta) -> ToolCallDeltaOut:
+    return ToolCallDeltaOut(
+        index=delta.index,
+        id=delta.id,
+        type="function" if delta.id is not None else None,
+        function=FunctionCallDelta(name=delta.name, arguments=delta.arguments),
+    )
+
+
+async def create_chat_completion(req: ChatCompletionRequest, raw: Request, state: ServerState) -> Response:
+    async def prepare() -> tuple[Job, ResponseFormat]:
+        template = state.tokenization.chat_template
+        plan = plan_chat(req.messages, req.tools, req.tool_choice, req.parallel_tool_calls, state.api, template)
+        log_prompt(state, plan.messages)
+        prompt = state.prompts.chat(plan.messages, tools=plan.template_tools, template_kwargs=req.chat_template_kwargs)
+        constraint = requested_constraint(req)
+        if plan.structured is not None:
+            if constraint is not None:
+                raise invalid_request(
+                    "A structured-output constraint cannot be combined with tool calls ise enforces by a grammar "
+                    "(tool_choice 'required', a named function, or 'auto' in the generic tool format).",
+                    param="tool_choice",
+                )
+            constraint = Constraint("tools", plan.structured)
+        structured = await compiled(constraint, raw, state)
+        output = plan.output
+        if structured is not None and output.reasoning is not None:
+            # The constraint holds from the first token, so no thinking precedes the answer: it is
+            # reasoning only where the constrained text itself opens the tags.
+            output = replace(output, reasoning=replace(output.reasoning, starts_in_reasoning=False))
+        job = job_for(req, [prompt], req.requested_max_tokens(), state, "messages", structured)
+        return job, ChatFormat(req.model, state.tokenization, output, req.logprobs)
+
+    return await serve(req, raw, state, prepare)

@@ -1,0 +1,40 @@
+"""Log-probabilities in the API's shapes, shared by the chat and text completion formats."""
+
+from __future__ import annotations
+
+from adapters.engine import TokenLogprobs
+from server.protocol.models import PromptLogprob, PromptLogprobs
+from server.text.tokenization import Tokenization
+
+# Logprobs of -inf (a token a bias or penalty ruled out) are not JSON; vLLM reports them as this.
+LOGPROB_FLOOR = -9999.0
+
+
+def clamp_logprob(value: float) -> float:
+    return max(value, LOGPROB_FLOOR)
+
+
+def prompt_logprobs_out(
+    tokenization: Tokenization, entries: list[TokenLogprobs | None] | None
+) -> PromptLogprobs | None:
+    """vLLM's ``prompt_logprobs``: each prompt token and its alternatives, by token id, with ranks."""
+    if entries is None:
+        return None
+    out: PromptLogprobs = []
+    for entry in entries:
+        if entry is None:
+            out.append(None)
+            continue
+        ranked: dict[int, tuple[float, int | None]] = {
+            token_id: (logprob, rank) for rank, (token_id, logprob) in enumerate(entry.top, start=1)
+        }
+        ranked.setdefault(entry.token_id, (entry.logprob, None))
+        out.append(
+            {
+                str(token_id): PromptLogprob(
+                    logprob=clamp_logprob(logprob), rank=rank, decoded_token=tokenization.token_text(token_id)
+                )
+                for token_id, (logprob, rank) in ranked.items()
+            }
+        )
+    return out
