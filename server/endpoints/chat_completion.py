@@ -17,8 +17,7 @@ from server.endpoints.generation import ChoiceEvent, Job
 from server.endpoints.logprobs import clamp_logprob, prompt_logprobs_out
 from server.endpoints.serving import Collected, Identity, ResponseFormat, compiled, job_for, log_prompt, serve
 from server.endpoints.state import ServerState
-from server.protocol.errors import invalid_request
-from server.protocol.models import (
+from server.protocol.chat import (
     ChatChoice,
     ChatChunkChoice,
     ChatCompletion,
@@ -26,7 +25,6 @@ from server.protocol.models import (
     ChatCompletionRequest,
     ChatLogprobs,
     Delta,
-    FinishReason,
     FunctionCallDelta,
     FunctionCallOut,
     ResponseMessage,
@@ -34,8 +32,9 @@ from server.protocol.models import (
     ToolCallDeltaOut,
     ToolCallOut,
     TopLogprob,
-    Usage,
 )
+from server.protocol.common import FinishReason, Usage
+from server.protocol.errors import invalid_request
 from server.text.chat_output import ChatOutput, ChatPiece, ChatStream
 from server.text.chat_tools import plan_chat
 from server.text.structured_outputs import Constraint, requested_constraint

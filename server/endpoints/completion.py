@@ -14,15 +14,10 @@ from server.endpoints.generation import ChoiceEvent, Job
 from server.endpoints.logprobs import clamp_logprob, prompt_logprobs_out
 from server.endpoints.serving import Collected, Identity, ResponseFormat, compiled, job_for, log_prompt, serve
 from server.endpoints.state import ServerState
+from server.protocol.base import MAX_CHOICES
+from server.protocol.common import Usage
+from server.protocol.completion import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest
 from server.protocol.errors import invalid_request
-from server.protocol.models import (
-    MAX_CHOICES,
-    Completion,
-    CompletionChoice,
-    CompletionLogprobs,
-    CompletionRequest,
-    Usage,
-)
 from server.text.structured_outputs import requested_constraint
 from server.text.tokenization import Tokenization
 

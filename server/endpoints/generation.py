@@ -14,8 +14,10 @@ from dataclasses import dataclass, field, fields, replace
 from adapters.engine import Engine, EngineRequest, SamplingParams, StructuredOutput, TokenLogprobs, wrap_seed
 from adapters.model_info import ModelInfo
 from server.gateway.gateway import Demand
+from server.protocol.base import new_id
+from server.protocol.common import FinishReason, PromptTokensDetails, Usage
 from server.protocol.errors import invalid_request
-from server.protocol.models import FinishReason, PromptTokensDetails, SamplingFields, Usage, new_id
+from server.protocol.sampling import SamplingFields
 from server.text.tokenization import Tokenization
 
 

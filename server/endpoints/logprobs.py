@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from adapters.engine import TokenLogprobs
-from server.protocol.models import PromptLogprob, PromptLogprobs
+from server.protocol.common import PromptLogprob, PromptLogprobs
 from server.text.tokenization import Tokenization
 
 # Logprobs of -inf (a token a bias or penalty ruled out) are not JSON; vLLM reports them as this.

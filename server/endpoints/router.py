@@ -16,29 +16,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from server.endpoints.chat_completion import create_chat_completion as chat_completion
-from server.endpoints.completion import create_completion as text_completion
+from server.endpoints import chat_completion, completion
 from server.endpoints.state import ServerState, get_state
-from server.endpoints.tokenize import (
-    DetokenizeRequest,
-    DetokenizeResponse,
-    TokenizeRequest,
-    TokenizeResponse,
-    detokenize,
-    tokenize,
-)
+from server.endpoints.tokenize import detokenize, tokenize
+from server.protocol.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
+from server.protocol.common import ErrorResponse, Health, ModelCard, ModelList, Version
+from server.protocol.completion import Completion, CompletionRequest
 from server.protocol.errors import APIError, api_error_response, error_response
-from server.protocol.models import (
-    ChatCompletion,
-    ChatCompletionChunk,
-    ChatCompletionRequest,
-    Completion,
-    CompletionRequest,
-    ErrorResponse,
-    Health,
-    ModelCard,
-    ModelList,
-)
+from server.protocol.tokenize import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 
 _REF = "#/components/schemas/"
 
@@ -125,12 +110,12 @@ async def get_model(model: str, state: State) -> ModelCard:
     "/v1/chat/completions", response_model=None, responses=_completion_responses(ChatCompletion, ChatCompletionChunk)
 )
 async def create_chat_completion(body: ChatCompletionRequest, request: Request, state: State) -> Response:
-    return await chat_completion(body, request, state)
+    return await chat_completion.create_chat_completion(body, request, state)
 
 
 @router.post("/v1/completions", response_model=None, responses=_completion_responses(Completion, Completion))
 async def create_completion(body: CompletionRequest, request: Request, state: State) -> Response:
-    return await text_completion(body, request, state)
+    return await completion.create_completion(body, request, state)
 
 
 @router.head("/health", include_in_schema=False)
@@ -171,12 +156,6 @@ async def create_tokenize(body: TokenizeRequest, state: State) -> TokenizeRespon
 async def create_detokenize(body: DetokenizeRequest, state: State) -> DetokenizeResponse:
     """vLLM's: token ids back into text."""
     return detokenize(body, state)
-
-
-class Version(BaseModel):
-    """What ``/version`` answers, as vLLM's does: ops tools check which server build they talk to."""
-
-    version: str
 
 
 _VERSION = Version(version=version("ise"))

@@ -25,17 +25,12 @@ from server.endpoints.event_stream import EventStream
 from server.endpoints.generation import ChoiceEvent, Generation, Job, build_job
 from server.endpoints.state import ServerState
 from server.gateway.admission import Ticket
+from server.protocol.base import new_id, now
+from server.protocol.chat import ChatCompletionRequest
+from server.protocol.common import CompletionTokensDetails, FinishReason, Usage
+from server.protocol.completion import CompletionRequest
 from server.protocol.errors import APIError, error_body, generation_error, invalid_request
-from server.protocol.models import (
-    ChatCompletionRequest,
-    CompletionRequest,
-    CompletionTokensDetails,
-    FinishReason,
-    SamplingFields,
-    Usage,
-    new_id,
-    now,
-)
+from server.protocol.sampling import SamplingFields
 from server.text.structured_outputs import Constraint, enforceable
 
 # Names the request fields that took no effect (comma-separated); see SamplingFields.ignored_fields.

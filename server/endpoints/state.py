@@ -17,8 +17,8 @@ from server.config.settings import Settings
 from server.endpoints.generation import SamplingDefaults
 from server.gateway.gateway import Gateway
 from server.gateway.options import GatewayArgs
+from server.protocol.base import now
 from server.protocol.errors import APIError
-from server.protocol.models import now
 from server.protocol.options import ApiArgs
 from server.text.grammar_workers import GrammarWorkers
 from server.text.prompts import Prompts

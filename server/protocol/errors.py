@@ -12,7 +12,7 @@ import math
 from fastapi.responses import JSONResponse
 
 from adapters.engine import EngineDeadError, RequestFailedError
-from server.protocol.models import ErrorDetail, ErrorResponse
+from server.protocol.common import ErrorDetail, ErrorResponse
 
 log = logging.getLogger(__name__)
 

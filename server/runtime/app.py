@@ -16,7 +16,8 @@ from server.gateway.auth import APIKeyMiddleware, Keyring
 from server.gateway.body_limit import BodyLimitMiddleware
 from server.gateway.rate_limits import RATE_LIMIT_HEADERS
 from server.gateway.request_id import RequestIdMiddleware
-from server.protocol.models import ChatCompletionRequest, CompletionRequest
+from server.protocol.chat import ChatCompletionRequest
+from server.protocol.completion import CompletionRequest
 from server.runtime.error_handlers import install_error_handlers
 
 _BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")

@@ -16,8 +16,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from adapters.engine import StructuredOutput
+from server.protocol.chat import ChatMessage, NamedToolChoice, Tool, ToolChoice
 from server.protocol.errors import invalid_request
-from server.protocol.models import ChatMessage, NamedToolChoice, Tool, ToolChoice
 from server.protocol.options import ApiArgs
 from server.text.chat_output import ChatOutput
 from server.text.reasoning import REASONING_PARSERS, ReasoningParser

@@ -19,7 +19,7 @@ from typing import Any
 
 from adapters.engine import StructuredOutput
 from server.protocol.errors import APIError, invalid_request, retry_after
-from server.protocol.models import SamplingFields
+from server.protocol.sampling import SamplingFields
 from server.text.grammar_workers import CompileQueueFull, CompileTimeout, GrammarWorkers
 
 

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from server.endpoints.state import ServerState
-from server.protocol.models import (
+from server.protocol.base import (
     MAX_CHOICES,
     MAX_CONTENT_PARTS,
     MAX_LOGIT_BIAS,
