@@ -96,8 +96,12 @@ class EngineArgs(BaseModel):
     quantization: str = Field(
         "none",
         description="CPU engine: int8, the decoder layers' linear weights stored in int8 (one scale per output "
-        "column), the arithmetic kept in float32 (float32 dtype only); one stream decoded 1.5x faster here, "
-        "perplexity +0.75% (benchmarks/RESULTS.md), batched output still equal to solo output. vLLM engine: "
+        "column), the arithmetic kept in float32 (float32 dtype only): a quarter of the weight bytes, batched "
+        "output still equal to solo output (its speed and quality: benchmarks/RESULTS.md). vLLM engine: "
         "vLLM's methods (awq, gptq, fp8, ...)",
     )
     threads: int | None = Field(None, gt=0, description="Torch threads; defaults to the usable cores")
+
+    def context_window(self, model_context_length: int) -> int:
+        """The served context window: ``max_model_len`` as given, else the model's, capped by default."""
+        return self.max_model_len or min(model_context_length, DEFAULT_MAX_MODEL_LEN)

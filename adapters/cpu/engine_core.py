@@ -17,7 +17,7 @@ from typing import cast
 
 import torch
 
-from adapters.config import DEFAULT_MAX_MODEL_LEN, QUANTIZATIONS, EngineArgs, Quantization
+from adapters.config import QUANTIZATIONS, EngineArgs, Quantization
 from adapters.cpu.block_manager import BlockManager
 from adapters.cpu.model_runner import ModelRunner
 from adapters.cpu.numerics import cpu_description, default_threads, resolve_dtype
@@ -45,7 +45,7 @@ class CPUEngineConfig:
     @classmethod
     def resolve(cls, args: EngineArgs, model: ModelInfo, kernel_dir: Path) -> CPUEngineConfig:
         """Raises ValueError, saying which option to change, where the options cannot run together."""
-        max_model_len = args.max_model_len or min(model.context_length, DEFAULT_MAX_MODEL_LEN)
+        max_model_len = args.context_window(model.context_length)
         if max_model_len > model.context_length:
             raise ValueError(
                 f"--max-model-len {max_model_len} exceeds the model's context window of {model.context_length} tokens"

@@ -25,7 +25,7 @@ from adapters.cpu.kv_cache import PagedKVCache
 from adapters.cpu.llama import LlamaForward, unsupported_reason
 from adapters.cpu.lm_head import lm_head
 from adapters.cpu.outputs import ModelRunnerOutput
-from adapters.cpu.packed_linear import pack_linears, quantization_problem
+from adapters.cpu.packed_linear import pack_linears
 from adapters.cpu.sampler import Sampler, prompt_logprobs
 from adapters.cpu.scheduler import SchedulerOutput
 from adapters.cpu.structured_output import Grammar
@@ -91,9 +91,6 @@ class ModelRunner:
         quantization: Quantization = "none",
         eos_token_ids: frozenset[int] = frozenset(),
     ) -> None:
-        problem = quantization_problem(quantization, dtype)
-        if problem:
-            raise ValueError(problem)
         # Safetensors only: a pickled checkpoint (pytorch_model.bin) can run code when loaded.
         model = AutoModelForCausalLM.from_pretrained(
             model_dir, dtype=dtype, attn_implementation=ATTN_IMPLEMENTATION, use_safetensors=True

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import torch
 
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
+from adapters.config import DTYPES
+
+# The --dtype choices (adapters.config.DTYPES) other than auto, as torch's dtypes of the same names.
+TORCH_DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPES if name != "auto"}
 
 
 @cache
@@ -41,9 +40,9 @@ def resolve_dtype(name: str) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if has_amx_bf16() else torch.float32
     try:
-        return DTYPES[name]
+        return TORCH_DTYPES[name]
     except KeyError:
-        raise ValueError(f"Unknown dtype {name!r}; choose auto, {', '.join(DTYPES)}") from None
+        raise ValueError(f"Unknown dtype {name!r}; choose {', '.join(DTYPES)}") from None
 
 
 def default_threads() -> int:

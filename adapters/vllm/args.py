@@ -17,7 +17,7 @@ from typing import Any
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.utils.argparse_utils import FlexibleArgumentParser
 
-from adapters.config import DEFAULT_MAX_MODEL_LEN, EngineArgs
+from adapters.config import EngineArgs
 from adapters.cpu.numerics import default_threads
 from adapters.model_info import ModelInfo
 
@@ -60,7 +60,7 @@ def shared_flags(args: EngineArgs, model: ModelInfo) -> list[str]:
         raise ValueError("--model-impl ise is ise's own forward, which runs on ise's CPU engine only")
     flags = [
         "--model", model.path,
-        "--max-model-len", str(args.max_model_len or min(model.context_length, DEFAULT_MAX_MODEL_LEN)),
+        "--max-model-len", str(args.context_window(model.context_length)),
         "--max-num-seqs", str(args.max_num_seqs),
         "--max-num-batched-tokens", str(args.max_num_batched_tokens),
         "--enable-prefix-caching" if args.prefix_caching else "--no-enable-prefix-caching",

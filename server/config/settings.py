@@ -22,7 +22,7 @@ from pydantic_settings import (
 
 from adapters.config import EngineArgs
 from server.gateway.options import GatewayArgs
-from server.protocol.options import ApiArgs
+from server.text.options import ApiArgs
 
 # vLLM's (or older) spellings of ise's flags: flag -> the other name it answers to, so that
 # `vllm serve` command lines work unchanged.

@@ -33,7 +33,7 @@ from server.protocol.chat import (
     ToolCallOut,
     TopLogprob,
 )
-from server.protocol.common import FinishReason, Usage
+from server.protocol.common import ChoiceFinishReason, Usage
 from server.protocol.errors import invalid_request
 from server.text.chat_output import ChatOutput, ChatPiece, ChatStream
 from server.text.chat_tools import plan_chat
@@ -74,7 +74,7 @@ class ChatFormat(Identity):
 
     def chunk(self, event: ChoiceEvent) -> BaseModel | None:
         stream, piece = self._push(event)
-        reason: FinishReason | None = None
+        reason: ChoiceFinishReason | None = None
         if event.finish_reason is not None:
             last = stream.finish()
             piece = ChatPiece(

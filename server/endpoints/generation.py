@@ -15,7 +15,7 @@ from adapters.engine import Engine, EngineRequest, SamplingParams, StructuredOut
 from adapters.model_info import ModelInfo
 from server.gateway.gateway import Demand
 from server.protocol.base import new_id
-from server.protocol.common import FinishReason, PromptTokensDetails, Usage
+from server.protocol.common import ChoiceFinishReason, PromptTokensDetails, Usage
 from server.protocol.errors import invalid_request
 from server.protocol.sampling import SamplingFields
 from server.text.tokenization import Tokenization
@@ -48,7 +48,7 @@ class ChoiceEvent:
     index: int
     text: str
     num_tokens: int
-    finish_reason: FinishReason | None = None
+    finish_reason: ChoiceFinishReason | None = None
     scheduled_at: float | None = None  # the engine's EngineOutput.scheduled_at, where it reports one
     # One entry per token whose text this event carries (a stop token's is left out with its text).
     logprobs: list[TokenLogprobs] = field(default_factory=list)
@@ -259,7 +259,7 @@ class Generation:
                     yield replace(event, finish_reason="stop")
                     return
                 if out.finish_reason is not None:
-                    reason: FinishReason = "length" if out.finish_reason == "length" else "stop"
+                    reason: ChoiceFinishReason = "length" if out.finish_reason == "length" else "stop"
                     yield replace(event, text=delta + text.flush(), finish_reason=reason)
                     return
                 if delta or event.num_tokens:

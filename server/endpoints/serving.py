@@ -27,7 +27,7 @@ from server.endpoints.state import ServerState
 from server.gateway.admission import Ticket
 from server.protocol.base import new_id, now
 from server.protocol.chat import ChatCompletionRequest
-from server.protocol.common import CompletionTokensDetails, FinishReason, Usage
+from server.protocol.common import ChoiceFinishReason, CompletionTokensDetails, Usage
 from server.protocol.completion import CompletionRequest
 from server.protocol.errors import APIError, error_body, generation_error, invalid_request
 from server.protocol.sampling import SamplingFields
@@ -63,7 +63,7 @@ class Collected:
     texts: list[str] = field(default_factory=list)
     logprobs: list[TokenLogprobs] = field(default_factory=list)
     prompt_logprobs: list[TokenLogprobs | None] | None = None
-    finish_reason: FinishReason = "stop"
+    finish_reason: ChoiceFinishReason = "stop"
 
     def add(self, event: ChoiceEvent) -> None:
         self.texts.append(event.text)

@@ -19,8 +19,8 @@ from server.gateway.gateway import Gateway
 from server.gateway.options import GatewayArgs
 from server.protocol.base import now
 from server.protocol.errors import APIError
-from server.protocol.options import ApiArgs
 from server.text.grammar_workers import GrammarWorkers
+from server.text.options import ApiArgs
 from server.text.prompts import Prompts
 from server.text.tokenization import Tokenization
 

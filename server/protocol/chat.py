@@ -18,7 +18,7 @@ from server.protocol.base import (
     ResponseModel,
     null_is,
 )
-from server.protocol.common import Envelope, FinishReason, PromptLogprobs, Usage
+from server.protocol.common import ChoiceFinishReason, Envelope, PromptLogprobs, Usage
 from server.protocol.constraint_limits import Schema
 from server.protocol.sampling import SamplingFields
 
@@ -188,7 +188,7 @@ class ChatChoice(ResponseModel):
     index: int
     message: ResponseMessage
     logprobs: ChatLogprobs | None = None
-    finish_reason: FinishReason
+    finish_reason: ChoiceFinishReason
 
 
 class ChatCompletion(Envelope):
@@ -226,7 +226,7 @@ class ChatChunkChoice(ResponseModel):
     index: int
     delta: Delta
     logprobs: ChatLogprobs | None = None
-    finish_reason: FinishReason | None = None
+    finish_reason: ChoiceFinishReason | None = None
 
 
 class ChatCompletionChunk(Envelope):

@@ -8,7 +8,8 @@ from pydantic import Field
 
 from server.protocol.base import Absent, ResponseModel, new_id, now
 
-FinishReason = Literal["stop", "length", "tool_calls"]
+# Why a choice ended, as the API reports it (an engine's own reasons are adapters.engine.FinishReason).
+ChoiceFinishReason = Literal["stop", "length", "tool_calls"]
 
 
 class PromptTokensDetails(ResponseModel):

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from server.protocol.base import MAX_LOGPROBS, MAX_PROMPTS, Absent, ResponseModel, null_is
-from server.protocol.common import Envelope, FinishReason, PromptLogprobs
+from server.protocol.common import ChoiceFinishReason, Envelope, PromptLogprobs
 from server.protocol.sampling import SamplingFields
 
 
@@ -57,7 +57,7 @@ class CompletionChoice(ResponseModel):
     index: int
     text: str
     logprobs: CompletionLogprobs | None = None
-    finish_reason: FinishReason | None = None
+    finish_reason: ChoiceFinishReason | None = None
     prompt_logprobs: PromptLogprobs | None = Absent
 
 

@@ -18,8 +18,8 @@ from typing import Any
 from adapters.engine import StructuredOutput
 from server.protocol.chat import ChatMessage, NamedToolChoice, Tool, ToolChoice
 from server.protocol.errors import invalid_request
-from server.protocol.options import ApiArgs
 from server.text.chat_output import ChatOutput
+from server.text.options import ApiArgs
 from server.text.reasoning import REASONING_PARSERS, ReasoningParser
 from server.text.structured_outputs import schema_text
 from server.text.tool_parsers import (

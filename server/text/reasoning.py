@@ -102,6 +102,7 @@ class ReasoningStream:
         return text[: len(text) - held]
 
 
+# The parsers --reasoning-parser names (vLLM's names): the one list of them.
 REASONING_PARSERS: dict[str, ReasoningParser] = {
     "deepseek_r1": ReasoningParser(starts_in_reasoning=True),
     "qwen3": ReasoningParser(),

@@ -19,8 +19,8 @@ from fastapi import FastAPI
 
 from adapters.engine import StructuredOutput
 from server.endpoints.state import ServerState
-from server.protocol.options import ApiArgs
 from server.runtime.app import create_app
+from server.text.options import ApiArgs
 from server.text.tokenization import Tokenization
 from tests.fast.conftest import HERMES_TEMPLATE, MODEL, TinyModel
 from tests.fast.fake_engine import FakeEngine, Reply, fake_logprobs

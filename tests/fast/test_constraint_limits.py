@@ -27,8 +27,8 @@ from server.protocol.constraint_limits import (
     MAX_SCHEMA_CHARS,
     MAX_SCHEMA_DEPTH,
 )
-from server.protocol.options import ApiArgs
 from server.runtime.app import create_app
+from server.text.options import ApiArgs
 from tests.fast.conftest import MODEL, TinyModel, asgi_call, client, until
 from tests.fast.fake_engine import FakeEngine
 

@@ -34,7 +34,7 @@ PARSERS: dict[str, ToolParser] = {
     "llama3_json": TOOL_PARSERS["llama3_json"](),
     "mistral": TOOL_PARSERS["mistral"](),
     "ise_json": TOOL_PARSERS["ise_json"](),
-    "json_required": TOOL_PARSERS["json"](),
+    "json_required": ForcedJsonToolParser(),
     "json_named": ForcedJsonToolParser("get_weather"),
 }
 

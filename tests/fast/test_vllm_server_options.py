@@ -9,8 +9,8 @@ import logging
 import pytest
 
 from server.endpoints.state import ServerState
-from server.protocol.options import ApiArgs
 from server.runtime.app import create_app
+from server.text.options import ApiArgs
 from tests.fast.conftest import MODEL, TinyModel, client, serving
 from tests.fast.fake_engine import FakeEngine
 

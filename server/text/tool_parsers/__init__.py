@@ -2,7 +2,7 @@
 
 ``TOOL_PARSERS`` maps vLLM's parser names (and ise's own ``ise_json``) to parsers;
 ``detect_tool_parser`` picks one from a chat template. The formats are described in
-``formats.py``, how a stream stays equal to the whole output in ``engine.py``, and the prompt
+``formats.py``, how a stream stays equal to the whole output in ``format_stream.py``, and the prompt
 and grammars of ``ise_json`` in ``prompt.py`` and ``schema.py``.
 """
 
@@ -18,7 +18,6 @@ from server.text.tool_parsers.base import (
     merge_deltas,
 )
 from server.text.tool_parsers.formats import (
-    ForcedJsonToolParser,
     HermesToolParser,
     IseJsonToolParser,
     Llama3JsonToolParser,
@@ -28,12 +27,12 @@ from server.text.tool_parsers.formats import (
 from server.text.tool_parsers.prompt import history_messages, render_tools_prompt
 from server.text.tool_parsers.schema import tools_json_schema
 
+# The parsers --tool-call-parser names (vLLM's names, and ise's own ise_json): the one list of them.
 TOOL_PARSERS: dict[str, type[ToolParser]] = {
     "hermes": HermesToolParser,
     "llama3_json": Llama3JsonToolParser,
     "mistral": MistralToolParser,
     "ise_json": IseJsonToolParser,
-    "json": ForcedJsonToolParser,
 }
 
 

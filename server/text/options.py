@@ -7,14 +7,28 @@ frontend flags (``--tool-call-parser hermes``, ``--reasoning-parser deepseek_r1`
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Collection
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-# The tool-call formats ise reads (server/tool_parsers registers one parser under each name).
-ToolCallParserName = Literal["hermes", "llama3_json", "mistral", "ise_json"]
-# The reasoning formats (server/reasoning.py registers one parser under each name).
-ReasoningParserName = Literal["deepseek_r1", "qwen3", "think"]
+from server.text.reasoning import REASONING_PARSERS
+from server.text.tool_parsers import TOOL_PARSERS
+
+
+def _one_of(names: Collection[str]) -> AfterValidator:
+    """A name from a registry of parsers; the registry is the one place the names are written."""
+
+    def check(value: str) -> str:
+        if value not in names:
+            raise ValueError(f"must be one of {', '.join(names)}, not {value!r}")
+        return value
+
+    return AfterValidator(check)
+
+
+ToolCallParserName = Annotated[str, _one_of([*TOOL_PARSERS, "auto"])]
+ReasoningParserName = Annotated[str, _one_of(list(REASONING_PARSERS))]
 
 
 class ApiArgs(BaseModel):
@@ -25,10 +39,10 @@ class ApiArgs(BaseModel):
         description="Refuse (400, naming it) any request field that would take no effect, instead of listing "
         "it in the x-ignored-params response header",
     )
-    tool_call_parser: ToolCallParserName | Literal["auto"] = Field(
+    tool_call_parser: ToolCallParserName = Field(
         "auto",
-        description="How model output becomes tool calls: hermes, llama3_json, mistral, ise_json (ise's generic "
-        "JSON format for chat templates without tools), or auto (detected from the chat template)",
+        description=f"How model output becomes tool calls: {', '.join(TOOL_PARSERS)} (ise_json: ise's generic JSON "
+        "format, for chat templates without tools), or auto (detected from the chat template)",
     )
     enable_auto_tool_choice: bool = Field(
         True,
@@ -41,8 +55,9 @@ class ApiArgs(BaseModel):
     )
     reasoning_parser: ReasoningParserName | None = Field(
         None,
-        description="Put a reasoning model's thinking in reasoning_content, not content: deepseek_r1 (the "
-        "template opens <think>) or qwen3 / think (the model writes <think>...</think> itself); unset: none",
+        description=f"Put a reasoning model's thinking in reasoning_content, not content: one of "
+        f"{', '.join(REASONING_PARSERS)} (deepseek_r1: the template opens <think>; the others: the model writes "
+        "<think>...</think> itself); unset: none",
     )
     reasoning_tags: list[str] = Field(
         ["<think>", "</think>"],
