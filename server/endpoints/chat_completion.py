@@ -35,9 +35,9 @@ from server.protocol.chat import (
 )
 from server.protocol.common import ChoiceFinishReason, Usage
 from server.protocol.errors import invalid_request
+from server.protocol.sampling import Constraint
 from server.text.chat_output import ChatOutput, ChatPiece, ChatStream
 from server.text.chat_tools import plan_chat
-from server.text.structured_outputs import Constraint, requested_constraint
 from server.text.tokenization import Tokenization
 from server.text.tool_parsers.base import ToolCallDelta
 
@@ -147,8 +147,7 @@ async def create_chat_completion(req: ChatCompletionRequest, raw: Request, state
         template = state.tokenization.chat_template
         plan = plan_chat(req.messages, req.tools, req.tool_choice, req.parallel_tool_calls, state.api, template)
         log_prompt(state, plan.messages)
-        prompt = state.prompts.chat(plan.messages, tools=plan.template_tools, template_kwargs=req.chat_template_kwargs)
-        constraint = requested_constraint(req)
+        constraint = req.constraint()
         if plan.structured is not None:
             if constraint is not None:
                 raise invalid_request(
@@ -157,6 +156,7 @@ async def create_chat_completion(req: ChatCompletionRequest, raw: Request, state
                     param="tool_choice",
                 )
             constraint = Constraint("tools", plan.structured)
+        prompt = state.prompts.chat(plan.messages, tools=plan.template_tools, template_kwargs=req.chat_template_kwargs)
         structured = await compiled(constraint, raw, state)
         output = plan.output
         if structured is not None and output.reasoning is not None:

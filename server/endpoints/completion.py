@@ -18,7 +18,6 @@ from server.protocol.base import MAX_CHOICES
 from server.protocol.common import Usage
 from server.protocol.completion import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest
 from server.protocol.errors import invalid_request
-from server.text.structured_outputs import requested_constraint
 from server.text.tokenization import Tokenization
 
 
@@ -147,7 +146,7 @@ async def create_completion(req: CompletionRequest, raw: Request, state: ServerS
     async def prepare() -> tuple[Job, ResponseFormat]:
         log_prompt(state, req.prompt)
         prompts = _prompts(req, state)
-        structured = await compiled(requested_constraint(req), raw, state)
+        structured = await compiled(req.constraint(), raw, state)
         logprobs = req.num_logprobs()
         echo_logprobs = logprobs if req.echo and logprobs is not None else None
         job = job_for(req, prompts, req.requested_max_tokens(), state, "prompt", structured, echo_logprobs)

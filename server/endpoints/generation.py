@@ -113,15 +113,6 @@ def build_job(
     ``prompt_logprobs``: alternatives per prompt token, when the prompt's logprobs are wanted
     (vLLM's field, or an echoed prompt's); raises a 400 ``APIError`` naming the field at fault.
     """
-    unsupported = req.unsupported_fields()
-    if unsupported:
-        raise invalid_request(f"ise does not support '{unsupported[0]}'.", param=unsupported[0])
-    if req.stream_options is not None and not req.stream:
-        raise invalid_request(
-            "The 'stream_options' parameter is only allowed when 'stream' is enabled.", param="stream_options"
-        )
-    if req.stream and req.prompt_logprobs is not None:
-        raise invalid_request("prompt_logprobs are not available when stream is true.", param="prompt_logprobs")
     bad_ids = [t for t in req.stop_token_ids or () if not 0 <= t < vocab_size]
     if bad_ids:
         raise invalid_request(f"stop_token_ids holds ids outside the vocabulary: {bad_ids}", param="stop_token_ids")

@@ -30,8 +30,8 @@ from server.protocol.chat import ChatCompletionRequest
 from server.protocol.common import ChoiceFinishReason, CompletionTokensDetails, Usage
 from server.protocol.completion import CompletionRequest
 from server.protocol.errors import APIError, error_body, generation_error, invalid_request
-from server.protocol.sampling import SamplingFields
-from server.text.structured_outputs import Constraint, enforceable
+from server.protocol.sampling import Constraint, SamplingFields
+from server.text.structured_outputs import enforceable
 
 # Names the request fields that took no effect (comma-separated); see SamplingFields.ignored_fields.
 IGNORED_PARAMS_HEADER = "x-ignored-params"

@@ -18,6 +18,7 @@ import uuid
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
 # Bounds on the sizes of a request's parts, checked while it is parsed, so oversized requests are
 # refused (400 naming the field) before any work is done for them. OpenAI's own limits where it
@@ -148,3 +149,13 @@ def new_id(prefix: str) -> str:
 
 def now() -> int:
     return int(time.time())
+
+
+def field_error(param: str, message: str, code: str | None = None) -> PydanticCustomError:
+    """A request check's failure, for a model validator to raise: the 400 names ``param`` (the field
+    as the client wrote it, ``stream_options`` or ``structured_outputs.regex``), says ``message``
+    as it is and carries ``code``, where pydantic's own location would name the model instead."""
+    return PydanticCustomError(FIELD_ERROR, "{message}", {"message": message, "param": param, "code": code})
+
+
+FIELD_ERROR = "ise_field_error"

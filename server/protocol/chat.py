@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from server.protocol.base import (
@@ -16,6 +16,7 @@ from server.protocol.base import (
     Name,
     RequestModel,
     ResponseModel,
+    field_error,
     null_is,
 )
 from server.protocol.common import ChoiceFinishReason, Envelope, PromptLogprobs, Usage
@@ -118,6 +119,18 @@ class NamedToolChoice(RequestModel):
 ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
 
 
+def check_tool_choice(tools: list[Tool] | None, tool_choice: ToolChoice | None) -> None:
+    """A tool_choice other than none needs tools, and a named one a tool of that name (raises a field error)."""
+    if tool_choice is None or tool_choice == "none":
+        return
+    if not tools:
+        raise field_error("tool_choice", "tool_choice needs tools to choose from.")
+    if isinstance(tool_choice, NamedToolChoice) and tool_choice.function.name not in {t.function.name for t in tools}:
+        raise field_error(
+            "tool_choice", f"tool_choice names '{tool_choice.function.name}', which is not among the tools."
+        )
+
+
 class ChatCompletionRequest(SamplingFields):
     messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
     max_tokens: int | None = Field(None, ge=1)
@@ -129,6 +142,11 @@ class ChatCompletionRequest(SamplingFields):
     parallel_tool_calls: Annotated[bool, null_is(True, bool)] = True
     # vLLM's extensions for chat templates.
     chat_template_kwargs: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _tools_to_choose(self) -> Self:
+        check_tool_choice(self.tools, self.tool_choice)
+        return self
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens

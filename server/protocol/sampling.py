@@ -6,11 +6,13 @@ sampling stays finite.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import json
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from adapters.engine import SEED_MAX, SEED_MIN
+from adapters.engine import SEED_MAX, SEED_MIN, StructuredOutput
 from server.protocol.base import (
     MAX_LOGIT_BIAS,
     MAX_LOGPROBS,
@@ -24,6 +26,7 @@ from server.protocol.base import (
     Probability,
     RequestModel,
     StopString,
+    field_error,
     null_is,
 )
 from server.protocol.constraint_limits import Choice, GrammarText, Regex, Schema, SchemaOrText
@@ -47,6 +50,52 @@ class ResponseFormat(RequestModel):
 
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JSONSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> Self:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise field_error(
+                "response_format.json_schema", "response_format of type 'json_schema' needs 'json_schema'."
+            )
+        return self
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """A structured-output constraint and the request field that set it (``param`` of its 400s)."""
+
+    param: str
+    output: StructuredOutput
+
+
+def schema_text(schema: dict[str, Any]) -> str:
+    """A schema as compact JSON text, its keys in the order given: xgrammar has the model write properties
+    in that order, as OpenAI does; equal schemas share one compiled grammar in the caches."""
+    return json.dumps(schema, separators=(",", ":"))
+
+
+def _vllm_constraints(
+    prefix: str,
+    schema: dict[str, Any] | None,
+    regex: str | None,
+    choice: list[str] | None,
+    grammar: str | None,
+    *,
+    json_object: bool = False,
+) -> list[Constraint]:
+    """vLLM's constraint fields, named ``{prefix}json``, ``{prefix}regex`` and so on."""
+    found = []
+    if schema is not None:
+        found.append(Constraint(f"{prefix}json", StructuredOutput(json=schema_text(schema))))
+    if regex is not None:
+        found.append(Constraint(f"{prefix}regex", StructuredOutput(regex=regex)))
+    if choice is not None:
+        found.append(Constraint(f"{prefix}choice", StructuredOutput(choice=tuple(choice))))
+    if grammar is not None:
+        found.append(Constraint(f"{prefix}grammar", StructuredOutput(grammar=grammar)))
+    if json_object:
+        found.append(Constraint(f"{prefix}json_object", StructuredOutput(json_object=True)))
+    return found
 
 
 class StructuredOutputsFields(RequestModel):
@@ -115,3 +164,50 @@ class SamplingFields(RequestModel):
     def unsupported_fields(self) -> list[str]:
         """Fields set to values ise cannot honour: refused rather than silently ignored."""
         return ["use_beam_search"] if self.use_beam_search else []
+
+    def constraints(self) -> list[Constraint]:
+        """Every structured-output constraint the request sets, in any of its spellings (OpenAI's
+        ``response_format``, vLLM's ``structured_outputs`` and ``guided_*``); the check below
+        lets at most one through."""
+        found = []
+        fmt = self.response_format
+        if fmt is not None and fmt.type == "json_object":
+            found.append(Constraint("response_format", StructuredOutput(json_object=True)))
+        if fmt is not None and fmt.json_schema is not None and fmt.type == "json_schema":
+            schema = schema_text(fmt.json_schema.json_schema)
+            found.append(Constraint("response_format", StructuredOutput(json=schema)))
+        so = self.structured_outputs
+        if so is not None:
+            found += _vllm_constraints(
+                "structured_outputs.", so.json_, so.regex, so.choice, so.grammar, json_object=bool(so.json_object)
+            )
+        found += _vllm_constraints(
+            "guided_", self.guided_json, self.guided_regex, self.guided_choice, self.guided_grammar
+        )
+        return found
+
+    def constraint(self) -> Constraint | None:
+        """The request's structured-output constraint, if it sets one."""
+        found = self.constraints()
+        return found[0] if found else None
+
+    @model_validator(mode="after")
+    def _request_checks(self) -> Self:
+        """What the request alone can be refused for, refused while it is parsed: no 400 of these
+        costs a tokenization or a grammar compile."""
+        unsupported = self.unsupported_fields()
+        if unsupported:
+            raise field_error(unsupported[0], f"ise does not support '{unsupported[0]}'.")
+        if self.stream_options is not None and not self.stream:
+            raise field_error(
+                "stream_options", "The 'stream_options' parameter is only allowed when 'stream' is enabled."
+            )
+        if self.stream and self.prompt_logprobs is not None:
+            raise field_error("prompt_logprobs", "prompt_logprobs are not available when stream is true.")
+        found = self.constraints()
+        if len(found) > 1:
+            first, second = found[0].param, found[1].param
+            raise field_error(
+                second, f"'{second}' sets a structured-output constraint, and so does '{first}': send only one."
+            )
+        return self

@@ -6,12 +6,12 @@ The request shapes are vLLM's, folded into one model: ``prompt`` or ``messages``
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from server.protocol.base import MAX_MESSAGES, MAX_TOOLS, Name
-from server.protocol.chat import ChatMessage, Tool, ToolChoice
+from server.protocol.chat import ChatMessage, Tool, ToolChoice, check_tool_choice
 
 
 class _Request(BaseModel):
@@ -45,6 +45,11 @@ class TokenizeRequest(_Request):
     tool_choice: ToolChoice | None = Field(None, description="With messages and tools: as chat completions take it.")
     parallel_tool_calls: bool = Field(True, description="With messages and tools: as chat completions take it.")
     return_token_strs: bool | None = Field(False, description="Also return each token's vocabulary string.")
+
+    @model_validator(mode="after")
+    def _tools_to_choose(self) -> Self:
+        check_tool_choice(self.tools, self.tool_choice)
+        return self
 
 
 class TokenizeResponse(BaseModel):

@@ -18,6 +18,7 @@ from starlette.routing import Match
 
 from adapters.engine import EngineDeadError, RequestFailedError
 from server.gateway.request_id import HEADER, current_request_id
+from server.protocol.base import FIELD_ERROR
 from server.protocol.errors import APIError, api_error_response, error_response, generation_error
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,9 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
     first = errors[0] if errors else {}
+    if first.get("type") == FIELD_ERROR:  # a request model's own check names its field itself
+        ctx = first["ctx"]
+        return error_response(400, ctx["message"], param=ctx["param"], code=ctx["code"])
     param = _param(exc.body, [part for part in first.get("loc", ()) if part != "body"], first.get("type") == "missing")
     if first.get("type") == "json_invalid":
         message = "The request body is not valid JSON."

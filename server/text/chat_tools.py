@@ -17,11 +17,10 @@ from typing import Any
 
 from adapters.engine import StructuredOutput
 from server.protocol.chat import ChatMessage, NamedToolChoice, Tool, ToolChoice
-from server.protocol.errors import invalid_request
+from server.protocol.sampling import schema_text
 from server.text.chat_output import ChatOutput
 from server.text.options import ApiArgs
 from server.text.reasoning import REASONING_PARSERS, ReasoningParser
-from server.text.structured_outputs import schema_text
 from server.text.tool_parsers import (
     TOOL_PARSERS,
     ToolParser,
@@ -53,17 +52,13 @@ def plan_chat(
 ) -> ChatPlan:
     """One plan for chat completions and ``/tokenize`` alike, so a token count is what a completion is charged.
 
-    Raises a 400 ``APIError`` naming the field for a tool_choice without tools or an unknown
-    function. (Each parameters schema was bounded while the request was parsed.)
+    The request model has checked that ``tool_choice`` has tools to choose from (``check_tool_choice``),
+    and bounded each parameters schema.
     """
     messages = [m.template_dict() for m in chat_messages]
     tools = [t.model_dump(exclude_none=True, by_alias=True) for t in request_tools or []]
     choice = tool_choice if tool_choice is not None else ("auto" if tools else "none")
-    if choice != "none" and not tools:
-        raise invalid_request("tool_choice needs tools to choose from.", param="tool_choice")
     named = choice.function.name if isinstance(choice, NamedToolChoice) else None
-    if named is not None and named not in {t["function"]["name"] for t in tools}:
-        raise invalid_request(f"tool_choice names '{named}', which is not among the tools.", param="tool_choice")
     parser_name = api.tool_call_parser if api.tool_call_parser != "auto" else detect_tool_parser(chat_template)
     generic = parser_name == GENERIC_PARSER
     reasoning = _reasoning_parser(api)
