@@ -104,6 +104,10 @@ class EngineOutput:
 
     new_token_ids: list[int]
     finish_reason: FinishReason | None = None
+    # With finish_reason "stop": the token that stopped the request, the last of new_token_ids (an
+    # EOS token, or one of stop_token_ids). vLLM's CompletionOutput.stop_reason, except that an EOS
+    # is named too: the server leaves the stopping token out of the text without knowing the ids.
+    stop_reason: int | None = None
     # time.monotonic() when the engine first scheduled the request (its queue time ends there),
     # where the engine reports it; the server logs queue and prefill times apart with it.
     scheduled_at: float | None = None
@@ -156,9 +160,6 @@ class Engine(Protocol):
 
     @property
     def max_model_len(self) -> int: ...
-
-    @property
-    def eos_token_ids(self) -> frozenset[int]: ...
 
     def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
         """Submit the request and iterate its outputs; closing the iterator early aborts it."""

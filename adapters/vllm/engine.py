@@ -164,10 +164,6 @@ class VLLMEngine:
         return int(self._llm.model_config.max_model_len)
 
     @property
-    def eos_token_ids(self) -> frozenset[int]:
-        return self.model.eos_token_ids
-
-    @property
     def is_alive(self) -> bool:
         return self._llm is not None and not self._llm.errored
 
@@ -241,9 +237,14 @@ class VLLMEngine:
         prompt = None
         if first and params.prompt_logprobs is not None:
             prompt = prompt_logprobs(request.prompt_token_ids, out.prompt_logprobs or [], params.prompt_logprobs)
+        # vLLM names the stop token id it matched, and None for an EOS (which ends token_ids).
+        stop_reason = completion.stop_reason if isinstance(completion.stop_reason, int) else None
+        if reason == "stop" and stop_reason is None and token_ids:
+            stop_reason = token_ids[-1]
         return EngineOutput(
             token_ids,
             reason,
+            stop_reason,
             getattr(stats, "scheduled_ts", 0.0) or None,
             logprobs=logprobs,
             prompt_logprobs=prompt,

@@ -227,13 +227,12 @@ class Generation:
         request = EngineRequest(request_id=new_id("req"), prompt_token_ids=prompt, params=params)
         # Leaving this block early (stop string, client gone) closes the engine's stream, which
         # aborts the request and frees its KV cache blocks.
-        stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else self.engine.eos_token_ids)
         first = True
         async with aclosing(self.engine.generate(request)) as outputs:
             async for out in outputs:
                 ids = out.new_token_ids
                 # The token that stopped the request counts, but is not text (as in vLLM).
-                if out.finish_reason == "stop" and ids and ids[-1] in stop_ids:
+                if out.stop_reason is not None:
                     ids = ids[:-1]
                 delta = text.push(ids)
                 event = ChoiceEvent(

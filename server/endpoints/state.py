@@ -46,7 +46,7 @@ class ServerState:
         self.prompts = Prompts(self.tokenization, self.engine)
         tok = self.tokenization
         self.grammars = GrammarWorkers(
-            lambda: tokenizer_info(tok.hf, tok.model_vocab_size, self.engine.eos_token_ids),
+            lambda: tokenizer_info(tok.hf, tok.model_vocab_size, tok.eos_token_ids),
             workers=self.api.grammar_compile_workers,
             timeout_s=self.api.grammar_compile_timeout,
             max_waiting=self.api.grammar_compile_queue,
@@ -83,7 +83,9 @@ def build_state(settings: Settings, engine_argv: list[str] | None = None) -> Ser
     names = settings.served_model_name or [default_name]
     return ServerState(
         engine=engine,
-        tokenization=Tokenization(model, info.vocab_size, chat_template=settings.chat_template),
+        tokenization=Tokenization(
+            model, info.vocab_size, chat_template=settings.chat_template, eos_token_ids=info.eos_token_ids
+        ),
         model_name=names[0],
         aliases=tuple(names[1:]),
         model_path=str(model),

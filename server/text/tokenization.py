@@ -38,14 +38,23 @@ class Tokenization:
     """The model's tokenizer and chat template, as the API needs them."""
 
     def __init__(
-        self, model: str | Path, model_vocab_size: int | None = None, chat_template: str | None = None
+        self,
+        model: str | Path,
+        model_vocab_size: int | None = None,
+        chat_template: str | None = None,
+        eos_token_ids: frozenset[int] | None = None,
     ) -> None:
         """``model_vocab_size``: the model's embedding rows (``ModelInfo.vocab_size``), where known.
 
         ``chat_template``: a Jinja template, or a file holding one, used instead of the tokenizer's.
+        ``eos_token_ids``: the tokens that end the model's turn (``ModelInfo.eos_token_ids``: the
+        generation config's can be several); the tokenizer's own EOS where not given.
         """
         self.hf = AutoTokenizer.from_pretrained(model)
         self.model_vocab_size = model_vocab_size
+        if eos_token_ids is None:
+            eos_token_ids = frozenset() if self.hf.eos_token_id is None else frozenset({int(self.hf.eos_token_id)})
+        self.eos_token_ids = eos_token_ids
         if chat_template is not None:
             template = Path(chat_template)
             self.hf.chat_template = template.read_text() if template.is_file() else chat_template

@@ -114,7 +114,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
     build_model_dir(path)
     # Read as ``ise serve`` reads a model: its metadata once, the tokenizer told the embedding's size.
     info = ModelInfo.load(path)
-    return TinyModel(path, info, Tokenization(path, info.vocab_size))
+    return TinyModel(path, info, Tokenization(path, info.vocab_size, eos_token_ids=info.eos_token_ids))
 
 
 @pytest.fixture

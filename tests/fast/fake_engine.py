@@ -86,10 +86,6 @@ class FakeEngine:
         self.aborted: list[str] = []  # requests that ended unfinished: stream closed early, or failed
 
     @property
-    def eos_token_ids(self) -> frozenset[int]:
-        return self._eos
-
-    @property
     def is_alive(self) -> bool:
         return self._started and not self._stopped.is_set()
 
@@ -139,6 +135,7 @@ class FakeEngine:
         return EngineOutput(
             [token],
             reason,
+            token if reason == "stop" else None,
             logprobs=[fake_logprobs(token, index, params.logprobs)] if params.logprobs is not None else None,
             prompt_logprobs=(
                 [None, *(fake_logprobs(t, i, params.prompt_logprobs) for i, t in enumerate(prompt[1:]))]

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml  # type: ignore[import-untyped, unused-ignore]
 from packaging.requirements import Requirement
@@ -394,7 +395,6 @@ def test_manifests_are_kubernetes_objects() -> None:
 
 def test_manifests_match_kubernetes_schemas() -> None:
     """Kubernetes' own schemas, strictly: a misspelt or misplaced field is an error, not ignored."""
-    kubernetes_validate = pytest.importorskip("kubernetes_validate")
     for kind, document in manifests().items():
         if kind in {"Kustomization", "PodMonitor"}:
             continue  # kustomize's and the Prometheus Operator's kinds: no schema in the package
