@@ -72,6 +72,14 @@ def _serve(conn: Connection, tokenizer_info_json: str) -> None:
 
 
 @dataclass(eq=False)
+class _Flight:
+    """One constraint's compile, and how many requests wait for its outcome."""
+
+    task: asyncio.Task[str | None]
+    callers: int = 0
+
+
+@dataclass(eq=False)
 class _Worker:
     process: BaseProcess
     conn: Connection
@@ -95,7 +103,7 @@ class GrammarWorkers:
         self._size = workers
         self.timeout_s = timeout_s
         self.max_waiting = max_waiting
-        self._callers = 0  # compiling or waiting for a worker
+        self._flights: dict[str, _Flight] = {}  # compiles under way or waiting for a worker, by constraint
         self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
         self._all: set[_Worker] = set()
         self._info_json = ""
@@ -107,26 +115,34 @@ class GrammarWorkers:
     async def problem(self, constraint: StructuredOutput) -> str | None:
         """Why ``constraint`` cannot be enforced, or None when it compiles.
 
-        Waits for a free worker first, behind at most ``max_waiting`` others (else raises
-        ``CompileQueueFull``). Raises ``CompileTimeout`` when the compile outlasts ``timeout_s``; a
-        caller cancelled meanwhile stops its compile.
+        Requests with the same constraint share one compile. A new one waits for a free worker,
+        behind at most ``max_waiting`` others (else raises ``CompileQueueFull``). Raises
+        ``CompileTimeout`` when the compile outlasts ``timeout_s``; when every caller waiting
+        for a compile is cancelled (their clients left), the compile stops.
         """
         key = hashlib.sha256(repr(constraint).encode()).hexdigest()
         if key in self._outcomes:
             return self._outcomes[key]
-        if self._starting is None:
-            self._starting = asyncio.create_task(self._start())
-        if self._callers >= self._size + self.max_waiting:
-            raise CompileQueueFull
-        self._callers += 1
+        flight = self._flights.get(key)
+        if flight is None:
+            if len(self._flights) >= self._size + self.max_waiting:
+                raise CompileQueueFull
+            if self._starting is None:
+                self._starting = asyncio.create_task(self._start())
+            compiling = self._compile(key, constraint, self._starting)
+            flight = self._flights[key] = _Flight(asyncio.create_task(compiling))
+            flight.task.add_done_callback(lambda _: self._flights.pop(key, None))
+        flight.callers += 1
         try:
-            await asyncio.shield(self._starting)
-            return await self._compile(key, constraint)
+            return await asyncio.shield(flight.task)
         finally:
-            self._callers -= 1
+            flight.callers -= 1
+            if flight.callers == 0 and not flight.task.done():  # every caller left: stop the compile
+                flight.task.cancel()
 
-    async def _compile(self, key: str, constraint: StructuredOutput) -> str | None:
-        """The outcome from the next free worker, within the budget."""
+    async def _compile(self, key: str, constraint: StructuredOutput, starting: asyncio.Task[None]) -> str | None:
+        """The outcome from the next free worker (once the workers have started), within the budget."""
+        await asyncio.shield(starting)
         worker = await self._idle.get()
         try:
             worker.conn.send(constraint)
@@ -155,7 +171,8 @@ class GrammarWorkers:
     async def close(self) -> None:
         """Kill every worker, busy or idle, for good; a server that never compiled has none."""
         self._closed = True
-        tasks = [t for t in (self._starting, *self._respawns) if t is not None]
+        flights = [flight.task for flight in self._flights.values()]
+        tasks = [t for t in (self._starting, *self._respawns, *flights) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

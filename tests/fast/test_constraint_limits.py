@@ -215,3 +215,15 @@ async def test_constraints_beyond_the_compile_queue_are_refused_at_once(budgeted
         # A constraint compiled before needs no worker: never refused for a busy queue.
         again = await http.post(CHAT, json={"model": MODEL, "messages": HI, "max_tokens": 2, "guided_regex": "[a-z]+"})
         assert again.status_code == 200, again.text
+
+
+async def test_requests_with_the_same_constraint_share_one_compile(budgeted: FastAPI, fake: FakeEngine) -> None:
+    """A flood of one schema is one compile: none of its requests is refused for a full queue."""
+    body = {"model": MODEL, "messages": HI, "max_tokens": 2, "guided_regex": SLOW_REGEX}
+    async with client(budgeted) as http:
+        await http.post(CHAT, json={"model": MODEL, "messages": HI, "max_tokens": 2, "guided_regex": "[a-z]+"})
+        before = _descendants_cpu()
+        responses = await asyncio.gather(*[http.post(CHAT, json=body) for _ in range(6)])
+        assert [r.status_code for r in responses] == [400] * 6, [r.text for r in responses]
+        assert all("--grammar-compile-timeout" in r.json()["error"]["message"] for r in responses)
+        assert _spent_since(before) < BUDGET_S + 0.5  # one compile's worth of CPU, not six
