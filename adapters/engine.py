@@ -32,7 +32,7 @@ def wrap_seed(seed: int) -> int:
 class StructuredOutput:
     """A constraint every output token must keep: exactly one field is set (vLLM's ``StructuredOutputsParams``).
 
-    The server checks the constraint compiles (``server/structured_outputs.py``) before a request
+    The server checks the constraint compiles (``server/text/structured_outputs.py``) before a request
     reaches an engine, so an engine seeing one it cannot compile is a bug, not a user error.
     """
 

@@ -1,7 +1,8 @@
 """From an OpenAI request to text events: sampling settings, context checks, choices, usage.
 
 Both endpoints share this: they differ only in how prompts become token ids and how events are
-dressed as JSON (``server/completions.py``).
+dressed as JSON (``server/endpoints/chat_completion.py``, ``completion.py``), over one serving loop
+(``serving.py``).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ grammar, a choice) is bounded in size, and a schema in depth, far above what rea
 and far below what would cost the server real work before its compile budget applies: a schema
 is validated, walked and serialized before it is compiled, and a schema nested ~100 levels deep
 exhausts the Python stack in jsonschema's validator. What a compile may cost beyond that is
-bounded by its time budget (``server/grammar_workers.py``): xgrammar's compile time depends on
+bounded by its time budget (``server/text/grammar_workers.py``): xgrammar's compile time depends on
 a constraint's shape far more than on its size.
 
 The numbers (README, "Limits that name the field"):

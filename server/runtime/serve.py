@@ -70,7 +70,7 @@ def serve(argv: list[str]) -> None:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        access_log=False,  # ise logs each request once, when it ends (server/access_log.py)
+        access_log=False,  # ise logs each request once, when it ends (server/gateway/access_log.py)
         timeout_graceful_shutdown=int(settings.drain_timeout) + 10,
     )
     try:

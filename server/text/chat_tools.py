@@ -6,7 +6,7 @@ ise's generic format: the tools are described in a system message and the whole 
 JSON object, either calls or a response (``server/tool_parsers``). ``tool_choice`` ``required``
 and a named function are enforced by structured decoding against the tools' parameter schemas
 (vLLM's approach), as is ``auto`` in the generic format, so those answers always parse; the
-server compiles that constraint under its budget like any other (``server/structured_outputs.py``),
+server compiles that constraint under its budget like any other (``server/text/structured_outputs.py``),
 naming ``tools`` when it cannot be enforced.
 """
 

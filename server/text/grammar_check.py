@@ -6,9 +6,9 @@ CPU engine compiles it (``adapters/grammars.py``), and a JSON schema is first va
 its metaschema and searched for keywords xgrammar accepts but does not enforce.
 
 Everything here may take time that grows with the constraint, and a compile cannot be
-interrupted in-thread: it runs only in a worker process (``server/grammar_workers.py``), which
+interrupted in-thread: it runs only in a worker process (``server/text/grammar_workers.py``), which
 the server stops at its time budget. The request's size and nesting were bounded before
-(``server/constraint_limits.py``), so nothing here can exhaust the stack.
+(``server/protocol/constraint_limits.py``), so nothing here can exhaust the stack.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """Structured-output constraints checked in worker processes, each compile under a time budget.
 
 xgrammar compiles in C++: a thread cannot interrupt it, and its time grows with a constraint's
-shape far faster than with its size (here a 1,600-character regex compiles in 7 s, a 3,200-one
-in 35 s). So each new constraint is compiled in a worker process (``server/grammar_check.py``)
-before its request is accepted, and a compile that outlasts the budget has its worker killed,
-which is the only way to stop it, and replaced. The same happens when its client goes away
+shape far faster than with its size (a regex of nested alternations a few thousand characters long
+takes minutes; the README's limits section has measured cases). So each new constraint is
+compiled in a worker process (``server/text/grammar_check.py``) before its request is accepted,
+and a compile that outlasts the budget has its worker killed, which is the only way to stop it,
+and replaced. The same happens when its client goes away
 (the caller's task is cancelled). What passes is what the engines compile: the CPU engine the
 same way, vLLM with the same library and tokenizer, so their compile is bounded by the budget too.
 
@@ -14,9 +15,9 @@ tens of milliseconds, shares those pages, and never inherits the server's thread
 server starts with the server (``warm``), importing while the model loads; the workers start
 with the first constraint, so a server that never sees one never starts them. Outcomes are
 cached by the constraint's digest, as clients send the same schemas and tools again and again;
-a timeout is not cached, since it may reflect a busy machine rather than the constraint. The
-budget starts when a worker takes the constraint: callers wait for a free worker in turn, a
-bounded number of them.
+a timeout is not cached, since it may reflect a busy machine rather than the constraint.
+Requests with the same constraint share one compile; new constraints wait for a free worker in
+turn, a bounded number of them, and the budget starts when a worker takes one.
 """
 
 from __future__ import annotations

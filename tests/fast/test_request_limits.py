@@ -1,6 +1,6 @@
 """Oversized requests are refused at the edge with a 400 that names the field, before any work.
 
-Each bound here (server/protocol.py) is checked while the body is parsed, so a request with a
+Each bound here (server/protocol/) is checked while the body is parsed, so a request with a
 million choices or a megabyte of stop strings costs the server a parse, not a fan-out, a
 tokenization or a stop-string scan on every token. What cannot be bounded while parsing (a
 prompt's length in tokens, which depends on the model) is bounded before the work it would cost.
