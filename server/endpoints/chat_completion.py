@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from adapters.engine import TokenLogprobs
 from server.endpoints.generation import ChoiceEvent, Job
 from server.endpoints.logprobs import clamp_logprob, prompt_logprobs_out
-from server.endpoints.serving import Collected, Identity, ResponseFormat, compiled, job_for, log_prompt, serve
+from server.endpoints.serving import Collected, OpenAIChunks, ResponseFormat, compiled, job_for, log_prompt, serve
 from server.endpoints.state import ServerState
 from server.protocol.chat import (
     ChatChoice,
@@ -42,7 +42,7 @@ from server.text.tokenization import Tokenization
 from server.text.tool_parsers.base import ToolCallDelta
 
 
-class ChatFormat(Identity):
+class ChatFormat(OpenAIChunks):
     id_prefix = "chatcmpl"
 
     def __init__(self, model: str, tokenization: Tokenization, output: ChatOutput, logprobs: bool) -> None:
@@ -72,7 +72,7 @@ class ChatFormat(Identity):
         if self.output.reasoning is not None:
             self._push(event)
 
-    def chunk(self, event: ChoiceEvent) -> BaseModel | None:
+    def chunk(self, event: ChoiceEvent) -> list[BaseModel]:
         stream, piece = self._push(event)
         reason: ChoiceFinishReason | None = None
         if event.finish_reason is not None:
@@ -83,13 +83,13 @@ class ChatFormat(Identity):
             reason = "tool_calls" if stream.called and event.finish_reason == "stop" else event.finish_reason
         logprobs = self._logprobs(event.logprobs) if event.logprobs else None
         if not piece and logprobs is None and reason is None:
-            return None
+            return []
         delta = Delta(
             content=piece.content or None,
             reasoning_content=piece.reasoning or None,
             tool_calls=[_tool_call_delta(d) for d in piece.tool_calls] or None,
         )
-        return self._chunk([ChatChunkChoice(index=event.index, delta=delta, logprobs=logprobs, finish_reason=reason)])
+        return [self._chunk([ChatChunkChoice(index=event.index, delta=delta, logprobs=logprobs, finish_reason=reason)])]
 
     def usage_chunk(self, usage: Usage) -> BaseModel:
         return self._chunk([], usage)

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from adapters.engine import TokenLogprobs
 from server.endpoints.generation import ChoiceEvent, Job
 from server.endpoints.logprobs import clamp_logprob, prompt_logprobs_out
-from server.endpoints.serving import Collected, Identity, ResponseFormat, compiled, job_for, log_prompt, serve
+from server.endpoints.serving import Collected, OpenAIChunks, ResponseFormat, compiled, job_for, log_prompt, serve
 from server.endpoints.state import ServerState
 from server.protocol.base import MAX_CHOICES
 from server.protocol.common import Usage
@@ -21,7 +21,7 @@ from server.protocol.errors import invalid_request
 from server.text.tokenization import Tokenization
 
 
-class TextFormat(Identity):
+class TextFormat(OpenAIChunks):
     """Text completions; with ``echo`` each choice's text starts with its prompt (and its logprobs)."""
 
     id_prefix = "cmpl"
@@ -51,7 +51,7 @@ class TextFormat(Identity):
     def opening(self, index: int) -> None:
         return None
 
-    def chunk(self, event: ChoiceEvent) -> BaseModel | None:
+    def chunk(self, event: ChoiceEvent) -> list[BaseModel]:
         first = event.index not in self._offsets
         offset = self._offsets.setdefault(event.index, 0)
         text, logprobs = event.text, None
@@ -64,9 +64,9 @@ class TextFormat(Identity):
             logprobs = _joined(logprobs, generated)
         self._offsets[event.index] += len(text)
         if not text and event.finish_reason is None and logprobs is None:
-            return None
+            return []
         choice = CompletionChoice(index=event.index, text=text, logprobs=logprobs, finish_reason=event.finish_reason)
-        return self._completion([choice])
+        return [self._completion([choice])]
 
     def usage_chunk(self, usage: Usage) -> BaseModel:
         return self._completion([], usage)

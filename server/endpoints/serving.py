@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from abc import ABC, abstractmethod
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
@@ -19,6 +20,7 @@ from urllib.parse import quote
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
+from sse_starlette import ServerSentEvent
 
 from adapters.engine import StructuredOutput, TokenLogprobs
 from server.endpoints.event_stream import EventStream
@@ -39,13 +41,37 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+# One server-sent event as the loop yields it: a bare JSON string is a data-only event (OpenAI's
+# chunks and ``[DONE]``), a ServerSentEvent a named one (the typed events of later APIs).
+Frame = str | ServerSentEvent
+
+
 class ResponseFormat(Protocol):
-    def opening(self, index: int) -> BaseModel | None: ...
-    def chunk(self, event: ChoiceEvent) -> BaseModel | None:
-        """The chunk for one event of a streamed choice (None: nothing to send), finish reason included."""
+    """What an endpoint's answer looks like, whole and streamed; the serving loop calls it in order:
+    ``stream_start``, then per choice ``opening`` with the first token, ``chunk`` per event, and
+    ``stream_end`` (or ``stream_error``); a whole answer is ``observe`` per event, then ``whole``."""
+
+    def stream_start(self) -> list[Frame]:
+        """Events sent as the stream opens, before the first token (none for OpenAI's chunk APIs)."""
         ...
 
-    def usage_chunk(self, usage: Usage) -> BaseModel: ...
+    def opening(self, index: int) -> BaseModel | None: ...
+    def chunk(self, event: ChoiceEvent) -> list[BaseModel]:
+        """The events for one event of a streamed choice (none: nothing to send), finish reason included."""
+        ...
+
+    def frame(self, event: BaseModel, with_usage: bool) -> Frame:
+        """One event on the wire; ``with_usage``: the request asked for usage (else chunks carry none)."""
+        ...
+
+    def stream_end(self, usage: Usage, with_usage: bool) -> list[Frame]:
+        """The events that close a stream that ran to its end (OpenAI's usage chunk and ``[DONE]``)."""
+        ...
+
+    def stream_error(self, error: APIError) -> list[Frame]:
+        """The events that close a stream after a failure: the headers are gone, so the error is an event."""
+        ...
+
     def whole(self, choices: list[Collected], usage: Usage) -> BaseModel: ...
     def observe(self, event: ChoiceEvent) -> None:
         """See an event of a whole response (to count its reasoning tokens)."""
@@ -87,18 +113,46 @@ class Identity:
         self.id, self.created, self.model = new_id(self.id_prefix), now(), model
 
 
+class OpenAIChunks(Identity, ABC):
+    """The framing of OpenAI's chunk APIs (chat and text completions): data-only events, usage in a
+    last chunk when asked for, an error as an event of its own, and ``[DONE]`` at the end."""
+
+    def stream_start(self) -> list[Frame]:
+        return []
+
+    def frame(self, event: BaseModel, with_usage: bool) -> Frame:
+        return event.model_dump_json(exclude=None if with_usage else {"usage"})
+
+    @abstractmethod
+    def usage_chunk(self, usage: Usage) -> BaseModel:
+        """The last chunk, with no choices and the request's usage."""
+
+    def stream_end(self, usage: Usage, with_usage: bool) -> list[Frame]:
+        return [self.usage_chunk(usage).model_dump_json(), DONE] if with_usage else [DONE]
+
+    def stream_error(self, error: APIError) -> list[Frame]:
+        return [error_body(error.status, error.message, param=error.param, code=error.code).model_dump_json(), DONE]
+
+
+DONE = "[DONE]"
+
+
 # What an endpoint hands the loop: its job and the format its answer wears, once the request is checked.
 Prepare = Callable[[], Awaitable[tuple[Job, ResponseFormat]]]
 
 
-async def serve(req: SamplingFields, raw: Request, state: ServerState, prepare: Prepare) -> Response:
+async def serve(
+    req: SamplingFields, raw: Request, state: ServerState, prepare: Prepare, ignored: Sequence[str] = ()
+) -> Response:
     """Answer one completion request, whole or streamed: the model checked, the request charged to its
     key, ignored fields reported, the endpoint's ``prepare`` run, the job admitted, the answer sent.
 
-    Every refusal (an ``APIError``) comes before the response starts.
+    ``ignored``: fields the endpoint takes but cannot honour, beyond those ``req`` finds itself (an
+    API translated into a chat request names the fields the translation dropped). Every refusal
+    (an ``APIError``) comes before the response starts.
     """
     state.check_model(req.model)
-    headers = {**state.gateway.charge_request(raw), **_ignored(req, state)}
+    headers = {**state.gateway.charge_request(raw), **_ignored([*ignored, *req.ignored_fields()], state)}
     job, fmt = await prepare()
     return await _respond(req, job, fmt, raw, state, headers)
 
@@ -117,9 +171,8 @@ async def compiled(constraint: Constraint | None, raw: Request, state: ServerSta
     return compiled
 
 
-def _ignored(req: SamplingFields, state: ServerState) -> dict[str, str]:
+def _ignored(ignored: list[str], state: ServerState) -> dict[str, str]:
     """The ``x-ignored-params`` header naming fields that take no effect; under --strict, a 400."""
-    ignored = req.ignored_fields()
     if not ignored:
         return {}
     if state.api.strict:
@@ -256,21 +309,23 @@ async def _sse(
     report: _UsageReport,
     ticket: Ticket,
     state: ServerState,
-) -> AsyncIterator[str]:
-    """The SSE body: data lines in OpenAI's chunk format, then ``[DONE]``.
+) -> AsyncIterator[Frame]:
+    """The SSE body: the format's opening events, then its events as tokens arrive, then its closing ones.
 
-    Nothing is sent before the first token (the choices' opening role chunks go with it), so a
-    request that fails before any token streams only its error event and ``[DONE]``.
+    Nothing is sent between the opening events and the first token (the choices' opening chunks go
+    with it), so in OpenAI's chunk APIs a request that fails before any token streams only its error
+    event and ``[DONE]``.
 
     sse-starlette cancels this generator when the client goes away, and closes it when a send
     waits past ``--stream-send-timeout`` (a client that stopped reading); either way closing
     ``events`` aborts every engine request behind it, and the abort is counted by its reason.
     """
-    exclude = None if report.final else {"usage"}
     tally = _Tally(job)
     opened = False
     finished = False
     try:
+        for frame in fmt.stream_start():
+            yield frame
         async with aclosing(events):
             async for event in events:
                 if not opened:
@@ -283,27 +338,24 @@ async def _sse(
                         if opening is not None:
                             if report.continuous:
                                 opening.usage = job.usage(0)  # type: ignore[attr-defined]
-                            yield opening.model_dump_json(exclude=exclude)
+                            yield fmt.frame(opening, report.final)
                 tally.add(event)
-                chunk = fmt.chunk(event)
-                if chunk is not None:
+                for chunk in fmt.chunk(event):
                     if report.continuous:
                         chunk.usage = tally.usage(fmt)  # type: ignore[attr-defined]
-                    yield chunk.model_dump_json(exclude=exclude)
+                    yield fmt.frame(chunk, report.final)
         finished = True
-    except Exception as exc:  # whatever failed, the client gets an error event, then [DONE]
+    except Exception as exc:  # whatever failed, the client gets an error event and the stream's end
         # Headers are gone already; OpenAI reports mid-stream failures as an error event.
         finished = True
-        error = generation_error(exc)
-        yield error_body(error.status, error.message, param=error.param, code=error.code).model_dump_json()
-        yield "[DONE]"
+        for frame in fmt.stream_error(generation_error(exc)):
+            yield frame
         return
     finally:
         if not finished:
             state.gateway.aborted(ticket, "client_disconnect" if ticket.client_gone else "send_timeout")
-    if report.final:
-        yield fmt.usage_chunk(tally.usage(fmt)).model_dump_json()
-    yield "[DONE]"
+    for frame in fmt.stream_end(tally.usage(fmt), report.final):
+        yield frame
 
 
 async def _unless_disconnected(raw: Request, work: Awaitable[T]) -> T | None:
