@@ -45,11 +45,6 @@ class CPUEngineConfig:
     @classmethod
     def resolve(cls, args: EngineArgs, model: ModelInfo, kernel_dir: Path) -> CPUEngineConfig:
         """Raises ValueError, saying which option to change, where the options cannot run together."""
-        max_model_len = args.context_window(model.context_length)
-        if max_model_len > model.context_length:
-            raise ValueError(
-                f"--max-model-len {max_model_len} exceeds the model's context window of {model.context_length} tokens"
-            )
         if args.quantization not in QUANTIZATIONS:
             raise ValueError(
                 f"--quantization {args.quantization}: the CPU engine takes {' or '.join(QUANTIZATIONS)}; "
@@ -60,17 +55,36 @@ class CPUEngineConfig:
         problem = quantization_problem(quantization, dtype)
         if problem:
             raise ValueError(problem)
+        max_model_len, why = cls._context(args, model, dtype)
         threads = args.threads or default_threads()
         config = cls(args, model, dtype, max_model_len, threads, quantization, kernel_dir)
         log.info(
-            "CPU engine on %s; dtype %s, %s; %d threads; context %d tokens",
+            "CPU engine on %s; dtype %s, %s; %d threads; context %d tokens (%s)",
             cpu_description(),
             str(dtype).removeprefix("torch."),
             "int8 weights" if quantization == "int8" else "weights as dtype",
             config.threads,
             max_model_len,
+            why,
         )
         return config
+
+    @staticmethod
+    def _context(args: EngineArgs, model: ModelInfo, dtype: torch.dtype) -> tuple[int, str]:
+        """The served context and why; one request of it must fit the model and the KV cache whole."""
+        blocks = model.kv_layout.num_blocks(int(args.kv_cache_gib * 2**30), args.block_size, dtype.itemsize)
+        capacity = blocks * args.block_size
+        max_model_len, why = args.context_window(model.context_length, capacity)
+        if max_model_len > model.context_length:
+            raise ValueError(
+                f"--max-model-len {max_model_len} exceeds the model's context window of {model.context_length} tokens"
+            )
+        if capacity < max_model_len:
+            raise ValueError(
+                f"The KV cache holds {capacity} tokens, fewer than one request of --max-model-len "
+                f"{max_model_len}; give it more memory (--kv-cache-gib) or lower --max-model-len"
+            )
+        return max_model_len, why
 
 
 class EngineCore:
@@ -94,12 +108,6 @@ class EngineCore:
             quantization=config.quantization,
             eos_token_ids=config.model.eos_token_ids,
         )
-        capacity = self.runner.cache.num_blocks * args.block_size
-        if capacity < config.max_model_len:
-            raise ValueError(
-                f"The KV cache holds {capacity} tokens, fewer than one request of --max-model-len "
-                f"{config.max_model_len}; give it more memory (--kv-cache-gib) or lower --max-model-len"
-            )
         self.scheduler = Scheduler(
             BlockManager(self.runner.cache.num_blocks, args.block_size, prefix_caching=args.prefix_caching),
             max_num_seqs=args.max_num_seqs,

@@ -30,6 +30,7 @@ from adapters.cpu.sampler import Sampler, prompt_logprobs
 from adapters.cpu.scheduler import SchedulerOutput
 from adapters.cpu.structured_output import Grammar
 from adapters.engine import TokenLogprobs
+from adapters.model_info import KVLayout
 
 log = logging.getLogger(__name__)
 
@@ -102,16 +103,9 @@ class ModelRunner:
         # Grammar bitmasks are filled here while the forward pass runs (xgrammar and torch's
         # kernels both release the GIL).
         self._grammar_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ise-grammar")
-        config = model.config
-        shape = {
-            "num_layers": config.num_hidden_layers,
-            "block_size": block_size,
-            "num_kv_heads": config.num_key_value_heads,
-            "head_dim": getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads,
-            "dtype": dtype,
-        }
-        num_blocks = kv_cache_bytes // PagedKVCache.bytes_per_block(**shape)
-        self.cache = PagedKVCache(num_blocks=num_blocks, **shape)
+        layout = KVLayout.of(model.config)
+        num_blocks = layout.num_blocks(kv_cache_bytes, block_size, dtype.itemsize)
+        self.cache = PagedKVCache(layout, num_blocks=num_blocks, block_size=block_size, dtype=dtype)
         log.info(
             "KV cache: %d blocks of %d tokens (%d tokens), %.2f GiB",
             num_blocks,

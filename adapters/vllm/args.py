@@ -58,9 +58,11 @@ def shared_flags(args: EngineArgs, model: ModelInfo) -> list[str]:
         raise ValueError(f"{flag} is an option of ise's CPU engine; vLLM's engine has no such option")
     if args.model_impl == "ise":
         raise ValueError("--model-impl ise is ise's own forward, which runs on ise's CPU engine only")
+    # Unset, the context is vLLM's own choice: the model's, checked against the KV cache vLLM sizes.
+    context = [] if args.max_model_len is None else ["--max-model-len", str(args.max_model_len)]
     flags = [
         "--model", model.path,
-        "--max-model-len", str(args.context_window(model.context_length)),
+        *context,
         "--max-num-seqs", str(args.max_num_seqs),
         "--max-num-batched-tokens", str(args.max_num_batched_tokens),
         "--enable-prefix-caching" if args.prefix_caching else "--no-enable-prefix-caching",

@@ -310,7 +310,7 @@ def test_config_is_settings_ise_accepts(name: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_sizes_the_batch_for_a_gpu(name: str) -> None:
-    """Unset, ise hands vLLM its CPU defaults: a 2048-token context and 32 sequences."""
+    """Unset, ise hands vLLM its CPU defaults (32 sequences) and vLLM takes the model's whole context."""
     config = load_config(name)
     for key in ("max_model_len", "max_num_seqs", "max_num_batched_tokens"):
         assert key in config, f"{key} unset: vLLM would get ise's CPU default"
