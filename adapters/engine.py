@@ -7,6 +7,7 @@ has to turn token ids into more token ids.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -122,6 +123,15 @@ class EngineOutput:
     num_cached_tokens: int | None = None
 
 
+# Bounds of the tokens-per-step histogram (vLLM's, so its dashboards read ise's steps alike).
+ITERATION_TOKENS_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+
+
+def iteration_bucket(tokens: int) -> int:
+    """Which bucket of ``ITERATION_TOKENS_BUCKETS`` (then +Inf) a step of ``tokens`` counts in."""
+    return bisect_left(ITERATION_TOKENS_BUCKETS, tokens)
+
+
 @dataclass(frozen=True)
 class EngineStats:
     """A snapshot of the engine's load and counters, read by health checks and metrics.
@@ -142,6 +152,9 @@ class EngineStats:
     # being free (summed), so /metrics can show how fast a disconnect releases memory.
     aborts_released: int = 0
     abort_release_seconds: float = 0.0
+    # Steps by tokens computed: one count per bucket of ITERATION_TOKENS_BUCKETS, then +Inf (empty: none yet).
+    iteration_tokens_counts: tuple[int, ...] = ()
+    block_size: int = 0  # tokens per KV cache block (vLLM's cache_config_info reports it)
 
 
 class EngineDeadError(RuntimeError):

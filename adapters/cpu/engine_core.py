@@ -24,7 +24,7 @@ from adapters.cpu.numerics import cpu_description, default_threads, resolve_dtyp
 from adapters.cpu.packed_linear import quantization_problem
 from adapters.cpu.scheduler import EngineCoreOutputs, Scheduler
 from adapters.cpu.sequence import Sequence
-from adapters.engine import EngineStats
+from adapters.engine import ITERATION_TOKENS_BUCKETS, EngineStats, iteration_bucket
 from adapters.model_info import ModelInfo
 
 log = logging.getLogger(__name__)
@@ -119,6 +119,7 @@ class EngineCore:
         )
         self.steps = 0
         self.tokens_computed = 0
+        self.iteration_tokens_counts = [0] * (len(ITERATION_TOKENS_BUCKETS) + 1)
         self.aborts_released = 0
         self.abort_release_seconds = 0.0
 
@@ -141,6 +142,7 @@ class EngineCore:
             return []
         self.steps += 1
         self.tokens_computed += scheduler_output.total_num_scheduled_tokens
+        self.iteration_tokens_counts[iteration_bucket(scheduler_output.total_num_scheduled_tokens)] += 1
         runner_output = self.runner.execute_model(scheduler_output)
         return self.scheduler.update_from_output(scheduler_output, runner_output)
 
@@ -158,4 +160,6 @@ class EngineCore:
             preemptions=scheduler.num_preemptions,
             aborts_released=self.aborts_released,
             abort_release_seconds=self.abort_release_seconds,
+            iteration_tokens_counts=tuple(self.iteration_tokens_counts),
+            block_size=blocks.block_size,
         )

@@ -93,6 +93,8 @@ class Job:
             prompt_tokens=self.prompt_tokens * self.n,
             max_new_tokens=self.n * sum(p.max_tokens for p in self.params),
             sequences=self.num_choices,
+            n=self.n,
+            max_tokens=max(p.max_tokens for p in self.params),
         )
 
 

@@ -42,7 +42,7 @@ class ServerState:
     grammars: GrammarWorkers = field(init=False)
 
     def __post_init__(self) -> None:
-        self.gateway = Gateway(self.gateway_args, self.engine, self.batch_slots)
+        self.gateway = Gateway(self.gateway_args, self.engine, self.batch_slots, self.model_name)
         self.prompts = Prompts(self.tokenization, self.engine)
         tok = self.tokenization
         self.grammars = GrammarWorkers(

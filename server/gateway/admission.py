@@ -25,20 +25,29 @@ from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Protocol, TypeVar
 
+from adapters.engine import FinishReason
 from server.gateway.options import GatewayArgs
 from server.gateway.ttft_model import TTFTModel
+from server.gateway.vllm_metrics import RequestMetrics, RequestRecord
 from server.protocol.errors import APIError, retry_after
 
 SLO_HEADER = "x-slo-ttft-ms"
 
 
 class Progress(Protocol):
-    """What a request's output events tell admission: tokens generated, and when the engine began."""
+    """What a request's output events tell admission and the metrics: tokens generated, when the
+    engine began, prompt tokens the prefix cache served, and how a choice finished."""
 
+    @property
+    def index(self) -> int: ...
     @property
     def num_tokens(self) -> int: ...
     @property
     def scheduled_at(self) -> float | None: ...
+    @property
+    def num_cached_tokens(self) -> int | None: ...
+    @property
+    def finish_reason(self) -> str | None: ...
 
 
 E = TypeVar("E", bound=Progress)
@@ -67,8 +76,17 @@ class Ticket:
         self.scheduled_at: float | None = None  # when the engine first scheduled it, if it says
         self.ended_at: float | None = None
         self.completion_tokens = 0
+        self.cached_tokens = 0
         self.client_gone = False  # the client disconnected (rather than stopped reading)
         self.aborted: str | None = None  # why the request ended unfinished: client_disconnect, send_timeout
+        self.failed = False  # its events ended in an error
+        self.closed_early = False  # its events were closed before they ended (an abort)
+        self.finish_reason: FinishReason | None = None  # "length" if any choice ran out, else "stop"
+        self.metrics: RequestMetrics | None = None  # set by the gateway: where the request is observed
+        self.n = 1
+        self.max_tokens = 0
+        self.last_token_at: float | None = None
+        self._last_token_at: dict[int, float] = {}  # each choice's, by index
 
     @property
     def waiting(self) -> bool:
@@ -90,18 +108,71 @@ class Ticket:
             self._admission.leave_waiting(self)
         self.ended_at = time.monotonic()
         self._admission.release(self)
+        if self.metrics is not None:
+            self.metrics.finished(self.record())
+
+    def record(self) -> RequestRecord:
+        """The request as it ended, for the metrics."""
+        assert self.ended_at is not None
+        scheduled, first, last = self.scheduled_at, self.first_token_at, self.last_token_at
+        reason: FinishReason | None = (
+            "abort" if self.aborted or self.closed_early else None if self.failed else self.finish_reason
+        )
+        return RequestRecord(
+            finish_reason=reason,
+            prompt_tokens=self.usage_prompt_tokens,
+            generation_tokens=self.completion_tokens,
+            cached_tokens=self.cached_tokens,
+            n=self.n,
+            max_tokens=self.max_tokens,
+            e2e=self.ended_at - self.admitted_at,
+            queued=None if scheduled is None else max(0.0, scheduled - self.admitted_at),
+            prefill=None if scheduled is None or first is None else max(0.0, first - scheduled),
+            decode=None if first is None or last is None else last - first,
+            inference=None if scheduled is None or last is None else max(0.0, last - scheduled),
+        )
 
     async def track(self, events: AsyncGenerator[E, None]) -> AsyncGenerator[E, None]:
         """``events``, noting the first and counting tokens; the ticket ends when they do (or are closed)."""
+        finished = False
         try:
             async with aclosing(events):
                 async for event in events:
                     self.scheduled_at = self.scheduled_at or event.scheduled_at
-                    self.first_token()
-                    self.completion_tokens += event.num_tokens
+                    self._tokens(event)
                     yield event
+            finished = True
+        except Exception:
+            finished = self.failed = True
+            raise
         finally:
+            self.closed_early = not finished  # closed by its response: the client left or stopped reading
             self.end()
+
+    def _tokens(self, event: E) -> None:
+        """Count an event's tokens and time them: the first token's wait, then each choice's gaps between tokens.
+
+        An event carries several tokens where their text was held back (a partial character, a
+        possible stop string): the gap since the choice's last event is split evenly among them,
+        so a choice of N tokens always shows N - 1 gaps, summing to its decode time.
+        """
+        now = time.monotonic()
+        if self.waiting:
+            self.first_token()
+            if self.metrics is not None:
+                self.metrics.first_token(now - self.admitted_at)
+        tokens = event.num_tokens
+        if tokens:
+            last = self._last_token_at.get(event.index)
+            gaps, gap = (tokens - 1, 0.0) if last is None else (tokens, (now - last) / tokens)
+            if self.metrics is not None:
+                for _ in range(gaps):
+                    self.metrics.token_gap(gap)
+            self._last_token_at[event.index] = self.last_token_at = now
+        self.completion_tokens += tokens
+        self.cached_tokens += event.num_cached_tokens or 0
+        if event.finish_reason is not None and self.finish_reason != "length":
+            self.finish_reason = "length" if event.finish_reason == "length" else "stop"
 
 
 class Admission:

@@ -32,6 +32,8 @@ class Demand:
     prompt_tokens: int  # prompt tokens the engine reads: each prompt once per choice
     max_new_tokens: int  # tokens all its choices together may generate
     sequences: int  # engine requests: one per prompt and choice
+    n: int = 1  # choices per prompt
+    max_tokens: int = 0  # the most one choice may generate (its max_tokens, or the context it has left)
 
 
 @dataclass
@@ -41,13 +43,14 @@ class Gateway:
     options: GatewayArgs
     engine: Engine
     batch_slots: int | None = None  # the engine's --max-num-seqs, for predicting slot waits
+    model_name: str = ""  # the served name, which labels vLLM's series
     admission: Admission = field(init=False)
     rate_limits: RateLimits = field(init=False, default_factory=RateLimits)
     metrics: Metrics = field(init=False)
 
     def __post_init__(self) -> None:
         self.admission = Admission(self.options, self.batch_slots)
-        self.metrics = Metrics(self.engine, self.admission)
+        self.metrics = Metrics(self.engine, self.admission, self.model_name)
 
     def charge_request(self, raw: Request) -> dict[str, str]:
         """Count the request against its key's requests-per-minute; the rate-limit headers to send."""
@@ -70,6 +73,7 @@ class Gateway:
             # Admitted first: a request the server cannot take must not use up the key's tokens.
             ticket = self.admission.admit(demand.prompt_tokens, slo, demand.sequences)
             ticket.usage_prompt_tokens = demand.usage_prompt_tokens
+            ticket.n, ticket.max_tokens = demand.n, demand.max_tokens
             try:
                 headers = self.rate_limits.take(
                     key_name(raw), "tokens", limit, demand.prompt_tokens + demand.max_new_tokens
@@ -77,6 +81,7 @@ class Gateway:
             except APIError:
                 ticket.end()
                 raise
+            ticket.metrics = self.metrics.requests  # admitted: from here on the request is observed
             return ticket, headers
 
     def aborted(self, ticket: Ticket, reason: str) -> None:

@@ -1,15 +1,16 @@
-"""Prometheus metrics: the engine's load, read at scrape time."""
+"""Prometheus metrics: the engine's load, read at scrape time, and what the gateway counts."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
 from adapters.engine import Engine
 from server.gateway.admission import Admission
+from server.gateway.vllm_metrics import RequestMetrics, VLLMEngineCollector
 
 
 class _EngineCollector(Collector):
@@ -74,10 +75,23 @@ class _AdmissionCollector(Collector):
 
 
 class Metrics:
-    def __init__(self, engine: Engine, admission: Admission) -> None:
+    """The server's Prometheus registry: ise's own series, vLLM's (``vllm_metrics.py``), and the process's."""
+
+    def __init__(self, engine: Engine, admission: Admission, model_name: str) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(_EngineCollector(engine))
         self.registry.register(_AdmissionCollector(admission))
+        self.registry.register(VLLMEngineCollector(engine, model_name))
+        self.engine, self.model_name = engine, model_name
+        self.requests: RequestMetrics | None = None  # once the engine started: its token buckets end at its context
+        # The standard process_* and python_* series (memory, CPU, open files), as vLLM's /metrics has.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+
+    def engine_started(self) -> None:
+        """Create the per-request series, whose token buckets end at the context the engine serves."""
+        self.requests = RequestMetrics(self.registry, self.model_name, self.engine.max_model_len)
         self.rejected = Counter(
             "ise_requests_rejected",
             "Requests refused before admission, by reason: unauthorized keys are not counted here "

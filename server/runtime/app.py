@@ -66,6 +66,7 @@ def create_app(state: ServerState, on_ready: Callable[[], None] = lambda: None) 
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         state.grammars.warm()  # the compile workers' fork server imports while the model loads
         await state.engine.start()
+        state.gateway.metrics.engine_started()
         on_ready()
         try:
             yield

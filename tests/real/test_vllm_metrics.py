@@ -1,0 +1,63 @@
+"""vLLM's metric names on a real server, on both engines: what dashboards, llm-d and KEDA read is there,
+and moves by exactly what the responses' usage reported."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.real.conftest import ServerHandle, user
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape_all(server: ServerHandle) -> Samples:
+    text = httpx.get(f"{server.root_url}/metrics", timeout=10).text
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(samples: Samples, server: ServerHandle, name: str, **extra: str) -> float:
+    labels = frozenset({"model_name": server.model, "engine": "0", **extra}.items())
+    return samples.get((name, labels), 0.0)
+
+
+def test_vllm_series_move_by_the_usage_reported(api_client: openai.OpenAI, api_server: ServerHandle) -> None:
+    before = scrape_all(api_server)
+    whole = api_client.chat.completions.create(
+        model=api_server.model, messages=user("Name three colors."), max_tokens=12, temperature=0
+    )
+    stream = api_client.chat.completions.create(
+        model=api_server.model,
+        messages=user("Count to five."),
+        max_tokens=10,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    streamed = [chunk for chunk in stream][-1].usage
+    after = scrape_all(api_server)
+    assert whole.usage is not None and streamed is not None
+
+    def moved(name: str, **extra: str) -> float:
+        return value(after, api_server, name, **extra) - value(before, api_server, name, **extra)
+
+    assert moved("vllm:prompt_tokens_total") == whole.usage.prompt_tokens + streamed.prompt_tokens
+    generated = whole.usage.completion_tokens + streamed.completion_tokens
+    assert moved("vllm:generation_tokens_total") == generated
+    assert moved("vllm:request_generation_tokens_sum") == generated
+    reasons = [whole.choices[0].finish_reason]
+    assert moved("vllm:request_success_total", finished_reason=reasons[0]) >= 1
+    for histogram in ("e2e_request_latency", "time_to_first_token", "request_queue_time", "request_prefill_time"):
+        assert moved(f"vllm:{histogram}_seconds_count") == 2, histogram
+    assert moved("vllm:inter_token_latency_seconds_count") == generated - 2  # N tokens, N - 1 gaps, per request
+    # The engine's own series: steps were taken, the cache is described for llm-d's scheduler.
+    assert moved("vllm:iteration_tokens_total_count") >= 1
+    info = [labels for (name, labels) in after if name == "vllm:cache_config_info"]
+    assert len(info) == 1 and int(dict(info[0])["block_size"]) > 0 and int(dict(info[0])["num_gpu_blocks"]) > 0
+    assert 0 <= value(after, api_server, "vllm:kv_cache_usage_perc") <= 1
+    assert ("process_resident_memory_bytes", frozenset()) in after
