@@ -1,0 +1,39 @@
+"""``ise bench run``: load-test one OpenAI-compatible endpoint at each load level.
+
+Closed-loop levels (``--concurrency``: N requests in flight) or open-loop Poisson arrivals
+(``--rate``); writes each request's timings as JSON, a Markdown table and plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from benchmarks import flags, report
+from benchmarks.clients import HttpClient
+from benchmarks.save import meta, save_result
+from benchmarks.sweep import FLAGS, Sweep, add_workload_args
+
+HELP = "benchmark one OpenAI-compatible endpoint"
+PARENT = flags.parent("endpoint", *FLAGS)
+
+
+def add_cli_args(parser: argparse.ArgumentParser) -> None:
+    add_workload_args(parser)
+
+
+def main(args: argparse.Namespace) -> None:
+    asyncio.run(_main(args))
+
+
+async def _main(args: argparse.Namespace) -> None:
+    _, tokenizer = flags.tokenizer(args)
+    client = HttpClient(args.base_url, args.model)
+    try:
+        runs = await Sweep(args, tokenizer).measure(args.base_url, args.base_url, client)
+    finally:
+        await client.aclose()
+    table = report.markdown_table(runs)
+    print("\n" + table)
+    payload = report.payload({**meta(args=vars(args)), "notes": []}, runs)
+    save_result(args.out, "table", payload, table, report.figures(runs) if runs else None, json_name="results.json")
