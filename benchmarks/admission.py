@@ -57,102 +57,6 @@ class AdmissionOptions:
     seed: int = 0
 
 
-HELP = "goodput under overload with SLO admission and without"
-_D = AdmissionOptions()
-PARENT = flags.parent(
-    "model-dir", "dtype", "max-num-seqs", "kv-cache-gib", "slo-ttft", "slo-tpot", "input-len", "output-len",
-    "warmup", "repeats", "seed", "out",
-    slo_ttft=_D.slo_ttft_s, slo_tpot=_D.slo_tpot_s, output_len=32, warmup=_D.warmup, repeats=_D.repeats,
-    seed=_D.seed, out=flags.DEFAULT_OUT / "admission",
-)  # fmt: skip
-
-
-def add_cli_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--rate", type=float, help="arrivals per second (default: --overload x measured capacity)")
-    parser.add_argument("--overload", type=float, default=_D.overload, help="arrival rate over the capacity")
-    parser.add_argument("--duration", type=float, default=_D.duration_s, help="seconds of arrivals per run")
-    parser.add_argument("--grace", type=float, default=_D.grace_s, help="seconds after the arrivals for the rest")
-    parser.add_argument("--calibration-requests", type=int, default=_D.calibration_requests)
-    parser.add_argument("--calibration-concurrency", type=int, default=_D.calibration_concurrency)
-
-
-def main(args: argparse.Namespace) -> None:
-    asyncio.run(_main(args))
-
-
-async def _main(args: argparse.Namespace) -> None:
-    model_dir, tokenizer = flags.tokenizer(args)
-    dtype = str(resolve_dtype(args.dtype)).removeprefix("torch.")
-    options = AdmissionOptions(
-        slo_ttft_s=args.slo_ttft,
-        slo_tpot_s=args.slo_tpot,
-        rate=args.rate,
-        overload=args.overload,
-        duration_s=args.duration,
-        grace_s=args.grace,
-        calibration_requests=args.calibration_requests,
-        calibration_concurrency=args.calibration_concurrency,
-        warmup=args.warmup,
-        repeats=args.repeats,
-        seed=args.seed,
-    )
-    config = TargetConfig(model_dir=model_dir, dtype=dtype, log_dir=args.out / "logs", max_num_seqs=args.max_num_seqs)
-    engine = ["--kv-cache-gib", str(args.kv_cache_gib)] if args.kv_cache_gib else []
-    slo_ms = f"{args.slo_ttft * 1e3:g}"
-    variants = [("no admission control", None, engine), (f"--slo-ttft-ms {slo_ms}", args.slo_ttft * 1e3,
-                [*engine, "--slo-ttft-ms", slo_ms])]  # fmt: skip
-    info = {
-        **meta(args=vars(args)),
-        "server": " ".join(["ise serve --dtype", dtype, "--max-num-seqs", str(args.max_num_seqs), *engine]),
-        "workload": f"random prompts of {args.input_len} tokens, {args.output_len} output tokens each "
-        "(ignore_eos), greedy",
-    }
-
-    def specs(count: int, seed: int, output_len: int | None = None) -> list[RequestSpec]:
-        out = output_len or args.output_len
-        return random_workload(tokenizer, count=count, input_len=args.input_len, output_len=out, seed=seed)
-
-    runs: list[OverloadRun] = []
-    async with contextlib.AsyncExitStack() as stack:
-        clients: list[tuple[str, float | None, HttpClient]] = []
-        for index, (label, slo, extra) in enumerate(variants):
-            started = time.monotonic()
-            server = await stack.enter_async_context(ise_server(config, *extra, name=f"admission-{index}"))
-            client = HttpClient(server.base_url, server.model)
-            stack.push_async_callback(client.aclose)
-            if args.warmup:
-                # A target no warm-up request can miss: a cold start's slow first tokens must not
-                # get the warm-up refused (the TTFT model still learns from every one of them).
-                client.http.headers[SLO_HEADER] = "600000"
-                await warm_up(client, specs(args.warmup, args.seed + 10_000, output_len=16), 4)
-                del client.http.headers[SLO_HEADER]
-            print(f"{label}: ready in {time.monotonic() - started:.0f} s (pid {server.pid})", flush=True)
-            clients.append((label, slo, client))
-        rate = args.rate
-        if rate is None:
-            calibration = specs(args.calibration_requests, args.seed + 20_000)
-            capacity = await calibrate(clients[0][2], calibration, args.calibration_concurrency)
-            info["capacity_rps"] = capacity
-            rate = args.overload * capacity
-            print(f"capacity {capacity:.2f} req/s; overload at {rate:.2f} req/s", flush=True)
-        for repeat in range(args.repeats):
-            workload = specs(request_count(rate, options), args.seed + 1000 * repeat)
-            # Alternate which server goes first, so a drift of a shared machine hits both alike.
-            for label, slo, client in clients if repeat % 2 == 0 else clients[::-1]:
-                records, wall = await overload(client, workload, rate, options, label)
-                run = OverloadRun(label, slo, repeat, rate, records, wall)
-                runs.append(run)
-                s = run.summary(options)
-                print(
-                    f"{label:28s} pass {repeat + 1}: sent {s['sent']}, completed {s['completed']}, refused "
-                    f"{s['refused']}, failed {s['failed']}, goodput {s['goodput']:.2f} req/s, TTFT p50 "
-                    f"{s['ttft']['p50'] * 1e3:.0f} ms p99 {s['ttft']['p99'] * 1e3:.0f} ms, {wall:.0f} s",
-                    flush=True,
-                )
-                await settle(client)
-    save(runs, options, info, args.out)
-
-
 @dataclass
 class OverloadRun:
     label: str
@@ -342,3 +246,99 @@ def save(runs: list[OverloadRun], options: AdmissionOptions, info: dict[str, Any
 
 def request_count(rate: float, options: AdmissionOptions) -> int:
     return max(1, math.ceil(rate * options.duration_s))
+
+
+HELP = "goodput under overload with SLO admission and without"
+_D = AdmissionOptions()
+PARENT = flags.parent(
+    "model-dir", "dtype", "max-num-seqs", "kv-cache-gib", "slo-ttft", "slo-tpot", "input-len", "output-len",
+    "warmup", "repeats", "seed", "out",
+    slo_ttft=_D.slo_ttft_s, slo_tpot=_D.slo_tpot_s, output_len=32, warmup=_D.warmup, repeats=_D.repeats,
+    seed=_D.seed, out=flags.DEFAULT_OUT / "admission",
+)  # fmt: skip
+
+
+def add_cli_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rate", type=float, help="arrivals per second (default: --overload x measured capacity)")
+    parser.add_argument("--overload", type=float, default=_D.overload, help="arrival rate over the capacity")
+    parser.add_argument("--duration", type=float, default=_D.duration_s, help="seconds of arrivals per run")
+    parser.add_argument("--grace", type=float, default=_D.grace_s, help="seconds after the arrivals for the rest")
+    parser.add_argument("--calibration-requests", type=int, default=_D.calibration_requests)
+    parser.add_argument("--calibration-concurrency", type=int, default=_D.calibration_concurrency)
+
+
+def main(args: argparse.Namespace) -> None:
+    asyncio.run(_main(args))
+
+
+async def _main(args: argparse.Namespace) -> None:
+    model_dir, tokenizer = flags.tokenizer(args)
+    dtype = str(resolve_dtype(args.dtype)).removeprefix("torch.")
+    options = AdmissionOptions(
+        slo_ttft_s=args.slo_ttft,
+        slo_tpot_s=args.slo_tpot,
+        rate=args.rate,
+        overload=args.overload,
+        duration_s=args.duration,
+        grace_s=args.grace,
+        calibration_requests=args.calibration_requests,
+        calibration_concurrency=args.calibration_concurrency,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        seed=args.seed,
+    )
+    config = TargetConfig(model_dir=model_dir, dtype=dtype, log_dir=args.out / "logs", max_num_seqs=args.max_num_seqs)
+    engine = ["--kv-cache-gib", str(args.kv_cache_gib)] if args.kv_cache_gib else []
+    slo_ms = f"{args.slo_ttft * 1e3:g}"
+    variants = [("no admission control", None, engine), (f"--slo-ttft-ms {slo_ms}", args.slo_ttft * 1e3,
+                [*engine, "--slo-ttft-ms", slo_ms])]  # fmt: skip
+    info = {
+        **meta(args=vars(args)),
+        "server": " ".join(["ise serve --dtype", dtype, "--max-num-seqs", str(args.max_num_seqs), *engine]),
+        "workload": f"random prompts of {args.input_len} tokens, {args.output_len} output tokens each "
+        "(ignore_eos), greedy",
+    }
+
+    def specs(count: int, seed: int, output_len: int | None = None) -> list[RequestSpec]:
+        out = output_len or args.output_len
+        return random_workload(tokenizer, count=count, input_len=args.input_len, output_len=out, seed=seed)
+
+    runs: list[OverloadRun] = []
+    async with contextlib.AsyncExitStack() as stack:
+        clients: list[tuple[str, float | None, HttpClient]] = []
+        for index, (label, slo, extra) in enumerate(variants):
+            started = time.monotonic()
+            server = await stack.enter_async_context(ise_server(config, *extra, name=f"admission-{index}"))
+            client = HttpClient(server.base_url, server.model)
+            stack.push_async_callback(client.aclose)
+            if args.warmup:
+                # A target no warm-up request can miss: a cold start's slow first tokens must not
+                # get the warm-up refused (the TTFT model still learns from every one of them).
+                client.http.headers[SLO_HEADER] = "600000"
+                await warm_up(client, specs(args.warmup, args.seed + 10_000, output_len=16), 4)
+                del client.http.headers[SLO_HEADER]
+            print(f"{label}: ready in {time.monotonic() - started:.0f} s (pid {server.pid})", flush=True)
+            clients.append((label, slo, client))
+        rate = args.rate
+        if rate is None:
+            calibration = specs(args.calibration_requests, args.seed + 20_000)
+            capacity = await calibrate(clients[0][2], calibration, args.calibration_concurrency)
+            info["capacity_rps"] = capacity
+            rate = args.overload * capacity
+            print(f"capacity {capacity:.2f} req/s; overload at {rate:.2f} req/s", flush=True)
+        for repeat in range(args.repeats):
+            workload = specs(request_count(rate, options), args.seed + 1000 * repeat)
+            # Alternate which server goes first, so a drift of a shared machine hits both alike.
+            for label, slo, client in clients if repeat % 2 == 0 else clients[::-1]:
+                records, wall = await overload(client, workload, rate, options, label)
+                run = OverloadRun(label, slo, repeat, rate, records, wall)
+                runs.append(run)
+                s = run.summary(options)
+                print(
+                    f"{label:28s} pass {repeat + 1}: sent {s['sent']}, completed {s['completed']}, refused "
+                    f"{s['refused']}, failed {s['failed']}, goodput {s['goodput']:.2f} req/s, TTFT p50 "
+                    f"{s['ttft']['p50'] * 1e3:.0f} ms p99 {s['ttft']['p99'] * 1e3:.0f} ms, {wall:.0f} s",
+                    flush=True,
+                )
+                await settle(client)
+    save(runs, options, info, args.out)

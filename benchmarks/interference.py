@@ -25,36 +25,6 @@ from benchmarks.metrics import RequestRecord
 from benchmarks.save import save_result, subplots
 from benchmarks.workloads import RequestSpec, random_workload
 
-HELP = "ITL of running streams while a long prompt arrives"
-PARENT = flags.parent("endpoint", "model-dir", "prompt-len", "seed", "out", prompt_len=1500)
-
-
-def add_cli_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--streams", type=int, default=8, help="streams decoding when the long prompt arrives")
-    parser.add_argument("--stream-output", type=int, default=256, help="output tokens of each stream")
-
-
-def main(args: argparse.Namespace) -> None:
-    asyncio.run(_main(args))
-
-
-async def _main(args: argparse.Namespace) -> None:
-    _, tokenizer = flags.tokenizer(args)
-    client = HttpClient(args.base_url, args.model)
-    try:
-        result = await measure(
-            client,
-            tokenizer,
-            streams=args.streams,
-            prompt_len=args.prompt_len,
-            stream_output=args.stream_output,
-            seed=args.seed,
-        )
-    finally:
-        await client.aclose()
-    print(table(result))
-    save(result, args.out)
-
 
 @dataclass(frozen=True)
 class InterferenceResult:
@@ -149,3 +119,34 @@ def table(result: InterferenceResult) -> str:
             f"| {result.worst_gap_during_prefill_ms:.0f} | {result.long_prompt_ttft_s:.2f} |",
         ]
     )
+
+
+HELP = "ITL of running streams while a long prompt arrives"
+PARENT = flags.parent("endpoint", "model-dir", "prompt-len", "seed", "out", prompt_len=1500)
+
+
+def add_cli_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--streams", type=int, default=8, help="streams decoding when the long prompt arrives")
+    parser.add_argument("--stream-output", type=int, default=256, help="output tokens of each stream")
+
+
+def main(args: argparse.Namespace) -> None:
+    asyncio.run(_main(args))
+
+
+async def _main(args: argparse.Namespace) -> None:
+    _, tokenizer = flags.tokenizer(args)
+    client = HttpClient(args.base_url, args.model)
+    try:
+        result = await measure(
+            client,
+            tokenizer,
+            streams=args.streams,
+            prompt_len=args.prompt_len,
+            stream_output=args.stream_output,
+            seed=args.seed,
+        )
+    finally:
+        await client.aclose()
+    print(table(result))
+    save(result, args.out)

@@ -28,26 +28,6 @@ from benchmarks import flags
 from benchmarks.save import meta, save_result
 from server.config.settings import Settings
 
-HELP = "this machine's ceiling for the model, and a run's share of it"
-PARENT = flags.parent("model-dir", "dtype", "input-len", "output-len", "out")
-
-
-def add_cli_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--results", type=Path, help="a compare results.json whose ise runs to rate")
-
-
-def main(args: argparse.Namespace) -> None:
-    dtype = resolve_dtype(args.dtype)
-    measured: dict[int, float] = {}
-    if args.results:
-        passes: dict[int, list[float]] = {}
-        for run in json.loads(args.results.read_text())["runs"]:
-            if run["target"] == "ise" and run["concurrency"]:
-                passes.setdefault(run["concurrency"], []).append(run["summary"]["output_throughput"])
-        measured = {level: statistics.median_low(values) for level, values in passes.items()}  # as the table
-    found = measure(flags.model_dir(args), dtype, Settings().cache_dir)
-    print(save(found, meta(dtype), measured, args.input_len, args.output_len, args.out))
-
 
 @dataclass(frozen=True)
 class ModelCost:
@@ -162,3 +142,24 @@ def save(limits: Limits, meta: Mapping[str, object], measured: Mapping[int, floa
     }
     save_result(out, "limits", payload, table)
     return table
+
+
+HELP = "this machine's ceiling for the model, and a run's share of it"
+PARENT = flags.parent("model-dir", "dtype", "input-len", "output-len", "out")
+
+
+def add_cli_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--results", type=Path, help="a compare results.json whose ise runs to rate")
+
+
+def main(args: argparse.Namespace) -> None:
+    dtype = resolve_dtype(args.dtype)
+    measured: dict[int, float] = {}
+    if args.results:
+        passes: dict[int, list[float]] = {}
+        for run in json.loads(args.results.read_text())["runs"]:
+            if run["target"] == "ise" and run["concurrency"]:
+                passes.setdefault(run["concurrency"], []).append(run["summary"]["output_throughput"])
+        measured = {level: statistics.median_low(values) for level, values in passes.items()}  # as the table
+    found = measure(flags.model_dir(args), dtype, Settings().cache_dir)
+    print(save(found, meta(dtype), measured, args.input_len, args.output_len, args.out))

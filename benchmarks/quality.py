@@ -27,9 +27,6 @@ from benchmarks import flags
 from benchmarks.save import meta, save_result
 from server.config.settings import Settings
 
-HELP = "perplexity, top-1 agreement and ties of bfloat16 and int8 with float32"
-PARENT = flags.parent("model-dir", "out")
-
 # Plain English prose written for this check (no data set is reachable offline), long enough for
 # a few hundred predictions across ordinary grammar, numbers and names.
 REFERENCE_TEXT = """\
@@ -66,23 +63,6 @@ VARIANTS: dict[str, tuple[torch.dtype, Quantization]] = {
     "bfloat16": (torch.bfloat16, "none"),
     "int8": (torch.float32, "int8"),
 }
-
-
-def add_cli_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--variants",
-        nargs="+",
-        default=list(VARIANTS)[1:],
-        choices=list(VARIANTS)[1:],
-        help="dtypes and quantizations to score against float32",
-    )
-    parser.add_argument("--text-file", type=Path, help="text to score (default: a built-in English passage)")
-
-
-def main(args: argparse.Namespace) -> None:
-    text = args.text_file.read_text() if args.text_file else REFERENCE_TEXT
-    scores = measure(flags.model_dir(args), Settings().cache_dir, args.variants, text)
-    print(save(scores, meta(), args.out))
 
 
 @dataclass(frozen=True)
@@ -152,3 +132,24 @@ def save(scores: list[VariantScores], meta: Mapping[str, object], out: Path) -> 
     table = "\n".join(rows)
     save_result(out, "quality", payload, table)
     return table
+
+
+HELP = "perplexity, top-1 agreement and ties of bfloat16 and int8 with float32"
+PARENT = flags.parent("model-dir", "out")
+
+
+def add_cli_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=list(VARIANTS)[1:],
+        choices=list(VARIANTS)[1:],
+        help="dtypes and quantizations to score against float32",
+    )
+    parser.add_argument("--text-file", type=Path, help="text to score (default: a built-in English passage)")
+
+
+def main(args: argparse.Namespace) -> None:
+    text = args.text_file.read_text() if args.text_file else REFERENCE_TEXT
+    scores = measure(flags.model_dir(args), Settings().cache_dir, args.variants, text)
+    print(save(scores, meta(), args.out))

@@ -28,31 +28,6 @@ from benchmarks import flags
 from benchmarks.save import meta, save_result, subplots
 from benchmarks.workloads import random_workload
 
-HELP = "static batched model.generate, the no-scheduling throughput bar"
-PARENT = flags.parent("model-dir", "batch", "input-len", "output-len", "dtype", "seed", "out")
-
-
-def add_cli_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--compile", action="store_true", help="also time each batch decoding through torch.compile over a static cache"
-    )
-
-
-def main(args: argparse.Namespace) -> None:
-    model_dir, tokenizer = flags.tokenizer(args)
-    dtype = resolve_dtype(args.dtype)
-    results = measure(
-        model_dir,
-        tokenizer,
-        dtype=dtype,
-        batches=args.batch,
-        input_len=args.input_len,
-        output_len=args.output_len,
-        seed=args.seed,
-        compiled=args.compile,
-    )
-    print(save(results, meta(dtype), args.out))
-
 
 @dataclass(frozen=True)
 class StaticResult:
@@ -141,3 +116,29 @@ def save(results: list[StaticResult], meta: Mapping[str, object], out: Path) -> 
     ax.set_title("static batched generate")
     save_result(out, "static", {**meta, "results": rows}, table, {"static": fig})
     return table
+
+
+HELP = "static batched model.generate, the no-scheduling throughput bar"
+PARENT = flags.parent("model-dir", "batch", "input-len", "output-len", "dtype", "seed", "out")
+
+
+def add_cli_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--compile", action="store_true", help="also time each batch decoding through torch.compile over a static cache"
+    )
+
+
+def main(args: argparse.Namespace) -> None:
+    model_dir, tokenizer = flags.tokenizer(args)
+    dtype = resolve_dtype(args.dtype)
+    results = measure(
+        model_dir,
+        tokenizer,
+        dtype=dtype,
+        batches=args.batch,
+        input_len=args.input_len,
+        output_len=args.output_len,
+        seed=args.seed,
+        compiled=args.compile,
+    )
+    print(save(results, meta(dtype), args.out))

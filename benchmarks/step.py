@@ -29,31 +29,6 @@ from benchmarks import flags
 from benchmarks.save import meta, save_result, subplots
 from server.config.settings import Settings
 
-HELP = "time the CPU engine's steps directly, per model implementation"
-PARENT = flags.parent("model-dir", "batch", "prompt-len", "repeats", "dtype", "seed", "out", batch=[1, 32], repeats=3)
-
-
-def add_cli_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model-impl", nargs="+", default=["ise", "transformers"], choices=MODEL_IMPLS[1:])
-    parser.add_argument("--steps", type=int, default=20, help="decode steps timed per batch size")
-
-
-def main(args: argparse.Namespace) -> None:
-    dtype = resolve_dtype(args.dtype)
-    results = measure(
-        flags.model_dir(args),
-        impls=args.model_impl,
-        dtype=dtype,
-        batches=args.batch,
-        prompt_len=args.prompt_len,
-        steps=args.steps,
-        kernel_dir=Settings().cache_dir,
-        seed=args.seed,
-        repeats=args.repeats,
-    )
-    print(save(results, meta(dtype), args.out))
-
-
 BLOCK_SIZE = 16
 
 
@@ -161,3 +136,28 @@ def save(results: list[StepResult], meta: Mapping[str, object], out: Path) -> st
     ax.legend()
     save_result(out, "step", {**meta, "results": [asdict(r) for r in results]}, table, {"step": fig})
     return table
+
+
+HELP = "time the CPU engine's steps directly, per model implementation"
+PARENT = flags.parent("model-dir", "batch", "prompt-len", "repeats", "dtype", "seed", "out", batch=[1, 32], repeats=3)
+
+
+def add_cli_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-impl", nargs="+", default=["ise", "transformers"], choices=MODEL_IMPLS[1:])
+    parser.add_argument("--steps", type=int, default=20, help="decode steps timed per batch size")
+
+
+def main(args: argparse.Namespace) -> None:
+    dtype = resolve_dtype(args.dtype)
+    results = measure(
+        flags.model_dir(args),
+        impls=args.model_impl,
+        dtype=dtype,
+        batches=args.batch,
+        prompt_len=args.prompt_len,
+        steps=args.steps,
+        kernel_dir=Settings().cache_dir,
+        seed=args.seed,
+        repeats=args.repeats,
+    )
+    print(save(results, meta(dtype), args.out))
