@@ -229,10 +229,9 @@ def plot(runs: list[OverloadRun], options: AdmissionOptions) -> Figure:
     return fig
 
 
-def save(runs: list[OverloadRun], options: AdmissionOptions, info: dict[str, Any], out: Path) -> None:
-    """Print the table; write it, every request's record as JSON and the plot."""
+def save(runs: list[OverloadRun], options: AdmissionOptions, info: dict[str, Any], out: Path) -> str:
+    """Write the table, every request's record as JSON and the plot; return the table."""
     text = markdown(runs, options, info)
-    print("\n" + text)
     payload = {
         **info,
         "options": asdict(options),
@@ -242,6 +241,7 @@ def save(runs: list[OverloadRun], options: AdmissionOptions, info: dict[str, Any
         ],
     }  # fmt: skip
     save_result(out, "admission", payload, text, {"admission": plot(runs, options)})
+    return text
 
 
 def request_count(rate: float, options: AdmissionOptions) -> int:

@@ -8,7 +8,8 @@ children, so one parent's defaults changed for one benchmark would change them f
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Literal
 
@@ -16,6 +17,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from adapters.builtin_model import ensure_builtin_model
 from adapters.config import DTYPES
+from benchmarks.clients import HttpClient
 from server.config.settings import Settings
 
 # Results are data, kept outside the Python package (see bench-results/README.md).
@@ -92,3 +94,13 @@ def tokenizer(args: argparse.Namespace) -> tuple[Path, PreTrainedTokenizerBase]:
     """The model directory and its tokenizer, for benchmarks that make prompts of a token count."""
     found = model_dir(args)
     return found, AutoTokenizer.from_pretrained(found)
+
+
+@contextlib.asynccontextmanager
+async def endpoint(args: argparse.Namespace) -> AsyncIterator[HttpClient]:
+    """A client of ``--base-url`` for ``--model``, closed on the way out."""
+    client = HttpClient(args.base_url, args.model)
+    try:
+        yield client
+    finally:
+        await client.aclose()

@@ -136,8 +136,7 @@ def main(args: argparse.Namespace) -> None:
 
 async def _main(args: argparse.Namespace) -> None:
     _, tokenizer = flags.tokenizer(args)
-    client = HttpClient(args.base_url, args.model)
-    try:
+    async with flags.endpoint(args) as client:
         result = await measure(
             client,
             tokenizer,
@@ -146,7 +145,5 @@ async def _main(args: argparse.Namespace) -> None:
             stream_output=args.stream_output,
             seed=args.seed,
         )
-    finally:
-        await client.aclose()
     print(table(result))
     save(result, args.out)

@@ -162,4 +162,4 @@ def main(args: argparse.Namespace) -> None:
                 passes.setdefault(run["concurrency"], []).append(run["summary"]["output_throughput"])
         measured = {level: statistics.median_low(values) for level, values in passes.items()}  # as the table
     found = measure(flags.model_dir(args), dtype, Settings().cache_dir)
-    print(save(found, meta(dtype), measured, args.input_len, args.output_len, args.out))
+    save(found, meta(dtype), measured, args.input_len, args.output_len, args.out)

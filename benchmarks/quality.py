@@ -152,4 +152,4 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> None:
     text = args.text_file.read_text() if args.text_file else REFERENCE_TEXT
     scores = measure(flags.model_dir(args), Settings().cache_dir, args.variants, text)
-    print(save(scores, meta(), args.out))
+    save(scores, meta(), args.out)

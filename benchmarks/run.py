@@ -10,7 +10,6 @@ import argparse
 import asyncio
 
 from benchmarks import flags, report
-from benchmarks.clients import HttpClient
 from benchmarks.save import meta, save_result
 from benchmarks.sweep import FLAGS, Sweep, add_workload_args
 
@@ -28,12 +27,8 @@ def main(args: argparse.Namespace) -> None:
 
 async def _main(args: argparse.Namespace) -> None:
     _, tokenizer = flags.tokenizer(args)
-    client = HttpClient(args.base_url, args.model)
-    try:
+    async with flags.endpoint(args) as client:
         runs = await Sweep(args, tokenizer).measure(args.base_url, args.base_url, client)
-    finally:
-        await client.aclose()
     table = report.markdown_table(runs)
-    print("\n" + table)
     payload = report.payload({**meta(args=vars(args)), "notes": []}, runs)
     save_result(args.out, "table", payload, table, report.figures(runs) if runs else None, json_name="results.json")

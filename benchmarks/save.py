@@ -79,14 +79,16 @@ def save_result(
     *,
     json_name: str | None = None,
 ) -> list[Path]:
-    """Write ``name``.json (or ``json_name``), ``name``.md and each figure as its key .png; say so.
+    """Write ``name``.json (or ``json_name``), ``name``.md and each figure as its key .png.
 
-    Returns the plots' paths, for a report that links them.
+    Prints the Markdown and the files written, as every benchmark's run ends; returns the plots'
+    paths, for a report that links them.
     """
     out.mkdir(parents=True, exist_ok=True)
     written = [out / (json_name or f"{name}.json")]
     written[0].write_text(json.dumps(payload, indent=1, allow_nan=True))
     if markdown is not None:
+        print("\n" + markdown, flush=True)
         written.append(out / f"{name}.md")
         written[-1].write_text(markdown if markdown.endswith("\n") else markdown + "\n")
     images = []

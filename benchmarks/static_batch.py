@@ -141,4 +141,4 @@ def main(args: argparse.Namespace) -> None:
         seed=args.seed,
         compiled=args.compile,
     )
-    print(save(results, meta(dtype), args.out))
+    save(results, meta(dtype), args.out)

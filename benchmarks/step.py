@@ -160,4 +160,4 @@ def main(args: argparse.Namespace) -> None:
         seed=args.seed,
         repeats=args.repeats,
     )
-    print(save(results, meta(dtype), args.out))
+    save(results, meta(dtype), args.out)

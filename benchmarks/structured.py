@@ -328,11 +328,10 @@ def plot(rows: list[LevelRow]) -> Figure:
     return fig
 
 
-def save(passes: list[Pass], options: StructuredOptions, info: dict[str, Any], out: Path) -> None:
-    """Print the table; write it, every request's record as JSON and the plot."""
+def save(passes: list[Pass], options: StructuredOptions, info: dict[str, Any], out: Path) -> str:
+    """Write the table, every request's record as JSON and the plot; return the table."""
     rows = level_rows(passes)
     text = markdown(rows, options, info)
-    print("\n" + text)
     payload = {
         **info,
         "options": asdict(options),
@@ -353,6 +352,7 @@ def save(passes: list[Pass], options: StructuredOptions, info: dict[str, Any], o
         ],
     }
     save_result(out, "structured", payload, text, {"structured": plot(rows)}, json_name="results.json")
+    return text
 
 
 async def warm_up(client: HttpClient, options: StructuredOptions) -> dict[str, float | None]:

@@ -80,7 +80,8 @@ def configure_vllm_cpu(args: EngineArgs) -> None:
 
     ``--kv-cache-gib`` and ``--threads`` mean there what they mean on ise's engine, unless the
     variables are already set. By default vllm-cpu keeps a core for its front-end and runs the
-    model on the others: on 2 cores that is one thread (FACTS.md: binding both is 46-60% faster).
+    model on the others: on 2 cores that is one thread, and binding both is much faster
+    (benchmarks/RESULTS.md).
     """
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(args.kv_cache_gib))))
     threads = args.threads or default_threads()

@@ -13,8 +13,8 @@ planned behaviour (its *kind*), drawn in exact proportions and shuffled with a s
 - ``stalled_reader``: reads nothing at all; the server must drop it after ``--stream-send-timeout``.
   A server only notices once its socket buffers are full, so this client shrinks them (a small
   receive buffer, and a small MSS, which keeps the server's send buffer from growing to
-  megabytes on loopback) and asks for a large output (16 choices of 64 tokens, ~280 KB of events
-  against the ~100 KB the two kernels and uvloop hold). It stays silent until the server's
+  megabytes on loopback) and asks for a large output (16 choices of 64 tokens: more events than
+  the two kernels' socket buffers and uvloop hold). It stays silent until the server's
   ``ise_requests_aborted_total{reason="send_timeout"}`` rises (stalled readers take turns in a
   lane of their own, so the rise is this one's), then reads what is left: a stream cut short
   without ``[DONE]`` is what should happen.

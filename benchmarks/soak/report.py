@@ -68,8 +68,8 @@ def markdown(report: SoakReport, meta: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save(report: SoakReport, meta: dict[str, Any], out: Path) -> None:
-    """Print the report; write it, and every request's outcome as JSON."""
+def save(report: SoakReport, meta: dict[str, Any], out: Path) -> str:
+    """Write the report and every request's outcome as JSON; return the report."""
     text = markdown(report, meta)
-    print("\n" + text)
     save_result(out, "soak", {**meta, **report.to_dict()}, text)
+    return text
