@@ -43,7 +43,9 @@ _FLAGS: dict[Flag, Callable[[argparse.ArgumentParser], object]] = {
         "--max-num-seqs", type=int, default=32, help="of the ise server(s) the benchmark starts"
     ),
     "kv-cache-gib": lambda p: p.add_argument(
-        "--kv-cache-gib", type=float, help="of the ise server(s) the benchmark starts (default: ise's)"
+        "--kv-cache-gib",
+        type=float,
+        help="of the ise server(s) the benchmark starts (default: %(default)s; None: ise's own)",
     ),
     "input-len": lambda p: p.add_argument("--input-len", type=int, default=128, help="prompt tokens"),
     "output-len": lambda p: p.add_argument("--output-len", type=int, default=128, help="output tokens per request"),
