@@ -8,7 +8,7 @@ so the ratios hold on a noisy machine.
 
 from __future__ import annotations
 
-import json
+import argparse
 import random
 import statistics
 import time
@@ -16,16 +16,18 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import torch
 
-from adapters.config import ModelImpl
+from adapters.config import MODEL_IMPLS, ModelImpl
 from adapters.cpu.block_manager import BlockManager
 from adapters.cpu.model_runner import ModelRunner
-from adapters.cpu.numerics import default_threads
+from adapters.cpu.numerics import default_threads, resolve_dtype
 from adapters.cpu.scheduler import Scheduler
 from adapters.cpu.sequence import Sequence
 from adapters.engine import EngineRequest, SamplingParams
+from benchmarks import flags
+from benchmarks.save import meta, save_result, subplots
+from server.config.settings import Settings
 
 BLOCK_SIZE = 16
 
@@ -113,8 +115,6 @@ def measure(
 
 def save(results: list[StepResult], meta: Mapping[str, object], out: Path) -> str:
     """Write JSON, a Markdown table (ratios to the first implementation) and a plot; return the table."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "step.json").write_text(json.dumps({**meta, "results": [asdict(r) for r in results]}, indent=1))
     first = {r.batch: r for r in results if r.impl == results[0].impl}
     rows = [
         f"| {r.impl} | {r.batch} | {r.prompt_len} | {r.prefill_tokens_per_s:.0f} | {r.decode_step_ms:.1f} "
@@ -123,8 +123,7 @@ def save(results: list[StepResult], meta: Mapping[str, object], out: Path) -> st
     ]
     header = "| model impl | batch | prompt tokens | prefill tok/s | decode step ms | decode tok/s | speed vs first |"
     table = "\n".join([header, "|---|---|---|---|---|---|---|", *rows])
-    (out / "step.md").write_text(table + "\n")
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = subplots(figsize=(6, 3.5))
     impls = list(dict.fromkeys(r.impl for r in results))
     batches = sorted({r.batch for r in results})
     width = 0.8 / len(impls)
@@ -135,7 +134,30 @@ def save(results: list[StepResult], meta: Mapping[str, object], out: Path) -> st
     ax.set_xlabel("decode batch")
     ax.set_ylabel("decode tokens/s (engine step only)")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "step.png", dpi=110)
-    plt.close(fig)
+    save_result(out, "step", {**meta, "results": [asdict(r) for r in results]}, table, {"step": fig})
     return table
+
+
+HELP = "time the CPU engine's steps directly, per model implementation"
+PARENT = flags.parent("model-dir", "batch", "prompt-len", "repeats", "dtype", "seed", "out", batch=[1, 32], repeats=3)
+
+
+def add_cli_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-impl", nargs="+", default=["ise", "transformers"], choices=MODEL_IMPLS[1:])
+    parser.add_argument("--steps", type=int, default=20, help="decode steps timed per batch size")
+
+
+def main(args: argparse.Namespace) -> None:
+    dtype = resolve_dtype(args.dtype)
+    results = measure(
+        flags.model_dir(args),
+        impls=args.model_impl,
+        dtype=dtype,
+        batches=args.batch,
+        prompt_len=args.prompt_len,
+        steps=args.steps,
+        kernel_dir=Settings().cache_dir,
+        seed=args.seed,
+        repeats=args.repeats,
+    )
+    save(results, meta(dtype), args.out)

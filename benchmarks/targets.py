@@ -205,7 +205,7 @@ def ise_vllm(config: TargetConfig) -> AbstractAsyncContextManager[Client]:
 def transformers_serve(config: TargetConfig) -> AbstractAsyncContextManager[Client]:
     """``transformers serve --continuous-batching`` with its KV cache sized explicitly.
 
-    Left to itself it sizes the cache from system RAM (14 GB here).
+    Left to itself it sizes the cache from system RAM, far beyond what the other targets get.
     """
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}

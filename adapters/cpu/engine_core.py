@@ -91,8 +91,8 @@ class EngineCore:
     """Model runner and scheduler, built together; each ``step`` runs one forward pass.
 
     Build it on the thread that will step it: torch's OpenMP workers are slow to wake for a
-    thread other than the one that last ran a parallel region (a batch-1 decode step went from
-    31 ms to 52 ms here when the event loop's thread had loaded the model).
+    thread other than the one that last ran a parallel region (a decode step measurably slower
+    when the event loop's thread had loaded the model; benchmarks/RESULTS.md).
     """
 
     def __init__(self, config: CPUEngineConfig) -> None:

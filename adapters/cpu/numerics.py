@@ -1,7 +1,8 @@
 """Numeric choices for the CPU engine, made from what the CPU can do.
 
 Machines of the same kind differ: an AVX2-only EPYC runs float32 fastest, while a Xeon with
-AMX runs bfloat16 batched decode 1.5-1.7x faster than float32. ``auto`` picks by CPU flags.
+AMX runs bfloat16 batched decode faster than float32 (benchmarks/RESULTS.md). ``auto`` picks by
+CPU flags.
 """
 
 from __future__ import annotations

