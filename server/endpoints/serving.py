@@ -37,6 +37,8 @@ from server.text.structured_outputs import enforceable
 
 # Names the request fields that took no effect (comma-separated); see SamplingFields.ignored_fields.
 IGNORED_PARAMS_HEADER = "x-ignored-params"
+# W3C's header for where a response's time went (queue, prefill, ttft, decode, total, in ms).
+SERVER_TIMING_HEADER = "server-timing"
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -254,6 +256,7 @@ async def _respond(
     if result is None:
         state.gateway.aborted(ticket, "client_disconnect")
         return Response(status_code=499)
+    headers[SERVER_TIMING_HEADER] = ticket.server_timing().header()
     return JSONResponse(result.model_dump(), headers=headers)
 
 
@@ -354,7 +357,9 @@ async def _sse(
     finally:
         if not finished:
             state.gateway.aborted(ticket, "client_disconnect" if ticket.client_gone else "send_timeout")
-    for frame in fmt.stream_end(tally.usage(fmt), report.final):
+    usage = tally.usage(fmt)
+    usage.server_timing = ticket.server_timing()  # a stream's headers are gone: its timings ride in its usage
+    for frame in fmt.stream_end(usage, report.final):
         yield frame
 
 

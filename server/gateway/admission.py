@@ -29,6 +29,7 @@ from adapters.engine import FinishReason
 from server.gateway.options import GatewayArgs
 from server.gateway.ttft_model import TTFTModel
 from server.gateway.vllm_metrics import RequestMetrics, RequestRecord
+from server.protocol.common import ServerTiming
 from server.protocol.errors import APIError, retry_after
 
 SLO_HEADER = "x-slo-ttft-ms"
@@ -111,9 +112,16 @@ class Ticket:
         if self.metrics is not None:
             self.metrics.finished(self.record())
 
+    def server_timing(self) -> ServerTiming:
+        """Where the request's time went, in milliseconds (ends now if the request has not ended)."""
+        r = self.record()
+        return ServerTiming(
+            queue=_ms(r.queued), prefill=_ms(r.prefill), ttft=_ms(r.ttft), decode=_ms(r.decode), total=_ms(r.e2e)
+        )
+
     def record(self) -> RequestRecord:
-        """The request as it ended, for the metrics."""
-        assert self.ended_at is not None
+        """The request as it is (as it ended, once it has), for the metrics and Server-Timing."""
+        ended = self.ended_at or time.monotonic()
         scheduled, first, last = self.scheduled_at, self.first_token_at, self.last_token_at
         reason: FinishReason | None = (
             "abort" if self.aborted or self.closed_early else None if self.failed else self.finish_reason
@@ -125,8 +133,9 @@ class Ticket:
             cached_tokens=self.cached_tokens,
             n=self.n,
             max_tokens=self.max_tokens,
-            e2e=self.ended_at - self.admitted_at,
+            e2e=ended - self.admitted_at,
             queued=None if scheduled is None else max(0.0, scheduled - self.admitted_at),
+            ttft=None if first is None else first - self.admitted_at,
             prefill=None if scheduled is None or first is None else max(0.0, first - scheduled),
             decode=None if first is None or last is None else last - first,
             inference=None if scheduled is None or last is None else max(0.0, last - scheduled),
@@ -173,6 +182,10 @@ class Ticket:
         self.cached_tokens += event.num_cached_tokens or 0
         if event.finish_reason is not None and self.finish_reason != "length":
             self.finish_reason = "length" if event.finish_reason == "length" else "stop"
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
 
 
 class Admission:

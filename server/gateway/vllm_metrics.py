@@ -70,6 +70,7 @@ class RequestRecord:
     max_tokens: int
     e2e: float  # admission to the end
     queued: float | None  # admission to the engine's first scheduling (None: the engine does not say)
+    ttft: float | None  # admission to first token (None: no token)
     prefill: float | None  # first scheduling to first token
     decode: float | None  # first token to the last (None: no token)
     inference: float | None  # first scheduling to the last token

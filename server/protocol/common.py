@@ -20,12 +20,32 @@ class CompletionTokensDetails(ResponseModel):
     reasoning_tokens: int = 0
 
 
+class ServerTiming(ResponseModel):
+    """Where a request's time went, in milliseconds, as the server measured it from admission.
+
+    ise's extension: the ``Server-Timing`` header of a whole response, and the ``server_timing`` field
+    of a stream's usage chunk (a stream cannot send a header at its end). A phase the engine did not
+    report (no first token, no scheduling time) is left out.
+    """
+
+    queue: float | None = Absent  # admission to the engine's first scheduling
+    prefill: float | None = Absent  # first scheduling to first token
+    ttft: float | None = Absent  # admission to first token
+    decode: float | None = Absent  # first token to last token
+    total: float  # admission to the end
+
+    def header(self) -> str:
+        """The W3C ``Server-Timing`` header's value: ``queue;dur=1.2, prefill;dur=40.5, ...``."""
+        return ", ".join(f"{name};dur={value}" for name, value in self.model_dump().items())
+
+
 class Usage(ResponseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
     prompt_tokens_details: PromptTokensDetails | None = Absent
     completion_tokens_details: CompletionTokensDetails | None = Absent
+    server_timing: ServerTiming | None = Absent  # a stream's usage chunk only: see ServerTiming
 
 
 class Envelope(ResponseModel):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
 
 import httpx
@@ -19,6 +20,17 @@ from tests.fast.conftest import MODEL, TinyModel, asgi_call
 from tests.fast.fake_engine import FakeEngine, Reply
 
 HI = [{"role": "user", "content": "hi"}]
+
+
+# ise's extension in a stream's usage chunk: the request's timings, which differ run to run.
+TIMING = re.compile(
+    r'"server_timing":\{"queue":[0-9.]+,"prefill":[0-9.]+,"ttft":[0-9.]+,"decode":[0-9.]+,"total":[0-9.]+\}'
+)
+
+
+def _timed(body: str) -> str:
+    """``body`` with the usage chunk's timings, checked for their shape, replaced by ``T``."""
+    return TIMING.sub('"server_timing":T', body)
 
 
 def _first_event(body: str) -> dict[str, Any]:
@@ -54,11 +66,11 @@ async def test_chat_stream_bytes(http: httpx.AsyncClient, include_usage: bool) -
     if include_usage:
         expected += (
             head + '[],"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17,'
-            '"prompt_tokens_details":{"cached_tokens":0}},'
+            '"prompt_tokens_details":{"cached_tokens":0},"server_timing":T},'
             '"system_fingerprint":null}\n\n'
         )
     assert first["id"].startswith("chatcmpl-")
-    assert response.text == expected + "data: [DONE]\n\n"
+    assert _timed(response.text) == expected + "data: [DONE]\n\n"
 
 
 @pytest.mark.parametrize("include_usage", [False, True])
@@ -85,10 +97,10 @@ async def test_text_stream_bytes(http: httpx.AsyncClient, include_usage: bool) -
     if include_usage:
         expected += (
             head + '[],"usage":{"prompt_tokens":2,"completion_tokens":5,"total_tokens":7,'
-            '"prompt_tokens_details":{"cached_tokens":0}},"system_fingerprint":null}\n\n'
+            '"prompt_tokens_details":{"cached_tokens":0},"server_timing":T},"system_fingerprint":null}\n\n'
         )
     assert first["id"].startswith("cmpl-")
-    assert response.text == expected + "data: [DONE]\n\n"
+    assert _timed(response.text) == expected + "data: [DONE]\n\n"
 
 
 async def test_the_role_chunk_waits_for_the_first_token(app: FastAPI, fake: FakeEngine, tiny: TinyModel) -> None:
@@ -146,7 +158,13 @@ async def test_sdk_reads_the_chat_stream(sdk: openai.AsyncOpenAI) -> None:
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello world!"
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
-    assert chunks[-1].choices == [] and chunks[-1].usage == whole.usage
+    usage = chunks[-1].usage
+    assert chunks[-1].choices == [] and usage is not None
+    # The usage chunk carries ise's timings beside OpenAI's fields; the SDK keeps them as extras.
+    timing = (usage.model_extra or {}).pop("server_timing")
+    assert set(timing) == {"queue", "prefill", "ttft", "decode", "total"}
+    assert timing["ttft"] == pytest.approx(timing["queue"] + timing["prefill"], abs=0.01)
+    assert usage == whole.usage
     assert whole.choices[0].message.content == "Hello world!"
     assert whole.choices[0].finish_reason == "stop"
 

@@ -48,6 +48,7 @@ def test_stream_matches_whole_reply(api_client: openai.OpenAI, api_server: Serve
     assert text == whole.choices[0].message.content
     usage_chunk = chunks[-1]
     assert usage_chunk.choices == [] and usage_chunk.usage is not None
+    assert (usage_chunk.usage.model_extra or {}).pop("server_timing")["total"] > 0  # ise's timings
     assert usage_chunk.usage == whole.usage
 
 

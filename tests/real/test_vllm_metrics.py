@@ -3,8 +3,12 @@ and moves by exactly what the responses' usage reported."""
 
 from __future__ import annotations
 
+import json
+import time
+
 import httpx
 import openai
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.real.conftest import ServerHandle, user
@@ -61,3 +65,33 @@ def test_vllm_series_move_by_the_usage_reported(api_client: openai.OpenAI, api_s
     assert len(info) == 1 and int(dict(info[0])["block_size"]) > 0 and int(dict(info[0])["num_gpu_blocks"]) > 0
     assert 0 <= value(after, api_server, "vllm:kv_cache_usage_perc") <= 1
     assert ("process_resident_memory_bytes", frozenset()) in after
+
+
+def test_server_timing_adds_up_and_agrees_with_the_client(api_server: ServerHandle) -> None:
+    body = {"model": api_server.model, "messages": user("Name a fruit."), "max_tokens": 8, "temperature": 0}
+    whole = httpx.post(f"{api_server.base_url}/chat/completions", json=body, timeout=300)
+    parts = dict(part.split(";dur=") for part in whole.headers["server-timing"].split(", "))
+    timing = {name: float(ms) for name, ms in parts.items()}
+    assert set(timing) == {"queue", "prefill", "ttft", "decode", "total"}
+    assert timing["ttft"] == pytest.approx(timing["queue"] + timing["prefill"], abs=0.01)
+    assert timing["ttft"] + timing["decode"] <= timing["total"] + 0.01
+
+    started = time.monotonic()
+    client_ttft = None
+    with httpx.stream(
+        "POST",
+        f"{api_server.base_url}/chat/completions",
+        json={**body, "stream": True, "stream_options": {"include_usage": True}},
+        timeout=300,
+    ) as stream:
+        events = []
+        for line in stream.iter_lines():
+            if line.startswith("data: {") and client_ttft is None and '"content":"' in line:
+                client_ttft = (time.monotonic() - started) * 1000
+            if line.startswith("data: {"):
+                events.append(json.loads(line.removeprefix("data: ")))
+    server = events[-1]["usage"]["server_timing"]
+    assert client_ttft is not None
+    # The server's clock starts after the request arrived and parsed: never later than the client's.
+    assert server["ttft"] <= client_ttft
+    assert client_ttft - server["ttft"] < 1000
