@@ -22,8 +22,8 @@ from server.endpoints.state import ServerState
 from server.runtime.app import create_app
 from server.text.options import ApiArgs
 from server.text.tokenization import Tokenization
-from tests.fast.conftest import HERMES_TEMPLATE, MODEL, TinyModel
 from tests.fast.fake_engine import FakeEngine, Reply, fake_logprobs
+from tests.fast.tiny_model import HERMES_TEMPLATE, MODEL, TinyModel
 
 HI = [{"role": "user", "content": "Say hello"}]
 

@@ -11,8 +11,8 @@ import openai
 from openai.lib.streaming.chat import ChatCompletionStreamState
 
 from adapters.engine import EngineRequest
-from tests.fast.conftest import MODEL, TinyModel
 from tests.fast.fake_engine import FakeEngine, Reply
+from tests.fast.tiny_model import MODEL, TinyModel
 
 SEED = 1000  # choice k of a seeded request is seeded SEED + k, which tells the fake which choice asks
 

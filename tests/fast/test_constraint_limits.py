@@ -29,8 +29,9 @@ from server.protocol.constraint_limits import (
 )
 from server.runtime.app import create_app
 from server.text.options import ApiArgs
-from tests.fast.conftest import MODEL, TinyModel, asgi_call, client, until
 from tests.fast.fake_engine import FakeEngine
+from tests.fast.helpers import asgi_call, client, until
+from tests.fast.tiny_model import MODEL, TinyModel
 
 CHAT = "/v1/chat/completions"
 HI = [{"role": "user", "content": "hi"}]

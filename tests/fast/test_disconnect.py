@@ -15,8 +15,8 @@ from fastapi import FastAPI
 from starlette.types import Message
 
 from adapters.engine import EngineRequest
-from tests.fast.conftest import MODEL, TinyModel
 from tests.fast.fake_engine import FakeEngine, Reply
+from tests.fast.tiny_model import MODEL, TinyModel
 
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50}
 NEVER = 3600.0  # the fake's wait before the last tokens: the request cannot finish during a test

@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from tests.fast.conftest import MODEL
+from tests.fast.tiny_model import MODEL
 
 HI = [{"role": "user", "content": "hi"}]
 

@@ -15,8 +15,8 @@ import pytest
 from fastapi import FastAPI
 
 from adapters.engine import EngineRequest
-from tests.fast.conftest import MODEL, TinyModel
 from tests.fast.fake_engine import FakeEngine, Reply, Script
+from tests.fast.tiny_model import MODEL, TinyModel
 
 ERROR_KEYS = {"message", "type", "param", "code"}
 NEVER = 3600.0  # a wait that outlasts any test: only the engine's death ends it

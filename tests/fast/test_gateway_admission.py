@@ -25,8 +25,9 @@ from adapters.engine import EngineRequest
 from server.gateway.drain import DrainingServer
 from server.gateway.ttft_model import TTFTModel
 from server.protocol.errors import APIError
-from tests.fast.conftest import MODEL, Clock, TinyModel, client, metric, sdk_client, serving, state_of, until
 from tests.fast.fake_engine import FakeEngine, Reply
+from tests.fast.helpers import Clock, client, metric, sdk_client, serving, state_of, until
+from tests.fast.tiny_model import MODEL, TinyModel
 
 TOKEN = 74  # a token id of the tiny vocabulary: prompts of n of them cost exactly n prompt tokens
 

@@ -24,8 +24,9 @@ from server.config.command_line import split_serve_args
 from server.config.settings import Settings
 from server.endpoints.state import ServerState
 from server.runtime.app import create_app
-from tests.fast.conftest import MODEL, Clock, Exchange, TinyModel, asgi_call, client, sdk_client, serving
 from tests.fast.fake_engine import FakeEngine
+from tests.fast.helpers import Clock, Exchange, asgi_call, client, sdk_client, serving
+from tests.fast.tiny_model import MODEL, TinyModel
 
 KEY = "sk-ise-correct-horse-battery"
 OTHER_KEY = "sk-ise-second-key-staple"

@@ -22,8 +22,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from adapters.engine import EngineRequest
-from tests.fast.conftest import MODEL, TinyModel, client, serving
 from tests.fast.fake_engine import FakeEngine, Reply
+from tests.fast.helpers import client, serving
+from tests.fast.tiny_model import MODEL, TinyModel
 
 EXAMPLES = 150
 WORD = 305  # a token id of the tiny vocabulary, not EOS

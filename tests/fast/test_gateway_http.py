@@ -20,8 +20,9 @@ from fastapi import FastAPI
 from starlette.types import Message
 
 from server.gateway.options import GatewayArgs
-from tests.fast.conftest import MODEL, Clock, TinyModel, asgi_call, client, metric, sdk_client, serving, until
 from tests.fast.fake_engine import FakeEngine
+from tests.fast.helpers import Clock, asgi_call, client, metric, sdk_client, serving, until
+from tests.fast.tiny_model import MODEL, TinyModel
 
 HI = [{"role": "user", "content": "hi"}]
 CHAT: dict[str, Any] = {"model": MODEL, "messages": HI, "max_tokens": 5}

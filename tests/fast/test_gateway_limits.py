@@ -22,8 +22,9 @@ import openai._base_client
 import pytest
 from fastapi import FastAPI
 
-from tests.fast.conftest import MODEL, WINDOW_START, Clock, TinyModel, client, metric, sdk_client, serving
 from tests.fast.fake_engine import FakeEngine
+from tests.fast.helpers import WINDOW_START, Clock, client, metric, sdk_client, serving
+from tests.fast.tiny_model import MODEL, TinyModel
 
 KEY_A, KEY_B = "sk-limits-a", "sk-limits-b"
 PROMPT = [74, 75]  # two token ids: a prompt whose cost in tokens is known exactly

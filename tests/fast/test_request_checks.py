@@ -13,7 +13,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from tests.fast.conftest import MODEL, state_of
+from tests.fast.helpers import state_of
+from tests.fast.tiny_model import MODEL
 
 HI = [{"role": "user", "content": "hi"}]
 TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}

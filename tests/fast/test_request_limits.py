@@ -31,8 +31,9 @@ from server.protocol.base import (
 )
 from server.runtime.app import create_app
 from server.text.tokenization import Tokenization
-from tests.fast.conftest import CONTEXT_LENGTH, HERMES_TEMPLATE, MODEL, TinyModel, client
 from tests.fast.fake_engine import FakeEngine
+from tests.fast.helpers import client
+from tests.fast.tiny_model import CONTEXT_LENGTH, HERMES_TEMPLATE, MODEL, TinyModel
 
 HI = [{"role": "user", "content": "hi"}]
 CHAT = "/v1/chat/completions"

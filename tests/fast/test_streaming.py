@@ -15,8 +15,9 @@ from fastapi import FastAPI
 from starlette.types import Message
 
 from adapters.engine import EngineRequest
-from tests.fast.conftest import MODEL, TinyModel, asgi_call
 from tests.fast.fake_engine import FakeEngine, Reply
+from tests.fast.helpers import asgi_call
+from tests.fast.tiny_model import MODEL, TinyModel
 
 HI = [{"role": "user", "content": "hi"}]
 

@@ -16,8 +16,9 @@ import pytest
 from server.endpoints.state import ServerState
 from server.runtime.app import create_app
 from server.text.tokenization import Tokenization
-from tests.fast.conftest import CONTEXT_LENGTH, MODEL, TinyModel, client, serving
 from tests.fast.fake_engine import FakeEngine
+from tests.fast.helpers import client, serving
+from tests.fast.tiny_model import CONTEXT_LENGTH, MODEL, TinyModel
 
 KEY = "sk-ise-tokenize-test-key"
 CONVERSATIONS: list[list[dict[str, Any]]] = [

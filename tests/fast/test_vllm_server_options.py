@@ -11,8 +11,9 @@ import pytest
 from server.endpoints.state import ServerState
 from server.runtime.app import create_app
 from server.text.options import ApiArgs
-from tests.fast.conftest import MODEL, TinyModel, client, serving
 from tests.fast.fake_engine import FakeEngine
+from tests.fast.helpers import client, serving
+from tests.fast.tiny_model import MODEL, TinyModel
 
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Say hello to the user"}], "stream": True}
 

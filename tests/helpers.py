@@ -1,0 +1,66 @@
+"""What both tiers read off the wire: server-sent events, OpenAI's error shape and Prometheus text.
+
+One reading of each, so the fast tier's fake and the real tier's model are held to the same format.
+A test that compares a stream byte for byte does so itself; these parse.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+ERROR_FIELDS = {"message", "type", "param", "code"}
+
+
+def sse_payloads(body: str) -> list[str]:
+    """The payload of each event of a whole event stream, ``[DONE]`` included.
+
+    Checks OpenAI's framing on the way: every event is one ``data: `` line ended by a blank line.
+    """
+    assert body.endswith("\n\n"), body[-200:]
+    events = body.split("\n\n")[:-1]
+    assert all(e.startswith("data: ") and "\n" not in e for e in events), events
+    return [e.removeprefix("data: ") for e in events]
+
+
+def sse_chunks(body: str) -> list[dict[str, Any]]:
+    """The JSON chunks of a whole event stream that ends with ``data: [DONE]``, and has it nowhere else."""
+    *chunks, done = sse_payloads(body)
+    assert done == "[DONE]", body[-200:]
+    return [json.loads(chunk) for chunk in chunks]
+
+
+def openai_error(body: Any) -> dict[str, Any]:
+    """The error of ``body``, which must be OpenAI's ``{"error": {"message", "type", "param", "code"}}``
+    with a message: what the openai SDK reads into its exception."""
+    assert isinstance(body, dict) and set(body) == {"error"}, body
+    error: dict[str, Any] = body["error"]
+    assert set(error) == ERROR_FIELDS, error
+    assert isinstance(error["message"], str) and error["message"], error
+    return error
+
+
+def assert_openai_error(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
+    """The error of a ``status`` answer in OpenAI's shape (with ``code``, when given)."""
+    assert response.status_code == status, response.text
+    error = openai_error(response.json())
+    if code is not None:
+        assert error["code"] == code, error
+    return error
+
+
+def metric_sample(text: str, name: str, **labels: str) -> float:
+    """One sample of ``/metrics``' Prometheus text.
+
+    A labelled sample never counted has no line yet and reads 0, as Prometheus reads a missing
+    counter; an unlabelled one is always exported, so its absence fails.
+    """
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    assert labels, f"{name} missing from /metrics"
+    return 0.0
