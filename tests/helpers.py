@@ -7,6 +7,7 @@ A test that compares a stream byte for byte does so itself; these parse.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
@@ -50,6 +51,14 @@ def assert_openai_error(response: httpx.Response, status: int, code: str | None 
     if code is not None:
         assert error["code"] == code, error
     return error
+
+
+def retry_after_s(headers: Mapping[str, str]) -> float:
+    """The wait a refusal asks for, in seconds: ``retry-after-ms`` (the openai SDK's), which
+    ``retry-after`` (every other client's) must round up to whole seconds, one at the least."""
+    seconds, ms = int(headers["retry-after"]), int(headers["retry-after-ms"])
+    assert seconds >= 1 and seconds - 1 < ms / 1000 <= seconds, (seconds, ms)
+    return ms / 1000
 
 
 def metric_sample(text: str, name: str, **labels: str) -> float:

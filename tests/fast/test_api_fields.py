@@ -24,6 +24,7 @@ from server.text.options import ApiArgs
 from server.text.tokenization import Tokenization
 from tests.fast.fake_engine import FakeEngine, Reply, fake_logprobs
 from tests.fast.tiny_model import HERMES_TEMPLATE, MODEL, TinyModel
+from tests.helpers import assert_openai_error, sse_chunks
 
 HI = [{"role": "user", "content": "Say hello"}]
 
@@ -34,18 +35,6 @@ def _chat(**extra: Any) -> dict[str, Any]:
 
 def _text(**extra: Any) -> dict[str, Any]:
     return {"model": MODEL, "prompt": "Hello", "max_tokens": 8, **extra}
-
-
-def _events(body: str) -> list[dict[str, Any]]:
-    lines = [line.removeprefix("data: ") for line in body.split("\n") if line.startswith("data: ")]
-    assert lines[-1] == "[DONE]"
-    return [json.loads(line) for line in lines[:-1]]
-
-
-def _error(response: httpx.Response, status: int = 400) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    error: dict[str, Any] = response.json()["error"]
-    return error
 
 
 # Sampling fields reach the engine.
@@ -74,7 +63,7 @@ async def test_logit_bias_and_min_p_reach_the_engine(http: httpx.AsyncClient, fa
 async def test_bad_sampling_fields_are_400_naming_them(
     http: httpx.AsyncClient, body: dict[str, Any], param: str
 ) -> None:
-    assert _error(await http.post("/v1/chat/completions", json=_chat(**body)))["param"] == param
+    assert assert_openai_error(await http.post("/v1/chat/completions", json=_chat(**body)), 400)["param"] == param
 
 
 async def test_null_means_the_default(http: httpx.AsyncClient, fake: FakeEngine) -> None:
@@ -117,7 +106,7 @@ async def test_chat_logprobs_whole_and_streamed(http: httpx.AsyncClient, fake: F
     assert [c["logprob"] for c in content] == [fake_logprobs(t, i, 2).logprob for i, t in enumerate(ids)]
     assert all(len(c["top_logprobs"]) == 2 and bytes(c["bytes"]).decode() == c["token"] for c in content)
     assert content[0]["top_logprobs"][1]["logprob"] == content[0]["logprob"] - 1
-    streamed = _events((await http.post("/v1/chat/completions", json={**body, "stream": True})).text)
+    streamed = sse_chunks((await http.post("/v1/chat/completions", json={**body, "stream": True})).text)
     entries = [e for chunk in streamed for c in chunk["choices"] if c["logprobs"] for e in c["logprobs"]["content"]]
     assert entries == content
 
@@ -157,14 +146,14 @@ async def test_echo_with_logprobs_covers_the_prompt(http: httpx.AsyncClient, fak
 
 
 async def test_echo_streams_the_prompt_first(http: httpx.AsyncClient) -> None:
-    events = _events((await http.post("/v1/completions", json=_text(echo=True, stream=True))).text)
+    events = sse_chunks((await http.post("/v1/completions", json=_text(echo=True, stream=True))).text)
     texts = [c["text"] for e in events for c in e["choices"]]
     assert texts[0].startswith("Hello") and "".join(texts) == "HelloHello world!"
 
 
 async def test_streamed_completion_logprobs_concatenate_to_the_whole(http: httpx.AsyncClient) -> None:
     whole = (await http.post("/v1/completions", json=_text(logprobs=2))).json()["choices"][0]["logprobs"]
-    events = _events((await http.post("/v1/completions", json=_text(logprobs=2, stream=True))).text)
+    events = sse_chunks((await http.post("/v1/completions", json=_text(logprobs=2, stream=True))).text)
     joined: dict[str, list[Any]] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
     for event in events:
         for choice in event["choices"]:
@@ -182,7 +171,7 @@ async def test_cached_tokens_are_reported(fake: FakeEngine, tiny: TinyModel) -> 
     async with app.router.lifespan_context(app), _client(app) as http:
         usage = (await http.post("/v1/chat/completions", json=_chat())).json()["usage"]
         assert usage["prompt_tokens_details"] == {"cached_tokens": 3}
-        events = _events(
+        events = sse_chunks(
             (
                 await http.post("/v1/chat/completions", json=_chat(stream=True, stream_options={"include_usage": True}))
             ).text
@@ -192,7 +181,7 @@ async def test_cached_tokens_are_reported(fake: FakeEngine, tiny: TinyModel) -> 
 
 async def test_continuous_usage_stats_count_as_they_go(http: httpx.AsyncClient, tiny: TinyModel) -> None:
     options = {"include_usage": True, "continuous_usage_stats": True}
-    events = _events((await http.post("/v1/completions", json=_text(stream=True, stream_options=options))).text)
+    events = sse_chunks((await http.post("/v1/completions", json=_text(stream=True, stream_options=options))).text)
     counts = [e["usage"]["completion_tokens"] for e in events[:-1]]  # the last: the usage chunk
     assert counts == sorted(counts) and counts[-1] == len(tiny.ids("Hello", " world", "!")) + 1  # and EOS
     assert all(e["usage"]["prompt_tokens"] == events[0]["usage"]["prompt_tokens"] for e in events)
@@ -223,7 +212,7 @@ async def test_strict_refuses_fields_that_would_be_ignored(fake: FakeEngine, tin
     state = ServerState(engine=fake, tokenization=tiny.tokenization, model_name=MODEL, api=ApiArgs(strict=True))
     app = create_app(state)
     async with app.router.lifespan_context(app), _client(app) as http:
-        error = _error(await http.post("/v1/completions", json=_text(metadata={"a": "b"})))
+        error = assert_openai_error(await http.post("/v1/completions", json=_text(metadata={"a": "b"})), 400)
         assert (error["param"], error["code"]) == ("metadata", "unsupported_parameter")
         assert (await http.post("/v1/completions", json=_text(logprobs=1, echo=True))).status_code == 200
     assert len(fake.requests) == 1
@@ -235,7 +224,8 @@ async def test_strict_refuses_fields_that_would_be_ignored(fake: FakeEngine, tin
 @pytest.mark.parametrize("kind", ["image_url", "input_audio", "file"])
 async def test_media_parts_get_a_text_only_400(http: httpx.AsyncClient, kind: str) -> None:
     parts = [{"type": "text", "text": "What is this?"}, {"type": kind, kind: {"url": "data:,"}}]
-    error = _error(await http.post("/v1/chat/completions", json=_chat(messages=[{"role": "user", "content": parts}])))
+    response = await http.post("/v1/chat/completions", json=_chat(messages=[{"role": "user", "content": parts}]))
+    error = assert_openai_error(response, 400)
     assert error["param"] == "messages.0.content"
     assert "text-only" in error["message"] and kind in error["message"]
 
@@ -315,7 +305,7 @@ async def test_every_structured_output_spelling_reaches_the_engine(
 async def test_constraints_that_cannot_be_enforced_are_400(
     http: httpx.AsyncClient, fake: FakeEngine, body: dict[str, Any], param: str, says: str
 ) -> None:
-    error = _error(await http.post("/v1/chat/completions", json=_chat(**body)))
+    error = assert_openai_error(await http.post("/v1/chat/completions", json=_chat(**body)), 400)
     assert error["param"] == param
     assert says in error["message"]
     assert not fake.requests
@@ -373,7 +363,7 @@ async def test_tool_calls_whole_and_streamed(
     assert (call["type"], call["function"]["name"]) == ("function", "get_weather")
     assert json.loads(call["function"]["arguments"]) == {"city": "Paris"}
     assert call["id"].startswith("call_")
-    events = _events((await roomy.post("/v1/chat/completions", json={**body, "stream": True})).text)
+    events = sse_chunks((await roomy.post("/v1/chat/completions", json={**body, "stream": True})).text)
     fragments = [t for e in events for c in e["choices"] for t in c["delta"].get("tool_calls", [])]
     assert fragments[0]["id"].startswith("call_") and fragments[0]["function"]["name"] == "get_weather"
     assert all(f["index"] == 0 and "id" not in f for f in fragments[1:])
@@ -386,7 +376,7 @@ async def test_auto_tool_choice_may_answer_in_text(roomy: httpx.AsyncClient, fak
     whole = (await roomy.post("/v1/chat/completions", json=_chat(tools=[WEATHER]))).json()["choices"][0]
     assert (whole["message"]["content"], whole["finish_reason"]) == ("Hello world!", "stop")
     assert "tool_calls" not in whole["message"]
-    events = _events((await roomy.post("/v1/chat/completions", json=_chat(tools=[WEATHER], stream=True))).text)
+    events = sse_chunks((await roomy.post("/v1/chat/completions", json=_chat(tools=[WEATHER], stream=True))).text)
     assert "".join(c["delta"].get("content", "") for e in events for c in e["choices"]) == "Hello world!"
 
 
@@ -406,7 +396,7 @@ async def test_auto_tool_choice_may_answer_in_text(roomy: httpx.AsyncClient, fak
     ],
 )
 async def test_bad_tool_requests_are_400(roomy: httpx.AsyncClient, body: dict[str, Any], param: str) -> None:
-    assert _error(await roomy.post("/v1/chat/completions", json=_chat(**body)))["param"] == param
+    assert assert_openai_error(await roomy.post("/v1/chat/completions", json=_chat(**body)), 400)["param"] == param
 
 
 async def test_reasoning_goes_to_reasoning_content(fake: FakeEngine, tiny: TinyModel) -> None:
@@ -420,7 +410,7 @@ async def test_reasoning_goes_to_reasoning_content(fake: FakeEngine, tiny: TinyM
         reasoning_tokens = whole["usage"]["completion_tokens_details"]["reasoning_tokens"]
         assert 0 < reasoning_tokens < whole["usage"]["completion_tokens"]
         options = {"include_usage": True}
-        events = _events(
+        events = sse_chunks(
             (await http.post("/v1/chat/completions", json=_chat(stream=True, stream_options=options))).text
         )
         deltas = [c["delta"] for e in events for c in e["choices"]]
@@ -442,7 +432,7 @@ async def test_prompt_logprobs_in_vllms_shape(http: httpx.AsyncClient, tiny: Tin
     plain = (await http.post("/v1/completions", json=_text())).json()
     assert "prompt_logprobs" not in plain["choices"][0]
     refused = await http.post("/v1/completions", json=_text(prompt_logprobs=1, stream=True))
-    assert _error(refused)["param"] == "prompt_logprobs"
+    assert assert_openai_error(refused, 400)["param"] == "prompt_logprobs"
 
 
 async def test_the_end_user_is_in_the_access_log(http: httpx.AsyncClient, caplog: pytest.LogCaptureFixture) -> None:
@@ -493,7 +483,7 @@ async def test_a_forced_call_cut_short_leaves_no_call_syntax_in_content(
     body = _chat(tools=[WEATHER], tool_choice="required", max_tokens=len(ids), stream=stream)
     response = await roomy.post("/v1/chat/completions", json=body)
     if stream:
-        deltas = [c["delta"] for e in _events(response.text) for c in e["choices"]]
+        deltas = [c["delta"] for e in sse_chunks(response.text) for c in e["choices"]]
         assert not "".join(d.get("content") or "" for d in deltas)
         names = [t["function"]["name"] for d in deltas for t in d.get("tool_calls", []) if "name" in t["function"]]
         assert names[0] == "get_weather"
@@ -519,7 +509,7 @@ async def test_a_template_that_knows_tools_gets_them_and_its_format_is_parsed(
         assert whole["message"]["content"] == "Let me check."
         assert json.loads(whole["message"]["tool_calls"][0]["function"]["arguments"]) == {"city": "Oslo"}
         assert whole["finish_reason"] == "tool_calls"
-        events = _events((await http.post("/v1/chat/completions", json=_chat(tools=[WEATHER], stream=True))).text)
+        events = sse_chunks((await http.post("/v1/chat/completions", json=_chat(tools=[WEATHER], stream=True))).text)
         deltas = [c["delta"] for e in events for c in e["choices"]]
         assert "".join(d.get("content") or "" for d in deltas) == "Let me check."
         arguments = "".join(t["function"]["arguments"] for d in deltas for t in d.get("tool_calls", []))
@@ -538,9 +528,8 @@ async def test_ignored_field_names_cannot_break_the_header(http: httpx.AsyncClie
 async def test_a_content_part_of_no_known_type_is_a_400(http: httpx.AsyncClient) -> None:
     """Found by schemathesis: a part whose type is an object once crashed the text-only check."""
     messages = [{"role": "user", "content": [{"type": {}, "text": "hi"}]}]
-    assert (
-        _error(await http.post("/v1/chat/completions", json=_chat(messages=messages)))["param"] == "messages.0.content"
-    )
+    response = await http.post("/v1/chat/completions", json=_chat(messages=messages))
+    assert assert_openai_error(response, 400)["param"] == "messages.0.content"
 
 
 async def test_a_conversation_that_may_not_call_sees_its_calls_as_prose(
@@ -578,7 +567,7 @@ async def test_errors_say_what_to_change(fake: FakeEngine, tiny: TinyModel) -> N
     state = ServerState(engine=fake, tokenization=tiny.tokenization, model_name=MODEL, api=ApiArgs(strict=True))
     app = create_app(state)
     async with app.router.lifespan_context(app), _client(app) as http:
-        error = _error(await http.post("/v1/chat/completions", json=_chat(top_logprobs=2)))
+        error = assert_openai_error(await http.post("/v1/chat/completions", json=_chat(top_logprobs=2)), 400)
         assert error["param"] == "top_logprobs" and "logprobs: true" in error["message"]
-        error = _error(await http.post("/v1/chat/completions", json=_chat(store=True, foo=1)))
+        error = assert_openai_error(await http.post("/v1/chat/completions", json=_chat(store=True, foo=1)), 400)
         assert error["param"] == "store" and "'store', 'foo' are not supported" in error["message"]

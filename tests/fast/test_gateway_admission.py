@@ -28,6 +28,7 @@ from server.protocol.errors import APIError
 from tests.fast.fake_engine import FakeEngine, Reply
 from tests.fast.helpers import Clock, client, metric, sdk_client, serving, state_of, until
 from tests.fast.tiny_model import MODEL, TinyModel
+from tests.helpers import assert_openai_error, retry_after_s, sse_payloads
 
 TOKEN = 74  # a token id of the tiny vocabulary: prompts of n of them cost exactly n prompt tokens
 
@@ -65,20 +66,10 @@ class Gated:
 
 def assert_refused(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
     """An OpenAI error with ``status`` and ``code``: a plain JSON answer, never an event stream."""
-    assert response.status_code == status, response.text
+    error = assert_openai_error(response, status, code)
     assert response.headers["content-type"] == "application/json"
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
-    assert body["error"]["code"] == code
-    assert body["error"]["type"] == ("rate_limit_error" if status == 429 else "service_unavailable")
-    error: dict[str, Any] = body["error"]
+    assert error["type"] == ("rate_limit_error" if status == 429 else "service_unavailable")
     return error
-
-
-def _retry_after_s(response: httpx.Response) -> float:
-    seconds, ms = int(response.headers["retry-after"]), int(response.headers["retry-after-ms"])
-    assert seconds >= 1 and seconds - 1 < ms / 1000 <= seconds
-    return ms / 1000
 
 
 @pytest.fixture
@@ -102,7 +93,7 @@ async def test_a_full_queue_refuses_at_once_streamed_or_not(
                 refused = await http.post(path, json={**body, "stream": stream})
                 error = assert_refused(refused, 429, "server_overloaded")
                 assert "2 requests" in error["message"]
-                assert _retry_after_s(refused) >= 1
+                assert retry_after_s(refused.headers) >= 1
                 assert "x-should-retry" not in refused.headers  # capacity comes back: worth a retry
         assert len(fake.requests) == 2  # none of them reached the engine
         assert await metric(http, "ise_requests_rejected_total", reason="server_overloaded") == 4
@@ -229,7 +220,7 @@ async def test_a_request_that_would_miss_the_target_gets_429_with_the_wait(fake:
             refused = await http.post("/v1/completions", json=_text(5, stream=stream))
             error = assert_refused(refused, 429, "slo_exceeded")
             # Predicted 0.05 + 0.1 * (50 + 5) = 5.55 s; the queue must drain 4.55 s for 1 s to fit.
-            assert _retry_after_s(refused) == pytest.approx(5.55 - 1.0, abs=0.002)
+            assert retry_after_s(refused.headers) == pytest.approx(5.55 - 1.0, abs=0.002)
             assert refused.headers["retry-after"] == "5"
             assert "x-should-retry" not in refused.headers
             assert "1000 ms" in error["message"] and "5550 ms" in error["message"]
@@ -282,7 +273,7 @@ async def test_the_header_target_can_be_tighter_than_the_servers(fake: FakeEngin
         _teach(app)  # behind 5 tokens, 5 more: 0.05 + 0.1 * 10 = 1.05 s
         refused = await http.post("/v1/completions", json=_text(5), headers={"x-slo-ttft-ms": "1000"})
         assert_refused(refused, 429, "slo_exceeded")
-        assert _retry_after_s(refused) == 1.0  # 50 ms over: Retry-After is at least a second
+        assert retry_after_s(refused.headers) == 1.0  # 50 ms over: Retry-After is at least a second
         admitted = asyncio.create_task(http.post("/v1/completions", json=_text(5)))  # the server's 60 s target
         await until(lambda: len(fake.requests) == 2)
         gated.open_all()
@@ -305,7 +296,7 @@ async def test_a_full_batch_adds_the_wait_for_a_slot(fake: FakeEngine, tiny: Tin
         error = assert_refused(refused, 429, "slo_exceeded")
         assert "1 sequences to finish" in error["message"]
         # 0.05 + 0.1 * 2 prefill, plus 10 s for the one slot: 10.25 s, 5.25 s over the target.
-        assert _retry_after_s(refused) == pytest.approx(5.25, abs=0.002)
+        assert retry_after_s(refused.headers) == pytest.approx(5.25, abs=0.002)
         second.set()
         assert (await running).status_code == 200
         _teach(app)
@@ -438,10 +429,6 @@ async def test_draining_refuses_new_requests_and_fails_health(app: FastAPI, http
     assert (await http.get("/v1/models")).status_code == 200  # the rest of the API still answers
 
 
-def _events(body: str) -> list[str]:
-    return [line.removeprefix("data: ") for line in body.split("\n") if line.startswith("data: ")]
-
-
 async def test_end_all_ends_a_stream_with_an_error_event_then_done(
     app: FastAPI, http: httpx.AsyncClient, fake: FakeEngine, tiny: TinyModel
 ) -> None:
@@ -456,7 +443,7 @@ async def test_end_all_ends_a_stream_with_an_error_event_then_done(
     assert ended == 1
     response = await running
     assert response.status_code == 200
-    events = _events(response.text)
+    events = sse_payloads(response.text)
     assert json.loads(events[1])["choices"][0]["delta"]["content"] == "Hello"
     assert json.loads(events[-2]) == {
         "error": {
@@ -504,7 +491,7 @@ async def test_sigterm_lets_running_requests_finish(fake: FakeEngine, tiny: Tiny
         assert (await finishing).json()["choices"][0]["text"] == "Hello"
         assert not server.should_exit
         slow.set()
-        events = _events((await streaming).text)
+        events = sse_payloads((await streaming).text)
         assert "".join(json.loads(e)["choices"][0]["delta"].get("content", "") for e in events[:-1]) == "Hello world"
         assert server._drain is not None
         await asyncio.wait_for(server._drain, 10)
@@ -523,7 +510,7 @@ async def test_sigterm_ends_what_outlives_the_drain_timeout(fake: FakeEngine, ti
         assert server._drain is not None
         await asyncio.wait_for(server._drain, 10)
         assert server.should_exit
-        events = _events((await stuck).text)
+        events = sse_payloads((await stuck).text)
         assert json.loads(events[-2])["error"]["code"] == "server_shutting_down" and events[-1] == "[DONE]"
         assert await metric(http, "ise_requests_aborted_total", reason="shutdown") == 1
         assert await metric(http, "ise_requests_in_flight") == 0
