@@ -27,6 +27,15 @@ def sse_payloads(body: str) -> list[str]:
     return [e.removeprefix("data: ") for e in events]
 
 
+def sse_line(line: str) -> str | None:
+    """The payload of one line of an event stream read line by line; ``None`` for the blank line
+    that ends an event. The same framing as ``sse_payloads``."""
+    if not line:
+        return None
+    assert line.startswith("data: "), line
+    return line.removeprefix("data: ")
+
+
 def sse_chunks(body: str) -> list[dict[str, Any]]:
     """The JSON chunks of a whole event stream that ends with ``data: [DONE]``, and has it nowhere else."""
     *chunks, done = sse_payloads(body)

@@ -15,7 +15,7 @@ import jsonschema
 import openai
 import pytest
 
-from tests.real.conftest import ServerHandle, running_server, user
+from tests.real.helpers import ServerHandle, running_server, user
 from tests.real.json_schemas import JSON_SCHEMAS
 
 
