@@ -25,7 +25,7 @@ from server.gateway.options import GatewayArgs
 from server.runtime.app import create_app
 from tests.fast.fake_engine import FakeEngine
 from tests.fast.tiny_model import MODEL, TinyModel
-from tests.helpers import metric_sample
+from tests.helpers import assert_openai_error, metric_sample
 
 
 @asynccontextmanager
@@ -46,6 +46,27 @@ async def serving(
     app = create_app(state)
     async with app.router.lifespan_context(app):
         yield app
+
+
+TOKEN = 74  # a token id of the tiny vocabulary: prompts of n of them cost exactly n prompt tokens
+
+
+def text_request(prompt_tokens: int = 2, **extra: Any) -> dict[str, Any]:
+    """A text completion whose prompt costs exactly ``prompt_tokens``: what admission counts."""
+    return {"model": MODEL, "prompt": [TOKEN] * prompt_tokens, "max_tokens": 4, **extra}
+
+
+def chat_request(**extra: Any) -> dict[str, Any]:
+    return {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, **extra}
+
+
+def assert_refused(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """The gateway's refusal: an OpenAI error with ``status`` and ``code``, a plain JSON answer
+    (never an event stream) whose type the SDK maps to its retried exceptions."""
+    error = assert_openai_error(response, status, code)
+    assert response.headers["content-type"] == "application/json"
+    assert error["type"] == ("rate_limit_error" if status == 429 else "service_unavailable")
+    return error
 
 
 async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
