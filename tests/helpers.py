@@ -1,4 +1,5 @@
-"""What both tiers read off the wire: server-sent events, OpenAI's error shape and Prometheus text.
+"""What both tiers read off the wire (server-sent events, OpenAI's error shape, Retry-After and
+Prometheus text) and the CPU time a process tree spends.
 
 One reading of each, so the fast tier's fake and the real tier's model are held to the same format.
 A test that compares a stream byte for byte does so itself; these parse.
@@ -7,10 +8,11 @@ A test that compares a stream byte for byte does so itself; these parse.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import httpx
+import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 ERROR_FIELDS = {"message", "type", "param", "code"}
@@ -82,3 +84,16 @@ def metric_sample(text: str, name: str, **labels: str) -> float:
                 return sample.value
     assert labels, f"{name} missing from /metrics"
     return 0.0
+
+
+def cpu_seconds(processes: Iterable[psutil.Process]) -> dict[int, float]:
+    """User and system CPU seconds of each of ``processes`` still alive, by pid: the work grammar
+    compiles do in worker processes, which a test checks has stopped."""
+    times = {}
+    for process in processes:
+        try:
+            cpu = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        times[process.pid] = cpu.user + cpu.system
+    return times

@@ -22,7 +22,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.helpers import assert_openai_error
+from tests.helpers import assert_openai_error, cpu_seconds
 from tests.real.helpers import ServerHandle, running_server
 
 BUDGET_S = 3.0
@@ -93,14 +93,7 @@ def started(budgeted: ServerHandle) -> None:
 def _cpu_seconds(server: ServerHandle) -> dict[int, float]:
     """CPU seconds of the server process and of each process under it (the compile workers)."""
     root = psutil.Process(server.pid)
-    times = {}
-    for process in [root, *root.children(recursive=True)]:
-        try:
-            cpu = process.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        times[process.pid] = cpu.user + cpu.system
-    return times
+    return cpu_seconds([root, *root.children(recursive=True)])
 
 
 def _assert_cpu_settles(server: ServerHandle) -> None:
