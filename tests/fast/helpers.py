@@ -1,5 +1,6 @@
-"""The fast tier's helpers: the app started with the gateway's settings, clients of it, what
-``/metrics`` says, raw ASGI calls for what httpx would rewrite, and a clock for rate limits.
+"""The fast tier's helpers: the app started with the gateway's settings, clients of it, requests
+whose cost admission knows and the refusal it answers, what ``/metrics`` says, raw ASGI calls for
+what httpx would rewrite, and a clock for rate limits.
 
 The fixtures that build on them live in conftest.py.
 """
