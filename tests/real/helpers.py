@@ -35,7 +35,7 @@ from adapters.cpu.engine import CoreFactory, CPUEngine
 from adapters.cpu.engine_core import CPUEngineConfig, EngineCore
 from adapters.model_info import ModelInfo
 from server.config.settings import Settings
-from tests.helpers import metric_sample, sse_line
+from tests.helpers import metric_sample, openai_error, sse_line
 
 START_TIMEOUT_S = 900  # a first run downloads and converts the model
 # Small and single-threaded: the box is two cores shared with other test runs.
@@ -205,7 +205,8 @@ def finish_reasons(payloads: list[str]) -> list[str]:
 
 
 def errors_in(payloads: list[str]) -> list[dict[str, Any]]:
-    return [json.loads(p)["error"] for p in payloads if p != "[DONE]" and "error" in json.loads(p)]
+    """The error events of a stream, each in OpenAI's shape."""
+    return [openai_error(json.loads(p)) for p in payloads if p != "[DONE]" and "error" in json.loads(p)]
 
 
 @dataclass
