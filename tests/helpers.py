@@ -78,6 +78,7 @@ def metric_sample(text: str, name: str, **labels: str) -> float:
     A labelled sample never counted has no line yet and reads 0, as Prometheus reads a missing
     counter; an unlabelled one is always exported, so its absence fails.
     """
+    assert "{" not in name, f"{name}: labels go in ``labels``, not in the name"
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == name and sample.labels == labels:
