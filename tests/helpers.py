@@ -8,6 +8,7 @@ A test that compares a stream byte for byte does so itself; these parse.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -16,23 +17,31 @@ import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 ERROR_FIELDS = {"message", "type", "param", "code"}
+_LINE_END = re.compile(r"\r\n|\r|\n")  # the three the SSE standard allows
+_EVENT_END = re.compile(r"(?:\r\n|\r|\n){2}")
 
 
 def sse_payloads(body: str) -> list[str]:
     """The payload of each event of a whole event stream, ``[DONE]`` included.
 
     Checks OpenAI's framing on the way: every event is one ``data: `` line ended by a blank line.
+    Comment events (sse-starlette's ``: ping`` keep-alive on a quiet stream, which clients skip)
+    are passed over.
     """
-    assert body.endswith("\n\n"), body[-200:]
-    events = body.split("\n\n")[:-1]
-    assert all(e.startswith("data: ") and "\n" not in e for e in events), events
-    return [e.removeprefix("data: ") for e in events]
+    *events, rest = _EVENT_END.split(body)
+    assert rest == "", body[-200:]
+    payloads = []
+    for event in events:
+        assert _LINE_END.search(event) is None, event
+        if (payload := sse_line(event)) is not None:
+            payloads.append(payload)
+    return payloads
 
 
 def sse_line(line: str) -> str | None:
     """The payload of one line of an event stream read line by line; ``None`` for the blank line
-    that ends an event. The same framing as ``sse_payloads``."""
-    if not line:
+    that ends an event, or a comment. The same framing as ``sse_payloads``."""
+    if not line or line.startswith(":"):
         return None
     assert line.startswith("data: "), line
     return line.removeprefix("data: ")
