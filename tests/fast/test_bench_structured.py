@@ -28,7 +28,7 @@ from benchmarks.structured import (
     verdict,
 )
 from server.text.grammar_check import problem
-from tests.fast.conftest import TinyModel
+from tests.fast.tiny_model import TinyModel
 
 PERSON = {
     "name": "Ada Brook",

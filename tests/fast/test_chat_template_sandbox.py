@@ -10,7 +10,7 @@ import pytest
 
 from server.protocol.errors import APIError
 from server.text.tokenization import Tokenization
-from tests.fast.conftest import TinyModel
+from tests.fast.tiny_model import TinyModel
 
 ESCAPES = [
     "{{ ''.__class__.__mro__[1].__subclasses__() }}",

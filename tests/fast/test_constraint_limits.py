@@ -29,8 +29,10 @@ from server.protocol.constraint_limits import (
 )
 from server.runtime.app import create_app
 from server.text.options import ApiArgs
-from tests.fast.conftest import MODEL, TinyModel, asgi_call, client, until
 from tests.fast.fake_engine import FakeEngine
+from tests.fast.helpers import asgi_call, client, until
+from tests.fast.tiny_model import MODEL, TinyModel
+from tests.helpers import cpu_seconds
 
 CHAT = "/v1/chat/completions"
 HI = [{"role": "user", "content": "hi"}]
@@ -124,14 +126,7 @@ async def budgeted(fake: FakeEngine, tiny: TinyModel) -> AsyncIterator[FastAPI]:
 
 def _descendants_cpu() -> dict[int, float]:
     """CPU seconds of each process this one started (the fork server and the compile workers)."""
-    times = {}
-    for process in psutil.Process().children(recursive=True):
-        try:
-            cpu = process.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        times[process.pid] = cpu.user + cpu.system
-    return times
+    return cpu_seconds(psutil.Process().children(recursive=True))
 
 
 def _spent_since(before: dict[int, float]) -> float:

@@ -15,8 +15,9 @@ from fastapi import FastAPI
 from starlette.types import Message
 
 from adapters.engine import EngineRequest
-from tests.fast.conftest import MODEL, TinyModel, state_of
 from tests.fast.fake_engine import FakeEngine, Reply
+from tests.fast.helpers import state_of
+from tests.fast.tiny_model import MODEL, TinyModel
 
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50}
 VLLM_LABELS = {"model_name": MODEL, "engine": "0"}

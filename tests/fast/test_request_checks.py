@@ -13,7 +13,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from tests.fast.conftest import MODEL, state_of
+from tests.fast.helpers import state_of
+from tests.fast.tiny_model import MODEL
+from tests.helpers import assert_openai_error
 
 HI = [{"role": "user", "content": "hi"}]
 TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
@@ -59,8 +61,7 @@ async def test_refused_while_parsing_naming_the_field(
     http: httpx.AsyncClient, costly: None, path: str, body: dict[str, Any], param: str, message: str
 ) -> None:
     response = await http.post(path, json={"model": MODEL, **body})
-    assert response.status_code == 400, response.text
-    error = response.json()["error"]
+    error = assert_openai_error(response, 400)
     assert error["param"] == param
     assert message in error["message"]
     assert error["type"] == "invalid_request_error"

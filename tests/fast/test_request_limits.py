@@ -31,8 +31,10 @@ from server.protocol.base import (
 )
 from server.runtime.app import create_app
 from server.text.tokenization import Tokenization
-from tests.fast.conftest import CONTEXT_LENGTH, HERMES_TEMPLATE, MODEL, TinyModel, client
 from tests.fast.fake_engine import FakeEngine
+from tests.fast.helpers import client
+from tests.fast.tiny_model import CONTEXT_LENGTH, HERMES_TEMPLATE, MODEL, TinyModel
+from tests.helpers import assert_openai_error
 
 HI = [{"role": "user", "content": "hi"}]
 CHAT = "/v1/chat/completions"
@@ -42,8 +44,7 @@ CALL = {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{
 
 
 def _param(response: httpx.Response) -> str | None:
-    assert response.status_code == 400, response.text
-    param: str | None = response.json()["error"]["param"]
+    param: str | None = assert_openai_error(response, 400)["param"]
     return param
 
 

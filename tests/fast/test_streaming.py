@@ -16,8 +16,10 @@ from fastapi import FastAPI
 from starlette.types import Message
 
 from adapters.engine import EngineRequest
-from tests.fast.conftest import MODEL, TinyModel, asgi_call
 from tests.fast.fake_engine import FakeEngine, Reply
+from tests.fast.helpers import asgi_call
+from tests.fast.tiny_model import MODEL, TinyModel
+from tests.helpers import openai_error, sse_chunks, sse_payloads
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -33,13 +35,6 @@ def _timed(body: str) -> str:
     return TIMING.sub('"server_timing":T', body)
 
 
-def _first_event(body: str) -> dict[str, Any]:
-    first = body.split("\n\n", 1)[0]
-    assert first.startswith("data: ")
-    event: dict[str, Any] = json.loads(first.removeprefix("data: "))
-    return event
-
-
 @pytest.mark.parametrize("include_usage", [False, True])
 async def test_chat_stream_bytes(http: httpx.AsyncClient, include_usage: bool) -> None:
     body: dict[str, Any] = {"model": MODEL, "messages": HI, "stream": True}
@@ -48,7 +43,7 @@ async def test_chat_stream_bytes(http: httpx.AsyncClient, include_usage: bool) -
     response = await http.post("/v1/chat/completions", json=body)
     assert response.status_code == 200
     assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
-    first = _first_event(response.text)
+    first = sse_chunks(response.text)[0]
     head = (
         f'data: {{"id":"{first["id"]}","object":"chat.completion.chunk","created":{first["created"]},'
         '"model":"fake","choices":'
@@ -81,7 +76,7 @@ async def test_text_stream_bytes(http: httpx.AsyncClient, include_usage: bool) -
     response = await http.post("/v1/completions", json=body)
     assert response.status_code == 200
     assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
-    first = _first_event(response.text)
+    first = sse_chunks(response.text)[0]
     head = (
         f'data: {{"id":"{first["id"]}","object":"text_completion","created":{first["created"]},'
         '"model":"fake","choices":'
@@ -127,7 +122,7 @@ async def test_the_role_chunk_waits_for_the_first_token(app: FastAPI, fake: Fake
     await prefilling.wait()
     await asyncio.sleep(0.05)
     first_token.set()
-    events = [json.loads(e.removeprefix("data: ")) for e in (await call).body.decode().split("\n\n")[:-2]]
+    events = sse_chunks((await call).body.decode())
     assert early == []
     assert [e["choices"][0]["delta"] for e in events] == [
         {"role": "assistant", "content": ""},
@@ -141,9 +136,9 @@ async def test_a_failure_before_the_first_token_is_the_whole_stream(
 ) -> None:
     fake.script = lambda _: tiny.reply("Hello", fail_at=0)
     response = await http.post("/v1/chat/completions", json={"model": MODEL, "messages": HI, "stream": True})
-    error, done = response.text.split("\n\n")[:-1]
-    assert json.loads(error.removeprefix("data: "))["error"]["type"] == "server_error"
-    assert done == "data: [DONE]"
+    error, done = sse_payloads(response.text)
+    assert openai_error(json.loads(error))["type"] == "server_error"
+    assert done == "[DONE]"
 
 
 async def test_sdk_reads_the_chat_stream(sdk: openai.AsyncOpenAI) -> None:

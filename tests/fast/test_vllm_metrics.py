@@ -9,25 +9,27 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.fast.conftest import MODEL, TinyModel
 from tests.fast.fake_engine import FakeEngine
+from tests.fast.tiny_model import MODEL, TinyModel
+from tests.helpers import metric_sample
 
 LABELS = {"model_name": MODEL, "engine": "0"}
 
 
-async def samples(http: httpx.AsyncClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample on /metrics, by name and labels."""
+class Scrape:
+    """One ``/metrics`` text, read by vLLM's labels."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __call__(self, name: str, **extra: str) -> float:
+        return metric_sample(self.text, name, **LABELS, **extra)
+
+
+async def samples(http: httpx.AsyncClient) -> Scrape:
     response = await http.get("/metrics")
     assert response.status_code == 200
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(response.text)
-        for s in family.samples
-    }
-
-
-def value(all_samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **extra: str) -> float:
-    return all_samples.get((name, tuple(sorted({**LABELS, **extra}.items()))), 0.0)
+    return Scrape(response.text)
 
 
 async def test_counters_and_histograms_move_by_what_usage_reported(
@@ -46,9 +48,9 @@ async def test_counters_and_histograms_move_by_what_usage_reported(
     s = await samples(http)
     prompt = whole.usage.prompt_tokens + streamed.prompt_tokens
     generated = whole.usage.completion_tokens + streamed.completion_tokens
-    assert value(s, "vllm:prompt_tokens_total") == prompt
-    assert value(s, "vllm:generation_tokens_total") == generated
-    assert value(s, "vllm:request_success_total", finished_reason="stop") == 2
+    assert s("vllm:prompt_tokens_total") == prompt
+    assert s("vllm:generation_tokens_total") == generated
+    assert s("vllm:request_success_total", finished_reason="stop") == 2
     for histogram in (
         "vllm:e2e_request_latency_seconds",
         "vllm:time_to_first_token_seconds",
@@ -62,14 +64,14 @@ async def test_counters_and_histograms_move_by_what_usage_reported(
         "vllm:request_params_max_tokens",
         "vllm:request_time_per_output_token_seconds",
     ):
-        assert value(s, histogram + "_count") == 2, histogram  # one observation per request, n=2 included
-    assert value(s, "vllm:request_prompt_tokens_sum") == prompt
-    assert value(s, "vllm:request_generation_tokens_sum") == generated
-    assert value(s, "vllm:request_params_n_sum") == 3
-    assert value(s, "vllm:request_params_max_tokens_sum") == 70
+        assert s(histogram + "_count") == 2, histogram  # one observation per request, n=2 included
+    assert s("vllm:request_prompt_tokens_sum") == prompt
+    assert s("vllm:request_generation_tokens_sum") == generated
+    assert s("vllm:request_params_n_sum") == 3
+    assert s("vllm:request_params_max_tokens_sum") == 70
     # Three choices: each of N tokens has N - 1 gaps between them.
-    assert value(s, "vllm:inter_token_latency_seconds_count") == generated - 3
-    assert value(s, "vllm:request_params_max_tokens_bucket", le="+Inf") == 2
+    assert s("vllm:inter_token_latency_seconds_count") == generated - 3
+    assert s("vllm:request_params_max_tokens_bucket", le="+Inf") == 2
 
 
 async def test_a_failed_request_counts_as_error(
@@ -79,9 +81,9 @@ async def test_a_failed_request_counts_as_error(
     with pytest.raises(openai.APIError):
         await sdk.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
     s = await samples(http)
-    assert value(s, "vllm:request_success_total", finished_reason="error") == 1
-    assert value(s, "vllm:request_success_total", finished_reason="stop") == 0
-    assert value(s, "vllm:e2e_request_latency_seconds_count") == 1
+    assert s("vllm:request_success_total", finished_reason="error") == 1
+    assert s("vllm:request_success_total", finished_reason="stop") == 0
+    assert s("vllm:e2e_request_latency_seconds_count") == 1
 
 
 async def test_engine_series_and_cache_info_have_vllm_names(http: httpx.AsyncClient) -> None:

@@ -13,7 +13,7 @@ from benchmarks.clients import HttpClient
 from benchmarks.interference import measure, save
 from benchmarks.loadgen import LoadShape, run_load
 from benchmarks.workloads import random_workload, shared_prefix_workload
-from tests.real.conftest import ServerHandle
+from tests.real.helpers import ServerHandle
 
 
 async def test_every_request_is_accounted_for(server: ServerHandle) -> None:

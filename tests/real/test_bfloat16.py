@@ -21,7 +21,7 @@ from adapters.engine import EngineRequest, SamplingParams
 from benchmarks import quality
 from server.config.settings import Settings
 from server.text.tokenization import Tokenization
-from tests.real.conftest import ServerHandle, cpu_engine
+from tests.real.helpers import ServerHandle, cpu_engine
 
 # The built-in model's greedy answers in float32 (ise's forward and transformers' agree).
 CANONICAL = {

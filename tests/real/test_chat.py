@@ -7,7 +7,7 @@ import pytest
 
 from adapters.model_info import ModelInfo
 from server.endpoints.generation import SamplingDefaults
-from tests.real.conftest import ServerHandle, user
+from tests.real.helpers import ServerHandle, user
 
 FRANCE = user("What is the capital of France?")
 

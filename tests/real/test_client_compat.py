@@ -38,7 +38,7 @@ from openai.types.chat import (
 )
 from pydantic import BaseModel, SecretStr
 
-from tests.real.conftest import ServerHandle, user
+from tests.real.helpers import ServerHandle, user
 
 HELLO_PROMPT = "Say hello in one short sentence."
 HELLO = user(HELLO_PROMPT)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import openai
 
 from server.text.tokenization import Tokenization
-from tests.real.conftest import ServerHandle
+from tests.real.helpers import ServerHandle
 
 PROMPT = "The three primary colors are"
 

@@ -20,7 +20,7 @@ from adapters.cpu.engine import CPUEngine
 from adapters.cpu.llama import unsupported_reason
 from adapters.engine import EngineRequest, SamplingParams
 from server.text.tokenization import Tokenization
-from tests.real.conftest import ServerHandle, cpu_engine
+from tests.real.helpers import ServerHandle, cpu_engine
 
 BLOCK = 16
 MAX_MODEL_LEN = 256

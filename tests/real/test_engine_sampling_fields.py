@@ -39,7 +39,7 @@ from adapters.engine import (
 from adapters.factory import build_engine
 from adapters.model_info import ModelInfo
 from server.config.settings import Settings
-from tests.real.conftest import cpu_engine
+from tests.real.helpers import cpu_engine
 from tests.real.json_schemas import JSON_SCHEMAS
 
 BLOCK = 16

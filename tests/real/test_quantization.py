@@ -16,7 +16,7 @@ import openai
 
 from benchmarks import quality
 from server.config.settings import Settings
-from tests.real.conftest import ServerHandle, running_server, user
+from tests.real.helpers import ServerHandle, running_server, user
 
 
 def test_int8_weights_score_text_within_tolerance(server: ServerHandle) -> None:

@@ -25,7 +25,7 @@ from adapters.engine import EngineRequest, RequestFailedError, SamplingParams
 from server.endpoints.state import ServerState
 from server.runtime.app import create_app
 from server.text.tokenization import Tokenization
-from tests.real.conftest import ServerHandle, cpu_engine, serving_in_thread, user
+from tests.real.helpers import ServerHandle, cpu_engine, serving_in_thread, user
 
 POISON_SEED = 666
 MODEL = "isolated"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from server.text.tokenization import Tokenization
-from tests.real.conftest import ServerHandle
+from tests.real.helpers import ServerHandle
 
 SAMPLE = "Héllo wörld! 日本語のテキスト 🎉🚀 done. STOP here"
 

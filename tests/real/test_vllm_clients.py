@@ -23,7 +23,8 @@ from openai.lib.streaming.chat import ChatCompletionStreamState, ParsedChatCompl
 from openai.types.chat import ChatCompletion, ChatCompletionToolParam
 from pydantic import SecretStr
 
-from tests.real.conftest import ServerHandle, running_server, user
+from tests.helpers import assert_openai_error, sse_line
+from tests.real.helpers import ServerHandle, running_server, user
 
 # A prompt of about 1,000 tokens, so its prefill is long enough to tell from a role chunk sent at once.
 WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo")
@@ -55,8 +56,8 @@ def test_the_first_chunk_with_choices_comes_with_the_first_token(server: ServerH
         "POST", f"{server.base_url}/chat/completions", json=body, headers={"x-request-id": request_id}, timeout=300
     ) as response:
         for line in response.iter_lines():
-            if line.startswith("data: {"):
-                chunks.append((time.perf_counter() - started, json.loads(line.removeprefix("data: "))))
+            if (payload := sse_line(line)) not in (None, "[DONE]"):
+                chunks.append((time.perf_counter() - started, json.loads(payload)))
     (opened_at, opening), (_, first) = chunks[:2]
     assert opening["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert first["choices"][0]["delta"]["content"]
@@ -175,11 +176,9 @@ def test_a_path_ise_does_not_serve_is_named_in_a_404(client: openai.OpenAI, serv
         }
     }
     wrong = httpx.delete(f"{server.root_url}/v1/models", timeout=30)
-    assert (wrong.status_code, wrong.headers["allow"]) == (405, "GET, HEAD")
-    assert (
-        wrong.json()["error"]["message"]
-        == "Invalid method (DELETE /v1/models): ise serves this path with GET, HEAD only."
-    )
+    assert wrong.headers["allow"] == "GET, HEAD"
+    message = assert_openai_error(wrong, 405)["message"]
+    assert message == "Invalid method (DELETE /v1/models): ise serves this path with GET, HEAD only."
     with pytest.raises(openai.NotFoundError, match=r"Invalid URL \(GET /v1/fine_tuning/jobs\)"):
         client.fine_tuning.jobs.list()
     # LangChain turns any 404 into "model not found"; its message now says what was not found.

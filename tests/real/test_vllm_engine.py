@@ -23,7 +23,7 @@ import pytest
 from adapters.config import EngineArgs
 from adapters.model_info import ModelInfo
 from adapters.vllm.args import shared_flags, vllm_flags
-from tests.real.conftest import ServerHandle, running_server, user
+from tests.real.helpers import ServerHandle, running_server, user
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("vllm-*.toml"))
 

@@ -11,27 +11,22 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.real.conftest import ServerHandle, user
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def scrape_all(server: ServerHandle) -> Samples:
-    text = httpx.get(f"{server.root_url}/metrics", timeout=10).text
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+from tests.helpers import metric_sample, sse_line
+from tests.real.helpers import ServerHandle, user
 
 
-def value(samples: Samples, server: ServerHandle, name: str, **extra: str) -> float:
-    labels = frozenset({"model_name": server.model, "engine": "0", **extra}.items())
-    return samples.get((name, labels), 0.0)
+def scrape_text(server: ServerHandle) -> str:
+    response = httpx.get(f"{server.root_url}/metrics", timeout=10)
+    assert response.status_code == 200
+    return response.text
+
+
+def value(text: str, server: ServerHandle, name: str, **extra: str) -> float:
+    return metric_sample(text, name, model_name=server.model, engine="0", **extra)
 
 
 def test_vllm_series_move_by_the_usage_reported(api_client: openai.OpenAI, api_server: ServerHandle) -> None:
-    before = scrape_all(api_server)
+    before = scrape_text(api_server)
     whole = api_client.chat.completions.create(
         model=api_server.model, messages=user("Name three colors."), max_tokens=12, temperature=0
     )
@@ -44,7 +39,7 @@ def test_vllm_series_move_by_the_usage_reported(api_client: openai.OpenAI, api_s
         stream_options={"include_usage": True},
     )
     streamed = [chunk for chunk in stream][-1].usage
-    after = scrape_all(api_server)
+    after = scrape_text(api_server)
     assert whole.usage is not None and streamed is not None
 
     def moved(name: str, **extra: str) -> float:
@@ -61,10 +56,12 @@ def test_vllm_series_move_by_the_usage_reported(api_client: openai.OpenAI, api_s
     assert moved("vllm:inter_token_latency_seconds_count") == generated - 2  # N tokens, N - 1 gaps, per request
     # The engine's own series: steps were taken, the cache is described for llm-d's scheduler.
     assert moved("vllm:iteration_tokens_total_count") >= 1
-    info = [labels for (name, labels) in after if name == "vllm:cache_config_info"]
-    assert len(info) == 1 and int(dict(info[0])["block_size"]) > 0 and int(dict(info[0])["num_gpu_blocks"]) > 0
+    info = [
+        s.labels for f in text_string_to_metric_families(after) for s in f.samples if s.name == "vllm:cache_config_info"
+    ]
+    assert len(info) == 1 and int(info[0]["block_size"]) > 0 and int(info[0]["num_gpu_blocks"]) > 0
     assert 0 <= value(after, api_server, "vllm:kv_cache_usage_perc") <= 1
-    assert ("process_resident_memory_bytes", frozenset()) in after
+    assert metric_sample(after, "process_resident_memory_bytes") > 0
 
 
 def test_server_timing_adds_up_and_agrees_with_the_client(api_server: ServerHandle) -> None:
@@ -86,10 +83,13 @@ def test_server_timing_adds_up_and_agrees_with_the_client(api_server: ServerHand
     ) as stream:
         events = []
         for line in stream.iter_lines():
-            if line.startswith("data: {") and client_ttft is None and '"content":"' in line:
-                client_ttft = (time.monotonic() - started) * 1000
-            if line.startswith("data: {"):
-                events.append(json.loads(line.removeprefix("data: ")))
+            payload = sse_line(line)
+            if payload is None or payload == "[DONE]":
+                continue
+            event = json.loads(payload)
+            if client_ttft is None and event["choices"] and event["choices"][0]["delta"].get("content"):
+                client_ttft = (time.monotonic() - started) * 1000  # the first token, as the client sees it
+            events.append(event)
     server = events[-1]["usage"]["server_timing"]
     assert client_ttft is not None
     # The server's clock starts after the request arrived and parsed: never later than the client's.
