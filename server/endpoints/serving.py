@@ -55,6 +55,10 @@ class ResponseFormat(Protocol):
         """Events sent as the stream opens, before the first token (none for OpenAI's chunk APIs)."""
         ...
 
+    def keepalive(self) -> ServerSentEvent | None:
+        """The event a stream repeats while it has nothing to send (None: sse-starlette's comment line)."""
+        ...
+
     def opening(self, index: int) -> BaseModel | None: ...
     def chunk(self, event: ChoiceEvent) -> list[BaseModel]:
         """The events for one event of a streamed choice (none: nothing to send), finish reason included."""
@@ -119,6 +123,9 @@ class OpenAIChunks(Identity, ABC):
 
     def stream_start(self) -> list[Frame]:
         return []
+
+    def keepalive(self) -> ServerSentEvent | None:
+        return None
 
     def frame(self, event: BaseModel, with_usage: bool) -> Frame:
         return event.model_dump_json(exclude=None if with_usage else {"usage"})
@@ -243,9 +250,11 @@ async def _respond(
         async def client_gone(_: object) -> None:
             ticket.client_gone = True
 
+        keepalive = fmt.keepalive()
         return EventStream(
             _sse(events, job, fmt, _usage_report(req, state), ticket, state),
             sep="\n",
+            ping_message_factory=None if keepalive is None else lambda: keepalive,
             headers=headers,
             send_timeout=state.gateway_args.stream_send_timeout,
             client_close_handler_callable=client_gone,

@@ -5,7 +5,8 @@ which is why routes outside that prefix (``/invocations``, ``/tokenize``) were o
 ``--api-key`` until advisories closed them one by one. ise inverts the rule: every request needs a
 key, except ``GET``/``HEAD`` of exactly ``/health`` as the client spelled it (``scope["raw_path"]``,
 never a path rebuilt from the Host header or decoded from ``%2F``), so a new route is private the
-day it is added and no spelling (``//v1/...``, ``/v1/models/``, ``/health/``) slips through.
+day it is added and no spelling (``//v1/...``, ``/v1/models/``, ``/health/``) slips through. The key
+comes as OpenAI's clients send it (``Authorization: Bearer KEY``) or as Anthropic's (``x-api-key``).
 """
 
 from __future__ import annotations
@@ -126,12 +127,17 @@ class APIKeyMiddleware:
         if scope["type"] == "http" and scope["method"] in _PUBLIC_METHODS and raw_path in PUBLIC_PATHS:
             await self.app(scope, receive, send)
             return
-        authorization = Headers(scope=scope).get("authorization", "").encode("latin-1")
+        headers = Headers(scope=scope)
+        authorization = headers.get("authorization", "").encode("latin-1")
+        # Anthropic's clients send the key as x-api-key (Claude Code's ANTHROPIC_API_KEY) or as a bearer token.
+        api_key = headers.get("x-api-key", "").encode("latin-1")
         key = None
         if authorization[: len(_BEARER)].lower() == _BEARER:
             key = self.keyring.match(authorization[len(_BEARER) :].strip())
+        elif api_key:
+            key = self.keyring.match(api_key.strip())
         if key is None:
-            await _deny(scope, receive, send, missing=not authorization)
+            await _deny(scope, receive, send, missing=not (authorization or api_key))
             return
         scope.setdefault("state", {})[STATE_KEY] = key
         await self.app(scope, receive, send)
@@ -143,7 +149,7 @@ async def _deny(scope: Scope, receive: Receive, send: Send, *, missing: bool) ->
         return
     message = (
         "You didn't provide an API key. Provide it in an Authorization header using Bearer auth "
-        "(Authorization: Bearer YOUR_KEY)."
+        "(Authorization: Bearer YOUR_KEY), or in an x-api-key header."
         if missing
         else "Incorrect API key provided."
     )
