@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_core import PydanticCustomError
 
 from server.protocol.base import (
     MAX_CONTENT_PARTS,
@@ -23,6 +22,7 @@ from server.protocol.base import (
     StopString,
     field_error,
 )
+from server.protocol.chat import text_only
 from server.protocol.constraint_limits import Schema
 
 # Blocks a text-only model cannot read: a 400 that says so, not a complaint about the block's shape.
@@ -30,16 +30,7 @@ _MEDIA_BLOCKS = {"image": "an image", "document": "a document", "search_result":
 
 
 def _text_only(blocks: Any) -> Any:
-    if isinstance(blocks, list):
-        for index, block in enumerate(blocks):
-            kind = block.get("type") if isinstance(block, dict) else None
-            if isinstance(kind, str) and kind in _MEDIA_BLOCKS:
-                raise PydanticCustomError(
-                    "text_only",
-                    "block {index} is {what} ('{kind}'), but this model is text-only: send text blocks only",
-                    {"index": index, "what": _MEDIA_BLOCKS[kind], "kind": kind},
-                )
-    return blocks
+    return text_only(blocks, _MEDIA_BLOCKS, "block")
 
 
 class CacheControl(RequestModel):
