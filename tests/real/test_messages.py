@@ -142,7 +142,7 @@ def test_errors_are_the_sdks_typed_exceptions(sdk: anthropic.Anthropic) -> None:
     with pytest.raises(anthropic.BadRequestError) as too_long:
         # Streamed, as Claude Code asks for its 32,000 tokens (the SDK refuses a whole answer that long).
         sdk.messages.create(model=BUILTIN_MODEL_NAME, max_tokens=32000, messages=QUESTION, stream=True)
-    error = too_long.value.body["error"]  # type: ignore[index, call-overload]
+    error = too_long.value.body["error"]  # type: ignore[index]
     assert error["type"] == "invalid_request_error"
     assert (
         f"maximum context length is {CONTEXT} tokens" in error["message"]
