@@ -61,7 +61,8 @@ def test_stream_text_is_the_whole_answer(sdk: anthropic.Anthropic) -> None:
         final = stream.get_final_message()
     [block] = whole.content
     assert block.type == "text" and text == block.text
-    assert final.content == whole.content and final.stop_reason == "end_turn"
+    [streamed] = final.content
+    assert streamed.type == "text" and streamed.text == text and final.stop_reason == "end_turn"
     assert final.usage.output_tokens == whole.usage.output_tokens
     assert final.model == ALIAS
 
