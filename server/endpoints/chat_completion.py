@@ -145,13 +145,18 @@ async def plan_job(req: ChatCompletionRequest, raw: Request, state: ServerState)
             )
         constraint = Constraint("tools", plan.structured)
     prompt = state.prompts.chat(plan.messages, tools=plan.template_tools, template_kwargs=req.chat_template_kwargs)
+    # Checked against the context before the constraint compiles: a prompt that cannot fit costs no
+    # compile, and its client hears about the numbers it can change (Claude Code's max_tokens).
+    job = job_for(req, [prompt], req.requested_max_tokens(), state, "messages", None)
     structured = await compiled(constraint, raw, state)
     output = plan.output
-    if structured is not None and output.reasoning is not None:
-        # The constraint holds from the first token, so no thinking precedes the answer: it is
-        # reasoning only where the constrained text itself opens the tags.
-        output = replace(output, reasoning=replace(output.reasoning, starts_in_reasoning=False))
-    return job_for(req, [prompt], req.requested_max_tokens(), state, "messages", structured), output
+    if structured is not None:
+        job = replace(job, params=[replace(params, structured_output=structured) for params in job.params])
+        if output.reasoning is not None:
+            # The constraint holds from the first token, so no thinking precedes the answer: it is
+            # reasoning only where the constrained text itself opens the tags.
+            output = replace(output, reasoning=replace(output.reasoning, starts_in_reasoning=False))
+    return job, output
 
 
 async def create_chat_completion(req: ChatCompletionRequest, raw: Request, state: ServerState) -> Response:

@@ -3,7 +3,7 @@
 vLLM checks its key in an HTTP middleware on a URL path it compares with ``startswith("/v1")``,
 which is why routes outside that prefix (``/invocations``, ``/tokenize``) were open under
 ``--api-key`` until advisories closed them one by one. ise inverts the rule: every request needs a
-key, except ``GET``/``HEAD`` of exactly ``/health`` as the client spelled it (``scope["raw_path"]``,
+key, except ``GET``/``HEAD`` of exactly ``/health`` (or ``/``) as the client spelled it (``scope["raw_path"]``,
 never a path rebuilt from the Host header or decoded from ``%2F``), so a new route is private the
 day it is added and no spelling (``//v1/...``, ``/v1/models/``, ``/health/``) slips through. The key
 comes as OpenAI's clients send it (``Authorization: Bearer KEY``) or as Anthropic's (``x-api-key``).
@@ -26,8 +26,9 @@ from server.protocol.errors import APIError, api_error_response
 
 log = logging.getLogger(__name__)
 
-# Probes (load balancers, Kubernetes) call these without credentials; they reveal only liveness.
-PUBLIC_PATHS = frozenset({b"/health"})
+# Probes (load balancers, Kubernetes; Claude Code's HEAD / before its first request) call these
+# without credentials; they reveal only liveness.
+PUBLIC_PATHS = frozenset({b"/health", b"/"})
 _PUBLIC_METHODS = frozenset({"GET", "HEAD"})
 _BEARER = b"bearer "
 STATE_KEY = "api_key"  # where the matched key goes in scope["state"] (request.state.api_key)

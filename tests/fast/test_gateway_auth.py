@@ -24,6 +24,7 @@ from server.config.command_line import split_serve_args
 from server.config.settings import Settings
 from server.endpoints.state import ServerState
 from server.runtime.app import create_app
+from server.runtime.messages_errors import is_messages_path
 from tests.fast.conftest import MODEL, Clock, Exchange, TinyModel, asgi_call, client, sdk_client, serving
 from tests.fast.fake_engine import FakeEngine
 
@@ -37,7 +38,7 @@ BODIES: dict[str, dict[str, Any]] = {
     "/tokenize": {"model": MODEL, "messages": HI},
     "/detokenize": {"model": MODEL, "tokens": [1, 2]},
 }
-PUBLIC = {("GET", "/health"), ("HEAD", "/health")}
+PUBLIC = {("GET", "/health"), ("HEAD", "/health"), ("GET", "/"), ("HEAD", "/")}
 
 
 def _route_calls(app: FastAPI) -> list[tuple[str, str]]:
@@ -73,22 +74,26 @@ async def _call(
     return await asgi_call(app, method, raw_path, query=query, headers=_headers(authorization, host), chunks=chunks)
 
 
-def assert_denied(exchange: Exchange, *, missing: bool) -> None:
-    """A 401 in OpenAI's shape, not retried by SDKs, that shows nothing of what the route holds."""
+def assert_denied(exchange: Exchange, *, missing: bool, path: str = "") -> None:
+    """A 401 in OpenAI's shape (Anthropic's on its routes), not retried by SDKs, that shows nothing of
+    what the route holds."""
     assert exchange.status == 401, (exchange.status, exchange.body)
     assert exchange.headers["x-should-retry"] == "false"
     assert exchange.headers["www-authenticate"] == "Bearer"
     assert exchange.headers["content-type"] == "application/json"
     assert len(exchange.headers["x-request-id"]) >= 16
     body = exchange.json()
-    assert body == {
-        "error": {
-            "message": body["error"]["message"],
-            "type": "authentication_error",
-            "param": None,
-            "code": "invalid_api_key",
+    if is_messages_path(path):
+        assert body == {"type": "error", "error": {"type": "authentication_error", "message": body["error"]["message"]}}
+    else:
+        assert body == {
+            "error": {
+                "message": body["error"]["message"],
+                "type": "authentication_error",
+                "param": None,
+                "code": "invalid_api_key",
+            }
         }
-    }
     assert ("didn't provide an API key" in body["error"]["message"]) is missing
     for leak in (MODEL.encode(), b'"data"', b"ise_", b"openapi", b"swagger", b'"status"'):
         assert leak not in exchange.body
@@ -124,7 +129,7 @@ async def test_every_route_needs_a_key_and_routes_normally_with_one(keyed: FastA
                 assert got.status == expected.status, (method, path, authorization, got.body)
                 assert got.status != 401
             else:
-                assert_denied(got, missing=authorization is None)
+                assert_denied(got, missing=authorization is None, path=path)
     # What a keyed client gets is the real thing.
     for method, path, status in [
         ("GET", "/v1/models", 200),
