@@ -251,10 +251,15 @@ async def test_an_empty_authorization_header_is_a_missing_key(keyed: FastAPI) ->
     assert_denied(await _call(keyed, "GET", b"/v1/models", ""), missing=True)
 
 
-async def test_only_the_authorization_header_carries_a_key(keyed: FastAPI) -> None:
-    for name in (b"x-api-key", b"api-key", b"proxy-authorization"):
+async def test_only_authorization_and_x_api_key_carry_a_key(keyed: FastAPI) -> None:
+    for name in (b"api-key", b"proxy-authorization"):
         headers = [(b"host", b"test"), (name, f"Bearer {KEY}".encode())]
         assert_denied(await asgi_call(keyed, "GET", b"/v1/models", headers=headers), missing=True)
+    # Anthropic's clients send the key itself as x-api-key, never a bearer credential.
+    headers = [(b"host", b"test"), (b"x-api-key", f"Bearer {KEY}".encode())]
+    assert_denied(await asgi_call(keyed, "GET", b"/v1/models", headers=headers), missing=False)
+    headers = [(b"host", b"test"), (b"x-api-key", KEY.encode())]
+    assert (await asgi_call(keyed, "GET", b"/v1/models", headers=headers)).status == 200
 
 
 async def test_the_sdk_raises_authentication_error_without_retrying(keyed: FastAPI) -> None:
