@@ -20,7 +20,9 @@ import pytest
 from fastapi import FastAPI
 from sse_starlette import EventSourceResponse
 
+from server.endpoints.messages import api as messages_api
 from server.endpoints.state import ServerState
+from server.protocol.messages_response import anthropic_error
 from server.runtime.app import create_app
 from server.text.options import ApiArgs
 from tests.fast.conftest import MODEL, TinyModel, client, serving, until
@@ -386,3 +388,36 @@ async def test_pings_while_the_first_token_is_awaited(
     first_block = names.index("content_block_start")
     assert names[0] == "message_start" and names[1:first_block].count("ping") >= 3
     assert set(names[1:first_block]) == {"ping"}
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "want"),
+    [
+        (400, "context_length_exceeded", (400, "invalid_request_error")),
+        (401, "invalid_api_key", (401, "authentication_error")),
+        (404, "model_not_found", (404, "not_found_error")),
+        (405, None, (405, "invalid_request_error")),
+        (413, "request_too_large", (413, "request_too_large")),
+        (429, "rate_limit_exceeded", (429, "rate_limit_error")),
+        (429, "server_overloaded", (529, "overloaded_error")),
+        (429, "slo_exceeded", (529, "overloaded_error")),
+        (503, "server_shutting_down", (529, "overloaded_error")),
+        (503, "engine_dead", (500, "api_error")),
+        (500, None, (500, "api_error")),
+    ],
+)
+def test_every_status_has_anthropics_type(status: int, code: str | None, want: tuple[int, str]) -> None:
+    got_status, body = anthropic_error(status, code, "m")
+    assert (got_status, body.error.type) == want
+
+
+async def test_an_unexpected_failure_is_an_anthropic_500(
+    http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(messages_api, "to_chat", broken)
+    response = await http.post("/v1/messages", json=_message())
+    message = _anthropic_error(response, 500, "api_error")
+    assert "boom" not in message and len(response.headers["x-request-id"]) >= 16
