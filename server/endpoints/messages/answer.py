@@ -87,7 +87,8 @@ class MessagesFormat:
         self._open: tuple[Kind, int] | None = None  # the block being streamed: its kind and index
         self._blocks = 0
         self._call_blocks: dict[int, int] = {}  # a tool call's index -> its block's index
-        self._stop: tuple[StopReason, str | None] | None = None
+        self._stop: tuple[StopReason, str | None] | None = None  # a stream's stop reason and sequence
+        self._stop_string: str | None = None  # the stop string that ended a whole answer
 
     # Streamed.
 
@@ -178,7 +179,7 @@ class MessagesFormat:
     def observe(self, event: ChoiceEvent) -> None:
         self.choices.observe(event)
         if event.finish_reason is not None:
-            self._stop = ("end_turn", event.stop_string)
+            self._stop_string = event.stop_string
 
     def whole(self, choices: list[Collected], usage: Usage) -> BaseModel:
         [collected] = choices
@@ -191,7 +192,7 @@ class MessagesFormat:
         for call in parts.tool_calls:
             content.append(ToolUseContent(id=tool_use_id(call.id), name=call.name, input=_arguments(call.arguments)))
         finish = "tool_calls" if parts.tool_calls and collected.finish_reason == "stop" else collected.finish_reason
-        sequence = self._stop[1] if self._stop is not None else None
+        sequence = self._stop_string
         return Message(
             id=self.id,
             model=self.model,
