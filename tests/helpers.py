@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 ERROR_FIELDS = {"message", "type", "param", "code"}
 _LINE_END = re.compile(r"\r\n|\r|\n")  # the three the SSE standard allows
-_EVENT_END = re.compile(r"(?:\r\n|\r|\n){2}")
+_EVENT_END = re.compile(r"(?:\r\n|\r(?!\n)|\n){2}")  # a CRLF is one line end, never two
 
 
 def sse_payloads(body: str) -> list[str]:
@@ -45,6 +45,25 @@ def sse_line(line: str) -> str | None:
         return None
     assert line.startswith("data: "), line
     return line.removeprefix("data: ")
+
+
+def sse_typed_events(body: str) -> list[tuple[str, dict[str, Any]]]:
+    """The (name, data) of each event of a whole stream of typed events (Anthropic's Messages and
+    OpenAI's Responses API): an ``event:`` line naming the data's own ``type``, then one ``data:``
+    line of JSON. Comment events (keep-alives) are passed over; there is no ``[DONE]``.
+    """
+    *events, rest = _EVENT_END.split(body)
+    assert rest == "", body[-200:]
+    typed = []
+    for event in events:
+        lines = [line for line in _LINE_END.split(event) if not line.startswith(":")]
+        if not lines:
+            continue
+        assert len(lines) == 2 and lines[0].startswith("event: ") and lines[1].startswith("data: "), event
+        name, data = lines[0].removeprefix("event: "), json.loads(lines[1].removeprefix("data: "))
+        assert data.get("type") == name, event
+        typed.append((name, data))
+    return typed
 
 
 def sse_chunks(body: str) -> list[dict[str, Any]]:

@@ -13,6 +13,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 from adapters.engine import TokenLogprobs
+from server.endpoints.chat_choices import ChatChoices
 from server.endpoints.generation import ChoiceEvent, Job
 from server.endpoints.logprobs import clamp_logprob, prompt_logprobs_out
 from server.endpoints.serving import Collected, OpenAIChunks, ResponseFormat, compiled, job_for, log_prompt, serve
@@ -33,10 +34,10 @@ from server.protocol.chat import (
     ToolCallOut,
     TopLogprob,
 )
-from server.protocol.common import ChoiceFinishReason, Usage
+from server.protocol.common import Usage
 from server.protocol.errors import invalid_request
 from server.protocol.sampling import Constraint
-from server.text.chat_output import ChatOutput, ChatPiece, ChatStream
+from server.text.chat_output import ChatOutput
 from server.text.chat_tools import plan_chat
 from server.text.tokenization import Tokenization
 from server.text.tool_parsers.base import ToolCallDelta
@@ -51,36 +52,21 @@ class ChatFormat(OpenAIChunks):
         self.tokenization = tokenization
         self.output = output
         self.logprobs = logprobs
-        self._streams: dict[int, ChatStream] = {}
-        self._reasoning_tokens = 0
+        self.choices = ChatChoices(output)
 
     def _chunk(self, choices: list[ChatChunkChoice], usage: Usage | None = None) -> ChatCompletionChunk:
         return ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=choices, usage=usage)
 
     def opening(self, index: int) -> BaseModel:
-        self._streams[index] = self.output.stream()
+        self.choices.open(index)
         return self._chunk([ChatChunkChoice(index=index, delta=Delta(role="assistant", content=""))])
 
-    def _push(self, event: ChoiceEvent) -> tuple[ChatStream, ChatPiece]:
-        stream = self._streams.setdefault(event.index, self.output.stream())
-        piece = stream.push(event.text)
-        if piece.in_reasoning:
-            self._reasoning_tokens += event.num_tokens
-        return stream, piece
-
     def observe(self, event: ChoiceEvent) -> None:
-        if self.output.reasoning is not None:
-            self._push(event)
+        self.choices.observe(event)
 
     def chunk(self, event: ChoiceEvent) -> list[BaseModel]:
-        stream, piece = self._push(event)
-        reason: ChoiceFinishReason | None = None
-        if event.finish_reason is not None:
-            last = stream.finish()
-            piece = ChatPiece(
-                piece.content + last.content, piece.reasoning + last.reasoning, (*piece.tool_calls, *last.tool_calls)
-            )
-            reason = "tool_calls" if stream.called and event.finish_reason == "stop" else event.finish_reason
+        piece = self.choices.push(event)
+        reason = self.choices.finish_reason(event)
         logprobs = self._logprobs(event.logprobs) if event.logprobs else None
         if not piece and logprobs is None and reason is None:
             return []
@@ -95,7 +81,7 @@ class ChatFormat(OpenAIChunks):
         return self._chunk([], usage)
 
     def reasoning_tokens(self) -> int | None:
-        return self._reasoning_tokens if self.output.reasoning is not None else None
+        return self.choices.reasoning_tokens()
 
     def whole(self, choices: list[Collected], usage: Usage) -> BaseModel:
         return ChatCompletion(
@@ -142,28 +128,40 @@ def _tool_call_delta(delta: ToolCallDelta) -> ToolCallDeltaOut:
     )
 
 
-async def create_chat_completion(req: ChatCompletionRequest, raw: Request, state: ServerState) -> Response:
-    async def prepare() -> tuple[Job, ResponseFormat]:
-        template = state.tokenization.chat_template
-        plan = plan_chat(req.messages, req.tools, req.tool_choice, req.parallel_tool_calls, state.api, template)
-        log_prompt(state, plan.messages)
-        constraint = req.constraint()
-        if plan.structured is not None:
-            if constraint is not None:
-                raise invalid_request(
-                    "A structured-output constraint cannot be combined with tool calls ise enforces by a grammar "
-                    "(tool_choice 'required', a named function, or 'auto' in the generic tool format).",
-                    param="tool_choice",
-                )
-            constraint = Constraint("tools", plan.structured)
-        prompt = state.prompts.chat(plan.messages, tools=plan.template_tools, template_kwargs=req.chat_template_kwargs)
-        structured = await compiled(constraint, raw, state)
-        output = plan.output
-        if structured is not None and output.reasoning is not None:
+async def plan_job(req: ChatCompletionRequest, raw: Request, state: ServerState) -> tuple[Job, ChatOutput]:
+    """The request's job (its prompt planned with its tools, its constraint compiled) and how its
+    output splits; every API answered by the chat pipeline (chat completions, Anthropic's Messages)
+    builds its job here."""
+    template = state.tokenization.chat_template
+    plan = plan_chat(req.messages, req.tools, req.tool_choice, req.parallel_tool_calls, state.api, template)
+    log_prompt(state, plan.messages)
+    constraint = req.constraint()
+    if plan.structured is not None:
+        if constraint is not None:
+            raise invalid_request(
+                "A structured-output constraint cannot be combined with tool calls ise enforces by a grammar "
+                "(tool_choice 'required', a named function, or 'auto' in the generic tool format).",
+                param="tool_choice",
+            )
+        constraint = Constraint("tools", plan.structured)
+    prompt = state.prompts.chat(plan.messages, tools=plan.template_tools, template_kwargs=req.chat_template_kwargs)
+    # Checked against the context before the constraint compiles: a prompt that cannot fit costs no
+    # compile, and its client hears about the numbers it can change (Claude Code's max_tokens).
+    job = job_for(req, [prompt], req.requested_max_tokens(), state, "messages", None)
+    structured = await compiled(constraint, raw, state)
+    output = plan.output
+    if structured is not None:
+        job = replace(job, params=[replace(params, structured_output=structured) for params in job.params])
+        if output.reasoning is not None:
             # The constraint holds from the first token, so no thinking precedes the answer: it is
             # reasoning only where the constrained text itself opens the tags.
             output = replace(output, reasoning=replace(output.reasoning, starts_in_reasoning=False))
-        job = job_for(req, [prompt], req.requested_max_tokens(), state, "messages", structured)
+    return job, output
+
+
+async def create_chat_completion(req: ChatCompletionRequest, raw: Request, state: ServerState) -> Response:
+    async def prepare() -> tuple[Job, ResponseFormat]:
+        job, output = await plan_job(req, raw, state)
         return job, ChatFormat(req.model, state.tokenization, output, req.logprobs)
 
     return await serve(req, raw, state, prepare)

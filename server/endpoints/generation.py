@@ -56,6 +56,7 @@ class ChoiceEvent:
     # On a choice's first event, where the engine reports them.
     prompt_logprobs: list[TokenLogprobs | None] | None = None
     num_cached_tokens: int | None = None
+    stop_string: str | None = None  # on the last event: the stop string that ended the choice, if one did
 
 
 @dataclass(frozen=True)
@@ -249,7 +250,7 @@ class Generation:
                 )
                 first = False
                 if text.stopped:
-                    yield replace(event, finish_reason="stop")
+                    yield replace(event, finish_reason="stop", stop_string=text.stop_string)
                     return
                 if out.finish_reason is not None:
                     reason: ChoiceFinishReason = "length" if out.finish_reason == "length" else "stop"

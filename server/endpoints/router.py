@@ -118,6 +118,13 @@ async def create_completion(body: CompletionRequest, request: Request, state: St
     return await completion.create_completion(body, request, state)
 
 
+@router.head("/", include_in_schema=False)
+@router.get("/", include_in_schema=False)
+async def root() -> Response:
+    """Claude Code checks that its base URL answers (``HEAD /``) before its first request."""
+    return Response()
+
+
 @router.head("/health", include_in_schema=False)
 @router.get(
     "/health",

@@ -48,6 +48,14 @@ T = TypeVar("T")
 Frame = str | ServerSentEvent
 
 
+def typed_event(event: BaseModel) -> ServerSentEvent:
+    """A typed event (Anthropic's Messages, OpenAI's Responses): its ``type`` names the SSE event too,
+    and its lines end as the data-only events' do."""
+    return ServerSentEvent(
+        data=event.model_dump_json(), event=str(event.model_dump(include={"type"})["type"]), sep="\n"
+    )
+
+
 class ResponseFormat(Protocol):
     """What an endpoint's answer looks like, whole and streamed; the serving loop calls it in order:
     ``stream_start``, then per choice ``opening`` with the first token, ``chunk`` per event, and
@@ -55,6 +63,10 @@ class ResponseFormat(Protocol):
 
     def stream_start(self) -> list[Frame]:
         """Events sent as the stream opens, before the first token (none for OpenAI's chunk APIs)."""
+        ...
+
+    def keepalive(self) -> ServerSentEvent | None:
+        """The event a stream repeats while it has nothing to send (None: sse-starlette's comment line)."""
         ...
 
     def opening(self, index: int) -> BaseModel | None: ...
@@ -121,6 +133,9 @@ class OpenAIChunks(Identity, ABC):
 
     def stream_start(self) -> list[Frame]:
         return []
+
+    def keepalive(self) -> ServerSentEvent | None:
+        return None
 
     def frame(self, event: BaseModel, with_usage: bool) -> Frame:
         return event.model_dump_json(exclude=None if with_usage else {"usage"})
@@ -245,9 +260,11 @@ async def _respond(
         async def client_gone(_: object) -> None:
             ticket.client_gone = True
 
+        keepalive = fmt.keepalive()
         return EventStream(
             _sse(events, job, fmt, _usage_report(req, state), ticket, state),
             sep="\n",
+            ping_message_factory=None if keepalive is None else lambda: keepalive,
             headers=headers,
             send_timeout=state.gateway_args.stream_send_timeout,
             client_close_handler_callable=client_gone,

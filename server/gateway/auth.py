@@ -3,9 +3,10 @@
 vLLM checks its key in an HTTP middleware on a URL path it compares with ``startswith("/v1")``,
 which is why routes outside that prefix (``/invocations``, ``/tokenize``) were open under
 ``--api-key`` until advisories closed them one by one. ise inverts the rule: every request needs a
-key, except ``GET``/``HEAD`` of exactly ``/health`` as the client spelled it (``scope["raw_path"]``,
+key, except ``GET``/``HEAD`` of exactly ``/health`` (or ``/``) as the client spelled it (``scope["raw_path"]``,
 never a path rebuilt from the Host header or decoded from ``%2F``), so a new route is private the
-day it is added and no spelling (``//v1/...``, ``/v1/models/``, ``/health/``) slips through.
+day it is added and no spelling (``//v1/...``, ``/v1/models/``, ``/health/``) slips through. The key
+comes as OpenAI's clients send it (``Authorization: Bearer KEY``) or as Anthropic's (``x-api-key``).
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from server.protocol.errors import APIError, api_error_response
 
 log = logging.getLogger(__name__)
 
-# Probes (load balancers, Kubernetes) call these without credentials; they reveal only liveness.
-PUBLIC_PATHS = frozenset({b"/health"})
+# Probes (load balancers, Kubernetes; Claude Code's HEAD / before its first request) call these
+# without credentials; they reveal only liveness.
+PUBLIC_PATHS = frozenset({b"/health", b"/"})
 _PUBLIC_METHODS = frozenset({"GET", "HEAD"})
 _BEARER = b"bearer "
 STATE_KEY = "api_key"  # where the matched key goes in scope["state"] (request.state.api_key)
@@ -126,12 +128,17 @@ class APIKeyMiddleware:
         if scope["type"] == "http" and scope["method"] in _PUBLIC_METHODS and raw_path in PUBLIC_PATHS:
             await self.app(scope, receive, send)
             return
-        authorization = Headers(scope=scope).get("authorization", "").encode("latin-1")
+        headers = Headers(scope=scope)
+        authorization = headers.get("authorization", "").encode("latin-1")
+        # Anthropic's clients send the key as x-api-key (Claude Code's ANTHROPIC_API_KEY) or as a bearer token.
+        api_key = headers.get("x-api-key", "").encode("latin-1")
         key = None
         if authorization[: len(_BEARER)].lower() == _BEARER:
             key = self.keyring.match(authorization[len(_BEARER) :].strip())
+        elif api_key:
+            key = self.keyring.match(api_key.strip())
         if key is None:
-            await _deny(scope, receive, send, missing=not authorization)
+            await _deny(scope, receive, send, missing=not (authorization or api_key))
             return
         scope.setdefault("state", {})[STATE_KEY] = key
         await self.app(scope, receive, send)
@@ -143,7 +150,7 @@ async def _deny(scope: Scope, receive: Receive, send: Send, *, missing: bool) ->
         return
     message = (
         "You didn't provide an API key. Provide it in an Authorization header using Bearer auth "
-        "(Authorization: Bearer YOUR_KEY)."
+        "(Authorization: Bearer YOUR_KEY), or in an x-api-key header."
         if missing
         else "Incorrect API key provided."
     )

@@ -51,6 +51,23 @@ _MEDIA_PARTS = {
 }
 
 
+def text_only(content: Any, media: dict[str, str], noun: str) -> Any:
+    """Images, audio and files get a 400 saying why, not a complaint about the part's shape.
+
+    ``media``: the part types (``type``) a text-only model cannot read, each with its description.
+    """
+    if isinstance(content, list):
+        for index, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if isinstance(kind, str) and kind in media:
+                raise PydanticCustomError(
+                    "text_only",
+                    "{noun} {index} is {what} ('{kind}'), but this model is text-only: send text {noun}s only",
+                    {"noun": noun, "index": index, "what": media[kind], "kind": kind},
+                )
+    return content
+
+
 class ChatMessage(RequestModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | Annotated[list[TextPart], Field(max_length=MAX_CONTENT_PARTS)] | None = None
@@ -61,17 +78,7 @@ class ChatMessage(RequestModel):
     @field_validator("content", mode="before")
     @classmethod
     def _text_only(cls, content: Any) -> Any:
-        """Images, audio and files get a 400 saying why, not a complaint about the part's shape."""
-        if isinstance(content, list):
-            for index, part in enumerate(content):
-                kind = part.get("type") if isinstance(part, dict) else None
-                if isinstance(kind, str) and kind in _MEDIA_PARTS:
-                    raise PydanticCustomError(
-                        "text_only",
-                        "part {index} is {what} ('{kind}'), but this model is text-only: send text parts only",
-                        {"index": index, "what": _MEDIA_PARTS[kind], "kind": kind},
-                    )
-        return content
+        return text_only(content, _MEDIA_PARTS, "part")
 
     def text(self) -> str:
         if self.content is None:

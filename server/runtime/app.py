@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
+from server.endpoints.messages.api import router as messages_router
 from server.endpoints.router import router, stream_schemas
 from server.endpoints.state import ServerState
 from server.gateway.access_log import AccessLogMiddleware
@@ -19,6 +20,7 @@ from server.gateway.request_id import RequestIdMiddleware
 from server.protocol.chat import ChatCompletionRequest
 from server.protocol.completion import CompletionRequest
 from server.runtime.error_handlers import install_error_handlers
+from server.runtime.messages_errors import MessagesErrorsMiddleware
 
 _BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 
@@ -57,7 +59,8 @@ class _App(FastAPI):
 def create_app(state: ServerState, on_ready: Callable[[], None] = lambda: None) -> FastAPI:
     """The app over ``state``; raises ``ValueError`` for an unreadable API keys file.
 
-    Middleware, outermost first: request id (every response has one), access log, CORS (so
+    Middleware, outermost first: request id (every response has one), access log, Anthropic's error
+    shape on its routes (so the log shows the status sent), CORS (so
     browsers' preflights are answered without a key and every answer has CORS headers), API key,
     body size; then the routes.
     """
@@ -98,7 +101,9 @@ def create_app(state: ServerState, on_ready: Callable[[], None] = lambda: None) 
             # Browsers may read these: OpenAI's rate-limit and request-id headers.
             expose_headers=["x-request-id", "retry-after", "retry-after-ms", *RATE_LIMIT_HEADERS],
         )
+    app.add_middleware(MessagesErrorsMiddleware)
     app.add_middleware(AccessLogMiddleware, quiet_paths=frozenset(gateway.disable_access_log_for_endpoints))
     app.add_middleware(RequestIdMiddleware)
     app.include_router(router)
+    app.include_router(messages_router)
     return app

@@ -35,6 +35,7 @@ class TextStream:
         self._text = ""
         self._sent = 0
         self.stopped = False
+        self.stop_string: str | None = None  # the stop string that ended the text (Anthropic reports it)
 
     def push(self, token_ids: Sequence[int]) -> str:
         """Add tokens; return the text that is now safe to send."""
@@ -68,6 +69,7 @@ class TextStream:
         at, stop = min(hits)
         self._text = self._text[: at + len(stop) if self._include_stop else at]
         self.stopped = True
+        self.stop_string = stop
         return True
 
     def _held_back(self) -> int:

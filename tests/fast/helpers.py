@@ -21,10 +21,11 @@ import openai
 from fastapi import FastAPI
 from starlette.types import Message
 
+from adapters.engine import EngineRequest
 from server.endpoints.state import ServerState
 from server.gateway.options import GatewayArgs
 from server.runtime.app import create_app
-from tests.fast.fake_engine import FakeEngine
+from tests.fast.fake_engine import FakeEngine, Reply
 from tests.fast.tiny_model import MODEL, TinyModel
 from tests.helpers import assert_openai_error, metric_sample
 
@@ -199,3 +200,26 @@ async def asgi_call(
     async with asyncio.timeout(timeout_s):
         await app(scope, receive, record)
     return Exchange(sent)
+
+
+class Gated:
+    """Scripts the fake so each request waits for its first token until the test opens the gates;
+    requests that come after that are not held."""
+
+    def __init__(self, fake: FakeEngine, tiny: TinyModel) -> None:
+        self.tiny = tiny
+        self.gates: list[asyncio.Event] = []
+        self.opened = False
+        fake.script = self._reply
+
+    def _reply(self, request: EngineRequest) -> Reply:
+        gate = asyncio.Event()
+        if self.opened:
+            gate.set()
+        self.gates.append(gate)
+        return self.tiny.reply("Hello", " world", gates={0: gate})
+
+    def open_all(self, *, stay_open: bool = True) -> None:
+        self.opened = stay_open
+        for gate in self.gates:
+            gate.set()

@@ -116,7 +116,9 @@ async def test_constraints_at_their_bounds_are_accepted(http: httpx.AsyncClient,
 
 @pytest.fixture
 async def budgeted(fake: FakeEngine, tiny: TinyModel) -> AsyncIterator[FastAPI]:
-    """The app with a compile budget of BUDGET_S, and no room to wait for a busy worker."""
+    """The app with a compile budget of BUDGET_S, and no room to wait for a busy worker; its context
+    fits the slow tools' description (a prompt beyond the context is refused before any compile)."""
+    fake.max_model_len = 4096
     api = ApiArgs(grammar_compile_timeout=BUDGET_S, grammar_compile_queue=0)
     state = ServerState(engine=fake, tokenization=tiny.tokenization, model_name=MODEL, api=api)
     app = create_app(state)

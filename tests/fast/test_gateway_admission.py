@@ -19,12 +19,12 @@ import openai
 import pytest
 from fastapi import FastAPI
 
-from adapters.engine import EngineRequest
 from server.gateway.ttft_model import TTFTModel
-from tests.fast.fake_engine import FakeEngine, Reply
+from tests.fast.fake_engine import FakeEngine
 from tests.fast.helpers import (
     TOKEN,
     Clock,
+    Gated,
     assert_refused,
     chat_request,
     client,
@@ -37,29 +37,6 @@ from tests.fast.helpers import (
 )
 from tests.fast.tiny_model import MODEL, TinyModel
 from tests.helpers import retry_after_s
-
-
-class Gated:
-    """Scripts the fake so each request waits for its first token until the test opens the gates;
-    requests that come after that are not held."""
-
-    def __init__(self, fake: FakeEngine, tiny: TinyModel) -> None:
-        self.tiny = tiny
-        self.gates: list[asyncio.Event] = []
-        self.opened = False
-        fake.script = self._reply
-
-    def _reply(self, request: EngineRequest) -> Reply:
-        gate = asyncio.Event()
-        if self.opened:
-            gate.set()
-        self.gates.append(gate)
-        return self.tiny.reply("Hello", " world", gates={0: gate})
-
-    def open_all(self, *, stay_open: bool = True) -> None:
-        self.opened = stay_open
-        for gate in self.gates:
-            gate.set()
 
 
 @pytest.fixture

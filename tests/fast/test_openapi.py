@@ -55,6 +55,8 @@ def test_other_routes(spec: dict[str, Any]) -> None:
         "/tokenize",
         "/detokenize",
         "/version",
+        "/v1/messages",
+        "/v1/messages/count_tokens",
     }
     models = paths["/v1/models"]["get"]["responses"]
     assert models["200"]["content"]["application/json"]["schema"] == {"$ref": REF + "ModelList"}
