@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from adapters.engine import TokenLogprobs
 from server.endpoints.generation import ChoiceEvent, Job
-from server.endpoints.logprobs import clamp_logprob, prompt_logprobs_out
+from server.endpoints.logprobs import prompt_logprobs_out, token_logprob
 from server.endpoints.serving import Collected, OpenAIChunks, ResponseFormat, compiled, job_for, log_prompt, serve
 from server.endpoints.state import ServerState
 from server.protocol.chat import (
@@ -28,10 +28,8 @@ from server.protocol.chat import (
     FunctionCallDelta,
     FunctionCallOut,
     ResponseMessage,
-    TokenLogprob,
     ToolCallDeltaOut,
     ToolCallOut,
-    TopLogprob,
 )
 from server.protocol.common import ChoiceFinishReason, Usage
 from server.protocol.errors import invalid_request
@@ -118,19 +116,7 @@ class ChatFormat(OpenAIChunks):
         return ChatChoice(index=index, message=message, logprobs=logprobs, finish_reason=reason)
 
     def _logprobs(self, entries: list[TokenLogprobs]) -> ChatLogprobs:
-        return ChatLogprobs(content=[self._token(e) for e in entries])
-
-    def _token(self, entry: TokenLogprobs) -> TokenLogprob:
-        tok = self.tokenization
-        return TokenLogprob(
-            token=tok.token_text(entry.token_id),
-            logprob=clamp_logprob(entry.logprob),
-            bytes=list(tok.token_bytes(entry.token_id)),
-            top_logprobs=[
-                TopLogprob(token=tok.token_text(t), logprob=clamp_logprob(lp), bytes=list(tok.token_bytes(t)))
-                for t, lp in entry.top
-            ],
-        )
+        return ChatLogprobs(content=[token_logprob(self.tokenization, e) for e in entries])
 
 
 def _tool_call_delta(delta: ToolCallDelta) -> ToolCallDeltaOut:
@@ -142,28 +128,34 @@ def _tool_call_delta(delta: ToolCallDelta) -> ToolCallDeltaOut:
     )
 
 
+async def chat_job(req: ChatCompletionRequest, raw: Request, state: ServerState) -> tuple[Job, ChatOutput]:
+    """The chat request planned with its tools, its constraint compiled, as an engine job, and how its
+    text splits into content, reasoning and calls; every API translated into a chat request runs this."""
+    template = state.tokenization.chat_template
+    plan = plan_chat(req.messages, req.tools, req.tool_choice, req.parallel_tool_calls, state.api, template)
+    log_prompt(state, plan.messages)
+    constraint = req.constraint()
+    if plan.structured is not None:
+        if constraint is not None:
+            raise invalid_request(
+                "A structured-output constraint cannot be combined with tool calls ise enforces by a grammar "
+                "(tool_choice 'required', a named function, or 'auto' in the generic tool format).",
+                param="tool_choice",
+            )
+        constraint = Constraint("tools", plan.structured)
+    prompt = state.prompts.chat(plan.messages, tools=plan.template_tools, template_kwargs=req.chat_template_kwargs)
+    structured = await compiled(constraint, raw, state)
+    output = plan.output
+    if structured is not None and output.reasoning is not None:
+        # The constraint holds from the first token, so no thinking precedes the answer: it is
+        # reasoning only where the constrained text itself opens the tags.
+        output = replace(output, reasoning=replace(output.reasoning, starts_in_reasoning=False))
+    return job_for(req, [prompt], req.requested_max_tokens(), state, "messages", structured), output
+
+
 async def create_chat_completion(req: ChatCompletionRequest, raw: Request, state: ServerState) -> Response:
     async def prepare() -> tuple[Job, ResponseFormat]:
-        template = state.tokenization.chat_template
-        plan = plan_chat(req.messages, req.tools, req.tool_choice, req.parallel_tool_calls, state.api, template)
-        log_prompt(state, plan.messages)
-        constraint = req.constraint()
-        if plan.structured is not None:
-            if constraint is not None:
-                raise invalid_request(
-                    "A structured-output constraint cannot be combined with tool calls ise enforces by a grammar "
-                    "(tool_choice 'required', a named function, or 'auto' in the generic tool format).",
-                    param="tool_choice",
-                )
-            constraint = Constraint("tools", plan.structured)
-        prompt = state.prompts.chat(plan.messages, tools=plan.template_tools, template_kwargs=req.chat_template_kwargs)
-        structured = await compiled(constraint, raw, state)
-        output = plan.output
-        if structured is not None and output.reasoning is not None:
-            # The constraint holds from the first token, so no thinking precedes the answer: it is
-            # reasoning only where the constrained text itself opens the tags.
-            output = replace(output, reasoning=replace(output.reasoning, starts_in_reasoning=False))
-        job = job_for(req, [prompt], req.requested_max_tokens(), state, "messages", structured)
+        job, output = await chat_job(req, raw, state)
         return job, ChatFormat(req.model, state.tokenization, output, req.logprobs)
 
     return await serve(req, raw, state, prepare)
