@@ -11,7 +11,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from server.protocol.base import (
@@ -138,6 +149,45 @@ InputItem = Annotated[
 ]
 
 
+_ITEM: TypeAdapter[Any] = TypeAdapter(InputItem)
+
+
+def _input_items(value: Any) -> Any:
+    """A string is one user message; each item is checked here so a 400 names it as the client wrote it
+    (``input.0.content``), not by pydantic's location, which names the union's branch."""
+    if isinstance(value, str):
+        return [MessageItem(role="user", content=value)]
+    if not isinstance(value, list) or len(value) > MAX_MESSAGES:
+        return value  # the field's own type and bounds refuse it
+    items = []
+    for index, item in enumerate(value):
+        try:
+            items.append(_ITEM.validate_python(item, strict=False) if isinstance(item, dict) else item)
+        except ValidationError as exc:
+            raise _item_error(index, item, exc) from None
+    return items
+
+
+def _item_error(index: int, item: dict[str, Any], exc: ValidationError) -> PydanticCustomError:
+    error = exc.errors()[0]
+    path, node = ["input", str(index)], item
+    for part in error["loc"][1:]:  # the first is the item's type, the union's branch
+        if isinstance(node, dict) and part in node or isinstance(node, list) and isinstance(part, int):
+            path.append(str(part))
+            node = node[part] if isinstance(node, dict) else node[part] if part < len(node) else None
+        elif error["type"] == "missing":
+            path.append(str(part))
+            break
+        else:
+            break
+    param = ".".join(path)
+    if error["type"] == "missing":
+        return field_error(param, f"Missing required parameter: '{param}'.")
+    if error["type"] == "text_only":
+        return field_error(param, f"Invalid value for '{param}': {error['msg']}.")
+    return field_error(param, f"Invalid value for '{param}': {error['msg']}.", code="invalid_value")
+
+
 class FunctionTool(RequestModel):
     type: Literal["function"]
     name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")]
@@ -215,7 +265,9 @@ class ReasoningConfig(RequestModel):
 
 class ResponsesRequest(RequestModel):
     model: Name
-    input: str | Annotated[list[InputItem], Field(max_length=MAX_MESSAGES)] = Field(default_factory=list)
+    input: Annotated[list[InputItem], Field(max_length=MAX_MESSAGES), BeforeValidator(_input_items)] = Field(
+        default_factory=list
+    )
     instructions: str | None = None
     previous_response_id: Name | None = None
     store: Annotated[bool, null_is(True, bool)] = True
@@ -254,9 +306,6 @@ class ResponsesRequest(RequestModel):
         return self
 
     def items(self) -> list[Any]:
-        """The input as items: a string is one user message."""
-        if isinstance(self.input, str):
-            return [MessageItem(role="user", content=self.input)]
         return list(self.input)
 
     def wants_logprobs(self) -> bool:

@@ -59,7 +59,7 @@ def translate(req: ResponsesRequest, conversation: list[dict[str, Any]]) -> Tran
 
     Raises a 400 ``APIError`` naming the Responses field at fault.
     """
-    input_items = [_with_id(item.model_dump(by_alias=True, exclude_none=True)) for item in req.items()]
+    input_items = [_listed(item.model_dump(by_alias=True, exclude_none=True)) for item in req.items()]
     earlier: list[Any] = ITEMS.validate_python(conversation) if conversation else []
     messages: list[dict[str, Any]] = [{"role": "system", "content": req.instructions}] if req.instructions else []
     messages += _messages([*earlier, *req.items()])
@@ -86,7 +86,11 @@ def translate(req: ResponsesRequest, conversation: list[dict[str, Any]]) -> Tran
     )
 
 
-def _with_id(item: dict[str, Any]) -> dict[str, Any]:
+def _listed(item: dict[str, Any]) -> dict[str, Any]:
+    """An input item as OpenAI lists it: with an id, a message's text as a part."""
+    if item.get("type") == "message" and isinstance(item["content"], str):
+        kind = "output_text" if item["role"] == "assistant" else "input_text"
+        item = {**item, "content": [{"type": kind, "text": item["content"]}]}
     if "id" in item:
         return item
     prefix = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
