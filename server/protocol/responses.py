@@ -172,7 +172,7 @@ def _item_error(index: int, item: dict[str, Any], exc: ValidationError) -> Pydan
     error = exc.errors()[0]
     path, node = ["input", str(index)], item
     for part in error["loc"][1:]:  # the first is the item's type, the union's branch
-        if isinstance(node, dict) and part in node or isinstance(node, list) and isinstance(part, int):
+        if (isinstance(node, dict) and part in node) or (isinstance(node, list) and isinstance(part, int)):
             path.append(str(part))
             node = node[part] if isinstance(node, dict) else node[part] if part < len(node) else None
         elif error["type"] == "missing":
