@@ -17,18 +17,13 @@ import openai
 import pytest
 from langchain_openai import ChatOpenAI
 from openai.types.responses import FunctionToolParam, ResponseFunctionToolCall
-from pydantic import BaseModel, SecretStr
+from pydantic import SecretStr
 
 from tests.real.conftest import ServerHandle
+from tests.real.test_client_compat import WEATHER_PARAMETERS, City
 
 QUESTION = "What is the capital of France?"
 TOKENS = 12
-WEATHER_PARAMETERS = {
-    "type": "object",
-    "properties": {"city": {"type": "string"}},
-    "required": ["city"],
-    "additionalProperties": False,
-}
 WEATHER: FunctionToolParam = {
     "type": "function",
     "name": "get_weather",
@@ -36,11 +31,6 @@ WEATHER: FunctionToolParam = {
     "parameters": WEATHER_PARAMETERS,
     "strict": True,
 }
-
-
-class City(BaseModel):
-    name: str
-    population: int
 
 
 def _chat_answer(client: openai.OpenAI, server: ServerHandle, messages: list[dict[str, str]]) -> str:
