@@ -112,9 +112,16 @@ def test_a_function_call_round_trip(client: openai.OpenAI, server: ServerHandle)
         max_output_tokens=24,
     )
     assert second.output_text.strip() and second.status in ("completed", "incomplete")
-    # The call and its result were in the prompt: more input than the first request's whole exchange.
-    assert first.usage is not None and second.usage is not None
-    assert second.usage.input_tokens > first.usage.total_tokens
+    # The call and its result were in the prompt: more input than the question alone.
+    alone = client.responses.create(
+        model=server.model,
+        input="What is the weather in Paris?",
+        tools=[WEATHER],
+        tool_choice="none",
+        max_output_tokens=1,
+    )
+    assert alone.usage is not None and second.usage is not None
+    assert second.usage.input_tokens > alone.usage.input_tokens + len("Sunny, 21 degrees.".split())
 
 
 def test_named_function_choice_streams_its_arguments(client: openai.OpenAI, server: ServerHandle) -> None:

@@ -106,7 +106,10 @@ def _in_progress(req: ResponsesRequest, state: ServerState) -> ResponseObject:
         model=req.model,
         parallel_tool_calls=req.parallel_tool_calls,
         previous_response_id=req.previous_response_id,
-        reasoning={"effort": reasoning.effort, "summary": reasoning.summary} if reasoning else {"effort": None},
+        reasoning={
+            "effort": reasoning.effort if reasoning else None,
+            "summary": reasoning.summary if reasoning else None,
+        },
         store=req.store,
         temperature=defaults.temperature if req.temperature is None else req.temperature,
         text={"format": fmt.model_dump(by_alias=True, exclude_none=True) if fmt else {"type": "text"}},
