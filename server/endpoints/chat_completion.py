@@ -128,9 +128,14 @@ def _tool_call_delta(delta: ToolCallDelta) -> ToolCallDeltaOut:
     )
 
 
-async def chat_job(req: ChatCompletionRequest, raw: Request, state: ServerState) -> tuple[Job, ChatOutput]:
+async def chat_job(
+    req: ChatCompletionRequest, raw: Request, state: ServerState, prompt_param: str = "messages"
+) -> tuple[Job, ChatOutput]:
     """The chat request planned with its tools, its constraint compiled, as an engine job, and how its
-    text splits into content, reasoning and calls; every API translated into a chat request runs this."""
+    text splits into content, reasoning and calls; every API translated into a chat request runs this.
+
+    ``prompt_param``: the field a prompt over the context is blamed on, as the client's API names it.
+    """
     template = state.tokenization.chat_template
     plan = plan_chat(req.messages, req.tools, req.tool_choice, req.parallel_tool_calls, state.api, template)
     log_prompt(state, plan.messages)
@@ -150,7 +155,7 @@ async def chat_job(req: ChatCompletionRequest, raw: Request, state: ServerState)
         # The constraint holds from the first token, so no thinking precedes the answer: it is
         # reasoning only where the constrained text itself opens the tags.
         output = replace(output, reasoning=replace(output.reasoning, starts_in_reasoning=False))
-    return job_for(req, [prompt], req.requested_max_tokens(), state, "messages", structured), output
+    return job_for(req, [prompt], req.requested_max_tokens(), state, prompt_param, structured), output
 
 
 async def create_chat_completion(req: ChatCompletionRequest, raw: Request, state: ServerState) -> Response:

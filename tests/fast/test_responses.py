@@ -438,3 +438,11 @@ def test_a_sqlite_store_keeps_responses_across_restarts(tmp_path: Any) -> None:
     assert again.get("other", "resp_1") is None
     with pytest.raises(ValueError, match="memory"):
         ResponseStore("redis://x")
+
+
+async def test_a_prompt_over_the_context_names_the_input(http: httpx.AsyncClient) -> None:
+    response = await http.post("/v1/responses", json={"model": MODEL, "input": "hello " * 300})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["param"], error["code"]) == ("input", "context_length_exceeded")
+    assert "in the input" in error["message"]

@@ -84,7 +84,7 @@ async def create_response(req: ResponsesRequest, raw: Request, state: State) -> 
             state.responses.put(scope, final.id, StoredResponse(final.model_dump(), translation.input_items, history))
 
     async def prepare() -> tuple[Job, ResponseFormat]:
-        job, output = await chat_job(chat, raw, state)
+        job, output = await chat_job(chat, raw, state, prompt_param="input")
         fmt = ResponsesFormat(template, output, translation.namespaces, state.tokenization, chat.logprobs, on_done)
         return job, fmt
 
