@@ -446,3 +446,26 @@ async def test_a_prompt_over_the_context_names_the_input(http: httpx.AsyncClient
     error = response.json()["error"]
     assert (error["param"], error["code"]) == ("input", "context_length_exceeded")
     assert "in the input" in error["message"]
+
+
+async def test_reasoning_is_its_own_item(fake: FakeEngine, tiny: TinyModel) -> None:
+    """With a reasoning parser the thinking is a reasoning item before the message, whole and streamed."""
+    fake.script = lambda _: tiny.reply("<think>", "Hmm", "</think>", "Hello")
+    state = ServerState(
+        engine=fake, tokenization=tiny.tokenization, model_name=MODEL, api=ApiArgs(reasoning_parser="think")
+    )
+    app = create_app(state)
+    async with app.router.lifespan_context(app), client(app) as http, sdk_client(app) as sdk:
+        answer = (await http.post("/v1/responses", json={"model": MODEL, "input": "hi"})).json()
+        reasoning, message = answer["output"]
+        assert reasoning["id"].startswith("rs_") and reasoning["content"] == [{"type": "reasoning_text", "text": "Hmm"}]
+        assert message["content"][0]["text"] == "Hello"
+        assert answer["usage"]["output_tokens_details"]["reasoning_tokens"] > 0
+        events = _events((await http.post("/v1/responses", json={"model": MODEL, "input": "hi", "stream": True})).text)
+        names = [name for name, _ in events]
+        assert names.index("response.reasoning_text.done") < names.index("response.output_text.delta")
+        assert "".join(d["delta"] for n, d in events if n == "response.reasoning_text.delta") == "Hmm"
+        assert events[-1][1]["response"]["usage"] == answer["usage"]
+        async with sdk.responses.stream(model=MODEL, input="hi") as stream:
+            final = await stream.get_final_response()
+        assert final.output_text == "Hello" and final.output[0].type == "reasoning"

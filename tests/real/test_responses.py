@@ -121,7 +121,7 @@ def test_a_function_call_round_trip(client: openai.OpenAI, server: ServerHandle)
         max_output_tokens=1,
     )
     assert alone.usage is not None and second.usage is not None
-    assert second.usage.input_tokens > alone.usage.input_tokens + len("Sunny, 21 degrees.".split())
+    assert second.usage.input_tokens > alone.usage.input_tokens + 3  # at least the result's three words
 
 
 def test_named_function_choice_streams_its_arguments(client: openai.OpenAI, server: ServerHandle) -> None:
