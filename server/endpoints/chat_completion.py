@@ -148,7 +148,9 @@ async def chat_job(
                 param="tool_choice",
             )
         constraint = Constraint("tools", plan.structured)
-    prompt = state.prompts.chat(plan.messages, tools=plan.template_tools, template_kwargs=req.chat_template_kwargs)
+    prompt = state.prompts.chat(
+        plan.messages, tools=plan.template_tools, template_kwargs=req.chat_template_kwargs, param=prompt_param
+    )
     structured = await compiled(constraint, raw, state)
     output = plan.output
     if structured is not None and output.reasoning is not None:

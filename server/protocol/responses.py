@@ -169,22 +169,22 @@ def _input_items(value: Any) -> Any:
 
 
 def _item_error(index: int, item: dict[str, Any], exc: ValidationError) -> PydanticCustomError:
+    """The first error of item ``index`` as a 400 naming the deepest field of it the client sent."""
     error = exc.errors()[0]
-    path, node = ["input", str(index)], item
+    path = ["input", str(index)]
+    node: Any = item  # the part of the item the location has reached: a dict or a list, as sent
     for part in error["loc"][1:]:  # the first is the item's type, the union's branch
-        if (isinstance(node, dict) and part in node) or (isinstance(node, list) and isinstance(part, int)):
-            path.append(str(part))
-            node = node[part] if isinstance(node, dict) else node[part] if part < len(node) else None
-        elif error["type"] == "missing":
-            path.append(str(part))
-            break
+        found = part in node if isinstance(node, dict) else isinstance(part, int) and 0 <= part < len(node)
+        if found:
+            node = node[part]
         else:
+            if error["type"] == "missing":
+                path.append(str(part))
             break
+        path.append(str(part))
     param = ".".join(path)
     if error["type"] == "missing":
         return field_error(param, f"Missing required parameter: '{param}'.")
-    if error["type"] == "text_only":
-        return field_error(param, f"Invalid value for '{param}': {error['msg']}.")
     return field_error(param, f"Invalid value for '{param}': {error['msg']}.", code="invalid_value")
 
 

@@ -440,12 +440,14 @@ def test_a_sqlite_store_keeps_responses_across_restarts(tmp_path: Any) -> None:
         ResponseStore("redis://x")
 
 
-async def test_a_prompt_over_the_context_names_the_input(http: httpx.AsyncClient) -> None:
-    response = await http.post("/v1/responses", json={"model": MODEL, "input": "hello " * 300})
+@pytest.mark.parametrize("text", ["hello " * 300, "x" * 100_000], ids=["tokens", "characters"])
+async def test_a_prompt_over_the_context_names_the_input(http: httpx.AsyncClient, text: str) -> None:
+    """Counted in tokens, or refused by its length before it is tokenized: either way the client's field."""
+    response = await http.post("/v1/responses", json={"model": MODEL, "input": text})
     assert response.status_code == 400
     error = response.json()["error"]
     assert (error["param"], error["code"]) == ("input", "context_length_exceeded")
-    assert "in the input" in error["message"]
+    assert "the input" in error["message"]
 
 
 async def test_reasoning_is_its_own_item(fake: FakeEngine, tiny: TinyModel) -> None:
