@@ -382,6 +382,15 @@ async def test_get_delete_and_input_items(sdk: openai.AsyncOpenAI, http: httpx.A
     assert (await http.delete(f"/v1/responses/{made.id}")).status_code == 404
 
 
+async def test_a_streamed_response_is_stored_as_it_ended(http: httpx.AsyncClient) -> None:
+    events = _events((await http.post("/v1/responses", json={"model": MODEL, "input": "hi", "stream": True})).text)
+    final = events[-1][1]["response"]
+    stored = await http.get(f"/v1/responses/{final['id']}")
+    assert stored.json() == final
+    replay = await http.get(f"/v1/responses/{final['id']}", params={"stream": "true"})
+    assert replay.status_code == 400 and replay.json()["error"]["param"] == "stream"
+
+
 async def test_store_false_keeps_nothing(http: httpx.AsyncClient) -> None:
     made = (await http.post("/v1/responses", json={"model": MODEL, "input": "hi", "store": False})).json()
     assert made["store"] is False

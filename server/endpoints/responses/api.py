@@ -27,7 +27,7 @@ from server.endpoints.state import ServerState, get_state
 from server.gateway.auth import STATE_KEY, APIKey
 from server.protocol.base import now
 from server.protocol.common import ErrorResponse
-from server.protocol.errors import APIError, api_error_response
+from server.protocol.errors import APIError, api_error_response, invalid_request
 from server.protocol.responses import ResponsesRequest
 from server.protocol.responses_output import DeletedResponse, InputItemList, ResponseObject
 
@@ -125,7 +125,10 @@ def _in_progress(req: ResponsesRequest, state: ServerState) -> ResponseObject:
 
 
 @router.get("/v1/responses/{response_id}", responses={200: {"model": ResponseObject}, **_ERRORS})
-async def get_response(response_id: str, raw: Request, state: State) -> JSONResponse:
+async def get_response(response_id: str, raw: Request, state: State, stream: bool = False) -> JSONResponse:
+    """The stored response; replaying its events (``stream=true``) is refused: ise keeps answers, not events."""
+    if stream:
+        raise invalid_request("ise does not replay a stored response's events: leave out stream.", param="stream")
     stored = state.responses.get(tenant(raw), response_id)
     if stored is None:
         raise _not_found(response_id)
