@@ -35,6 +35,7 @@ from server.protocol.base import (
     field_error,
     null_is,
 )
+from server.protocol.chat import FunctionDefinition
 from server.protocol.constraint_limits import Schema
 
 # Include values ise acts on; the others are named in x-ignored-params.
@@ -188,12 +189,10 @@ def _item_error(index: int, item: dict[str, Any], exc: ValidationError) -> Pydan
     return field_error(param, f"Invalid value for '{param}': {error['msg']}.", code="invalid_value")
 
 
-class FunctionTool(RequestModel):
+class FunctionTool(FunctionDefinition):
+    """A function tool: chat's function definition, flattened into the tool (the Responses API's shape)."""
+
     type: Literal["function"]
-    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")]
-    description: str | None = None
-    parameters: Schema | None = None
-    strict: bool | None = None
 
 
 class NamespaceTool(RequestModel):
