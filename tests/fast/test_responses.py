@@ -480,3 +480,25 @@ async def test_reasoning_is_its_own_item(fake: FakeEngine, tiny: TinyModel) -> N
         async with sdk.responses.stream(model=MODEL, input="hi") as stream:
             final = await stream.get_final_response()
         assert final.output_text == "Hello" and final.output[0].type == "reasoning"
+
+
+async def test_parallel_calls_are_items_one_after_another(roomy: FastAPI, fake: FakeEngine, tiny: TinyModel) -> None:
+    calls = [{"name": "get_weather", "parameters": {"city": city}} for city in ("Paris", "Rome")]
+    reply = json.dumps(calls)
+    fake.script = lambda _: tiny.reply(*[reply[i : i + 4] for i in range(0, len(reply), 4)])
+    body = {"model": MODEL, "input": "Weather?", "tools": [WEATHER], "tool_choice": "required"}
+    async with client(roomy) as http:
+        whole = (await http.post("/v1/responses", json=body)).json()
+        events = _events((await http.post("/v1/responses", json={**body, "stream": True})).text)
+    cities = [json.loads(item["arguments"])["city"] for item in whole["output"]]
+    assert cities == ["Paris", "Rome"] and len({item["call_id"] for item in whole["output"]}) == 2
+    opened_closed = [(name, data["output_index"]) for name, data in events if name.startswith("response.output_item")]
+    assert opened_closed == [
+        ("response.output_item.added", 0),
+        ("response.output_item.done", 0),
+        ("response.output_item.added", 1),
+        ("response.output_item.done", 1),
+    ]
+    final = events[-1][1]["response"]
+    assert [json.loads(item["arguments"])["city"] for item in final["output"]] == cities
+    assert [data["sequence_number"] for _, data in events] == list(range(len(events)))
