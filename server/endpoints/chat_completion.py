@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from adapters.engine import TokenLogprobs
 from server.endpoints.chat_choices import ChatChoices
 from server.endpoints.generation import ChoiceEvent, Job
-from server.endpoints.logprobs import clamp_logprob, prompt_logprobs_out
+from server.endpoints.logprobs import prompt_logprobs_out, token_logprob
 from server.endpoints.serving import Collected, OpenAIChunks, ResponseFormat, compiled, job_for, log_prompt, serve
 from server.endpoints.state import ServerState
 from server.protocol.chat import (
@@ -29,10 +29,8 @@ from server.protocol.chat import (
     FunctionCallDelta,
     FunctionCallOut,
     ResponseMessage,
-    TokenLogprob,
     ToolCallDeltaOut,
     ToolCallOut,
-    TopLogprob,
 )
 from server.protocol.common import Usage
 from server.protocol.errors import invalid_request
@@ -104,19 +102,7 @@ class ChatFormat(OpenAIChunks):
         return ChatChoice(index=index, message=message, logprobs=logprobs, finish_reason=reason)
 
     def _logprobs(self, entries: list[TokenLogprobs]) -> ChatLogprobs:
-        return ChatLogprobs(content=[self._token(e) for e in entries])
-
-    def _token(self, entry: TokenLogprobs) -> TokenLogprob:
-        tok = self.tokenization
-        return TokenLogprob(
-            token=tok.token_text(entry.token_id),
-            logprob=clamp_logprob(entry.logprob),
-            bytes=list(tok.token_bytes(entry.token_id)),
-            top_logprobs=[
-                TopLogprob(token=tok.token_text(t), logprob=clamp_logprob(lp), bytes=list(tok.token_bytes(t)))
-                for t, lp in entry.top
-            ],
-        )
+        return ChatLogprobs(content=[token_logprob(self.tokenization, e) for e in entries])
 
 
 def _tool_call_delta(delta: ToolCallDelta) -> ToolCallDeltaOut:
@@ -128,10 +114,14 @@ def _tool_call_delta(delta: ToolCallDelta) -> ToolCallDeltaOut:
     )
 
 
-async def plan_job(req: ChatCompletionRequest, raw: Request, state: ServerState) -> tuple[Job, ChatOutput]:
-    """The request's job (its prompt planned with its tools, its constraint compiled) and how its
-    output splits; every API answered by the chat pipeline (chat completions, Anthropic's Messages)
-    builds its job here."""
+async def chat_job(
+    req: ChatCompletionRequest, raw: Request, state: ServerState, prompt_param: str = "messages"
+) -> tuple[Job, ChatOutput]:
+    """The chat request planned with its tools, its constraint compiled, as an engine job, and how its
+    text splits into content, reasoning and calls; every API translated into a chat request runs this.
+
+    ``prompt_param``: the field a prompt over the context is blamed on, as the client's API names it.
+    """
     template = state.tokenization.chat_template
     plan = plan_chat(req.messages, req.tools, req.tool_choice, req.parallel_tool_calls, state.api, template)
     log_prompt(state, plan.messages)
@@ -144,10 +134,12 @@ async def plan_job(req: ChatCompletionRequest, raw: Request, state: ServerState)
                 param="tool_choice",
             )
         constraint = Constraint("tools", plan.structured)
-    prompt = state.prompts.chat(plan.messages, tools=plan.template_tools, template_kwargs=req.chat_template_kwargs)
+    prompt = state.prompts.chat(
+        plan.messages, tools=plan.template_tools, template_kwargs=req.chat_template_kwargs, param=prompt_param
+    )
     # Checked against the context before the constraint compiles: a prompt that cannot fit costs no
     # compile, and its client hears about the numbers it can change (Claude Code's max_tokens).
-    job = job_for(req, [prompt], req.requested_max_tokens(), state, "messages", None)
+    job = job_for(req, [prompt], req.requested_max_tokens(), state, prompt_param, None)
     structured = await compiled(constraint, raw, state)
     output = plan.output
     if structured is not None:
@@ -161,7 +153,7 @@ async def plan_job(req: ChatCompletionRequest, raw: Request, state: ServerState)
 
 async def create_chat_completion(req: ChatCompletionRequest, raw: Request, state: ServerState) -> Response:
     async def prepare() -> tuple[Job, ResponseFormat]:
-        job, output = await plan_job(req, raw, state)
+        job, output = await chat_job(req, raw, state)
         return job, ChatFormat(req.model, state.tokenization, output, req.logprobs)
 
     return await serve(req, raw, state, prepare)

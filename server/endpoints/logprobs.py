@@ -1,8 +1,9 @@
-"""Log-probabilities in the API's shapes, shared by the chat and text completion formats."""
+"""Log-probabilities in the API's shapes, shared by the chat, text completion and Responses formats."""
 
 from __future__ import annotations
 
 from adapters.engine import TokenLogprobs
+from server.protocol.chat import TokenLogprob, TopLogprob
 from server.protocol.common import PromptLogprob, PromptLogprobs
 from server.text.tokenization import Tokenization
 
@@ -38,3 +39,16 @@ def prompt_logprobs_out(
             }
         )
     return out
+
+
+def token_logprob(tok: Tokenization, entry: TokenLogprobs) -> TokenLogprob:
+    """One sampled token's logprob and its alternatives, in OpenAI's shape (chat's and the Responses API's)."""
+    return TokenLogprob(
+        token=tok.token_text(entry.token_id),
+        logprob=clamp_logprob(entry.logprob),
+        bytes=list(tok.token_bytes(entry.token_id)),
+        top_logprobs=[
+            TopLogprob(token=tok.token_text(t), logprob=clamp_logprob(lp), bytes=list(tok.token_bytes(t)))
+            for t, lp in entry.top
+        ],
+    )

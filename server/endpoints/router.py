@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from server.endpoints import chat_completion, completion
+from server.endpoints.responses.api import router as responses_router
 from server.endpoints.state import ServerState, get_state
 from server.endpoints.tokenize import detokenize, tokenize
 from server.protocol.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
@@ -86,6 +87,7 @@ router = APIRouter(
     responses={"default": {"model": ErrorResponse, "description": "Any other error, in OpenAI's error shape."}}
 )
 State = Annotated[ServerState, Depends(get_state)]
+router.include_router(responses_router)  # /v1/responses: server/endpoints/responses/
 
 
 def _card(state: ServerState, name: str) -> ModelCard:

@@ -15,6 +15,7 @@ from adapters.grammars import tokenizer_info
 from adapters.model_info import ModelInfo
 from server.config.settings import Settings
 from server.endpoints.generation import SamplingDefaults
+from server.endpoints.responses.store import ResponseStore
 from server.gateway.gateway import Gateway
 from server.gateway.options import GatewayArgs
 from server.protocol.base import now
@@ -40,6 +41,7 @@ class ServerState:
     gateway: Gateway = field(init=False)
     prompts: Prompts = field(init=False)
     grammars: GrammarWorkers = field(init=False)
+    responses: ResponseStore = field(init=False)  # /v1/responses' stored answers
 
     def __post_init__(self) -> None:
         self.gateway = Gateway(self.gateway_args, self.engine, self.batch_slots, self.model_name)
@@ -50,6 +52,13 @@ class ServerState:
             workers=self.api.grammar_compile_workers,
             timeout_s=self.api.grammar_compile_timeout,
             max_waiting=self.api.grammar_compile_queue,
+        )
+        api = self.api
+        self.responses = ResponseStore(
+            api.responses_store,
+            max_entries=api.responses_store_max_entries,
+            max_bytes=api.responses_store_max_bytes,
+            ttl_s=api.responses_store_ttl,
         )
 
     @property

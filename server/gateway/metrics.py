@@ -91,7 +91,8 @@ class Metrics:
 
     def engine_started(self) -> None:
         """Create the per-request series, whose token buckets end at the context the engine serves."""
-        self.requests = RequestMetrics(self.registry, self.model_name, self.engine.max_model_len)
+        if self.requests is None:  # an app's lifespan may run again (a test client entering it twice)
+            self.requests = RequestMetrics(self.registry, self.model_name, self.engine.max_model_len)
         self.rejected = Counter(
             "ise_requests_rejected",
             "Requests refused before admission, by reason: unauthorized keys are not counted here "

@@ -86,3 +86,18 @@ class ApiArgs(BaseModel):
         description="Constraints that may wait for a free compile worker; beyond them a request with a new "
         "constraint is refused with 429 server_overloaded (constraints compiled before are not held up)",
     )
+    responses_store: str = Field(
+        "memory",
+        pattern=r"^(memory|sqlite:.+)$",
+        description="Where /v1/responses keeps responses for previous_response_id and GET: memory, or sqlite:PATH "
+        "(a file, so restarts keep conversations)",
+    )
+    responses_store_max_entries: int = Field(
+        10_000, ge=0, description="Responses the store keeps at most; beyond it the oldest are forgotten"
+    )
+    responses_store_max_bytes: int = Field(
+        64 * 1024 * 1024, ge=0, description="Bytes of JSON the store keeps at most; beyond it the oldest are forgotten"
+    )
+    responses_store_ttl: float = Field(
+        30 * 24 * 3600.0, gt=0, description="Seconds a stored response is kept (OpenAI's 30 days by default)"
+    )

@@ -30,16 +30,18 @@ class Prompts:
         *,
         tools: list[dict[str, Any]] | None = None,
         template_kwargs: Mapping[str, Any] | None = None,
+        param: str = "messages",
     ) -> list[int]:
         """The token ids of messages as ``ChatMessage.template_dict`` gives them; ``tools`` and
-        ``template_kwargs`` as ``Tokenization.chat_prompt`` takes them.
+        ``template_kwargs`` as ``Tokenization.chat_prompt`` takes them; ``param``: the field a 400
+        for their length names, as the client's API calls it.
 
         The messages' text is measured before the template runs, and the rendered prompt (with the
         tools, tool-call arguments and template variables it took in) before it is tokenized.
         """
-        self.check_length(sum(len(m["content"]) for m in messages), "messages")
+        self.check_length(sum(len(m["content"]) for m in messages), param)
         return self.tokenization.chat_prompt(
-            messages, tools, template_kwargs, check_length=lambda chars: self.check_length(chars, "messages")
+            messages, tools, template_kwargs, check_length=lambda chars: self.check_length(chars, param)
         )
 
     def text(self, text: str, *, add_special_tokens: bool = True) -> list[int]:

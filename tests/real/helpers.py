@@ -28,6 +28,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 from openai.types.chat import ChatCompletionMessageParam
+from pydantic import BaseModel
 
 from adapters.builtin_model import BUILTIN_MODEL_NAME, builtin_model_dir
 from adapters.config import EngineArgs
@@ -257,3 +258,17 @@ class Attempts:
             timeout=120,
             http_client=openai.DefaultAsyncHttpxClient(event_hooks=hooks),
         )
+
+
+# A tool and a structured answer that both the chat and the Responses tests ask the real model for.
+WEATHER_PARAMETERS: dict[str, Any] = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}},
+    "required": ["city"],
+    "additionalProperties": False,
+}
+
+
+class City(BaseModel):
+    name: str
+    population: int

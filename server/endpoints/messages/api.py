@@ -1,7 +1,7 @@
 """``POST /v1/messages`` and ``/v1/messages/count_tokens``: Anthropic's Messages API on the chat pipeline.
 
 A request is validated in Anthropic's terms, translated into a chat completion request
-(``translate.py``) and served by the one serving loop with chat's job (``plan_job``): the same
+(``translate.py``) and served by the one serving loop with chat's job (``chat_job``): the same
 sampling, tools, reasoning, stop strings, usage, limits and admission as ``/v1/chat/completions``.
 Only the answer's shape is Anthropic's (``answer.py``); so are its errors, reshaped in one place
 for every route under ``/v1/messages`` (``server/runtime/messages_errors.py``).
@@ -14,7 +14,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from server.endpoints.chat_completion import plan_job
+from server.endpoints.chat_completion import chat_job
 from server.endpoints.generation import Job
 from server.endpoints.messages.answer import MessagesFormat
 from server.endpoints.messages.translate import to_chat
@@ -44,7 +44,7 @@ async def create_message(body: MessagesRequest, request: Request, state: State) 
 
     async def prepare() -> tuple[Job, ResponseFormat]:
         try:
-            job, output = await plan_job(chat, request, state)
+            job, output = await chat_job(chat, request, state)
         except APIError as exc:
             if exc.code == "context_length_exceeded":
                 exc.message += _MAX_TOKENS_HINT
