@@ -88,11 +88,6 @@ class Metrics:
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
-
-    def engine_started(self) -> None:
-        """Create the per-request series, whose token buckets end at the context the engine serves."""
-        if self.requests is None:  # an app's lifespan may run again (a test client entering it twice)
-            self.requests = RequestMetrics(self.registry, self.model_name, self.engine.max_model_len)
         self.rejected = Counter(
             "ise_requests_rejected",
             "Requests refused before admission, by reason: unauthorized keys are not counted here "
@@ -107,3 +102,8 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+
+    def engine_started(self) -> None:
+        """Create the per-request series, whose token buckets end at the context the engine serves."""
+        if self.requests is None:  # an app's lifespan may run again (a test client entering it twice)
+            self.requests = RequestMetrics(self.registry, self.model_name, self.engine.max_model_len)
