@@ -1,4 +1,4 @@
-"""Anthropic's Messages API against a real ``ise serve``, through the anthropic SDK.
+"""Anthropic's Messages API against a real ``ise serve`` on both engines, through the anthropic SDK.
 
 One keyed server for the module, answering to the built-in model's name and a Claude-style alias
 (``--served-model-name``), as Claude Code is pointed at it: the SDK sends the key as
@@ -30,10 +30,13 @@ WEATHER: ToolParam = {
 }
 
 
-@pytest.fixture(scope="module")
-def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
+@pytest.fixture(scope="module", params=["cpu", "vllm"])
+def keyed(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[ServerHandle]:
+    """A keyed server on each engine (vLLM's eager, so it starts without compiling)."""
     args = ["--dtype", "float32", "--max-model-len", str(CONTEXT), "--api-key", KEY]
     args += ["--served-model-name", BUILTIN_MODEL_NAME, ALIAS]
+    if request.param == "vllm":
+        args += ["--engine", "vllm", "--enforce-eager"]
     with running_server(args, tmp_path_factory.mktemp("messages") / "ise.log") as handle:
         yield handle
 

@@ -1,5 +1,6 @@
-"""``/v1/responses`` on the real server, through the clients that speak it: the openai SDK (sync, async,
-its stream helper, ``responses.parse``) and LangChain's ``ChatOpenAI(use_responses_api=True)``.
+"""``/v1/responses`` on the real server, on both engines, through the clients that speak it: the
+openai SDK (sync, async, its stream helper, ``responses.parse``) and LangChain's
+``ChatOpenAI(use_responses_api=True)``.
 
 The Responses API is chat served in another shape, so at temperature 0 it must give chat's greedy
 answer to the same conversation; tool calls and JSON are asked for in the ways ise enforces by a
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import agents
 import jsonschema
 import openai
 import pytest
@@ -42,29 +44,33 @@ def _chat_answer(client: openai.OpenAI, server: ServerHandle, messages: list[dic
     return reply.choices[0].message.content or ""
 
 
-def test_basic_text_is_chats_greedy_answer(client: openai.OpenAI, server: ServerHandle) -> None:
-    response = client.responses.create(model=server.model, input=QUESTION, temperature=0, max_output_tokens=TOKENS)
+def test_basic_text_is_chats_greedy_answer(api_client: openai.OpenAI, api_server: ServerHandle) -> None:
+    response = api_client.responses.create(
+        model=api_server.model, input=QUESTION, temperature=0, max_output_tokens=TOKENS
+    )
     assert response.status == "completed" or response.status == "incomplete"
     assert "Paris" in response.output_text
-    assert response.output_text == _chat_answer(client, server, [{"role": "user", "content": QUESTION}])
+    assert response.output_text == _chat_answer(api_client, api_server, [{"role": "user", "content": QUESTION}])
     assert response.usage is not None and response.usage.output_tokens <= TOKENS
     assert response.usage.total_tokens == response.usage.input_tokens + response.usage.output_tokens
 
 
-def test_instructions_are_the_system_prompt(client: openai.OpenAI, server: ServerHandle) -> None:
+def test_instructions_are_the_system_prompt(api_client: openai.OpenAI, api_server: ServerHandle) -> None:
     instructions = "You are a pirate. Answer like a pirate."
-    response = client.responses.create(
-        model=server.model, instructions=instructions, input=QUESTION, temperature=0, max_output_tokens=TOKENS
+    response = api_client.responses.create(
+        model=api_server.model, instructions=instructions, input=QUESTION, temperature=0, max_output_tokens=TOKENS
     )
     expected = _chat_answer(
-        client, server, [{"role": "system", "content": instructions}, {"role": "user", "content": QUESTION}]
+        api_client, api_server, [{"role": "system", "content": instructions}, {"role": "user", "content": QUESTION}]
     )
     assert response.output_text == expected and response.instructions == instructions
 
 
-def test_the_stream_helper_ends_with_the_whole_answer(client: openai.OpenAI, server: ServerHandle) -> None:
-    whole = client.responses.create(model=server.model, input=QUESTION, temperature=0, max_output_tokens=TOKENS)
-    with client.responses.stream(model=server.model, input=QUESTION, temperature=0, max_output_tokens=TOKENS) as stream:
+def test_the_stream_helper_ends_with_the_whole_answer(api_client: openai.OpenAI, api_server: ServerHandle) -> None:
+    whole = api_client.responses.create(model=api_server.model, input=QUESTION, temperature=0, max_output_tokens=TOKENS)
+    with api_client.responses.stream(
+        model=api_server.model, input=QUESTION, temperature=0, max_output_tokens=TOKENS
+    ) as stream:
         events = list(stream)
         final = stream.get_final_response()
     assert [e.sequence_number for e in events] == list(range(len(events)))
@@ -75,20 +81,22 @@ def test_the_stream_helper_ends_with_the_whole_answer(client: openai.OpenAI, ser
         assert final.usage == whole.usage
 
 
-async def test_the_async_client(aclient: openai.AsyncOpenAI, client: openai.OpenAI, server: ServerHandle) -> None:
-    response = await aclient.responses.create(
-        model=server.model, input=QUESTION, temperature=0, max_output_tokens=TOKENS
+async def test_the_async_client(
+    api_aclient: openai.AsyncOpenAI, api_client: openai.OpenAI, api_server: ServerHandle
+) -> None:
+    response = await api_aclient.responses.create(
+        model=api_server.model, input=QUESTION, temperature=0, max_output_tokens=TOKENS
     )
-    stream = await aclient.responses.create(
-        model=server.model, input=QUESTION, temperature=0, max_output_tokens=TOKENS, stream=True
+    stream = await api_aclient.responses.create(
+        model=api_server.model, input=QUESTION, temperature=0, max_output_tokens=TOKENS, stream=True
     )
     text = "".join([e.delta async for e in stream if e.type == "response.output_text.delta"])
-    assert text == response.output_text == _chat_answer(client, server, [{"role": "user", "content": QUESTION}])
+    assert text == response.output_text == _chat_answer(api_client, api_server, [{"role": "user", "content": QUESTION}])
 
 
-def test_a_function_call_round_trip(client: openai.OpenAI, server: ServerHandle) -> None:
-    first = client.responses.create(
-        model=server.model,
+def test_a_function_call_round_trip(api_client: openai.OpenAI, api_server: ServerHandle) -> None:
+    first = api_client.responses.create(
+        model=api_server.model,
         input="What is the weather in Paris?",
         tools=[WEATHER],
         tool_choice="required",
@@ -101,8 +109,8 @@ def test_a_function_call_round_trip(client: openai.OpenAI, server: ServerHandle)
     call = calls[0]
     assert call.name == "get_weather" and call.id is not None and call.id.startswith("fc_")
     jsonschema.validate(json.loads(call.arguments), WEATHER_PARAMETERS)
-    second = client.responses.create(
-        model=server.model,
+    second = api_client.responses.create(
+        model=api_server.model,
         previous_response_id=first.id,
         input=[{"type": "function_call_output", "call_id": call.call_id, "output": "Sunny, 21 degrees."}],
         tools=[WEATHER],
@@ -112,8 +120,8 @@ def test_a_function_call_round_trip(client: openai.OpenAI, server: ServerHandle)
     )
     assert second.output_text.strip() and second.status in ("completed", "incomplete")
     # The call and its result were in the prompt: more input than the question alone.
-    alone = client.responses.create(
-        model=server.model,
+    alone = api_client.responses.create(
+        model=api_server.model,
         input="What is the weather in Paris?",
         tools=[WEATHER],
         tool_choice="none",
@@ -123,9 +131,9 @@ def test_a_function_call_round_trip(client: openai.OpenAI, server: ServerHandle)
     assert second.usage.input_tokens > alone.usage.input_tokens + 3  # at least the result's three words
 
 
-def test_named_function_choice_streams_its_arguments(client: openai.OpenAI, server: ServerHandle) -> None:
-    with client.responses.stream(
-        model=server.model,
+def test_named_function_choice_streams_its_arguments(api_client: openai.OpenAI, api_server: ServerHandle) -> None:
+    with api_client.responses.stream(
+        model=api_server.model,
         input="What is the weather in Paris?",
         tools=[WEATHER],
         tool_choice={"type": "function", "name": "get_weather"},
@@ -139,9 +147,9 @@ def test_named_function_choice_streams_its_arguments(client: openai.OpenAI, serv
     jsonschema.validate(json.loads(arguments), WEATHER_PARAMETERS)
 
 
-def test_structured_output_parses(client: openai.OpenAI, server: ServerHandle) -> None:
-    response = client.responses.parse(
-        model=server.model,
+def test_structured_output_parses(api_client: openai.OpenAI, api_server: ServerHandle) -> None:
+    response = api_client.responses.parse(
+        model=api_server.model,
         input="Paris has 2102650 inhabitants. Give its name and population as JSON.",
         text_format=City,
         temperature=0,
@@ -150,32 +158,32 @@ def test_structured_output_parses(client: openai.OpenAI, server: ServerHandle) -
     assert isinstance(response.output_parsed, City) and response.output_parsed.name.strip()
 
 
-def test_multi_turn_stored_and_resent_agree(client: openai.OpenAI, server: ServerHandle) -> None:
+def test_multi_turn_stored_and_resent_agree(api_client: openai.OpenAI, api_server: ServerHandle) -> None:
     """previous_response_id continues a stored conversation; store false with the history re-sent gives
     the same answer; GET returns the stored response; DELETE forgets it."""
-    first = client.responses.create(
-        model=server.model, input="My name is Alice.", temperature=0, max_output_tokens=TOKENS
+    first = api_client.responses.create(
+        model=api_server.model, input="My name is Alice.", temperature=0, max_output_tokens=TOKENS
     )
-    second = client.responses.create(
-        model=server.model,
+    second = api_client.responses.create(
+        model=api_server.model,
         previous_response_id=first.id,
         input="What is my name?",
         temperature=0,
         max_output_tokens=TOKENS,
     )
-    assert client.responses.retrieve(second.id).output_text == second.output_text
-    unstored = client.responses.create(
-        model=server.model, input="My name is Alice.", temperature=0, max_output_tokens=TOKENS, store=False
+    assert api_client.responses.retrieve(second.id).output_text == second.output_text
+    unstored = api_client.responses.create(
+        model=api_server.model, input="My name is Alice.", temperature=0, max_output_tokens=TOKENS, store=False
     )
     with pytest.raises(openai.NotFoundError):
-        client.responses.retrieve(unstored.id)
+        api_client.responses.retrieve(unstored.id)
     history: Any = [
         {"role": "user", "content": "My name is Alice."},
         *[item.model_dump(exclude_none=True) for item in unstored.output],
         {"role": "user", "content": "What is my name?"},
     ]
-    resent = client.responses.create(
-        model=server.model,
+    resent = api_client.responses.create(
+        model=api_server.model,
         input=history,
         temperature=0,
         max_output_tokens=TOKENS,
@@ -183,17 +191,19 @@ def test_multi_turn_stored_and_resent_agree(client: openai.OpenAI, server: Serve
     )
     assert unstored.output_text == first.output_text
     assert resent.output_text == second.output_text
-    client.responses.delete(second.id)
+    api_client.responses.delete(second.id)
     with pytest.raises(openai.NotFoundError):
-        client.responses.retrieve(second.id)
+        api_client.responses.retrieve(second.id)
     with pytest.raises(openai.BadRequestError, match=r"not found"):
-        client.responses.create(model=server.model, previous_response_id=second.id, input="Hi", max_output_tokens=4)
+        api_client.responses.create(
+            model=api_server.model, previous_response_id=second.id, input="Hi", max_output_tokens=4
+        )
 
 
-def test_image_input_is_refused(client: openai.OpenAI, server: ServerHandle) -> None:
+def test_image_input_is_refused(api_client: openai.OpenAI, api_server: ServerHandle) -> None:
     with pytest.raises(openai.BadRequestError) as refused:
-        client.responses.create(
-            model=server.model,
+        api_client.responses.create(
+            model=api_server.model,
             input=[
                 {
                     "role": "user",
@@ -208,10 +218,10 @@ def test_image_input_is_refused(client: openai.OpenAI, server: ServerHandle) -> 
     assert isinstance(refused.value.body, dict) and refused.value.body["param"] == "input.0.content"
 
 
-def test_langchain_over_the_responses_api(client: openai.OpenAI, server: ServerHandle) -> None:
+def test_langchain_over_the_responses_api(api_client: openai.OpenAI, api_server: ServerHandle) -> None:
     llm = ChatOpenAI(
-        model=server.model,
-        base_url=server.base_url,
+        model=api_server.model,
+        base_url=api_server.base_url,
         api_key=SecretStr("unused"),
         use_responses_api=True,
         temperature=0,
@@ -219,7 +229,7 @@ def test_langchain_over_the_responses_api(client: openai.OpenAI, server: ServerH
         max_retries=0,
     )
     reply = llm.invoke(QUESTION)
-    assert reply.text == _chat_answer(client, server, [{"role": "user", "content": QUESTION}])
+    assert reply.text == _chat_answer(api_client, api_server, [{"role": "user", "content": QUESTION}])
     streamed = "".join(chunk.text for chunk in llm.stream(QUESTION))
     assert streamed == reply.text
     caller = llm.bind_tools([dict(WEATHER)], tool_choice="get_weather")
@@ -227,3 +237,30 @@ def test_langchain_over_the_responses_api(client: openai.OpenAI, server: ServerH
     [call] = called.tool_calls
     assert call["name"] == "get_weather"
     jsonschema.validate(call["args"], WEATHER_PARAMETERS)
+
+
+async def test_openai_agents_sdk_runs_a_function_tool(api_server: ServerHandle) -> None:
+    """An agent of the OpenAI Agents SDK over ``OpenAIResponsesModel``: it calls its function tool
+    through ise's Responses API, gets the tool's output back in the next turn, and finishes."""
+    calls: list[str] = []
+
+    @agents.function_tool
+    def get_weather(city: str) -> str:
+        """Get the current weather in a city."""
+        calls.append(city)
+        return f"It is sunny in {city}."
+
+    agents.set_tracing_disabled(True)  # the SDK would upload traces to OpenAI
+    async with openai.AsyncOpenAI(base_url=api_server.base_url, api_key="unused", max_retries=0) as client:
+        agent = agents.Agent(
+            name="weather",
+            instructions="Answer with the weather tool.",
+            model=agents.OpenAIResponsesModel(model=api_server.model, openai_client=client),
+            tools=[get_weather],
+            # Forced on the first turn (the tiny model would rarely choose it); the SDK lets the model
+            # answer freely once the tool ran.
+            model_settings=agents.ModelSettings(tool_choice="get_weather", temperature=0, max_tokens=TOKENS),
+        )
+        result = await agents.Runner.run(agent, "What is the weather in Paris?", max_turns=3)
+    assert len(calls) == 1 and calls[0].strip()
+    assert isinstance(result.final_output, str) and result.final_output.strip()
