@@ -98,6 +98,13 @@ def _config(root_url: str, mode: str, max_examples: int, *, coverage: bool) -> s
             # Hypothesis settings: a fixed number of draws, derandomized, no deadline (schemathesis sets
             # deadline=None itself), no example database to replay earlier runs' cases from.
             "generation": {"mode": mode, "max-examples": max_examples, "deterministic": True, "database": "none"},
+            # An invalid body may also be refused for its size (413): Anthropic's Messages route nests
+            # content blocks in messages, so a list past its maxItems can pass the body limit first.
+            "checks": {
+                "negative_data_rejection": {
+                    "expected-statuses": [400, 401, 403, 404, 405, 406, 409, 413, 415, 422, 428, 429, "5xx"]
+                }
+            },
             "phases": {
                 "examples": {"enabled": False},  # ise's schema has none
                 "coverage": {"enabled": coverage},

@@ -165,15 +165,25 @@ def test_a_tool_call_cut_by_max_tokens_is_not_content(
 
 
 def test_a_path_ise_does_not_serve_is_named_in_a_404(client: openai.OpenAI, server: ServerHandle) -> None:
-    response = httpx.post(f"{server.root_url}/v1/messages/nowhere", json={}, timeout=30)
+    response = httpx.post(f"{server.root_url}/v1/audio/speech", json={}, timeout=30)
     assert response.status_code == 404
     assert response.json() == {
         "error": {
-            "message": "Invalid URL (POST /v1/messages/nowhere): ise does not serve this path.",
+            "message": "Invalid URL (POST /v1/audio/speech): ise does not serve this path.",
             "type": "invalid_request_error",
             "param": None,
             "code": None,
         }
+    }
+    # Under Anthropic's routes the same 404 wears Anthropic's shape, as its clients read it.
+    anthropic_path = httpx.post(f"{server.root_url}/v1/messages/nowhere", json={}, timeout=30)
+    assert anthropic_path.status_code == 404
+    assert anthropic_path.json() == {
+        "type": "error",
+        "error": {
+            "type": "not_found_error",
+            "message": "Invalid URL (POST /v1/messages/nowhere): ise does not serve this path.",
+        },
     }
     wrong = httpx.delete(f"{server.root_url}/v1/models", timeout=30)
     assert wrong.headers["allow"] == "GET, HEAD"
