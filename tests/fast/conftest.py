@@ -70,3 +70,12 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     fake = Clock(WINDOW_START + 1.0)
     monkeypatch.setattr(limits.storage.memory, "time", SimpleNamespace(time=fake))
     return fake
+
+
+@pytest.fixture
+async def roomy(fake: FakeEngine, tiny: TinyModel) -> AsyncIterator[FastAPI]:
+    """An app whose engine takes 4,096 tokens: tools' descriptions are long in the tiny tokenizer."""
+    fake.max_model_len = 4096
+    app = create_app(ServerState(engine=fake, tokenization=tiny.tokenization, model_name=MODEL))
+    async with app.router.lifespan_context(app):
+        yield app

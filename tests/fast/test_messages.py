@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anthropic
@@ -55,15 +54,6 @@ def _anthropic_error(response: httpx.Response, status: int, kind: str) -> str:
 def _sdk(app: FastAPI, key: str = "x") -> anthropic.AsyncAnthropic:
     http_client = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://test")
     return anthropic.AsyncAnthropic(base_url="http://test", api_key=key, http_client=http_client, max_retries=0)
-
-
-@pytest.fixture
-async def roomy(fake: FakeEngine, tiny: TinyModel) -> AsyncIterator[FastAPI]:
-    """A server whose engine takes 4,096 tokens: tools' descriptions are long in the tiny tokenizer."""
-    fake.max_model_len = 4096
-    app = create_app(ServerState(engine=fake, tokenization=tiny.tokenization, model_name=MODEL))
-    async with app.router.lifespan_context(app):
-        yield app
 
 
 async def test_a_message_whole_and_streamed(http: httpx.AsyncClient, tiny: TinyModel) -> None:

@@ -6,7 +6,6 @@ takes no effect is named."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -41,15 +40,6 @@ async def _stream(http: httpx.AsyncClient) -> list[tuple[str, dict[str, Any]]]:
 
 def _prompt(fake: FakeEngine, tiny: TinyModel, index: int = -1) -> str:
     return str(tiny.tokenization.hf.decode(fake.requests[index].prompt_token_ids))
-
-
-@pytest.fixture
-async def roomy(fake: FakeEngine, tiny: TinyModel) -> AsyncIterator[FastAPI]:
-    """An app whose engine takes 4,096 tokens (tool descriptions are long in the tiny tokenizer)."""
-    fake.max_model_len = 4096
-    app = create_app(ServerState(engine=fake, tokenization=tiny.tokenization, model_name=MODEL))
-    async with app.router.lifespan_context(app):
-        yield app
 
 
 # --- the answer ---
