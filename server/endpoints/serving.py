@@ -159,17 +159,19 @@ Prepare = Callable[[], Awaitable[tuple[Job, ResponseFormat]]]
 
 
 async def serve(
-    req: SamplingFields, raw: Request, state: ServerState, prepare: Prepare, ignored: Sequence[str] = ()
+    req: SamplingFields, raw: Request, state: ServerState, prepare: Prepare, ignored: Sequence[str] | None = None
 ) -> Response:
     """Answer one completion request, whole or streamed: the model checked, the request charged to its
     key, ignored fields reported, the endpoint's ``prepare`` run, the job admitted, the answer sent.
 
-    ``ignored``: fields the endpoint takes but cannot honour, beyond those ``req`` finds itself (an
-    API translated into a chat request names the fields the translation dropped). Every refusal
-    (an ``APIError``) comes before the response starts.
+    ``ignored``: the fields the client sent that take no effect, by the client's names; by default
+    those ``req`` finds itself (an API translated into a chat request names them as its own request
+    called them, and what the translation dropped). Every refusal (an ``APIError``) comes before the
+    response starts.
     """
     state.check_model(req.model)
-    headers = {**state.gateway.charge_request(raw), **_ignored([*ignored, *req.ignored_fields()], state)}
+    named = req.ignored_fields() if ignored is None else list(ignored)
+    headers = {**state.gateway.charge_request(raw), **_ignored(named, state)}
     job, fmt = await prepare()
     return await _respond(req, job, fmt, raw, state, headers)
 

@@ -201,6 +201,24 @@ async def test_a_forced_tool_call_whole_and_streamed(roomy: FastAPI, fake: FakeE
     assert events[-2][1]["delta"]["stop_reason"] == "tool_use"
 
 
+async def test_claude_codes_tool_schemas_are_served_with_their_unenforceable_keywords_named(
+    roomy: FastAPI, fake: FakeEngine, tiny: TinyModel
+) -> None:
+    """Claude Code's tools use ``propertyNames``, which structured decoding cannot enforce: the
+    tools' grammar (auto, in the tiny model's generic format) enforces the rest and names it."""
+    fake.script = lambda _: tiny.reply('{"response": "Hi"}')
+    schema = {"type": "object", "properties": {"env": {"type": "object", "propertyNames": {"pattern": "^[A-Z_]+$"}}}}
+    body = _message(max_tokens=500, tools=[WEATHER, {"name": "Bash", "input_schema": schema}])
+    async with client(roomy) as http:
+        response = await http.post("/v1/messages", json=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["content"] == [{"type": "text", "text": "Hi"}]
+    assert response.headers["x-ignored-params"] == "tools.input_schema.propertyNames"
+    constraint = fake.requests[0].params.structured_output
+    assert constraint is not None and constraint.json is not None
+    assert "propertyNames" not in constraint.json and "Bash" in constraint.json
+
+
 @pytest.mark.parametrize(("choice", "want"), [({"type": "any"}, "required"), ({"type": "none"}, "none")])
 async def test_tool_choice_any_and_none(
     roomy: FastAPI, fake: FakeEngine, tiny: TinyModel, choice: dict[str, Any], want: str
