@@ -1,6 +1,6 @@
 """The engine's options, declared once: their types, defaults and help.
 
-``server.settings.Settings`` inherits them, so each is a flag, an ``ISE_*`` variable and a key of
+``server.config.settings.Settings`` inherits them, so each is a flag, an ``ISE_*`` variable and a key of
 the TOML file without being declared again; engines and benchmarks take the same model. Names
 follow vLLM's engine arguments where both have the option (``max_num_seqs``,
 ``max_num_batched_tokens``, ``long_prefill_token_threshold``, ``block_size``).
@@ -22,9 +22,6 @@ Quantization = Literal["none", "int8"]  # the CPU engine's; vLLM takes its own m
 DTYPES: tuple[str, ...] = get_args(DType)
 MODEL_IMPLS: tuple[str, ...] = get_args(ModelImpl)
 QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
-
-# Enough for chat and benchmark prompts while keeping the default KV cache near 1.5-3 GiB.
-DEFAULT_MAX_MODEL_LEN = 2048
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)\s*$")
 
@@ -65,7 +62,8 @@ class EngineArgs(BaseModel):
     max_model_len: TokenCount | None = Field(
         None,
         gt=0,
-        description=f"Context window in tokens, prompt plus output; defaults to min(model's, {DEFAULT_MAX_MODEL_LEN})",
+        description="Context window in tokens, prompt plus output; defaults to the model's own (as vLLM's does), "
+        "on the CPU engine lowered to what --kv-cache-gib holds for one request, which start-up reports",
     )
     max_num_seqs: int = Field(32, gt=0, description="Requests decoded together at most; the rest wait")
     max_num_batched_tokens: TokenCount = Field(
@@ -96,8 +94,21 @@ class EngineArgs(BaseModel):
     quantization: str = Field(
         "none",
         description="CPU engine: int8, the decoder layers' linear weights stored in int8 (one scale per output "
-        "column), the arithmetic kept in float32 (float32 dtype only); one stream decoded 1.5x faster here, "
-        "perplexity +0.75% (benchmarks/RESULTS.md), batched output still equal to solo output. vLLM engine: "
+        "column), the arithmetic kept in float32 (float32 dtype only): a quarter of the weight bytes, batched "
+        "output still equal to solo output (its speed and quality: benchmarks/RESULTS.md). vLLM engine: "
         "vLLM's methods (awq, gptq, fp8, ...)",
     )
     threads: int | None = Field(None, gt=0, description="Torch threads; defaults to the usable cores")
+
+    def context_window(self, model_context_length: int, kv_cache_tokens: int) -> tuple[int, str]:
+        """The served context window in tokens, and why it is that.
+
+        ``max_model_len`` as given; else the model's own, so that coding agents' long prompts fit
+        (Codex's first request is ~4.6k tokens), unless the KV cache holds fewer tokens
+        (``kv_cache_tokens``): then as many as it holds, since one request must fit whole.
+        """
+        if self.max_model_len is not None:
+            return self.max_model_len, "--max-model-len"
+        if kv_cache_tokens < model_context_length:
+            return kv_cache_tokens, f"all that the KV cache holds (--kv-cache-gib {self.kv_cache_gib:g})"
+        return model_context_length, "the model's own"

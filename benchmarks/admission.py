@@ -18,8 +18,9 @@ learns from all of them before the overload starts.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import json
+import contextlib
 import math
 import re
 import time
@@ -28,15 +29,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
+from adapters.cpu.numerics import resolve_dtype
+from benchmarks import flags
 from benchmarks.clients import HttpClient
-from benchmarks.loadgen import LoadShape, run_load
+from benchmarks.loadgen import LoadShape, run_load, warm_up
 from benchmarks.metrics import Distribution, RequestRecord
-from benchmarks.workloads import RequestSpec
+from benchmarks.save import COLORS, meta, save_result, subplots
+from benchmarks.targets import TargetConfig, ise_server
+from benchmarks.workloads import RequestSpec, random_workload
+from server.gateway.admission import SLO_HEADER
 
 
 @dataclass(frozen=True)
@@ -187,13 +190,12 @@ def _median_run(runs: list[OverloadRun], label: str, options: AdmissionOptions) 
     return mine[(len(mine) - 1) // 2] if mine else None
 
 
-def plot(runs: list[OverloadRun], options: AdmissionOptions, path: Path) -> Path:
+def plot(runs: list[OverloadRun], options: AdmissionOptions) -> Figure:
     """TTFT of each request against when it was sent, per server; and the rates side by side."""
     labels = list(dict.fromkeys(r.label for r in runs))
     chosen = [run for label in labels if (run := _median_run(runs, label, options)) is not None]
-    colors = [plt.get_cmap("tab10")(i) for i in range(10)]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [3, 2]})
-    for color, run in zip(colors, chosen, strict=False):
+    fig, (left, right) = subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [3, 2]})
+    for color, run in zip(COLORS, chosen, strict=False):
         done = [r for r in run.completed() if r.ttft is not None]
         refused = [r for r in run.records if r.status == 429]
         left.scatter([r.start for r in done], [r.ttft or 0 for r in done], s=6, color=color, label=f"{run.label}: TTFT")
@@ -216,7 +218,7 @@ def plot(runs: list[OverloadRun], options: AdmissionOptions, path: Path) -> Path
         ("refused", lambda r: sum(r.refused().values()) / r.wall_s),
     ]
     width = 0.8 / max(len(chosen), 1)
-    for i, (color, run) in enumerate(zip(colors, chosen, strict=False)):
+    for i, (color, run) in enumerate(zip(COLORS, chosen, strict=False)):
         xs = [j + i * width for j in range(len(metrics))]
         right.bar(xs, [value(run) for _, value in metrics], width=width, color=color, label=run.label)
     right.set_xticks([j + width * (len(chosen) - 1) / 2 for j in range(len(metrics))], [n for n, _ in metrics])
@@ -224,28 +226,119 @@ def plot(runs: list[OverloadRun], options: AdmissionOptions, path: Path) -> Path
     right.set_title("Rates (goodput: TTFT and TPOT within target)")
     right.grid(True, axis="y", alpha=0.3)
     right.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
-def save(runs: list[OverloadRun], options: AdmissionOptions, meta: dict[str, Any], out: Path) -> str:
-    out.mkdir(parents=True, exist_ok=True)
+def save(runs: list[OverloadRun], options: AdmissionOptions, info: dict[str, Any], out: Path) -> str:
+    """Write the table, every request's record as JSON and the plot; return the table."""
+    text = markdown(runs, options, info)
     payload = {
-        **meta,
+        **info,
         "options": asdict(options),
         "runs": [
             {**run.summary(options), "records": [asdict(r) for r in run.records]}
             for run in runs
         ],
     }  # fmt: skip
-    (out / "admission.json").write_text(json.dumps(payload, indent=1, allow_nan=True))
-    text = markdown(runs, options, meta)
-    (out / "admission.md").write_text(text)
-    plot(runs, options, out / "admission.png")
+    save_result(out, "admission", payload, text, {"admission": plot(runs, options)})
     return text
 
 
 def request_count(rate: float, options: AdmissionOptions) -> int:
     return max(1, math.ceil(rate * options.duration_s))
+
+
+HELP = "goodput under overload with SLO admission and without"
+_D = AdmissionOptions()
+PARENT = flags.parent(
+    "model-dir", "dtype", "max-num-seqs", "kv-cache-gib", "slo-ttft", "slo-tpot", "input-len", "output-len",
+    "warmup", "repeats", "seed", "out",
+    slo_ttft=_D.slo_ttft_s, slo_tpot=_D.slo_tpot_s, output_len=32, warmup=_D.warmup, repeats=_D.repeats,
+    seed=_D.seed, out=flags.DEFAULT_OUT / "admission",
+)  # fmt: skip
+
+
+def add_cli_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rate", type=float, help="arrivals per second (default: --overload x measured capacity)")
+    parser.add_argument("--overload", type=float, default=_D.overload, help="arrival rate over the capacity")
+    parser.add_argument("--duration", type=float, default=_D.duration_s, help="seconds of arrivals per run")
+    parser.add_argument("--grace", type=float, default=_D.grace_s, help="seconds after the arrivals for the rest")
+    parser.add_argument("--calibration-requests", type=int, default=_D.calibration_requests)
+    parser.add_argument("--calibration-concurrency", type=int, default=_D.calibration_concurrency)
+
+
+def main(args: argparse.Namespace) -> None:
+    asyncio.run(_main(args))
+
+
+async def _main(args: argparse.Namespace) -> None:
+    model_dir, tokenizer = flags.tokenizer(args)
+    dtype = str(resolve_dtype(args.dtype)).removeprefix("torch.")
+    options = AdmissionOptions(
+        slo_ttft_s=args.slo_ttft,
+        slo_tpot_s=args.slo_tpot,
+        rate=args.rate,
+        overload=args.overload,
+        duration_s=args.duration,
+        grace_s=args.grace,
+        calibration_requests=args.calibration_requests,
+        calibration_concurrency=args.calibration_concurrency,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        seed=args.seed,
+    )
+    config = TargetConfig(model_dir=model_dir, dtype=dtype, log_dir=args.out / "logs", max_num_seqs=args.max_num_seqs)
+    engine = ["--kv-cache-gib", str(args.kv_cache_gib)] if args.kv_cache_gib else []
+    slo_ms = f"{args.slo_ttft * 1e3:g}"
+    variants = [("no admission control", None, engine), (f"--slo-ttft-ms {slo_ms}", args.slo_ttft * 1e3,
+                [*engine, "--slo-ttft-ms", slo_ms])]  # fmt: skip
+    info = {
+        **meta(args=vars(args)),
+        "server": " ".join(["ise serve --dtype", dtype, "--max-num-seqs", str(args.max_num_seqs), *engine]),
+        "workload": f"random prompts of {args.input_len} tokens, {args.output_len} output tokens each "
+        "(ignore_eos), greedy",
+    }
+
+    def specs(count: int, seed: int, output_len: int | None = None) -> list[RequestSpec]:
+        out = output_len or args.output_len
+        return random_workload(tokenizer, count=count, input_len=args.input_len, output_len=out, seed=seed)
+
+    runs: list[OverloadRun] = []
+    async with contextlib.AsyncExitStack() as stack:
+        clients: list[tuple[str, float | None, HttpClient]] = []
+        for index, (label, slo, extra) in enumerate(variants):
+            started = time.monotonic()
+            server = await stack.enter_async_context(ise_server(config, *extra, name=f"admission-{index}"))
+            client = HttpClient(server.base_url, server.model)
+            stack.push_async_callback(client.aclose)
+            if args.warmup:
+                # A target no warm-up request can miss: a cold start's slow first tokens must not
+                # get the warm-up refused (the TTFT model still learns from every one of them).
+                client.http.headers[SLO_HEADER] = "600000"
+                await warm_up(client, specs(args.warmup, args.seed + 10_000, output_len=16), 4)
+                del client.http.headers[SLO_HEADER]
+            print(f"{label}: ready in {time.monotonic() - started:.0f} s (pid {server.pid})", flush=True)
+            clients.append((label, slo, client))
+        rate = args.rate
+        if rate is None:
+            calibration = specs(args.calibration_requests, args.seed + 20_000)
+            capacity = await calibrate(clients[0][2], calibration, args.calibration_concurrency)
+            info["capacity_rps"] = capacity
+            rate = args.overload * capacity
+            print(f"capacity {capacity:.2f} req/s; overload at {rate:.2f} req/s", flush=True)
+        for repeat in range(args.repeats):
+            workload = specs(request_count(rate, options), args.seed + 1000 * repeat)
+            # Alternate which server goes first, so a drift of a shared machine hits both alike.
+            for label, slo, client in clients if repeat % 2 == 0 else clients[::-1]:
+                records, wall = await overload(client, workload, rate, options, label)
+                run = OverloadRun(label, slo, repeat, rate, records, wall)
+                runs.append(run)
+                s = run.summary(options)
+                print(
+                    f"{label:28s} pass {repeat + 1}: sent {s['sent']}, completed {s['completed']}, refused "
+                    f"{s['refused']}, failed {s['failed']}, goodput {s['goodput']:.2f} req/s, TTFT p50 "
+                    f"{s['ttft']['p50'] * 1e3:.0f} ms p99 {s['ttft']['p99'] * 1e3:.0f} ms, {wall:.0f} s",
+                    flush=True,
+                )
+                await settle(client)
+    save(runs, options, info, args.out)

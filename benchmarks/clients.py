@@ -26,8 +26,8 @@ from transformers.generation.streamers import BaseStreamer
 from adapters.engine import Engine, EngineRequest, SamplingParams
 from benchmarks.metrics import RequestRecord
 from benchmarks.workloads import RequestSpec
-from server.protocol import new_id
-from server.text import Tokenization
+from server.protocol.base import new_id
+from server.text.tokenization import Tokenization
 
 # An OpenAI error body's code, read without parsing: refusals are counted by it.
 _CODE = re.compile(rb'"code"\s*:\s*"([^"]+)"')

@@ -9,22 +9,21 @@ its arrival to its first token), the worst gap then, and the long request's TTFT
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
 import numpy as np
+from matplotlib.figure import Figure
 from transformers import PreTrainedTokenizerBase
 
+from benchmarks import flags
 from benchmarks.clients import HttpClient
 from benchmarks.metrics import RequestRecord
+from benchmarks.save import save_result, subplots
 from benchmarks.workloads import RequestSpec, random_workload
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 
 
 @dataclass(frozen=True)
@@ -94,22 +93,19 @@ async def measure(
 
 def save(result: InterferenceResult, out: Path) -> None:
     """Write the result as JSON and plot every gap over time, the prefill window shaded."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "interference.json").write_text(json.dumps(result.__dict__, indent=1))
-    _plot(result.gaps, result.prefill_window, out / "interference.png")
+    figure = _plot(result.gaps, result.prefill_window)
+    save_result(out, "interference", result.__dict__, figures={"interference": figure})
 
 
-def _plot(gaps: list[tuple[float, float]], window: tuple[float, float], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(8, 4))
+def _plot(gaps: list[tuple[float, float]], window: tuple[float, float]) -> Figure:
+    fig, ax = subplots(figsize=(8, 4))
     ax.axvspan(*window, color="orange", alpha=0.25, label="long prompt: sent to first token")
     ax.scatter([t for t, _ in gaps], [g * 1e3 for _, g in gaps], s=4)
     ax.set_xlabel("time since the first stream started (s)")
     ax.set_ylabel("inter-token gap of the running streams (ms)")
     ax.set_yscale("log")
     ax.legend(loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def table(result: InterferenceResult) -> str:
@@ -123,3 +119,31 @@ def table(result: InterferenceResult) -> str:
             f"| {result.worst_gap_during_prefill_ms:.0f} | {result.long_prompt_ttft_s:.2f} |",
         ]
     )
+
+
+HELP = "ITL of running streams while a long prompt arrives"
+PARENT = flags.parent("endpoint", "model-dir", "prompt-len", "seed", "out", prompt_len=1500)
+
+
+def add_cli_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--streams", type=int, default=8, help="streams decoding when the long prompt arrives")
+    parser.add_argument("--stream-output", type=int, default=256, help="output tokens of each stream")
+
+
+def main(args: argparse.Namespace) -> None:
+    asyncio.run(_main(args))
+
+
+async def _main(args: argparse.Namespace) -> None:
+    _, tokenizer = flags.tokenizer(args)
+    async with flags.endpoint(args) as client:
+        result = await measure(
+            client,
+            tokenizer,
+            streams=args.streams,
+            prompt_len=args.prompt_len,
+            stream_output=args.stream_output,
+            seed=args.seed,
+        )
+    print(table(result))
+    save(result, args.out)

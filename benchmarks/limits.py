@@ -11,7 +11,9 @@ benchmark run's prefill and decode steps) then gives the throughput ceiling of t
 
 from __future__ import annotations
 
+import argparse
 import json
+import statistics
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -21,7 +23,10 @@ import torch
 from transformers import AutoConfig
 
 from adapters.cpu.kernels import cpu_kernels
-from adapters.cpu.numerics import default_threads
+from adapters.cpu.numerics import default_threads, resolve_dtype
+from benchmarks import flags
+from benchmarks.save import meta, save_result
+from server.config.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -107,7 +112,6 @@ def measure(model_dir: Path, dtype: torch.dtype, kernel_dir: Path) -> Limits:
 def save(limits: Limits, meta: Mapping[str, object], measured: Mapping[int, float], input_len: int,
          output_len: int, out: Path) -> str:  # fmt: skip
     """Write limits.json and limits.md; ``measured`` maps streams to a run's output tokens/s."""
-    out.mkdir(parents=True, exist_ok=True)
     ceilings = {
         streams: limits.run_throughput(streams, input_len, output_len) for streams in sorted({*measured, 1, 32})
     }
@@ -136,6 +140,26 @@ def save(limits: Limits, meta: Mapping[str, object], measured: Mapping[int, floa
         "input_len": input_len,
         "output_len": output_len,
     }
-    (out / "limits.json").write_text(json.dumps(payload, indent=1))
-    (out / "limits.md").write_text(table + "\n")
+    save_result(out, "limits", payload, table)
     return table
+
+
+HELP = "this machine's ceiling for the model, and a run's share of it"
+PARENT = flags.parent("model-dir", "dtype", "input-len", "output-len", "out")
+
+
+def add_cli_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--results", type=Path, help="a compare results.json whose ise runs to rate")
+
+
+def main(args: argparse.Namespace) -> None:
+    dtype = resolve_dtype(args.dtype)
+    measured: dict[int, float] = {}
+    if args.results:
+        passes: dict[int, list[float]] = {}
+        for run in json.loads(args.results.read_text())["runs"]:
+            if run["target"] == "ise" and run["concurrency"]:
+                passes.setdefault(run["concurrency"], []).append(run["summary"]["output_throughput"])
+        measured = {level: statistics.median_low(values) for level, values in passes.items()}  # as the table
+    found = measure(flags.model_dir(args), dtype, Settings().cache_dir)
+    save(found, meta(dtype), measured, args.input_len, args.output_len, args.out)

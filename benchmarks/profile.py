@@ -12,7 +12,6 @@ the op's own share.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
@@ -25,7 +24,8 @@ from torch import nn
 from adapters.cpu.llama import LlamaForward
 from adapters.cpu.model_runner import ModelRunner
 from adapters.cpu.scheduler import Scheduler
-from benchmarks.step import BLOCK_SIZE, decode_batch, engine_step
+from benchmarks.engine_batch import BLOCK_SIZE, decode_batch, engine_step
+from benchmarks.save import save_result
 
 # Which op class each of ise's kernels counts in.
 KERNEL_CLASSES = {
@@ -192,9 +192,7 @@ def table(results: dict[str, dict[str, float]]) -> str:
 
 
 def save(results: dict[str, dict[str, float]], meta: Mapping[str, object], out: Path) -> str:
-    """Write the breakdown as JSON and as a Markdown table; return the table."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "profile.json").write_text(json.dumps({**meta, "results": results}, indent=1))
+    """Write the breakdown as profile.json and profile.md; return the table."""
     text = table(results)
-    (out / "profile.md").write_text(text + "\n")
+    save_result(out, "profile", {**meta, "results": results}, text)
     return text

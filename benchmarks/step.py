@@ -8,26 +8,22 @@ so the ratios hold on a noisy machine.
 
 from __future__ import annotations
 
-import json
-import random
+import argparse
 import statistics
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import torch
 
-from adapters.config import ModelImpl
-from adapters.cpu.block_manager import BlockManager
+from adapters.config import MODEL_IMPLS, ModelImpl
 from adapters.cpu.model_runner import ModelRunner
-from adapters.cpu.numerics import default_threads
-from adapters.cpu.scheduler import Scheduler
-from adapters.cpu.sequence import Sequence
-from adapters.engine import EngineRequest, SamplingParams
-
-BLOCK_SIZE = 16
+from adapters.cpu.numerics import default_threads, resolve_dtype
+from benchmarks import flags, profile
+from benchmarks.engine_batch import BLOCK_SIZE, decode_batch, engine_step
+from benchmarks.save import meta, save_result, subplots
+from server.config.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -38,32 +34,6 @@ class StepResult:
     prefill_tokens_per_s: float  # the whole batch's prompts in one step
     decode_step_ms: float  # median step, every request decoding one token
     decode_tokens_per_s: float
-
-
-def engine_step(runner: ModelRunner, scheduler: Scheduler) -> None:
-    """One engine step, as ``EngineCore.step`` runs it: schedule, execute, update."""
-    scheduler_output = scheduler.schedule()
-    scheduler.update_from_output(scheduler_output, runner.execute_model(scheduler_output))
-
-
-def decode_batch(runner: ModelRunner, batch: int, prompt_len: int, steps: int, seed: int) -> Scheduler:
-    """A scheduler holding ``batch`` random prompts of ``prompt_len`` tokens, each allowed ``steps`` more."""
-    scheduler = Scheduler(
-        BlockManager(runner.cache.num_blocks, BLOCK_SIZE, prefix_caching=False),
-        max_num_seqs=batch,
-        max_num_batched_tokens=batch * prompt_len,
-        prompt_tokens_per_step=batch * prompt_len,  # every prompt in the first step, then only decodes
-        prefill_chunk_tokens=prompt_len,
-        long_prefill_token_threshold=prompt_len,
-        max_model_len=prompt_len + steps + 10,
-        eos_token_ids=frozenset(),
-    )
-    rng = random.Random(seed)
-    params = SamplingParams(max_tokens=steps + 10, temperature=0.0, ignore_eos=True)
-    for i in range(batch):
-        prompt = [rng.randrange(1000, 40000) for _ in range(prompt_len)]
-        scheduler.add_request(Sequence(EngineRequest(f"step{i}", prompt, params)))
-    return scheduler
 
 
 def _measure(runner: ModelRunner, impl: str, batch: int, prompt_len: int, steps: int, seed: int) -> StepResult:
@@ -120,8 +90,6 @@ def measure(
 
 def save(results: list[StepResult], meta: Mapping[str, object], out: Path) -> str:
     """Write JSON, a Markdown table (ratios to the first implementation) and a plot; return the table."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "step.json").write_text(json.dumps({**meta, "results": [asdict(r) for r in results]}, indent=1))
     first = {r.batch: r for r in results if r.impl == results[0].impl}
     rows = [
         f"| {r.impl} | {r.batch} | {r.prompt_len} | {r.prefill_tokens_per_s:.0f} | {r.decode_step_ms:.1f} "
@@ -130,8 +98,7 @@ def save(results: list[StepResult], meta: Mapping[str, object], out: Path) -> st
     ]
     header = "| model impl | batch | prompt tokens | prefill tok/s | decode step ms | decode tok/s | speed vs first |"
     table = "\n".join([header, "|---|---|---|---|---|---|---|", *rows])
-    (out / "step.md").write_text(table + "\n")
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = subplots(figsize=(6, 3.5))
     impls = list(dict.fromkeys(r.impl for r in results))
     batches = sorted({r.batch for r in results})
     width = 0.8 / len(impls)
@@ -142,7 +109,46 @@ def save(results: list[StepResult], meta: Mapping[str, object], out: Path) -> st
     ax.set_xlabel("decode batch")
     ax.set_ylabel("decode tokens/s (engine step only)")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "step.png", dpi=110)
-    plt.close(fig)
+    save_result(out, "step", {**meta, "results": [asdict(r) for r in results]}, table, {"step": fig})
     return table
+
+
+HELP = "time the CPU engine's steps directly, per model implementation"
+PARENT = flags.parent("model-dir", "batch", "prompt-len", "repeats", "dtype", "seed", "out", batch=[1, 32], repeats=3)
+
+
+def add_cli_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-impl", nargs="+", default=["ise", "transformers"], choices=MODEL_IMPLS[1:])
+    parser.add_argument("--steps", type=int, default=20, help="decode steps timed per batch size")
+    parser.add_argument("--profile", action="store_true", help="where each step's time goes, per op class (ise impl)")
+    parser.add_argument("--threads", type=int, help="with --profile: 1 reads CPU time, robust on a busy machine")
+
+
+def main(args: argparse.Namespace) -> None:
+    dtype = resolve_dtype(args.dtype)
+    if args.profile:
+        found = profile.measure(
+            flags.model_dir(args),
+            dtype=dtype,
+            batches=args.batch,
+            prompt_len=args.prompt_len,
+            steps=args.steps,
+            kernel_dir=Settings().cache_dir,
+            seed=args.seed,
+            repeats=args.repeats,
+            threads=args.threads or default_threads(),
+        )
+        profile.save(found, meta(dtype), args.out)
+        return
+    results = measure(
+        flags.model_dir(args),
+        impls=args.model_impl,
+        dtype=dtype,
+        batches=args.batch,
+        prompt_len=args.prompt_len,
+        steps=args.steps,
+        kernel_dir=Settings().cache_dir,
+        seed=args.seed,
+        repeats=args.repeats,
+    )
+    save(results, meta(dtype), args.out)

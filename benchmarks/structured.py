@@ -19,25 +19,29 @@ schema, then cached), and its TTFT is reported apart; the timed passes are all w
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import json
 import math
 import random
 import statistics
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 from jsonschema.validators import validator_for
+from matplotlib.figure import Figure
 
+from adapters.cpu.numerics import resolve_dtype
+from benchmarks import flags
 from benchmarks.clients import HttpClient
 from benchmarks.loadgen import LoadShape, run_load
 from benchmarks.metrics import SLO, Distribution, RequestRecord, Summary, summarize
+from benchmarks.save import COLORS, meta, save_result, subplots
+from benchmarks.targets import TargetConfig, ise_server
 from benchmarks.workloads import RequestSpec
 
 Mode = Literal["plain", "schema"]
@@ -299,15 +303,15 @@ def markdown(rows: list[LevelRow], options: StructuredOptions, meta: dict[str, A
     return "\n".join(lines)
 
 
-def plot(rows: list[LevelRow], path: Path) -> Path:
+def plot(rows: list[LevelRow]) -> Figure:
     """Throughput, TTFT p50 and ITL p50 per load level, plain beside schema."""
     charts: list[tuple[str, str, Callable[[LevelRow, Mode], float]]] = [
         ("Output throughput", "tokens/s", lambda r, m: r.tok_s[m]),
         ("TTFT p50", "ms", lambda r, m: r.ttft_p50[m] * 1e3),
         ("ITL p50", "ms", lambda r, m: r.itl_p50[m] * 1e3),
     ]
-    colors = {"plain": plt.get_cmap("tab10")(0), "schema": plt.get_cmap("tab10")(1)}
-    fig, axes = plt.subplots(1, len(charts), figsize=(13, 4.2))
+    colors = {"plain": COLORS[0], "schema": COLORS[1]}
+    fig, axes = subplots(1, len(charts), figsize=(13, 4.2))
     width = 0.38
     for ax, (title, unit, value) in zip(axes, charts, strict=True):
         for i, mode in enumerate(MODES):
@@ -321,17 +325,15 @@ def plot(rows: list[LevelRow], path: Path) -> Path:
     for j, row in enumerate(rows):
         axes[0].annotate(f"{row.ratio:.2f}x", (j, max(row.tok_s.values())), ha="center", va="bottom", fontsize=8)
     fig.suptitle("Structured outputs (JSON schema) against plain chat, same requests", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
-def save(passes: list[Pass], options: StructuredOptions, meta: dict[str, Any], out: Path) -> str:
-    out.mkdir(parents=True, exist_ok=True)
+def save(passes: list[Pass], options: StructuredOptions, info: dict[str, Any], out: Path) -> str:
+    """Write the table, every request's record as JSON and the plot; return the table."""
     rows = level_rows(passes)
+    text = markdown(rows, options, info)
     payload = {
-        **meta,
+        **info,
         "options": asdict(options),
         "schema": PERSON_SCHEMA,
         "system_prompt": SYSTEM_PROMPT,
@@ -349,10 +351,7 @@ def save(passes: list[Pass], options: StructuredOptions, meta: dict[str, Any], o
             for p in passes
         ],
     }
-    (out / "results.json").write_text(json.dumps(payload, indent=1, allow_nan=True))
-    text = markdown(rows, options, meta)
-    (out / "structured.md").write_text(text)
-    plot(rows, out / "structured.png")
+    save_result(out, "structured", payload, text, {"structured": plot(rows)}, json_name="results.json")
     return text
 
 
@@ -385,3 +384,65 @@ async def measure(
                 passes.append(Pass(mode, level, repeat, result.records, result.duration_s))
                 report(passes[-1])
     return passes
+
+
+HELP = "the same chat requests with and without a JSON schema"
+_D = StructuredOptions()
+PARENT = flags.parent(
+    "model-dir", "dtype", "max-num-seqs", "kv-cache-gib", "prompts-per-stream", "min-prompts", "max-tokens",
+    "warmup", "repeats", "seed", "out",
+    dtype="float32", prompts_per_stream=_D.prompts_per_stream, min_prompts=_D.min_prompts,
+    max_tokens=_D.max_tokens, warmup=_D.warmup, repeats=_D.repeats, seed=_D.seed,
+    out=flags.DEFAULT_OUT / "structured",
+)  # fmt: skip
+
+
+def add_cli_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--concurrency", type=int, nargs="+", default=list(_D.concurrency), help="streams per level")
+
+
+def main(args: argparse.Namespace) -> None:
+    asyncio.run(_main(args))
+
+
+async def _main(args: argparse.Namespace) -> None:
+    dtype = str(resolve_dtype(args.dtype)).removeprefix("torch.")
+    options = StructuredOptions(
+        concurrency=tuple(args.concurrency),
+        prompts_per_stream=args.prompts_per_stream,
+        min_prompts=args.min_prompts,
+        max_tokens=args.max_tokens,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        seed=args.seed,
+    )
+    config = TargetConfig(
+        model_dir=flags.model_dir(args), dtype=dtype, log_dir=args.out / "logs", max_num_seqs=args.max_num_seqs
+    )
+    extra = ["--kv-cache-gib", str(args.kv_cache_gib)] if args.kv_cache_gib else []
+    info = {
+        **meta(args=vars(args)),
+        "date": time.strftime("%Y-%m-%d"),
+        "server": " ".join(["ise serve --dtype", dtype, "--max-num-seqs", str(args.max_num_seqs), *extra]),
+    }
+
+    def report(p: Pass) -> None:
+        s = p.summary()
+        counts = p.verdicts()
+        print(
+            f"pass {p.repeat + 1} {p.mode:6s} x{p.concurrency:<3d} {s.output_throughput:7.1f} tok/s  TTFT p50 "
+            f"{s.ttft.p50 * 1e3:6.0f} ms  ITL p50 {s.itl.p50 * 1e3:5.1f} ms  {s.output_tokens} tokens in "
+            f"{p.duration_s:.1f} s  ok {s.completed} failed {s.failed}  valid {counts['valid']}/{len(p.records)}",
+            flush=True,
+        )
+
+    started = time.monotonic()
+    async with ise_server(config, *extra, name="structured-server") as server:
+        print(f"ise serve up in {time.monotonic() - started:.0f} s (pid {server.pid})", flush=True)
+        client = HttpClient(server.base_url, server.model, keep_text=True)
+        try:
+            info["first_schema_request"] = await warm_up(client, options)
+            passes = await measure(client, options, report)
+        finally:
+            await client.aclose()
+    save(passes, options, info, args.out)

@@ -30,8 +30,8 @@ from benchmarks.clients import (
     transformers_serve_fixed_length,
     vllm_fixed_length,
 )
-from server.cli import build_state
-from server.settings import Settings
+from server.config.settings import Settings
+from server.endpoints.state import build_state
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ class IseServer:
 
 def ise_command(config: TargetConfig, port: int, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "server.cli", "serve", "--model", str(config.model_dir),
+        sys.executable, "-m", "ise", "serve", "--model", str(config.model_dir),
         "--served-model-name", "bench", "--port", str(port), "--dtype", config.dtype,
         "--max-num-seqs", str(config.max_num_seqs), "--log-level", "warning", *extra,
     ]  # fmt: skip
@@ -205,7 +205,7 @@ def ise_vllm(config: TargetConfig) -> AbstractAsyncContextManager[Client]:
 def transformers_serve(config: TargetConfig) -> AbstractAsyncContextManager[Client]:
     """``transformers serve --continuous-batching`` with its KV cache sized explicitly.
 
-    Left to itself it sizes the cache from system RAM (14 GB here).
+    Left to itself it sizes the cache from system RAM, far beyond what the other targets get.
     """
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}

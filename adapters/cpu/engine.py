@@ -67,10 +67,6 @@ class CPUEngine:
         return self.config.max_model_len
 
     @property
-    def eos_token_ids(self) -> frozenset[int]:
-        return self.config.model.eos_token_ids
-
-    @property
     def is_alive(self) -> bool:
         return self._error is None and self._thread is not None and self._thread.is_alive()
 

@@ -17,14 +17,14 @@ from typing import cast
 
 import torch
 
-from adapters.config import DEFAULT_MAX_MODEL_LEN, QUANTIZATIONS, EngineArgs, Quantization
+from adapters.config import QUANTIZATIONS, EngineArgs, Quantization
 from adapters.cpu.block_manager import BlockManager
 from adapters.cpu.model_runner import ModelRunner
 from adapters.cpu.numerics import cpu_description, default_threads, resolve_dtype
 from adapters.cpu.packed_linear import quantization_problem
 from adapters.cpu.scheduler import EngineCoreOutputs, Scheduler
 from adapters.cpu.sequence import Sequence
-from adapters.engine import EngineStats
+from adapters.engine import ITERATION_TOKENS_BUCKETS, EngineStats, iteration_bucket
 from adapters.model_info import ModelInfo
 
 log = logging.getLogger(__name__)
@@ -45,11 +45,6 @@ class CPUEngineConfig:
     @classmethod
     def resolve(cls, args: EngineArgs, model: ModelInfo, kernel_dir: Path) -> CPUEngineConfig:
         """Raises ValueError, saying which option to change, where the options cannot run together."""
-        max_model_len = args.max_model_len or min(model.context_length, DEFAULT_MAX_MODEL_LEN)
-        if max_model_len > model.context_length:
-            raise ValueError(
-                f"--max-model-len {max_model_len} exceeds the model's context window of {model.context_length} tokens"
-            )
         if args.quantization not in QUANTIZATIONS:
             raise ValueError(
                 f"--quantization {args.quantization}: the CPU engine takes {' or '.join(QUANTIZATIONS)}; "
@@ -60,25 +55,44 @@ class CPUEngineConfig:
         problem = quantization_problem(quantization, dtype)
         if problem:
             raise ValueError(problem)
+        max_model_len, why = cls._context(args, model, dtype)
         threads = args.threads or default_threads()
         config = cls(args, model, dtype, max_model_len, threads, quantization, kernel_dir)
         log.info(
-            "CPU engine on %s; dtype %s, %s; %d threads; context %d tokens",
+            "CPU engine on %s; dtype %s, %s; %d threads; context %d tokens (%s)",
             cpu_description(),
             str(dtype).removeprefix("torch."),
             "int8 weights" if quantization == "int8" else "weights as dtype",
             config.threads,
             max_model_len,
+            why,
         )
         return config
+
+    @staticmethod
+    def _context(args: EngineArgs, model: ModelInfo, dtype: torch.dtype) -> tuple[int, str]:
+        """The served context and why; one request of it must fit the model and the KV cache whole."""
+        blocks = model.kv_layout.num_blocks(int(args.kv_cache_gib * 2**30), args.block_size, dtype.itemsize)
+        capacity = blocks * args.block_size
+        max_model_len, why = args.context_window(model.context_length, capacity)
+        if max_model_len > model.context_length:
+            raise ValueError(
+                f"--max-model-len {max_model_len} exceeds the model's context window of {model.context_length} tokens"
+            )
+        if capacity < max_model_len:
+            raise ValueError(
+                f"The KV cache holds {capacity} tokens, fewer than one request of --max-model-len "
+                f"{max_model_len}; give it more memory (--kv-cache-gib) or lower --max-model-len"
+            )
+        return max_model_len, why
 
 
 class EngineCore:
     """Model runner and scheduler, built together; each ``step`` runs one forward pass.
 
     Build it on the thread that will step it: torch's OpenMP workers are slow to wake for a
-    thread other than the one that last ran a parallel region (a batch-1 decode step went from
-    31 ms to 52 ms here when the event loop's thread had loaded the model).
+    thread other than the one that last ran a parallel region (a decode step measurably slower
+    when the event loop's thread had loaded the model; benchmarks/RESULTS.md).
     """
 
     def __init__(self, config: CPUEngineConfig) -> None:
@@ -94,12 +108,6 @@ class EngineCore:
             quantization=config.quantization,
             eos_token_ids=config.model.eos_token_ids,
         )
-        capacity = self.runner.cache.num_blocks * args.block_size
-        if capacity < config.max_model_len:
-            raise ValueError(
-                f"The KV cache holds {capacity} tokens, fewer than one request of --max-model-len "
-                f"{config.max_model_len}; give it more memory (--kv-cache-gib) or lower --max-model-len"
-            )
         self.scheduler = Scheduler(
             BlockManager(self.runner.cache.num_blocks, args.block_size, prefix_caching=args.prefix_caching),
             max_num_seqs=args.max_num_seqs,
@@ -111,6 +119,7 @@ class EngineCore:
         )
         self.steps = 0
         self.tokens_computed = 0
+        self.iteration_tokens_counts = [0] * (len(ITERATION_TOKENS_BUCKETS) + 1)
         self.aborts_released = 0
         self.abort_release_seconds = 0.0
 
@@ -133,6 +142,7 @@ class EngineCore:
             return []
         self.steps += 1
         self.tokens_computed += scheduler_output.total_num_scheduled_tokens
+        self.iteration_tokens_counts[iteration_bucket(scheduler_output.total_num_scheduled_tokens)] += 1
         runner_output = self.runner.execute_model(scheduler_output)
         return self.scheduler.update_from_output(scheduler_output, runner_output)
 
@@ -150,4 +160,6 @@ class EngineCore:
             preemptions=scheduler.num_preemptions,
             aborts_released=self.aborts_released,
             abort_release_seconds=self.abort_release_seconds,
+            iteration_tokens_counts=tuple(self.iteration_tokens_counts),
+            block_size=blocks.block_size,
         )

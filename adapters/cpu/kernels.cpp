@@ -523,7 +523,8 @@ void linear_rows(const float* xp, const W* wp, const float* sp, const float* bp,
     const int64_t block = std::max<int64_t>(kRows, kRowBlockBytes / (k * 4) / kRows * kRows);
     // Work items: a block of rows times a few neighbouring panels, handed to whichever thread is
     // free. A static half for each core waited on the slower one whenever the other tenants of
-    // this shared machine slowed one core; taken this way, 2-4% faster in the median of runs.
+    // this shared machine slowed one core; taken this way, faster in the median of runs
+    // (benchmarks/RESULTS.md).
     const int64_t groups = (panels + kPanelsPerItem - 1) / kPanelsPerItem, items = groups * ((m + block - 1) / block);
     std::atomic<int64_t> next{0};
     at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {

@@ -10,22 +10,16 @@ from __future__ import annotations
 
 import torch
 
+from adapters.model_info import KVLayout
+
 
 class PagedKVCache:
-    def __init__(
-        self, *, num_layers: int, num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype
-    ) -> None:
-        shape = (num_blocks, num_kv_heads, block_size, head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype) for _ in range(num_layers)]
-        self.values = [torch.zeros(shape, dtype=dtype) for _ in range(num_layers)]
+    def __init__(self, layout: KVLayout, *, num_blocks: int, block_size: int, dtype: torch.dtype) -> None:
+        shape = (num_blocks, layout.num_kv_heads, block_size, layout.head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype) for _ in range(layout.num_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype) for _ in range(layout.num_layers)]
         self.num_blocks = num_blocks
         self.block_size = block_size
-
-    @staticmethod
-    def bytes_per_block(
-        *, num_layers: int, block_size: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype
-    ) -> int:
-        return 2 * num_layers * block_size * num_kv_heads * head_dim * dtype.itemsize
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))

@@ -25,11 +25,12 @@ from adapters.cpu.kv_cache import PagedKVCache
 from adapters.cpu.llama import LlamaForward, unsupported_reason
 from adapters.cpu.lm_head import lm_head
 from adapters.cpu.outputs import ModelRunnerOutput
-from adapters.cpu.packed_linear import pack_linears, quantization_problem
+from adapters.cpu.packed_linear import pack_linears
 from adapters.cpu.sampler import Sampler, prompt_logprobs
 from adapters.cpu.scheduler import SchedulerOutput
 from adapters.cpu.structured_output import Grammar
 from adapters.engine import TokenLogprobs
+from adapters.model_info import KVLayout
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +89,6 @@ class ModelRunner:
         quantization: Quantization = "none",
         eos_token_ids: frozenset[int] = frozenset(),
     ) -> None:
-        problem = quantization_problem(quantization, dtype)
-        if problem:
-            raise ValueError(problem)
         # Safetensors only: a pickled checkpoint (pytorch_model.bin) can run code when loaded.
         model = AutoModelForCausalLM.from_pretrained(
             model_dir, dtype=dtype, attn_implementation=ATTN_IMPLEMENTATION, use_safetensors=True
@@ -102,16 +100,9 @@ class ModelRunner:
         # Grammar bitmasks are filled here while the forward pass runs (xgrammar and torch's
         # kernels both release the GIL).
         self._grammar_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ise-grammar")
-        config = model.config
-        shape = {
-            "num_layers": config.num_hidden_layers,
-            "block_size": block_size,
-            "num_kv_heads": config.num_key_value_heads,
-            "head_dim": getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads,
-            "dtype": dtype,
-        }
-        num_blocks = kv_cache_bytes // PagedKVCache.bytes_per_block(**shape)
-        self.cache = PagedKVCache(num_blocks=num_blocks, **shape)
+        layout = KVLayout.of(model.config)
+        num_blocks = layout.num_blocks(kv_cache_bytes, block_size, dtype.itemsize)
+        self.cache = PagedKVCache(layout, num_blocks=num_blocks, block_size=block_size, dtype=dtype)
         log.info(
             "KV cache: %d blocks of %d tokens (%d tokens), %.2f GiB",
             num_blocks,

@@ -1,7 +1,8 @@
 """Numeric choices for the CPU engine, made from what the CPU can do.
 
 Machines of the same kind differ: an AVX2-only EPYC runs float32 fastest, while a Xeon with
-AMX runs bfloat16 batched decode 1.5-1.7x faster than float32. ``auto`` picks by CPU flags.
+AMX runs bfloat16 batched decode faster than float32 (benchmarks/RESULTS.md). ``auto`` picks by
+CPU flags.
 """
 
 from __future__ import annotations
@@ -12,11 +13,10 @@ from pathlib import Path
 
 import torch
 
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
+from adapters.config import DTYPES
+
+# The --dtype choices (adapters.config.DTYPES) other than auto, as torch's dtypes of the same names.
+TORCH_DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPES if name != "auto"}
 
 
 @cache
@@ -46,9 +46,9 @@ def resolve_dtype(name: str) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if has_amx_bf16() else torch.float32
     try:
-        return DTYPES[name]
+        return TORCH_DTYPES[name]
     except KeyError:
-        raise ValueError(f"Unknown dtype {name!r}; choose auto, {', '.join(DTYPES)}") from None
+        raise ValueError(f"Unknown dtype {name!r}; choose {', '.join(DTYPES)}") from None
 
 
 def default_threads() -> int:

@@ -35,6 +35,7 @@ class RequestOutputCollector:
                 first,
                 new_token_ids=first.new_token_ids + item.new_token_ids,
                 finish_reason=item.finish_reason,
+                stop_reason=item.stop_reason,
                 logprobs=logprobs,
             )
         self._ready.set()

@@ -16,8 +16,8 @@ torch's layer runs them, over row counts from a small fixed set (``RowBucketedLi
 ``--quantization int8`` stores the decoder layers' weights as int8, one scale per output column,
 and keeps the arithmetic in float32: a quarter of the weight bytes stream from memory, which is
 what bounds decoding a few requests, and batched output still equals solo output. Quantizing the
-activations too (fbgemm's dynamic int8, one scale per call) ran the GEMMs 1.6x faster but
-multiplied this model's perplexity by 2.8: its activations have outlier channels.
+activations too (fbgemm's dynamic int8, one scale per call) ran the GEMMs faster but ruined
+this model's perplexity: its activations have outlier channels (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations

@@ -187,9 +187,11 @@ class Scheduler:
     def _output(seq: Sequence, sampled: SampledToken) -> EngineOutput:
         first = seq.num_output_tokens == 1
         asked_prompt_logprobs = seq.request.params.prompt_logprobs is not None
+        stopped = seq.status == RequestStatus.FINISHED_STOPPED  # by this token: EOS, a stop id, the grammar's end
         return EngineOutput(
             [sampled.token_id],
             seq.status.finish_reason,
+            sampled.token_id if stopped else None,
             seq.scheduled_at,
             logprobs=None if sampled.logprobs is None else [sampled.logprobs],
             prompt_logprobs=list(seq.prompt_logprobs) if first and asked_prompt_logprobs else None,

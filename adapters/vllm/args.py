@@ -17,7 +17,7 @@ from typing import Any
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.utils.argparse_utils import FlexibleArgumentParser
 
-from adapters.config import DEFAULT_MAX_MODEL_LEN, EngineArgs
+from adapters.config import EngineArgs
 from adapters.cpu.numerics import default_threads
 from adapters.model_info import ModelInfo
 
@@ -58,9 +58,11 @@ def shared_flags(args: EngineArgs, model: ModelInfo) -> list[str]:
         raise ValueError(f"{flag} is an option of ise's CPU engine; vLLM's engine has no such option")
     if args.model_impl == "ise":
         raise ValueError("--model-impl ise is ise's own forward, which runs on ise's CPU engine only")
+    # Unset, the context is vLLM's own choice: the model's, checked against the KV cache vLLM sizes.
+    context = [] if args.max_model_len is None else ["--max-model-len", str(args.max_model_len)]
     flags = [
         "--model", model.path,
-        "--max-model-len", str(args.max_model_len or min(model.context_length, DEFAULT_MAX_MODEL_LEN)),
+        *context,
         "--max-num-seqs", str(args.max_num_seqs),
         "--max-num-batched-tokens", str(args.max_num_batched_tokens),
         "--enable-prefix-caching" if args.prefix_caching else "--no-enable-prefix-caching",
@@ -80,7 +82,8 @@ def configure_vllm_cpu(args: EngineArgs) -> None:
 
     ``--kv-cache-gib`` and ``--threads`` mean there what they mean on ise's engine, unless the
     variables are already set. By default vllm-cpu keeps a core for its front-end and runs the
-    model on the others: on 2 cores that is one thread (FACTS.md: binding both is 46-60% faster).
+    model on the others: on 2 cores that is one thread, and binding both is much faster
+    (benchmarks/RESULTS.md).
     """
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(args.kv_cache_gib))))
     threads = args.threads or default_threads()

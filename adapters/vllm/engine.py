@@ -28,6 +28,7 @@ from vllm.v1.engine.exceptions import EngineDeadError as VLLMEngineDeadError
 from vllm.v1.metrics.loggers import StatLoggerBase
 
 from adapters.engine import (
+    ITERATION_TOKENS_BUCKETS,
     EngineDeadError,
     EngineOutput,
     EngineRequest,
@@ -37,6 +38,7 @@ from adapters.engine import (
     SamplingParams,
     StructuredOutput,
     TokenLogprobs,
+    iteration_bucket,
 )
 from adapters.model_info import ModelInfo
 
@@ -49,8 +51,10 @@ class _StatsRecorder(StatLoggerBase):  # type: ignore[misc]  # vLLM is not type-
     """Keeps the latest of vLLM's scheduler stats and sums its counters, for ``/metrics``."""
 
     def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
-        self.kv_blocks_total = int(vllm_config.cache_config.num_gpu_blocks or 0)
-        self.stats = EngineStats(kv_blocks_total=self.kv_blocks_total)
+        cache = vllm_config.cache_config
+        self.kv_blocks_total = int(cache.num_gpu_blocks or 0)
+        self.iteration_tokens_counts = [0] * (len(ITERATION_TOKENS_BUCKETS) + 1)
+        self.stats = EngineStats(kv_blocks_total=self.kv_blocks_total, block_size=int(cache.block_size or 0))
 
     def record(
         self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None, engine_idx: int = 0
@@ -68,12 +72,14 @@ class _StatsRecorder(StatLoggerBase):  # type: ignore[misc]  # vLLM is not type-
                 prefix_cache_hit_tokens=stats.prefix_cache_hit_tokens + prefix.hits,
             )
         if iteration_stats is not None:
+            # vLLM's own tokens per step: prompt tokens computed (not those read from the cache) and generated.
+            step_tokens = iteration_stats.prompt_token_stats.computed + iteration_stats.num_generation_tokens
+            self.iteration_tokens_counts[iteration_bucket(step_tokens)] += 1
             stats = replace(
                 stats,
-                tokens_computed=stats.tokens_computed
-                + iteration_stats.num_prompt_tokens
-                + iteration_stats.num_generation_tokens,
+                tokens_computed=stats.tokens_computed + step_tokens,
                 preemptions=stats.preemptions + iteration_stats.num_preempted_reqs,
+                iteration_tokens_counts=tuple(self.iteration_tokens_counts),
             )
         self.stats = stats
 
@@ -164,10 +170,6 @@ class VLLMEngine:
         return int(self._llm.model_config.max_model_len)
 
     @property
-    def eos_token_ids(self) -> frozenset[int]:
-        return self.model.eos_token_ids
-
-    @property
     def is_alive(self) -> bool:
         return self._llm is not None and not self._llm.errored
 
@@ -241,9 +243,14 @@ class VLLMEngine:
         prompt = None
         if first and params.prompt_logprobs is not None:
             prompt = prompt_logprobs(request.prompt_token_ids, out.prompt_logprobs or [], params.prompt_logprobs)
+        # vLLM names the stop token id it matched, and None for an EOS (which ends token_ids).
+        stop_reason = completion.stop_reason if isinstance(completion.stop_reason, int) else None
+        if reason == "stop" and stop_reason is None and token_ids:
+            stop_reason = token_ids[-1]
         return EngineOutput(
             token_ids,
             reason,
+            stop_reason,
             getattr(stats, "scheduled_ts", 0.0) or None,
             logprobs=logprobs,
             prompt_logprobs=prompt,

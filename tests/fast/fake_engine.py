@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -86,10 +87,6 @@ class FakeEngine:
         self.aborted: list[str] = []  # requests that ended unfinished: stream closed early, or failed
 
     @property
-    def eos_token_ids(self) -> frozenset[int]:
-        return self._eos
-
-    @property
     def is_alive(self) -> bool:
         return self._started and not self._stopped.is_set()
 
@@ -112,6 +109,7 @@ class FakeEngine:
         self.requests.append(request)
         reply = self.script(request)
         self._running.add(request.request_id)
+        scheduled_at = time.monotonic()  # scheduled at once: the fake has no queue
         finished = False
         try:
             for index, token in enumerate(reply.token_ids):
@@ -123,7 +121,7 @@ class FakeEngine:
                 reason = self._finish_reason(request, token, index + 1)
                 finished = reason is not None
                 self.emitted.append((request.request_id, token))
-                yield self._output(request, token, index, reason)
+                yield self._output(request, token, index, reason, scheduled_at)
                 if finished:
                     return
             raise AssertionError(f"the script for {request.request_id} ended before the request finished")
@@ -132,13 +130,17 @@ class FakeEngine:
             if not finished:
                 self.abort(request.request_id)
 
-    def _output(self, request: EngineRequest, token: int, index: int, reason: FinishReason | None) -> EngineOutput:
-        """A token as the real engines report it, with logprobs and the cache hit where asked."""
+    def _output(
+        self, request: EngineRequest, token: int, index: int, reason: FinishReason | None, scheduled_at: float
+    ) -> EngineOutput:
+        """A token as the real engines report it, with logprobs, the cache hit and when it was scheduled."""
         params, prompt = request.params, request.prompt_token_ids
         first = index == 0
         return EngineOutput(
             [token],
             reason,
+            token if reason == "stop" else None,
+            scheduled_at,
             logprobs=[fake_logprobs(token, index, params.logprobs)] if params.logprobs is not None else None,
             prompt_logprobs=(
                 [None, *(fake_logprobs(t, i, params.prompt_logprobs) for i, t in enumerate(prompt[1:]))]

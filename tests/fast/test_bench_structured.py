@@ -27,8 +27,8 @@ from benchmarks.structured import (
     valid_fraction,
     verdict,
 )
-from server.grammar_check import problem
-from tests.fast.conftest import TinyModel
+from server.text.grammar_check import problem
+from tests.fast.tiny_model import TinyModel
 
 PERSON = {
     "name": "Ada Brook",

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from server.errors import APIError
-from server.text import Tokenization
-from tests.fast.conftest import TinyModel
+from server.protocol.errors import APIError
+from server.text.tokenization import Tokenization
+from tests.fast.tiny_model import TinyModel
 
 ESCAPES = [
     "{{ ''.__class__.__mro__[1].__subclasses__() }}",

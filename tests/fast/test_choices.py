@@ -3,7 +3,6 @@ finish, streamed choices interleave as their text arrives, and usage counts ever
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import httpx
@@ -11,8 +10,9 @@ import openai
 from openai.lib.streaming.chat import ChatCompletionStreamState
 
 from adapters.engine import EngineRequest
-from tests.fast.conftest import MODEL, TinyModel
 from tests.fast.fake_engine import FakeEngine, Reply
+from tests.fast.tiny_model import MODEL, TinyModel
+from tests.helpers import sse_chunks
 
 SEED = 1000  # choice k of a seeded request is seeded SEED + k, which tells the fake which choice asks
 
@@ -39,9 +39,7 @@ async def test_streamed_choices_interleave_in_arrival_order(
             "stream_options": {"include_usage": True},
         },
     )
-    lines = response.text.split("\n\n")
-    assert lines[-2:] == ["data: [DONE]", ""]
-    chunks: list[dict[str, Any]] = [json.loads(line.removeprefix("data: ")) for line in lines[:-2]]
+    chunks = sse_chunks(response.text)
     usage, chunks = chunks[-1], chunks[:-1]
     assert usage["choices"] == []
     assert usage["usage"]["completion_tokens"] == 4 + 3

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from adapters.config import EngineKind
-from server.command_line import split_serve_args
-from server.settings import Settings
-from server.vllm_flags import VLLM_FLAGS, read_vllm_flags
+from server.config.command_line import split_serve_args
+from server.config.settings import Settings
+from server.config.vllm_flags import VLLM_FLAGS, read_vllm_flags
 
 FLAGS = Settings.cli_flags()
 
@@ -74,7 +74,7 @@ def test_the_config_file_passes_a_vllm_table(tmp_path: Path) -> None:
     assert settings.vllm == {"tensor_parallel_size": 4, "enforce_eager": True}
 
 
-# vLLM's server flags that are not ise options (server/vllm_flags.py): accepted and named, or refused.
+# vLLM's server flags that are not ise options (server/config/vllm_flags.py): accepted and named, or refused.
 RECIPE = [
     "/models/llama", "--disable-log-requests", "--enable-request-id-headers", "--enable-prompt-tokens-details",
     "--disable-log-stats", "--disable-uvicorn-access-log", "--uvicorn-log-level", "warning",

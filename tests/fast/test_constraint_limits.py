@@ -18,9 +18,8 @@ import psutil
 import pytest
 from fastapi import FastAPI
 
-from server.api_config import ApiArgs
-from server.app import create_app
-from server.constraint_limits import (
+from server.endpoints.state import ServerState
+from server.protocol.constraint_limits import (
     MAX_CHOICE_CHARS,
     MAX_CHOICE_STRINGS,
     MAX_GRAMMAR_CHARS,
@@ -28,9 +27,12 @@ from server.constraint_limits import (
     MAX_SCHEMA_CHARS,
     MAX_SCHEMA_DEPTH,
 )
-from server.state import ServerState
-from tests.fast.conftest import MODEL, TinyModel, asgi_call, client, until
+from server.runtime.app import create_app
+from server.text.options import ApiArgs
 from tests.fast.fake_engine import FakeEngine
+from tests.fast.helpers import asgi_call, client, until
+from tests.fast.tiny_model import MODEL, TinyModel
+from tests.helpers import cpu_seconds
 
 CHAT = "/v1/chat/completions"
 HI = [{"role": "user", "content": "hi"}]
@@ -114,10 +116,11 @@ async def test_constraints_at_their_bounds_are_accepted(http: httpx.AsyncClient,
 
 @pytest.fixture
 async def budgeted(fake: FakeEngine, tiny: TinyModel) -> AsyncIterator[FastAPI]:
-    """The app with a compile budget of BUDGET_S."""
-    state = ServerState(
-        engine=fake, tokenization=tiny.tokenization, model_name=MODEL, api=ApiArgs(grammar_compile_timeout=BUDGET_S)
-    )
+    """The app with a compile budget of BUDGET_S, and no room to wait for a busy worker; its context
+    fits the slow tools' description (a prompt beyond the context is refused before any compile)."""
+    fake.max_model_len = 4096
+    api = ApiArgs(grammar_compile_timeout=BUDGET_S, grammar_compile_queue=0)
+    state = ServerState(engine=fake, tokenization=tiny.tokenization, model_name=MODEL, api=api)
     app = create_app(state)
     async with app.router.lifespan_context(app):
         yield app
@@ -125,14 +128,7 @@ async def budgeted(fake: FakeEngine, tiny: TinyModel) -> AsyncIterator[FastAPI]:
 
 def _descendants_cpu() -> dict[int, float]:
     """CPU seconds of each process this one started (the fork server and the compile workers)."""
-    times = {}
-    for process in psutil.Process().children(recursive=True):
-        try:
-            cpu = process.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        times[process.pid] = cpu.user + cpu.system
-    return times
+    return cpu_seconds(psutil.Process().children(recursive=True))
 
 
 def _spent_since(before: dict[int, float]) -> float:
@@ -194,3 +190,37 @@ async def test_a_client_that_leaves_during_its_compile_frees_the_worker(app: Fas
         assert time.perf_counter() - started < 2.0  # not queued behind the 15 s compile, nor its 5 s budget
     assert await _cpu_growth(1.0) < 0.3
     assert len(fake.requests) == 1  # the first request's alone
+
+
+async def test_constraints_beyond_the_compile_queue_are_refused_at_once(budgeted: FastAPI, fake: FakeEngine) -> None:
+    """A flood of slow constraints cannot queue without bound behind the workers (here no room at all)."""
+    async with client(budgeted) as http:
+        await http.post(CHAT, json={"model": MODEL, "messages": HI, "max_tokens": 2, "guided_regex": "[a-z]+"})
+        slow = asyncio.create_task(
+            http.post(CHAT, json={"model": MODEL, "messages": HI, "max_tokens": 2, "guided_regex": SLOW_REGEX})
+        )
+        before = _descendants_cpu()
+        await until(lambda: _spent_since(before) >= 0.1, timeout_s=10)  # the one worker is busy with it
+        started = time.perf_counter()
+        refused = await http.post(CHAT, json={"model": MODEL, "messages": HI, "max_tokens": 2, "guided_regex": "b+"})
+        assert time.perf_counter() - started < 0.4  # refused, not queued behind the budget
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["error"]["code"] == "server_overloaded"
+        assert refused.json()["error"]["param"] == "guided_regex"
+        assert int(refused.headers["retry-after"]) >= 1
+        assert (await slow).status_code == 400  # the slow one still got its budget
+        # A constraint compiled before needs no worker: never refused for a busy queue.
+        again = await http.post(CHAT, json={"model": MODEL, "messages": HI, "max_tokens": 2, "guided_regex": "[a-z]+"})
+        assert again.status_code == 200, again.text
+
+
+async def test_requests_with_the_same_constraint_share_one_compile(budgeted: FastAPI, fake: FakeEngine) -> None:
+    """A flood of one schema is one compile: none of its requests is refused for a full queue."""
+    body = {"model": MODEL, "messages": HI, "max_tokens": 2, "guided_regex": SLOW_REGEX}
+    async with client(budgeted) as http:
+        await http.post(CHAT, json={"model": MODEL, "messages": HI, "max_tokens": 2, "guided_regex": "[a-z]+"})
+        before = _descendants_cpu()
+        responses = await asyncio.gather(*[http.post(CHAT, json=body) for _ in range(6)])
+        assert [r.status_code for r in responses] == [400] * 6, [r.text for r in responses]
+        assert all("--grammar-compile-timeout" in r.json()["error"]["message"] for r in responses)
+        assert _spent_since(before) < BUDGET_S + 0.5  # one compile's worth of CPU, not six

@@ -15,10 +15,12 @@ from fastapi import FastAPI
 from starlette.types import Message
 
 from adapters.engine import EngineRequest
-from tests.fast.conftest import MODEL, TinyModel
 from tests.fast.fake_engine import FakeEngine, Reply
+from tests.fast.helpers import state_of
+from tests.fast.tiny_model import MODEL, TinyModel
 
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50}
+VLLM_LABELS = {"model_name": MODEL, "engine": "0"}
 NEVER = 3600.0  # the fake's wait before the last tokens: the request cannot finish during a test
 
 
@@ -70,6 +72,10 @@ async def test_disconnect_aborts_a_stream(app: FastAPI, fake: FakeEngine, tiny: 
     assert b'"content":"Hello"' in body and b"[DONE]" not in body
     assert fake.aborted == [fake.requests[0].request_id]
     assert fake.stats().running == 0
+    # vLLM's finish-reason counter names it an abort, and it is observed once, as any request.
+    metrics = state_of(app).gateway.metrics.registry
+    assert metrics.get_sample_value("vllm:request_success_total", {**VLLM_LABELS, "finished_reason": "abort"}) == 1
+    assert metrics.get_sample_value("vllm:e2e_request_latency_seconds_count", VLLM_LABELS) == 1
 
 
 async def test_disconnect_aborts_a_whole_response(app: FastAPI, fake: FakeEngine, tiny: TinyModel) -> None:

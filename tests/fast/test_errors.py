@@ -10,19 +10,10 @@ import httpx
 import openai
 import pytest
 
-from tests.fast.conftest import MODEL
+from tests.fast.tiny_model import MODEL
+from tests.helpers import assert_openai_error
 
 HI = [{"role": "user", "content": "hi"}]
-
-
-def _error(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"}, body
-    error: dict[str, Any] = body["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert isinstance(error["message"], str) and error["message"]
-    return error
 
 
 @pytest.mark.parametrize(
@@ -48,7 +39,7 @@ def _error(response: httpx.Response, status: int) -> dict[str, Any]:
 async def test_invalid_parameters_are_400_naming_the_param(
     http: httpx.AsyncClient, path: str, body: dict[str, Any], param: str
 ) -> None:
-    error = _error(await http.post(path, json={"model": MODEL, **body}), 400)
+    error = assert_openai_error(await http.post(path, json={"model": MODEL, **body}), 400)
     assert error["type"] == "invalid_request_error"
     assert error["param"] == param
 
@@ -58,7 +49,7 @@ async def test_context_overflow_says_the_numbers(http: httpx.AsyncClient, sdk: o
         response = await http.post(
             "/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 256, "stream": stream}
         )
-        error = _error(response, 400)
+        error = assert_openai_error(response, 400)
         assert (error["param"], error["code"]) == ("prompt", "context_length_exceeded")
         assert "256" in error["message"]
     with pytest.raises(openai.BadRequestError) as caught:
@@ -70,7 +61,7 @@ async def test_malformed_json_is_400(http: httpx.AsyncClient) -> None:
     response = await http.post(
         "/v1/chat/completions", content=b'{"model": "x", "messages": [', headers={"content-type": "application/json"}
     )
-    assert "JSON" in _error(response, 400)["message"]
+    assert "JSON" in assert_openai_error(response, 400)["message"]
 
 
 async def test_unknown_model_is_404(http: httpx.AsyncClient, sdk: openai.AsyncOpenAI) -> None:
@@ -79,7 +70,7 @@ async def test_unknown_model_is_404(http: httpx.AsyncClient, sdk: openai.AsyncOp
         await http.post("/v1/completions", json={"model": "gpt-17", "prompt": "hi", "stream": True}),
         await http.get("/v1/models/gpt-17"),
     ):
-        error = _error(response, 404)
+        error = assert_openai_error(response, 404)
         assert (error["type"], error["param"], error["code"]) == ("invalid_request_error", "model", "model_not_found")
         assert "gpt-17" in error["message"]
     with pytest.raises(openai.NotFoundError):
@@ -92,7 +83,7 @@ async def test_unknown_route_and_wrong_method_name_what_is_not_served(
     http: httpx.AsyncClient, sdk: openai.AsyncOpenAI
 ) -> None:
     """Clients read any 404 as "no such model": the message says it is the URL, by method and path."""
-    missing = _error(await http.post("/v1/nothing-here", json={}), 404)
+    missing = assert_openai_error(await http.post("/v1/nothing-here", json={}), 404)
     assert missing == {
         "message": "Invalid URL (POST /v1/nothing-here): ise does not serve this path.",
         "type": "invalid_request_error",
@@ -101,10 +92,11 @@ async def test_unknown_route_and_wrong_method_name_what_is_not_served(
     }
     wrong = await http.get("/v1/chat/completions")
     message = "Invalid method (GET /v1/chat/completions): ise serves this path with POST only."
-    assert _error(wrong, 405)["message"] == message
+    assert assert_openai_error(wrong, 405)["message"] == message
     assert wrong.headers["allow"] == "POST"
     probe = await http.delete("/health")
-    assert _error(probe, 405)["message"] == "Invalid method (DELETE /health): ise serves this path with GET, HEAD only."
+    message = assert_openai_error(probe, 405)["message"]
+    assert message == "Invalid method (DELETE /health): ise serves this path with GET, HEAD only."
     assert probe.headers["allow"] == "GET, HEAD"
     with pytest.raises(openai.NotFoundError, match=r"Invalid URL \(GET /v1/fine_tuning/jobs\)"):
         await sdk.fine_tuning.jobs.list()

@@ -15,23 +15,16 @@ import pytest
 from fastapi import FastAPI
 
 from adapters.engine import EngineRequest
-from tests.fast.conftest import MODEL, TinyModel
 from tests.fast.fake_engine import FakeEngine, Reply, Script
+from tests.fast.helpers import metric
+from tests.fast.tiny_model import MODEL, TinyModel
+from tests.helpers import assert_openai_error, openai_error, sse_payloads
 
-ERROR_KEYS = {"message", "type", "param", "code"}
 NEVER = 3600.0  # a wait that outlasts any test: only the engine's death ends it
 
 
 def _chat(content: str, **extra: Any) -> dict[str, Any]:
     return {"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 50, **extra}
-
-
-def _events(body: str) -> list[str]:
-    """The data of each server-sent event, checking OpenAI's framing on the way."""
-    assert body.endswith("\n\n")
-    events = body.split("\n\n")[:-1]
-    assert all(e.startswith("data: ") for e in events), events
-    return [e.removeprefix("data: ") for e in events]
 
 
 def _script_by_prompt(tiny: TinyModel, failing: Reply, other: Reply) -> tuple[Script, asyncio.Event]:
@@ -57,26 +50,22 @@ async def test_engine_death_mid_stream(http: httpx.AsyncClient, fake: FakeEngine
     bystander = await bystander_call
     for response in (dying, bystander):
         assert response.status_code == 200  # the headers went out before the engine died
-        *_, error, done = _events(response.text)
+        *_, payload, done = sse_payloads(response.text)
         assert done == "[DONE]"
-        body = json.loads(error)
-        assert set(body) == {"error"} and set(body["error"]) == ERROR_KEYS
-        assert body["error"]["type"] == "service_unavailable"
-        assert "engine" in body["error"]["message"]
-    contents = [json.loads(e)["choices"][0]["delta"]["content"] for e in _events(dying.text)[1:-2]]
+        error = openai_error(json.loads(payload))
+        assert error["type"] == "service_unavailable"
+        assert "engine" in error["message"]
+    contents = [json.loads(e)["choices"][0]["delta"]["content"] for e in sse_payloads(dying.text)[1:-2]]
     assert "".join(contents) == "Hello world"
     assert not fake.is_alive
 
     later = await http.post("/v1/chat/completions", json=_chat("hi"))
-    assert later.status_code == 503
-    assert later.json()["error"]["type"] == "service_unavailable"
-    assert set(later.json()["error"]) == ERROR_KEYS
+    assert assert_openai_error(later, 503)["type"] == "service_unavailable"
     streamed = await http.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "stream": True})
     assert streamed.status_code == 503  # refused before any event is sent
     health = await http.get("/health")
-    assert health.status_code == 503
-    assert health.json()["error"]["type"] == "service_unavailable"
-    assert "ise_engine_alive 0.0" in (await http.get("/metrics")).text
+    assert assert_openai_error(health, 503)["type"] == "service_unavailable"
+    assert await metric(http, "ise_engine_alive") == 0
 
 
 async def test_sdk_sees_503_after_engine_death(sdk: openai.AsyncOpenAI, fake: FakeEngine, tiny: TinyModel) -> None:
@@ -104,18 +93,18 @@ async def test_one_failed_request_leaves_the_rest_alone(
     fine = await fine_call
     if stream:
         assert failed.status_code == 200
-        *_, error, done = _events(failed.text)
+        *_, payload, done = sse_payloads(failed.text)
         assert done == "[DONE]"
-        body = json.loads(error)
-        texts = "".join(json.loads(e)["choices"][0]["delta"].get("content", "") for e in _events(fine.text)[:-1])
+        body = json.loads(payload)
+        texts = "".join(json.loads(e)["choices"][0]["delta"].get("content", "") for e in sse_payloads(fine.text)[:-1])
         assert texts == "ok"
     else:
         assert failed.status_code == 500
         body = failed.json()
         assert fine.status_code == 200 and fine.json()["choices"][0]["message"]["content"] == "ok"
-    assert set(body) == {"error"} and set(body["error"]) == ERROR_KEYS
-    assert body["error"]["type"] == "server_error"
-    assert "injected failure" in body["error"]["message"]
+    error = openai_error(body)
+    assert error["type"] == "server_error"
+    assert "injected failure" in error["message"]
     assert fake.is_alive
     assert (await http.get("/health")).status_code == 200
     fake.script = lambda _: tiny.reply("still here")

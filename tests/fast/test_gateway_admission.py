@@ -1,5 +1,7 @@
-"""Admission: a full waiting queue, a missed time-to-first-token target and a drain are refused at
-once, before the response starts, so a streaming client's 429 or 503 is its HTTP status.
+"""Admission: a full waiting queue and a missed time-to-first-token target are refused at once,
+before the response starts, so a streaming client's 429 is its HTTP status; every refusal is
+counted by its reason. (The drain's refusals: test_gateway_drain.py; the TTFT model's fit alone:
+test_gateway_ttft_model.py.)
 
 "Waiting" is admitted without a first token yet; the fake engine's gates hold requests there until
 a test lets their first token go. The TTFT model is fed exact points where a test needs exact
@@ -9,75 +11,32 @@ predictions, and learns from requests where the test is about that.
 from __future__ import annotations
 
 import asyncio
-import json
-import math
-import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import openai
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
-from adapters.engine import EngineRequest
-from server.drain import DrainingServer
-from server.errors import APIError
-from server.ttft_model import TTFTModel
-from tests.fast.conftest import MODEL, Clock, TinyModel, client, metric, sdk_client, serving, state_of, until
-from tests.fast.fake_engine import FakeEngine, Reply
-
-TOKEN = 74  # a token id of the tiny vocabulary: prompts of n of them cost exactly n prompt tokens
-
-
-def _text(prompt_tokens: int = 2, **extra: Any) -> dict[str, Any]:
-    return {"model": MODEL, "prompt": [TOKEN] * prompt_tokens, "max_tokens": 4, **extra}
-
-
-def _chat(**extra: Any) -> dict[str, Any]:
-    return {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, **extra}
-
-
-class Gated:
-    """Scripts the fake so each request waits for its first token until the test opens the gates;
-    requests that come after that are not held."""
-
-    def __init__(self, fake: FakeEngine, tiny: TinyModel) -> None:
-        self.tiny = tiny
-        self.gates: list[asyncio.Event] = []
-        self.opened = False
-        fake.script = self._reply
-
-    def _reply(self, request: EngineRequest) -> Reply:
-        gate = asyncio.Event()
-        if self.opened:
-            gate.set()
-        self.gates.append(gate)
-        return self.tiny.reply("Hello", " world", gates={0: gate})
-
-    def open_all(self, *, stay_open: bool = True) -> None:
-        self.opened = stay_open
-        for gate in self.gates:
-            gate.set()
-
-
-def assert_refused(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    """An OpenAI error with ``status`` and ``code``: a plain JSON answer, never an event stream."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/json"
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
-    assert body["error"]["code"] == code
-    assert body["error"]["type"] == ("rate_limit_error" if status == 429 else "service_unavailable")
-    error: dict[str, Any] = body["error"]
-    return error
-
-
-def _retry_after_s(response: httpx.Response) -> float:
-    seconds, ms = int(response.headers["retry-after"]), int(response.headers["retry-after-ms"])
-    assert seconds >= 1 and seconds - 1 < ms / 1000 <= seconds
-    return ms / 1000
+from server.gateway.ttft_model import TTFTModel
+from tests.fast.fake_engine import FakeEngine
+from tests.fast.helpers import (
+    TOKEN,
+    Clock,
+    Gated,
+    assert_refused,
+    chat_request,
+    client,
+    metric,
+    sdk_client,
+    serving,
+    state_of,
+    text_request,
+    until,
+)
+from tests.fast.tiny_model import MODEL, TinyModel
+from tests.helpers import retry_after_s
 
 
 @pytest.fixture
@@ -93,15 +52,15 @@ async def test_a_full_queue_refuses_at_once_streamed_or_not(
 ) -> None:
     app, gated = overloaded
     async with client(app) as http:
-        held = [asyncio.create_task(http.post("/v1/completions", json=_text())) for _ in range(2)]
+        held = [asyncio.create_task(http.post("/v1/completions", json=text_request())) for _ in range(2)]
         await until(lambda: len(fake.requests) == 2)
         assert await metric(http, "ise_waiting_requests") == 2
-        for path, body in [("/v1/completions", _text()), ("/v1/chat/completions", _chat())]:
+        for path, body in [("/v1/completions", text_request()), ("/v1/chat/completions", chat_request())]:
             for stream in (False, True):
                 refused = await http.post(path, json={**body, "stream": stream})
                 error = assert_refused(refused, 429, "server_overloaded")
                 assert "2 requests" in error["message"]
-                assert _retry_after_s(refused) >= 1
+                assert retry_after_s(refused.headers) >= 1
                 assert "x-should-retry" not in refused.headers  # capacity comes back: worth a retry
         assert len(fake.requests) == 2  # none of them reached the engine
         assert await metric(http, "ise_requests_rejected_total", reason="server_overloaded") == 4
@@ -109,7 +68,7 @@ async def test_a_full_queue_refuses_at_once_streamed_or_not(
         for task in held:
             assert (await task).json()["choices"][0]["text"] == "Hello world"
         assert await metric(http, "ise_waiting_requests") == 0
-        assert (await http.post("/v1/completions", json=_text(stream=True))).status_code == 200
+        assert (await http.post("/v1/completions", json=text_request(stream=True))).status_code == 200
 
 
 async def test_the_sdk_sees_the_overload_as_rate_limit_error(
@@ -117,7 +76,7 @@ async def test_the_sdk_sees_the_overload_as_rate_limit_error(
 ) -> None:
     app, gated = overloaded
     async with client(app) as http:
-        held = [asyncio.create_task(http.post("/v1/completions", json=_text())) for _ in range(2)]
+        held = [asyncio.create_task(http.post("/v1/completions", json=text_request())) for _ in range(2)]
         await until(lambda: len(fake.requests) == 2)
         async with sdk_client(app) as sdk:
             for stream in (False, True):
@@ -142,15 +101,15 @@ async def test_a_first_token_frees_a_place_in_the_queue(fake: FakeEngine, tiny: 
     )
     fake.script = lambda _: next(replies)
     async with serving(fake, tiny, max_waiting_requests=1) as app, client(app) as http:
-        running = asyncio.create_task(http.post("/v1/completions", json=_text(stream=True)))
+        running = asyncio.create_task(http.post("/v1/completions", json=text_request(stream=True)))
         await until(lambda: len(fake.requests) == 1)
-        assert_refused(await http.post("/v1/completions", json=_text()), 429, "server_overloaded")
+        assert_refused(await http.post("/v1/completions", json=text_request()), 429, "server_overloaded")
         first.set()
         await until(lambda: len(fake.emitted) == 1)
         # Still running, no longer waiting: the next request is admitted.
         assert await metric(http, "ise_waiting_requests") == 0
         assert await metric(http, "ise_requests_in_flight") == 1
-        answer = await http.post("/v1/completions", json=_text())
+        answer = await http.post("/v1/completions", json=text_request())
         assert (answer.status_code, answer.json()["choices"][0]["text"]) == (200, "Hello")
         second.set()
         assert (await running).text.endswith("data: [DONE]\n\n")
@@ -161,18 +120,18 @@ async def test_waiting_prompt_tokens_are_capped(fake: FakeEngine, tiny: TinyMode
     async with serving(fake, tiny, max_waiting_prompt_tokens=10) as app, client(app) as http:
         # Alone, a prompt longer than the cap is admitted: nothing waits ahead of it.
         lone = await asyncio.wait_for(
-            asyncio.gather(http.post("/v1/completions", json=_text(30)), _open_soon(gated, fake, 1)), 5
+            asyncio.gather(http.post("/v1/completions", json=text_request(30)), _open_soon(gated, fake, 1)), 5
         )
         assert lone[0].status_code == 200
-        held = asyncio.create_task(http.post("/v1/completions", json=_text(6)))
+        held = asyncio.create_task(http.post("/v1/completions", json=text_request(6)))
         await until(lambda: len(fake.requests) == 2)
         assert await metric(http, "ise_waiting_prompt_tokens") == 6
         for stream in (False, True):
-            refused = await http.post("/v1/completions", json=_text(5, stream=stream))
+            refused = await http.post("/v1/completions", json=text_request(5, stream=stream))
             error = assert_refused(refused, 429, "server_overloaded")
             assert "6 prompt tokens" in error["message"]
         # A prompt that fits beside it is admitted (6 + 4 = 10).
-        fits = asyncio.create_task(http.post("/v1/completions", json=_text(4)))
+        fits = asyncio.create_task(http.post("/v1/completions", json=text_request(4)))
         await until(lambda: len(fake.requests) == 3)
         assert await metric(http, "ise_waiting_prompt_tokens") == 10
         gated.open_all()
@@ -188,13 +147,13 @@ async def _open_soon(gated: Gated, fake: FakeEngine, requests: int) -> None:
 async def test_a_client_gone_while_waiting_frees_its_place(fake: FakeEngine, tiny: TinyModel) -> None:
     Gated(fake, tiny)
     async with serving(fake, tiny, max_waiting_requests=1) as app, client(app) as http:
-        held = asyncio.create_task(http.post("/v1/completions", json=_text(stream=True)))
+        held = asyncio.create_task(http.post("/v1/completions", json=text_request(stream=True)))
         await until(lambda: len(fake.requests) == 1)
         held.cancel()
         await asyncio.gather(held, return_exceptions=True)
-        await until(lambda: state_of(app).admission.waiting_requests == 0)
+        await until(lambda: state_of(app).gateway.admission.waiting_requests == 0)
         assert fake.aborted == [fake.requests[0].request_id]
-        late = asyncio.create_task(http.post("/v1/completions", json=_text()))
+        late = asyncio.create_task(http.post("/v1/completions", json=text_request()))
         await until(lambda: len(fake.requests) == 2)  # admitted: it reached the engine
         late.cancel()
         await asyncio.gather(late, return_exceptions=True)
@@ -210,7 +169,7 @@ def _teach(app: FastAPI, a: float = A, b: float = B) -> None:
 
     (Every request served later teaches it its own, much faster, first token: tests re-teach it.)
     """
-    model = state_of(app).admission.ttft = TTFTModel()
+    model = state_of(app).gateway.admission.ttft = TTFTModel()
     for tokens in range(10, 130, 10):
         model.observe(tokens, a + b * tokens)
     fit = model.coefficients()
@@ -221,25 +180,27 @@ async def test_a_request_that_would_miss_the_target_gets_429_with_the_wait(fake:
     gated = Gated(fake, tiny)
     async with serving(fake, tiny, slo_ttft_ms=1000) as app, client(app) as http:
         # Admitted before the model knows anything: the server learns from what it admits.
-        held = asyncio.create_task(http.post("/v1/completions", json=_text(50)))
+        held = asyncio.create_task(http.post("/v1/completions", json=text_request(50)))
         await until(lambda: len(fake.requests) == 1)
         _teach(app)
         for stream in (False, True):
-            refused = await http.post("/v1/completions", json=_text(5, stream=stream))
+            refused = await http.post("/v1/completions", json=text_request(5, stream=stream))
             error = assert_refused(refused, 429, "slo_exceeded")
             # Predicted 0.05 + 0.1 * (50 + 5) = 5.55 s; the queue must drain 4.55 s for 1 s to fit.
-            assert _retry_after_s(refused) == pytest.approx(5.55 - 1.0, abs=0.002)
+            assert retry_after_s(refused.headers) == pytest.approx(5.55 - 1.0, abs=0.002)
             assert refused.headers["retry-after"] == "5"
             assert "x-should-retry" not in refused.headers
             assert "1000 ms" in error["message"] and "5550 ms" in error["message"]
         # The client's own target, in the header, beats the server's.
-        patient = asyncio.create_task(http.post("/v1/completions", json=_text(5), headers={"x-slo-ttft-ms": "60000"}))
+        patient = asyncio.create_task(
+            http.post("/v1/completions", json=text_request(5), headers={"x-slo-ttft-ms": "60000"})
+        )
         await until(lambda: len(fake.requests) == 2)
         # Once the queue ahead has its first token, the same request fits: 0.05 + 0.1 * 5 = 0.55 s.
         gated.open_all()
         assert (await held).status_code == 200 and (await patient).status_code == 200
         _teach(app)
-        assert (await http.post("/v1/completions", json=_text(5))).status_code == 200
+        assert (await http.post("/v1/completions", json=text_request(5))).status_code == 200
         assert await metric(http, "ise_requests_rejected_total", reason="slo_exceeded") == 2
 
 
@@ -249,14 +210,16 @@ async def test_an_idle_server_admits_any_target(fake: FakeEngine, tiny: TinyMode
     async with serving(fake, tiny, slo_ttft_ms=1) as app, client(app) as http:
         _teach(app)  # 20 tokens alone: 0.05 + 2.0 s predicted, far over 1 ms
         for stream in (False, True):
-            response = await http.post("/v1/completions", json=_text(20, stream=stream), headers={"x-slo-ttft-ms": "1"})
+            response = await http.post(
+                "/v1/completions", json=text_request(20, stream=stream), headers={"x-slo-ttft-ms": "1"}
+            )
             assert response.status_code == 200, response.text
 
 
 async def test_a_missed_target_is_worth_a_retry_for_the_sdk(fake: FakeEngine, tiny: TinyModel) -> None:
     gated = Gated(fake, tiny)
     async with serving(fake, tiny) as app, client(app) as http:
-        held = asyncio.create_task(http.post("/v1/completions", json=_text(20)))
+        held = asyncio.create_task(http.post("/v1/completions", json=text_request(20)))
         await until(lambda: len(fake.requests) == 1)
         _teach(app)
         async with sdk_client(app, max_retries=0) as sdk:
@@ -276,13 +239,13 @@ async def test_a_missed_target_is_worth_a_retry_for_the_sdk(fake: FakeEngine, ti
 async def test_the_header_target_can_be_tighter_than_the_servers(fake: FakeEngine, tiny: TinyModel) -> None:
     gated = Gated(fake, tiny)
     async with serving(fake, tiny, slo_ttft_ms=60000) as app, client(app) as http:
-        held = asyncio.create_task(http.post("/v1/completions", json=_text(5)))
+        held = asyncio.create_task(http.post("/v1/completions", json=text_request(5)))
         await until(lambda: len(fake.requests) == 1)
         _teach(app)  # behind 5 tokens, 5 more: 0.05 + 0.1 * 10 = 1.05 s
-        refused = await http.post("/v1/completions", json=_text(5), headers={"x-slo-ttft-ms": "1000"})
+        refused = await http.post("/v1/completions", json=text_request(5), headers={"x-slo-ttft-ms": "1000"})
         assert_refused(refused, 429, "slo_exceeded")
-        assert _retry_after_s(refused) == 1.0  # 50 ms over: Retry-After is at least a second
-        admitted = asyncio.create_task(http.post("/v1/completions", json=_text(5)))  # the server's 60 s target
+        assert retry_after_s(refused.headers) == 1.0  # 50 ms over: Retry-After is at least a second
+        admitted = asyncio.create_task(http.post("/v1/completions", json=text_request(5)))  # the server's 60 s target
         await until(lambda: len(fake.requests) == 2)
         gated.open_all()
         assert (await held).status_code == 200 and (await admitted).status_code == 200
@@ -295,21 +258,21 @@ async def test_a_full_batch_adds_the_wait_for_a_slot(fake: FakeEngine, tiny: Tin
     replies = iter([tiny.reply("Hello", " world", gates={1: second})])
     fake.script = lambda _: next(replies, tiny.reply("Hello"))
     async with serving(fake, tiny, batch_slots=1, slo_ttft_ms=5000) as app, client(app) as http:
-        running = asyncio.create_task(http.post("/v1/completions", json=_text(2, stream=True)))
+        running = asyncio.create_task(http.post("/v1/completions", json=text_request(2, stream=True)))
         await until(lambda: len(fake.emitted) == 1)  # streaming: the batch's one slot is taken, nothing waits
-        admission = state_of(app).admission
+        admission = state_of(app).gateway.admission
         _teach(app)
         admission.decode_s = 10.0  # as measured on the requests that ended before
-        refused = await http.post("/v1/completions", json=_text(2))
+        refused = await http.post("/v1/completions", json=text_request(2))
         error = assert_refused(refused, 429, "slo_exceeded")
         assert "1 sequences to finish" in error["message"]
         # 0.05 + 0.1 * 2 prefill, plus 10 s for the one slot: 10.25 s, 5.25 s over the target.
-        assert _retry_after_s(refused) == pytest.approx(5.25, abs=0.002)
+        assert retry_after_s(refused.headers) == pytest.approx(5.25, abs=0.002)
         second.set()
         assert (await running).status_code == 200
         _teach(app)
         admission.decode_s = 10.0
-        assert (await http.post("/v1/completions", json=_text(2))).status_code == 200  # a slot is free
+        assert (await http.post("/v1/completions", json=text_request(2))).status_code == 200  # a slot is free
 
 
 async def test_no_prediction_no_refusal(fake: FakeEngine, tiny: TinyModel) -> None:
@@ -318,24 +281,24 @@ async def test_no_prediction_no_refusal(fake: FakeEngine, tiny: TinyModel) -> No
     gated = Gated(fake, tiny)
     gated.opened = True
     async with serving(fake, tiny) as app, client(app) as http:
-        model = state_of(app).admission.ttft
+        model = state_of(app).gateway.admission.ttft
         for served in range(1, 8):
-            assert (await http.post("/v1/completions", json=_text(served))).status_code == 200
+            assert (await http.post("/v1/completions", json=text_request(served))).status_code == 200
             assert model.points == served  # each first token taught the model
         assert model.predict(10) is None
         gated.opened = False
-        held = asyncio.create_task(http.post("/v1/completions", json=_text(3)))
+        held = asyncio.create_task(http.post("/v1/completions", json=text_request(3)))
         await until(lambda: len(fake.requests) == 8)
         tight = {"x-slo-ttft-ms": "0.001"}
-        admitted = asyncio.create_task(http.post("/v1/completions", json=_text(3), headers=tight))
+        admitted = asyncio.create_task(http.post("/v1/completions", json=text_request(3), headers=tight))
         await until(lambda: len(fake.requests) == 9)  # admitted: no prediction yet
         gated.open_all(stay_open=False)
         assert (await held).status_code == 200 and (await admitted).status_code == 200
         assert model.points == 9 and model.predict(10) is not None
-        held = asyncio.create_task(http.post("/v1/completions", json=_text(3)))
+        held = asyncio.create_task(http.post("/v1/completions", json=text_request(3)))
         await until(lambda: len(fake.requests) == 10)
         # Measured now: behind a queue, a 1 us target is out of reach.
-        assert_refused(await http.post("/v1/completions", json=_text(3), headers=tight), 429, "slo_exceeded")
+        assert_refused(await http.post("/v1/completions", json=text_request(3), headers=tight), 429, "slo_exceeded")
         gated.open_all()
         assert (await held).status_code == 200
 
@@ -344,7 +307,7 @@ async def test_no_prediction_no_refusal(fake: FakeEngine, tiny: TinyModel) -> No
     "value", ["0", "-1", "-0", "nan", "NaN", "inf", "-inf", "1e400", "abc", "", " ", "1ms", "0x10"]
 )
 async def test_a_bad_target_header_is_400_naming_it(http: httpx.AsyncClient, value: str) -> None:
-    for path, body in [("/v1/completions", _text()), ("/v1/chat/completions", _chat(stream=True))]:
+    for path, body in [("/v1/completions", text_request()), ("/v1/chat/completions", chat_request(stream=True))]:
         response = await http.post(path, json=body, headers={"x-slo-ttft-ms": value})
         assert response.status_code == 400, (value, response.text)
         error = response.json()["error"]
@@ -355,195 +318,9 @@ async def test_a_bad_target_header_is_400_naming_it(http: httpx.AsyncClient, val
 
 @pytest.mark.parametrize("value", ["1", "250.5", " 300 ", "1e3", "+5"])
 async def test_a_good_target_header_is_taken(http: httpx.AsyncClient, value: str) -> None:
-    assert (await http.post("/v1/completions", json=_text(), headers={"x-slo-ttft-ms": value})).status_code == 200
-
-
-# The TTFT model alone.
-
-
-@pytest.mark.parametrize(("a", "b"), [(0.05, 0.1), (0.0, 0.002), (0.3, 1e-5), (0.012, 0.0007)])
-def test_ttft_model_recovers_a_line(a: float, b: float) -> None:
-    model = TTFTModel()
-    for tokens in [7, 300, 45, 1200, 80, 16, 640, 2048, 3, 999]:
-        model.observe(tokens, a + b * tokens)
-    fit = model.coefficients()
-    assert fit is not None
-    assert fit[0] == pytest.approx(a, abs=1e-9) and fit[1] == pytest.approx(b, rel=1e-9)
-    assert model.predict(500) == pytest.approx(a + b * 500)
-
-
-def test_ttft_model_needs_eight_points() -> None:
-    model = TTFTModel()
-    for tokens in range(1, 8):
-        model.observe(tokens * 10, 0.01 * tokens)
-        assert model.coefficients() is None and model.predict(100) is None
-    model.observe(80, 0.08)
-    assert model.predict(100) == pytest.approx(0.1)
-
-
-def test_ttft_model_without_spread_charges_it_all_per_token() -> None:
-    model = TTFTModel()
-    for _ in range(10):
-        model.observe(100, 0.5)
-    assert model.coefficients() == pytest.approx((0.0, 0.005))
-    assert model.predict(200) == pytest.approx(1.0)  # over-, not under-predicts a longer queue
-
-
-def test_ttft_model_never_fits_a_falling_line() -> None:
-    model = TTFTModel()
-    for tokens in range(10, 110, 10):
-        model.observe(tokens, 2.0 - 0.01 * tokens)  # longer queues faster: noise, not physics
-    fit = model.coefficients()
-    assert fit is not None
-    a, b = fit
-    assert a == 0.0 and b > 0
-    assert all(model.predict(t) or 0 > 0 for t in (1, 100, 10000))
-
-
-def test_ttft_model_follows_a_changed_engine() -> None:
-    model = TTFTModel()
-    for tokens in range(10, 410, 10):
-        model.observe(tokens, 0.05 + 0.001 * tokens)
-    for tokens in list(range(10, 410, 10)) * 5:  # the engine became ten times slower per token
-        model.observe(tokens, 0.05 + 0.01 * tokens)
-    fit = model.coefficients()
-    assert fit is not None and fit[1] == pytest.approx(0.01, rel=0.01) and fit[0] == pytest.approx(0.05, abs=0.01)
-
-
-def test_ttft_model_fits_noisy_points() -> None:
-    model = TTFTModel()
-    for i, tokens in enumerate(range(20, 2020, 20)):
-        noise = 0.01 * math.sin(i * 2.3)
-        model.observe(tokens, 0.1 + 0.002 * tokens + noise)
-    fit = model.coefficients()
-    assert fit is not None and fit[0] == pytest.approx(0.1, abs=0.02) and fit[1] == pytest.approx(0.002, rel=0.05)
-
-
-# Drain.
-
-
-async def test_draining_refuses_new_requests_and_fails_health(app: FastAPI, http: httpx.AsyncClient) -> None:
-    state_of(app).admission.draining = True
-    health = await http.get("/health")
-    assert_refused(health, 503, "server_shutting_down")
-    for path, body in [("/v1/completions", _text()), ("/v1/chat/completions", _chat())]:
-        for stream in (False, True):
-            refused = await http.post(path, json={**body, "stream": stream})
-            assert_refused(refused, 503, "server_shutting_down")
-            assert int(refused.headers["retry-after"]) >= 1
-            assert "x-should-retry" not in refused.headers  # another replica may take it
-    assert await metric(http, "ise_draining") == 1
-    assert await metric(http, "ise_requests_rejected_total", reason="server_shutting_down") == 4
-    assert (await http.get("/v1/models")).status_code == 200  # the rest of the API still answers
-
-
-def _events(body: str) -> list[str]:
-    return [line.removeprefix("data: ") for line in body.split("\n") if line.startswith("data: ")]
-
-
-async def test_end_all_ends_a_stream_with_an_error_event_then_done(
-    app: FastAPI, http: httpx.AsyncClient, fake: FakeEngine, tiny: TinyModel
-) -> None:
-    second = asyncio.Event()
-    fake.script = lambda _: tiny.reply("Hello", " world", gates={1: second})
-    running = asyncio.create_task(http.post("/v1/chat/completions", json=_chat(stream=True)))
-    await until(lambda: len(fake.emitted) == 1)
-    admission = state_of(app).admission
-    ended = admission.end_all(
-        APIError(503, "The server shut down before the request finished.", code="server_shutting_down")
-    )
-    assert ended == 1
-    response = await running
-    assert response.status_code == 200
-    events = _events(response.text)
-    assert json.loads(events[1])["choices"][0]["delta"]["content"] == "Hello"
-    assert json.loads(events[-2]) == {
-        "error": {
-            "message": "The server shut down before the request finished.",
-            "type": "service_unavailable",
-            "param": None,
-            "code": "server_shutting_down",
-        }
-    }
-    assert events[-1] == "[DONE]"
-    assert fake.aborted == [fake.requests[0].request_id]
-    assert not admission.tickets
-
-
-async def test_end_all_ends_a_whole_request_with_503(
-    app: FastAPI, http: httpx.AsyncClient, fake: FakeEngine, tiny: TinyModel
-) -> None:
-    gate = asyncio.Event()
-    fake.script = lambda _: tiny.reply("Hello", " world", gates={0: gate})
-    running = asyncio.create_task(http.post("/v1/completions", json=_text()))
-    await until(lambda: len(fake.requests) == 1)
-    state_of(app).admission.end_all(APIError(503, "The server shut down.", code="server_shutting_down"))
-    assert_refused(await running, 503, "server_shutting_down")
-    assert fake.aborted == [fake.requests[0].request_id]
-
-
-async def test_sigterm_lets_running_requests_finish(fake: FakeEngine, tiny: TinyModel) -> None:
-    """``ise serve``'s server on SIGTERM: health fails and new requests are refused at once, while the
-    requests already running finish, whole and streamed; then the server exits."""
-    quick, slow = asyncio.Event(), asyncio.Event()
-    replies = iter([tiny.reply("Hello", gates={0: quick}), tiny.reply("Hello", " world", gates={1: slow})])
-    fake.script = lambda _: next(replies)
-    # A drain timeout no loaded machine reaches: this test is about what happens inside it.
-    async with serving(fake, tiny, drain_timeout=600.0) as app, client(app) as http:
-        state = state_of(app)
-        finishing = asyncio.create_task(http.post("/v1/completions", json=_text()))
-        streaming = asyncio.create_task(http.post("/v1/chat/completions", json=_chat(stream=True)))
-        await until(lambda: len(fake.requests) == 2)
-        server = _sigterm(app)
-        await until(lambda: server._drain is not None)
-        assert state.admission.draining and not server.should_exit
-        assert (await http.get("/health")).status_code == 503
-        assert_refused(await http.post("/v1/completions", json=_text()), 503, "server_shutting_down")
-        quick.set()
-        assert (await finishing).json()["choices"][0]["text"] == "Hello"
-        assert not server.should_exit
-        slow.set()
-        events = _events((await streaming).text)
-        assert "".join(json.loads(e)["choices"][0]["delta"].get("content", "") for e in events[:-1]) == "Hello world"
-        assert server._drain is not None
-        await asyncio.wait_for(server._drain, 10)
-        assert server.should_exit
-        assert await metric(http, "ise_requests_aborted_total", reason="shutdown") == 0
-
-
-async def test_sigterm_ends_what_outlives_the_drain_timeout(fake: FakeEngine, tiny: TinyModel) -> None:
-    """A stream still running when --drain-timeout ends gets a final error event and [DONE]."""
-    fake.script = lambda _: tiny.reply("Hello", " world", gates={1: asyncio.Event()})
-    async with serving(fake, tiny, drain_timeout=0.05) as app, client(app) as http:
-        stuck = asyncio.create_task(http.post("/v1/chat/completions", json=_chat(stream=True)))
-        await until(lambda: len(fake.requests) == 1)
-        server = _sigterm(app)
-        await until(lambda: server._drain is not None)
-        assert server._drain is not None
-        await asyncio.wait_for(server._drain, 10)
-        assert server.should_exit
-        events = _events((await stuck).text)
-        assert json.loads(events[-2])["error"]["code"] == "server_shutting_down" and events[-1] == "[DONE]"
-        assert await metric(http, "ise_requests_aborted_total", reason="shutdown") == 1
-        assert await metric(http, "ise_requests_in_flight") == 0
-
-
-def _sigterm(app: FastAPI) -> DrainingServer:
-    """The server ``ise serve`` runs, sent SIGTERM as its signal handler would receive it."""
-    server = DrainingServer(uvicorn.Config(app), state_of(app))
-    server._loop = asyncio.get_running_loop()  # as its startup records it
-    server.handle_exit(signal.SIGTERM, None)
-    return server
-
-
-async def test_a_second_sigterm_stops_at_once(app: FastAPI) -> None:
-    server = _sigterm(app)
-    assert state_of(app).admission.draining and not server.should_exit
-    server.handle_exit(signal.SIGTERM, None)
-    assert server.should_exit
-    await until(lambda: server._drain is not None)
-    assert server._drain is not None
-    await asyncio.wait_for(server._drain, 5)
+    assert (
+        await http.post("/v1/completions", json=text_request(), headers={"x-slo-ttft-ms": value})
+    ).status_code == 200
 
 
 # Every refusal, counted by its reason.
@@ -553,21 +330,21 @@ async def test_every_refusal_is_counted_by_its_reason(fake: FakeEngine, tiny: Ti
     gated = Gated(fake, tiny)
     limits: dict[str, Any] = {"api_key": ["k"], "tokens_per_minute": 100, "max_waiting_requests": 2}
     async with serving(fake, tiny, **limits) as app, client(app, "k") as http, client(app, "wrong") as stranger:
-        assert (await stranger.post("/v1/completions", json=_text())).status_code == 401
-        refused = await http.post("/v1/completions", json=_text(max_tokens=99))  # 101 tokens
+        assert (await stranger.post("/v1/completions", json=text_request())).status_code == 401
+        refused = await http.post("/v1/completions", json=text_request(max_tokens=99))  # 101 tokens
         assert refused.json()["error"]["code"] == "rate_limit_exceeded"
-        held = [asyncio.create_task(http.post("/v1/completions", json=_text()))]
+        held = [asyncio.create_task(http.post("/v1/completions", json=text_request()))]
         await until(lambda: len(fake.requests) == 1)
         _teach(app)
         headers = {"x-slo-ttft-ms": "100"}
-        assert_refused(await http.post("/v1/completions", json=_text(5), headers=headers), 429, "slo_exceeded")
-        held.append(asyncio.create_task(http.post("/v1/completions", json=_text())))
+        assert_refused(await http.post("/v1/completions", json=text_request(5), headers=headers), 429, "slo_exceeded")
+        held.append(asyncio.create_task(http.post("/v1/completions", json=text_request())))
         await until(lambda: len(fake.requests) == 2)
-        assert_refused(await http.post("/v1/completions", json=_text()), 429, "server_overloaded")
+        assert_refused(await http.post("/v1/completions", json=text_request()), 429, "server_overloaded")
         gated.open_all()
         await asyncio.gather(*held)
-        state_of(app).admission.draining = True
-        assert_refused(await http.post("/v1/completions", json=_text()), 503, "server_shutting_down")
+        state_of(app).gateway.admission.draining = True
+        assert_refused(await http.post("/v1/completions", json=text_request()), 503, "server_shutting_down")
         counts = {reason: await metric(http, "ise_requests_rejected_total", reason=reason) for reason in REASONS}
     assert counts == dict.fromkeys(REASONS, 1) | {"invalid_api_key": 0}  # unauthorized requests are not counted
 
@@ -579,13 +356,13 @@ async def test_a_refused_request_costs_the_key_no_tokens(fake: FakeEngine, tiny:
     gated = Gated(fake, tiny)
     limits: dict[str, Any] = {"api_key": ["k"], "tokens_per_minute": 20, "max_waiting_requests": 1}
     async with serving(fake, tiny, **limits) as app, client(app, "k") as http:
-        held = asyncio.create_task(http.post("/v1/completions", json=_text()))  # 6 tokens
+        held = asyncio.create_task(http.post("/v1/completions", json=text_request()))  # 6 tokens
         await until(lambda: len(fake.requests) == 1)
         for _ in range(3):  # the server is full: refused, no work done
-            assert_refused(await http.post("/v1/completions", json=_text()), 429, "server_overloaded")
+            assert_refused(await http.post("/v1/completions", json=text_request()), 429, "server_overloaded")
         gated.open_all()
         assert (await held).status_code == 200
         # 6 of the key's 20 tokens were served: another 6-token request must fit.
-        response = await http.post("/v1/completions", json=_text())
+        response = await http.post("/v1/completions", json=text_request())
         assert response.status_code == 200, response.text
         assert response.headers["x-ratelimit-remaining-tokens"] == "8"

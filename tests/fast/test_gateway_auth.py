@@ -20,12 +20,15 @@ import pytest
 from fastapi import FastAPI
 from starlette.routing import Route
 
-from server.app import create_app
-from server.command_line import split_serve_args
-from server.settings import Settings
-from server.state import ServerState
-from tests.fast.conftest import MODEL, Clock, Exchange, TinyModel, asgi_call, client, sdk_client, serving
+from server.config.command_line import split_serve_args
+from server.config.settings import Settings
+from server.endpoints.state import ServerState
+from server.runtime.app import create_app
+from server.runtime.messages_errors import is_messages_path
 from tests.fast.fake_engine import FakeEngine
+from tests.fast.helpers import Clock, Exchange, asgi_call, client, sdk_client, serving
+from tests.fast.tiny_model import MODEL, TinyModel
+from tests.helpers import openai_error
 
 KEY = "sk-ise-correct-horse-battery"
 OTHER_KEY = "sk-ise-second-key-staple"
@@ -37,7 +40,7 @@ BODIES: dict[str, dict[str, Any]] = {
     "/tokenize": {"model": MODEL, "messages": HI},
     "/detokenize": {"model": MODEL, "tokens": [1, 2]},
 }
-PUBLIC = {("GET", "/health"), ("HEAD", "/health")}
+PUBLIC = {("GET", "/health"), ("HEAD", "/health"), ("GET", "/"), ("HEAD", "/")}
 
 
 def _route_calls(app: FastAPI) -> list[tuple[str, str]]:
@@ -73,22 +76,20 @@ async def _call(
     return await asgi_call(app, method, raw_path, query=query, headers=_headers(authorization, host), chunks=chunks)
 
 
-def assert_denied(exchange: Exchange, *, missing: bool) -> None:
-    """A 401 in OpenAI's shape, not retried by SDKs, that shows nothing of what the route holds."""
+def assert_denied(exchange: Exchange, *, missing: bool, path: str = "") -> None:
+    """A 401 in OpenAI's shape (Anthropic's on its routes), not retried by SDKs, that shows nothing of
+    what the route holds."""
     assert exchange.status == 401, (exchange.status, exchange.body)
     assert exchange.headers["x-should-retry"] == "false"
     assert exchange.headers["www-authenticate"] == "Bearer"
     assert exchange.headers["content-type"] == "application/json"
     assert len(exchange.headers["x-request-id"]) >= 16
     body = exchange.json()
-    assert body == {
-        "error": {
-            "message": body["error"]["message"],
-            "type": "authentication_error",
-            "param": None,
-            "code": "invalid_api_key",
-        }
-    }
+    if is_messages_path(path):
+        assert body == {"type": "error", "error": {"type": "authentication_error", "message": body["error"]["message"]}}
+    else:
+        error = openai_error(body)
+        assert (error["type"], error["param"], error["code"]) == ("authentication_error", None, "invalid_api_key")
     assert ("didn't provide an API key" in body["error"]["message"]) is missing
     for leak in (MODEL.encode(), b'"data"', b"ise_", b"openapi", b"swagger", b'"status"'):
         assert leak not in exchange.body
@@ -124,7 +125,7 @@ async def test_every_route_needs_a_key_and_routes_normally_with_one(keyed: FastA
                 assert got.status == expected.status, (method, path, authorization, got.body)
                 assert got.status != 401
             else:
-                assert_denied(got, missing=authorization is None)
+                assert_denied(got, missing=authorization is None, path=path)
     # What a keyed client gets is the real thing.
     for method, path, status in [
         ("GET", "/v1/models", 200),
@@ -246,10 +247,15 @@ async def test_an_empty_authorization_header_is_a_missing_key(keyed: FastAPI) ->
     assert_denied(await _call(keyed, "GET", b"/v1/models", ""), missing=True)
 
 
-async def test_only_the_authorization_header_carries_a_key(keyed: FastAPI) -> None:
-    for name in (b"x-api-key", b"api-key", b"proxy-authorization"):
+async def test_only_authorization_and_x_api_key_carry_a_key(keyed: FastAPI) -> None:
+    for name in (b"api-key", b"proxy-authorization"):
         headers = [(b"host", b"test"), (name, f"Bearer {KEY}".encode())]
         assert_denied(await asgi_call(keyed, "GET", b"/v1/models", headers=headers), missing=True)
+    # Anthropic's clients send the key itself as x-api-key, never a bearer credential.
+    headers = [(b"host", b"test"), (b"x-api-key", f"Bearer {KEY}".encode())]
+    assert_denied(await asgi_call(keyed, "GET", b"/v1/models", headers=headers), missing=False)
+    headers = [(b"host", b"test"), (b"x-api-key", KEY.encode())]
+    assert (await asgi_call(keyed, "GET", b"/v1/models", headers=headers)).status == 200
 
 
 async def test_the_sdk_raises_authentication_error_without_retrying(keyed: FastAPI) -> None:
@@ -320,7 +326,7 @@ async def test_keys_from_the_environment_and_flags(
     refused: list[str],
 ) -> None:
     settings = _settings(monkeypatch, env, argv)
-    app = create_app(ServerState(engine=fake, tokenization=tiny.tokenization, model_name=MODEL, gateway=settings))
+    app = create_app(ServerState(engine=fake, tokenization=tiny.tokenization, model_name=MODEL, gateway_args=settings))
     async with app.router.lifespan_context(app):
         for key in accepted:
             assert await _works(app, key), key

@@ -22,8 +22,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from adapters.engine import EngineRequest
-from tests.fast.conftest import MODEL, TinyModel, client, serving
 from tests.fast.fake_engine import FakeEngine, Reply
+from tests.fast.helpers import client, serving
+from tests.fast.tiny_model import MODEL, TinyModel
+from tests.helpers import openai_error, sse_chunks
 
 EXAMPLES = 150
 WORD = 305  # a token id of the tiny vocabulary, not EOS
@@ -168,9 +170,7 @@ def check(path: str, body: Any, response: httpx.Response) -> None:
     assert response.status_code < 500, (response.status_code, response.text, body)
     if response.status_code == 200:
         if response.headers["content-type"].startswith("text/event-stream"):
-            events = [line[6:] for line in response.text.split("\n") if line.startswith("data: ")]
-            assert events[-1] == "[DONE]", response.text
-            assert all("error" not in json.loads(event) for event in events[:-1]), response.text
+            assert all("error" not in chunk for chunk in sse_chunks(response.text)), response.text
         else:
             answer = response.json()
             assert answer["choices"] and answer["model"] == MODEL, answer
@@ -178,11 +178,7 @@ def check(path: str, body: Any, response: httpx.Response) -> None:
             assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
         return
     assert 400 <= response.status_code < 500
-    error_body = response.json()
-    assert set(error_body) == {"error"}, error_body
-    error = error_body["error"]
-    assert set(error) == {"message", "type", "param", "code"}, error
-    assert isinstance(error["message"], str) and error["message"], error
+    error = openai_error(response.json())
     assert response.status_code in (400, 404), (response.status_code, error)
     assert error["type"] == "invalid_request_error"
     assert response.headers["x-should-retry"] == "false"

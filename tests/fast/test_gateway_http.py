@@ -19,9 +19,11 @@ import pytest
 from fastapi import FastAPI
 from starlette.types import Message
 
-from server.gateway_config import GatewayArgs
-from tests.fast.conftest import MODEL, Clock, TinyModel, asgi_call, client, metric, sdk_client, serving, until
+from server.gateway.options import GatewayArgs
 from tests.fast.fake_engine import FakeEngine
+from tests.fast.helpers import Clock, asgi_call, client, metric, sdk_client, serving, until
+from tests.fast.tiny_model import MODEL, TinyModel
+from tests.helpers import assert_openai_error
 
 HI = [{"role": "user", "content": "hi"}]
 CHAT: dict[str, Any] = {"model": MODEL, "messages": HI, "max_tokens": 5}
@@ -34,16 +36,6 @@ def _padded(size: int) -> bytes:
     body = json.dumps(CHAT).encode()
     assert len(body) <= size
     return body[:-1] + b" " * (size - len(body)) + b"}"
-
-
-def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
-    error: dict[str, Any] = body["error"]
-    if code is not None:
-        assert error["code"] == code
-    return error
 
 
 # Body limit.
@@ -61,7 +53,7 @@ async def test_a_body_over_the_limit_is_413(limited: FastAPI, fake: FakeEngine) 
             response = await http.post(
                 "/v1/chat/completions", content=_padded(size), headers={"content-type": "application/json"}
             )
-            error = assert_error(response, 413, "request_too_large")
+            error = assert_openai_error(response, 413, "request_too_large")
             assert error["type"] == "invalid_request_error" and str(LIMIT) in error["message"]
             assert response.headers["x-should-retry"] == "false"
             assert len(response.headers["x-request-id"]) >= 16
@@ -121,13 +113,13 @@ async def test_the_default_limit_is_four_mib(http: httpx.AsyncClient) -> None:
     response = await http.post(
         "/v1/chat/completions", content=_padded(4 * 1024 * 1024 + 1), headers={"content-type": "application/json"}
     )
-    assert_error(response, 413, "request_too_large")
+    assert_openai_error(response, 413, "request_too_large")
 
 
 async def test_an_oversized_body_without_a_key_is_401(fake: FakeEngine, tiny: TinyModel) -> None:
     async with serving(fake, tiny, api_key=["k"], max_request_body_bytes=LIMIT) as app, client(app) as http:
         response = await http.post("/v1/chat/completions", content=_padded(LIMIT + 1))
-        assert_error(response, 401, "invalid_api_key")
+        assert_openai_error(response, 401, "invalid_api_key")
 
 
 # CORS.
@@ -167,7 +159,7 @@ async def test_a_preflight_from_an_allowed_origin_needs_no_key(cors: FastAPI) ->
             assert "access-control-allow-credentials" not in preflight.headers
         # The request itself still needs the key; the browser may read why it failed.
         refused = await anonymous.post("/v1/chat/completions", json=CHAT, headers={"origin": ORIGIN})
-        assert_error(refused, 401, "invalid_api_key")
+        assert_openai_error(refused, 401, "invalid_api_key")
         assert refused.headers["access-control-allow-origin"] == ORIGIN
     async with client(cors, "k") as keyed:
         for stream in (False, True):
@@ -226,7 +218,7 @@ async def test_permanent_errors_say_do_not_retry(http: httpx.AsyncClient, sdk: o
         (await http.get("/v1/chat/completions"), 405),
         (await http.post("/v1/chat/completions", json={**CHAT, "max_tokens": 10_000}), 400),
     ]:
-        assert_error(response, status)
+        assert_openai_error(response, status)
         assert response.headers["x-should-retry"] == "false", (status, response.text)
 
 
@@ -236,10 +228,10 @@ async def test_a_rate_limit_and_a_failed_request_are_worth_a_retry(
     async with serving(fake, tiny, requests_per_minute=1) as app, client(app) as http:
         fake.script = lambda _: tiny.reply("Hello", " world", fail_at=1)  # this request fails alone: 500
         failed = await http.post("/v1/chat/completions", json=CHAT)
-        assert_error(failed, 500)
+        assert_openai_error(failed, 500)
         assert "x-should-retry" not in failed.headers
         limited = await http.post("/v1/chat/completions", json=CHAT)
-        assert_error(limited, 429, "rate_limit_exceeded")
+        assert_openai_error(limited, 429, "rate_limit_exceeded")
         assert "x-should-retry" not in limited.headers
         assert (await http.get("/health")).status_code == 200  # the engine lives on
 
@@ -249,14 +241,14 @@ async def test_a_dead_engine_says_do_not_retry(
 ) -> None:
     fake.script = lambda _: tiny.reply("Hello", " world", fail_at=1, failure="engine")
     dying = await http.post("/v1/chat/completions", json=CHAT)
-    assert_error(dying, 503, "engine_dead")
+    assert_openai_error(dying, 503, "engine_dead")
     assert dying.headers["x-should-retry"] == "false"
     for stream in (False, True):
         dead = await http.post("/v1/chat/completions", json={**CHAT, "stream": stream})
-        assert_error(dead, 503)
+        assert_openai_error(dead, 503)
         assert dead.headers["x-should-retry"] == "false"
     health = await http.get("/health")
-    assert_error(health, 503, "engine_dead")
+    assert_openai_error(health, 503, "engine_dead")
     assert health.headers["x-should-retry"] == "false"
     assert (await http.head("/health")).status_code == 503
     assert await metric(http, "ise_engine_alive") == 0
@@ -271,8 +263,8 @@ async def test_every_dead_engine_503_says_engine_dead(
     http: httpx.AsyncClient, fake: FakeEngine, tiny: TinyModel
 ) -> None:
     fake.script = lambda _: tiny.reply("Hello", fail_at=0, failure="engine")
-    assert_error(await http.post("/v1/chat/completions", json=CHAT), 503, "engine_dead")
-    assert_error(await http.post("/v1/chat/completions", json=CHAT), 503, "engine_dead")
+    assert_openai_error(await http.post("/v1/chat/completions", json=CHAT), 503, "engine_dead")
+    assert_openai_error(await http.post("/v1/chat/completions", json=CHAT), 503, "engine_dead")
 
 
 # Aborts, counted on /metrics by why.

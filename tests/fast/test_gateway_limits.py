@@ -22,8 +22,10 @@ import openai._base_client
 import pytest
 from fastapi import FastAPI
 
-from tests.fast.conftest import MODEL, WINDOW_START, Clock, TinyModel, client, metric, sdk_client, serving
 from tests.fast.fake_engine import FakeEngine
+from tests.fast.helpers import WINDOW_START, Clock, client, metric, sdk_client, serving
+from tests.fast.tiny_model import MODEL, TinyModel
+from tests.helpers import assert_openai_error, retry_after_s
 
 KEY_A, KEY_B = "sk-limits-a", "sk-limits-b"
 PROMPT = [74, 75]  # two token ids: a prompt whose cost in tokens is known exactly
@@ -46,22 +48,13 @@ def _ratelimit(response: httpx.Response, unit: str) -> tuple[int, int, str]:
 
 def assert_rate_limited(response: httpx.Response, unit: str, limit: int) -> float:
     """OpenAI's 429 for a limit reached; the wait it asks for, in seconds."""
-    assert response.status_code == 429, response.text
-    assert response.json() == {
-        "error": {
-            "message": response.json()["error"]["message"],
-            "type": "rate_limit_error",
-            "param": None,
-            "code": "rate_limit_exceeded",
-        }
-    }
-    assert f"{limit} {unit} per minute" in response.json()["error"]["message"]
+    error = assert_openai_error(response, 429, "rate_limit_exceeded")
+    assert (error["type"], error["param"]) == ("rate_limit_error", None)
+    assert f"{limit} {unit} per minute" in error["message"]
     assert "x-should-retry" not in response.headers  # a rate limit passes: the SDK may retry
     assert _ratelimit(response, unit)[:2] == (limit, 0) or unit == "tokens"
     assert re.fullmatch(r"(\d+m)?\d+m?s", response.headers[f"x-ratelimit-reset-{unit}"])
-    seconds, ms = int(response.headers["retry-after"]), int(response.headers["retry-after-ms"])
-    assert seconds >= 1 and seconds - 1 < ms / 1000 <= seconds
-    return ms / 1000
+    return retry_after_s(response.headers)
 
 
 def _seconds(duration: str) -> float:

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import httpx
 
-from server.app import create_app
-from server.state import ServerState
-from server.text import Tokenization
-from tests.fast.conftest import TinyModel
+from server.endpoints.state import ServerState
+from server.runtime.app import create_app
+from server.text.tokenization import Tokenization
 from tests.fast.fake_engine import FakeEngine
+from tests.fast.tiny_model import TinyModel
 
 
 async def test_every_served_name_is_listed_and_answers(tiny: TinyModel, fake: FakeEngine) -> None:

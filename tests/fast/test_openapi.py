@@ -55,6 +55,11 @@ def test_other_routes(spec: dict[str, Any]) -> None:
         "/tokenize",
         "/detokenize",
         "/version",
+        "/v1/messages",
+        "/v1/messages/count_tokens",
+        "/v1/responses",
+        "/v1/responses/{response_id}",
+        "/v1/responses/{response_id}/input_items",
     }
     models = paths["/v1/models"]["get"]["responses"]
     assert models["200"]["content"]["application/json"]["schema"] == {"$ref": REF + "ModelList"}

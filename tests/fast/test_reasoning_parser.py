@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.reasoning import REASONING_PARSERS, ReasoningParser
+from server.text.reasoning import REASONING_PARSERS, ReasoningParser
 
 R1 = REASONING_PARSERS["deepseek_r1"]
 QWEN3 = REASONING_PARSERS["qwen3"]

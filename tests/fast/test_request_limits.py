@@ -1,6 +1,6 @@
 """Oversized requests are refused at the edge with a 400 that names the field, before any work.
 
-Each bound here (server/protocol.py) is checked while the body is parsed, so a request with a
+Each bound here (server/protocol/) is checked while the body is parsed, so a request with a
 million choices or a megabyte of stop strings costs the server a parse, not a fan-out, a
 tokenization or a stop-string scan on every token. What cannot be bounded while parsing (a
 prompt's length in tokens, which depends on the model) is bounded before the work it would cost.
@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from server.app import create_app
-from server.protocol import (
+from server.endpoints.state import ServerState
+from server.protocol.base import (
     MAX_CHOICES,
     MAX_CONTENT_PARTS,
     MAX_LOGIT_BIAS,
@@ -29,10 +29,12 @@ from server.protocol import (
     MAX_STOP_TOKEN_IDS,
     MAX_TOOLS,
 )
-from server.state import ServerState
-from server.text import Tokenization
-from tests.fast.conftest import CONTEXT_LENGTH, HERMES_TEMPLATE, MODEL, TinyModel, client
+from server.runtime.app import create_app
+from server.text.tokenization import Tokenization
 from tests.fast.fake_engine import FakeEngine
+from tests.fast.helpers import client
+from tests.fast.tiny_model import CONTEXT_LENGTH, HERMES_TEMPLATE, MODEL, TinyModel
+from tests.helpers import assert_openai_error
 
 HI = [{"role": "user", "content": "hi"}]
 CHAT = "/v1/chat/completions"
@@ -42,8 +44,7 @@ CALL = {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{
 
 
 def _param(response: httpx.Response) -> str | None:
-    assert response.status_code == 400, response.text
-    param: str | None = response.json()["error"]["param"]
+    param: str | None = assert_openai_error(response, 400)["param"]
     return param
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from adapters.config import EngineArgs
-from server.settings import Settings
+from server.config.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,7 +52,10 @@ def test_bad_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_cli_reports_bad_settings_cleanly() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "server.cli", "serve", "--dtype", "float8"], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "ise", "serve", "--dtype", "float8"],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 2
     assert "dtype" in result.stderr and "Traceback" not in result.stderr

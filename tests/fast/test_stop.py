@@ -7,8 +7,8 @@ from __future__ import annotations
 import openai
 import pytest
 
-from tests.fast.conftest import MODEL, TinyModel
 from tests.fast.fake_engine import FakeEngine, Reply
+from tests.fast.tiny_model import MODEL, TinyModel
 
 HI: list[dict[str, str]] = [{"role": "user", "content": "hi"}]
 

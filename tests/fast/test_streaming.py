@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
 
 import httpx
@@ -15,17 +16,23 @@ from fastapi import FastAPI
 from starlette.types import Message
 
 from adapters.engine import EngineRequest
-from tests.fast.conftest import MODEL, TinyModel, asgi_call
 from tests.fast.fake_engine import FakeEngine, Reply
+from tests.fast.helpers import asgi_call
+from tests.fast.tiny_model import MODEL, TinyModel
+from tests.helpers import openai_error, sse_chunks, sse_payloads
 
 HI = [{"role": "user", "content": "hi"}]
 
 
-def _first_event(body: str) -> dict[str, Any]:
-    first = body.split("\n\n", 1)[0]
-    assert first.startswith("data: ")
-    event: dict[str, Any] = json.loads(first.removeprefix("data: "))
-    return event
+# ise's extension in a stream's usage chunk: the request's timings, which differ run to run.
+TIMING = re.compile(
+    r'"server_timing":\{"queue":[0-9.]+,"prefill":[0-9.]+,"ttft":[0-9.]+,"decode":[0-9.]+,"total":[0-9.]+\}'
+)
+
+
+def _timed(body: str) -> str:
+    """``body`` with the usage chunk's timings, checked for their shape, replaced by ``T``."""
+    return TIMING.sub('"server_timing":T', body)
 
 
 @pytest.mark.parametrize("include_usage", [False, True])
@@ -36,7 +43,7 @@ async def test_chat_stream_bytes(http: httpx.AsyncClient, include_usage: bool) -
     response = await http.post("/v1/chat/completions", json=body)
     assert response.status_code == 200
     assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
-    first = _first_event(response.text)
+    first = sse_chunks(response.text)[0]
     head = (
         f'data: {{"id":"{first["id"]}","object":"chat.completion.chunk","created":{first["created"]},'
         '"model":"fake","choices":'
@@ -54,11 +61,11 @@ async def test_chat_stream_bytes(http: httpx.AsyncClient, include_usage: bool) -
     if include_usage:
         expected += (
             head + '[],"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17,'
-            '"prompt_tokens_details":{"cached_tokens":0}},'
+            '"prompt_tokens_details":{"cached_tokens":0},"server_timing":T},'
             '"system_fingerprint":null}\n\n'
         )
     assert first["id"].startswith("chatcmpl-")
-    assert response.text == expected + "data: [DONE]\n\n"
+    assert _timed(response.text) == expected + "data: [DONE]\n\n"
 
 
 @pytest.mark.parametrize("include_usage", [False, True])
@@ -69,7 +76,7 @@ async def test_text_stream_bytes(http: httpx.AsyncClient, include_usage: bool) -
     response = await http.post("/v1/completions", json=body)
     assert response.status_code == 200
     assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
-    first = _first_event(response.text)
+    first = sse_chunks(response.text)[0]
     head = (
         f'data: {{"id":"{first["id"]}","object":"text_completion","created":{first["created"]},'
         '"model":"fake","choices":'
@@ -85,10 +92,10 @@ async def test_text_stream_bytes(http: httpx.AsyncClient, include_usage: bool) -
     if include_usage:
         expected += (
             head + '[],"usage":{"prompt_tokens":2,"completion_tokens":5,"total_tokens":7,'
-            '"prompt_tokens_details":{"cached_tokens":0}},"system_fingerprint":null}\n\n'
+            '"prompt_tokens_details":{"cached_tokens":0},"server_timing":T},"system_fingerprint":null}\n\n'
         )
     assert first["id"].startswith("cmpl-")
-    assert response.text == expected + "data: [DONE]\n\n"
+    assert _timed(response.text) == expected + "data: [DONE]\n\n"
 
 
 async def test_the_role_chunk_waits_for_the_first_token(app: FastAPI, fake: FakeEngine, tiny: TinyModel) -> None:
@@ -115,7 +122,7 @@ async def test_the_role_chunk_waits_for_the_first_token(app: FastAPI, fake: Fake
     await prefilling.wait()
     await asyncio.sleep(0.05)
     first_token.set()
-    events = [json.loads(e.removeprefix("data: ")) for e in (await call).body.decode().split("\n\n")[:-2]]
+    events = sse_chunks((await call).body.decode())
     assert early == []
     assert [e["choices"][0]["delta"] for e in events] == [
         {"role": "assistant", "content": ""},
@@ -129,9 +136,9 @@ async def test_a_failure_before_the_first_token_is_the_whole_stream(
 ) -> None:
     fake.script = lambda _: tiny.reply("Hello", fail_at=0)
     response = await http.post("/v1/chat/completions", json={"model": MODEL, "messages": HI, "stream": True})
-    error, done = response.text.split("\n\n")[:-1]
-    assert json.loads(error.removeprefix("data: "))["error"]["type"] == "server_error"
-    assert done == "data: [DONE]"
+    error, done = sse_payloads(response.text)
+    assert openai_error(json.loads(error))["type"] == "server_error"
+    assert done == "[DONE]"
 
 
 async def test_sdk_reads_the_chat_stream(sdk: openai.AsyncOpenAI) -> None:
@@ -146,7 +153,13 @@ async def test_sdk_reads_the_chat_stream(sdk: openai.AsyncOpenAI) -> None:
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello world!"
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
-    assert chunks[-1].choices == [] and chunks[-1].usage == whole.usage
+    usage = chunks[-1].usage
+    assert chunks[-1].choices == [] and usage is not None
+    # The usage chunk carries ise's timings beside OpenAI's fields; the SDK keeps them as extras.
+    timing = (usage.model_extra or {}).pop("server_timing")
+    assert set(timing) == {"queue", "prefill", "ttft", "decode", "total"}
+    assert timing["ttft"] == pytest.approx(timing["queue"] + timing["prefill"], abs=0.01)
+    assert usage == whole.usage
     assert whole.choices[0].message.content == "Hello world!"
     assert whole.choices[0].finish_reason == "stop"
 

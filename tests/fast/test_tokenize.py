@@ -13,11 +13,13 @@ import httpx
 import openai
 import pytest
 
-from server.app import create_app
-from server.state import ServerState
-from server.text import Tokenization
-from tests.fast.conftest import CONTEXT_LENGTH, MODEL, TinyModel, client, serving
+from server.endpoints.state import ServerState
+from server.runtime.app import create_app
+from server.text.tokenization import Tokenization
 from tests.fast.fake_engine import FakeEngine
+from tests.fast.helpers import client, serving
+from tests.fast.tiny_model import CONTEXT_LENGTH, MODEL, TinyModel
+from tests.helpers import assert_openai_error
 
 KEY = "sk-ise-tokenize-test-key"
 CONVERSATIONS: list[list[dict[str, Any]]] = [
@@ -49,12 +51,8 @@ async def detokenize(http: httpx.AsyncClient, tokens: list[int]) -> str:
 
 
 def assert_error(response: httpx.Response, status: int, param: str | None, code: str | None = None) -> str:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
+    error = assert_openai_error(response, status, code)
     assert error["param"] == param
-    if code is not None:
-        assert error["code"] == code
     message: str = error["message"]
     return message
 

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from xgrammar.testing import _is_grammar_accept_string
 
-from server.tool_parsers import (
+from server.text.tool_parsers import (
     TOOL_PARSERS,
     ParsedMessage,
     ToolParser,
@@ -27,14 +27,14 @@ from server.tool_parsers import (
     render_tools_prompt,
     tools_json_schema,
 )
-from server.tool_parsers.formats import ForcedJsonToolParser
+from server.text.tool_parsers.formats import ForcedJsonToolParser
 
 PARSERS: dict[str, ToolParser] = {
     "hermes": TOOL_PARSERS["hermes"](),
     "llama3_json": TOOL_PARSERS["llama3_json"](),
     "mistral": TOOL_PARSERS["mistral"](),
     "ise_json": TOOL_PARSERS["ise_json"](),
-    "json_required": TOOL_PARSERS["json"](),
+    "json_required": ForcedJsonToolParser(),
     "json_named": ForcedJsonToolParser("get_weather"),
 }
 

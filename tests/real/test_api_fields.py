@@ -15,8 +15,49 @@ import jsonschema
 import openai
 import pytest
 
-from tests.real.conftest import ServerHandle, running_server, user
+from tests.real.helpers import ServerHandle, running_server, user
 from tests.real.json_schemas import JSON_SCHEMAS
+
+# Helpers: the served model, and an answer or its calls read whole or streamed.
+
+
+def _model(client: openai.OpenAI) -> str:
+    return client.models.list().data[0].id
+
+
+def _answer(client: openai.OpenAI, messages: Any, stream: bool, **kwargs: Any) -> tuple[str, str | None]:
+    model = _model(client)
+    if not stream:
+        choice = client.chat.completions.create(model=model, messages=messages, **kwargs).choices[0]
+        return choice.message.content or "", choice.finish_reason
+    text, reason = "", None
+    for chunk in client.chat.completions.create(model=model, messages=messages, stream=True, **kwargs):
+        for choice in chunk.choices:
+            text += choice.delta.content or ""
+            reason = choice.finish_reason or reason
+    return text, reason
+
+
+def _streamed_calls(
+    client: openai.OpenAI, messages: Any, kwargs: dict[str, Any]
+) -> tuple[list[tuple[str, str]], str | None, str | None]:
+    names: dict[int, str] = {}
+    arguments: dict[int, str] = {}
+    content, reason = "", None
+    for chunk in client.chat.completions.create(model=_model(client), messages=messages, stream=True, **kwargs):
+        for choice in chunk.choices:
+            content += choice.delta.content or ""
+            reason = choice.finish_reason or reason
+            for call in choice.delta.tool_calls or []:
+                if call.function and call.function.name:
+                    names[call.index] = call.function.name
+                arguments[call.index] = arguments.get(call.index, "") + (
+                    (call.function and call.function.arguments) or ""
+                )
+    return [(names[i], arguments[i]) for i in sorted(names)], content or None, reason
+
+
+# Structured outputs hold on the model.
 
 
 def _format(name: str) -> dict[str, Any]:
@@ -57,6 +98,9 @@ def test_unsupported_schema_is_a_400_naming_it(api_client: openai.OpenAI) -> Non
     with pytest.raises(openai.BadRequestError) as caught:
         api_client.chat.completions.create(model=_model(api_client), messages=user("hi"), response_format=bad)
     assert "not" in caught.value.message and caught.value.param == "response_format"
+
+
+# Tool calls are valid calls of the tools given.
 
 
 WEATHER = {
@@ -102,6 +146,9 @@ def test_tool_calls_are_valid(api_client: openai.OpenAI, tool_choice: str, strea
         jsonschema.validate(json.loads(arguments), WEATHER["function"]["parameters"])  # type: ignore[index]
 
 
+# Logprobs, echo and cache hits on the model.
+
+
 def test_logprobs_and_echo_on_the_model(api_client: openai.OpenAI) -> None:
     model = _model(api_client)
     chat = api_client.chat.completions.create(
@@ -134,6 +181,9 @@ def test_cached_tokens_report_the_prefix_cache(api_client: openai.OpenAI) -> Non
     usage = api_client.chat.completions.create(model=model, messages=messages, max_tokens=1).usage
     assert usage is not None and usage.prompt_tokens_details is not None
     assert usage.prompt_tokens_details.cached_tokens and usage.prompt_tokens_details.cached_tokens >= 64
+
+
+# Reasoning goes to reasoning_content.
 
 
 @pytest.fixture(scope="module")
@@ -176,39 +226,3 @@ def test_thinking_goes_to_reasoning_content(reasoning_server: ServerHandle, stre
     assert "think>" not in reasoning and "think>" not in content
     assert usage is not None and usage.completion_tokens_details is not None
     assert 0 < (usage.completion_tokens_details.reasoning_tokens or 0) < usage.completion_tokens
-
-
-def _model(client: openai.OpenAI) -> str:
-    return client.models.list().data[0].id
-
-
-def _answer(client: openai.OpenAI, messages: Any, stream: bool, **kwargs: Any) -> tuple[str, str | None]:
-    model = _model(client)
-    if not stream:
-        choice = client.chat.completions.create(model=model, messages=messages, **kwargs).choices[0]
-        return choice.message.content or "", choice.finish_reason
-    text, reason = "", None
-    for chunk in client.chat.completions.create(model=model, messages=messages, stream=True, **kwargs):
-        for choice in chunk.choices:
-            text += choice.delta.content or ""
-            reason = choice.finish_reason or reason
-    return text, reason
-
-
-def _streamed_calls(
-    client: openai.OpenAI, messages: Any, kwargs: dict[str, Any]
-) -> tuple[list[tuple[str, str]], str | None, str | None]:
-    names: dict[int, str] = {}
-    arguments: dict[int, str] = {}
-    content, reason = "", None
-    for chunk in client.chat.completions.create(model=_model(client), messages=messages, stream=True, **kwargs):
-        for choice in chunk.choices:
-            content += choice.delta.content or ""
-            reason = choice.finish_reason or reason
-            for call in choice.delta.tool_calls or []:
-                if call.function and call.function.name:
-                    names[call.index] = call.function.name
-                arguments[call.index] = arguments.get(call.index, "") + (
-                    (call.function and call.function.arguments) or ""
-                )
-    return [(names[i], arguments[i]) for i in sorted(names)], content or None, reason

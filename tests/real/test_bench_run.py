@@ -13,7 +13,7 @@ from benchmarks.clients import HttpClient
 from benchmarks.interference import measure, save
 from benchmarks.loadgen import LoadShape, run_load
 from benchmarks.workloads import random_workload, shared_prefix_workload
-from tests.real.conftest import ServerHandle
+from tests.real.helpers import ServerHandle
 
 
 async def test_every_request_is_accounted_for(server: ServerHandle) -> None:
@@ -40,7 +40,7 @@ async def test_every_request_is_accounted_for(server: ServerHandle) -> None:
 def test_bench_run_command_writes_results(server: ServerHandle, tmp_path: Path) -> None:
     out = tmp_path / "bench"
     cmd = [
-        sys.executable, "-m", "server.cli", "bench", "run", "--base-url", server.base_url, "--model", server.model,
+        sys.executable, "-m", "ise", "bench", "run", "--base-url", server.base_url, "--model", server.model,
         "--model-dir", str(server.model_dir), "--concurrency", "1", "2", "--input-len", "16", "--output-len", "6",
         "--min-prompts", "3", "--warmup", "1", "--out", str(out),
     ]  # fmt: skip
@@ -77,7 +77,7 @@ async def test_interference_measures_the_streams_around_a_long_prompt(server: Se
 def test_static_batch_command_times_batched_generate(server: ServerHandle, tmp_path: Path) -> None:
     out = tmp_path / "static"
     cmd = [
-        sys.executable, "-m", "server.cli", "bench", "static", "--model-dir", str(server.model_dir),
+        sys.executable, "-m", "ise", "bench", "static", "--model-dir", str(server.model_dir),
         "--batch", "1", "3", "--input-len", "16", "--output-len", "5", "--dtype", "float32", "--out", str(out),
     ]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
@@ -94,7 +94,7 @@ def test_static_batch_command_can_decode_through_torch_compile(server: ServerHan
     """The measurement behind not compiling the engine stays runnable: inductor compiles on this CPU."""
     out = tmp_path / "static"
     cmd = [
-        sys.executable, "-m", "server.cli", "bench", "static", "--model-dir", str(server.model_dir),
+        sys.executable, "-m", "ise", "bench", "static", "--model-dir", str(server.model_dir),
         "--batch", "2", "--input-len", "16", "--output-len", "5", "--dtype", "float32", "--compile",
         "--out", str(out),
     ]  # fmt: skip
@@ -109,7 +109,7 @@ def test_static_batch_command_can_decode_through_torch_compile(server: ServerHan
 def test_step_command_times_each_model_implementation(server: ServerHandle, tmp_path: Path) -> None:
     out = tmp_path / "step"
     cmd = [
-        sys.executable, "-m", "server.cli", "bench", "step", "--model-dir", str(server.model_dir),
+        sys.executable, "-m", "ise", "bench", "step", "--model-dir", str(server.model_dir),
         "--model-impl", "ise", "transformers", "--batch", "1", "2", "--prompt-len", "16", "--steps", "4",
         "--dtype", "float32", "--repeats", "2", "--out", str(out),
     ]  # fmt: skip
@@ -130,7 +130,7 @@ def test_limits_command_rates_a_run_against_this_machines_ceiling(server: Server
     )
     out = tmp_path / "limits"
     cmd = [
-        sys.executable, "-m", "server.cli", "bench", "limits", "--model-dir", str(server.model_dir),
+        sys.executable, "-m", "ise", "bench", "limits", "--model-dir", str(server.model_dir),
         "--dtype", "float32", "--results", str(results), "--out", str(out),
     ]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
@@ -148,7 +148,7 @@ def test_limits_command_rates_a_run_against_this_machines_ceiling(server: Server
 def test_compare_alternates_targets_over_repeats_and_reports_each_median(server: ServerHandle, tmp_path: Path) -> None:
     out, results_md = tmp_path / "compare", tmp_path / "RESULTS.md"
     cmd = [
-        sys.executable, "-m", "server.cli", "bench", "compare", "--targets", "engine", "transformers",
+        sys.executable, "-m", "ise", "bench", "compare", "--targets", "engine", "transformers",
         "--model-dir", str(server.model_dir), "--dtype", "float32", "--repeats", "2", "--concurrency", "1",
         "--input-len", "16", "--output-len", "6", "--min-prompts", "2", "--warmup", "1",
         "--out", str(out), "--results-md", str(results_md),

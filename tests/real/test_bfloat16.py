@@ -20,9 +20,9 @@ from adapters.cpu.kernels import cpu_kernels
 from adapters.cpu.lm_head import REFINED_CANDIDATES, RefinedLogits
 from adapters.engine import EngineRequest, SamplingParams
 from benchmarks import quality
-from server.settings import Settings
-from server.text import Tokenization
-from tests.real.conftest import ServerHandle, cpu_engine
+from server.config.settings import Settings
+from server.text.tokenization import Tokenization
+from tests.real.helpers import ServerHandle, cpu_engine
 
 # The built-in model's greedy answers in float32 (ise's forward and transformers' agree).
 CANONICAL = {

@@ -6,8 +6,8 @@ import openai
 import pytest
 
 from adapters.model_info import ModelInfo
-from server.generation import SamplingDefaults
-from tests.real.conftest import ServerHandle, user
+from server.endpoints.generation import SamplingDefaults
+from tests.real.helpers import ServerHandle, user
 
 FRANCE = user("What is the capital of France?")
 
@@ -48,6 +48,7 @@ def test_stream_matches_whole_reply(api_client: openai.OpenAI, api_server: Serve
     assert text == whole.choices[0].message.content
     usage_chunk = chunks[-1]
     assert usage_chunk.choices == [] and usage_chunk.usage is not None
+    assert (usage_chunk.usage.model_extra or {}).pop("server_timing")["total"] > 0  # ise's timings
     assert usage_chunk.usage == whole.usage
 
 

@@ -36,9 +36,9 @@ from openai.types.chat import (
     ChatCompletionTokenLogprob,
     ChatCompletionToolParam,
 )
-from pydantic import BaseModel, SecretStr
+from pydantic import SecretStr
 
-from tests.real.conftest import ServerHandle, user
+from tests.real.helpers import WEATHER_PARAMETERS, City, ServerHandle, user
 
 HELLO_PROMPT = "Say hello in one short sentence."
 HELLO = user(HELLO_PROMPT)
@@ -50,12 +50,6 @@ WEATHER_PROMPT = "What is the weather in Paris?"
 WEATHER_QUESTION = user(WEATHER_PROMPT)
 JSON_TOKENS = 64
 TOOL_TOKENS = 48
-WEATHER_PARAMETERS: dict[str, Any] = {
-    "type": "object",
-    "properties": {"city": {"type": "string"}},
-    "required": ["city"],
-    "additionalProperties": False,
-}
 WEATHER_TOOL: ChatCompletionToolParam = {
     "type": "function",
     "function": {
@@ -66,11 +60,6 @@ WEATHER_TOOL: ChatCompletionToolParam = {
 }
 # A word the built-in model's vocabulary holds as one token, and would not say unprompted.
 FORCED_WORD = "purple"
-
-
-class City(BaseModel):
-    name: str
-    population: int
 
 
 # --- no internet ---

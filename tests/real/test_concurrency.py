@@ -9,7 +9,8 @@ import time
 import httpx
 import openai
 
-from tests.real.conftest import ServerHandle, user
+from tests.helpers import sse_line
+from tests.real.helpers import ServerHandle, user
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -89,7 +90,7 @@ def test_stream_disconnect_aborts_request(api_server: ServerHandle) -> None:
     ):
         lines = response.iter_lines()
         received = [next(lines) for _ in range(6)]
-        assert all(line.startswith("data: ") or line == "" for line in received)
+        assert [sse_line(line) for line in received][1::2] == [None] * 3  # three events, each ended by a blank line
         assert api_server.metric("ise_num_requests_running") == 1
     assert _wait_for_running(api_server, 0, within_s=10), "the abandoned stream kept its slot"
 

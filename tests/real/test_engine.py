@@ -20,8 +20,8 @@ from adapters.cpu.engine import CPUEngine
 from adapters.cpu.llama import unsupported_reason
 from adapters.cpu.numerics import has_bf16_kernels
 from adapters.engine import EngineRequest, SamplingParams
-from server.text import Tokenization
-from tests.real.conftest import ServerHandle, cpu_engine
+from server.text.tokenization import Tokenization
+from tests.real.helpers import ServerHandle, cpu_engine
 
 BLOCK = 16
 MAX_MODEL_LEN = 256

@@ -15,10 +15,11 @@ import pytest
 
 from adapters.cpu.engine_core import EngineCore
 from adapters.cpu.scheduler import EngineCoreOutputs
-from server.app import create_app
-from server.state import ServerState
-from server.text import Tokenization
-from tests.real.conftest import ServerHandle, cpu_engine, serving_in_thread, user
+from server.endpoints.state import ServerState
+from server.runtime.app import create_app
+from server.text.tokenization import Tokenization
+from tests.helpers import assert_openai_error
+from tests.real.helpers import ServerHandle, cpu_engine, serving_in_thread, user
 
 CRASH_AFTER_STEPS = 5
 
@@ -53,5 +54,4 @@ def test_crash_fails_requests_cleanly(crashing_server: str) -> None:
         client.chat.completions.create(model="crashy", messages=user("Hello?"), max_tokens=5)
     assert unavailable.value.status_code == 503
     health = httpx.get(f"{crashing_server}/health", timeout=10)
-    assert health.status_code == 503
-    assert health.json()["error"]["type"] == "service_unavailable"
+    assert assert_openai_error(health, 503)["type"] == "service_unavailable"

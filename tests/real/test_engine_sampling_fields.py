@@ -38,8 +38,8 @@ from adapters.engine import (
 )
 from adapters.factory import build_engine
 from adapters.model_info import ModelInfo
-from server.settings import Settings
-from tests.real.conftest import cpu_engine
+from server.config.settings import Settings
+from tests.real.helpers import cpu_engine
 from tests.real.json_schemas import JSON_SCHEMAS
 
 BLOCK = 16
@@ -117,6 +117,7 @@ async def run(engine: Engine, prompt: list[int], **params: Any) -> EngineOutput:
     return EngineOutput(
         tokens,
         last.finish_reason,
+        last.stop_reason,
         logprobs=logprobs if params.get("logprobs") is not None else None,
         prompt_logprobs=first.prompt_logprobs,
         num_cached_tokens=first.num_cached_tokens,
@@ -356,12 +357,34 @@ async def test_mixed_batch_leaves_plain_greedy_requests_as_they_are_alone(
         jsonschema.validate(json.loads(text_of(tokenizer, out)), schema)
 
 
+# ---- which token stopped a request
+
+
+async def check_stop_reasons(engine: Engine, tokenizer: PreTrainedTokenizerBase, model_dir: Path) -> None:
+    """The engine names the token that ended a request (an EOS or a stop id), and none for a length cap."""
+    prompt = chat(tokenizer, "What is the capital of France?")
+    whole = await run(engine, prompt, max_tokens=32)
+    assert whole.finish_reason == "stop"
+    assert whole.stop_reason == whole.new_token_ids[-1]
+    assert whole.stop_reason in ModelInfo.load(model_dir).eos_token_ids
+    stop_id = whole.new_token_ids[2]
+    cut = await run(engine, prompt, max_tokens=32, stop_token_ids=(stop_id,))
+    assert (cut.finish_reason, cut.stop_reason, cut.new_token_ids) == ("stop", stop_id, whole.new_token_ids[:3])
+    capped = await run(engine, prompt, max_tokens=2)
+    assert (capped.finish_reason, capped.stop_reason) == ("length", None)
+
+
+async def test_the_cpu_engine_names_the_token_that_stopped(
+    engine: CPUEngine, tokenizer: PreTrainedTokenizerBase, model_dir: Path
+) -> None:
+    await check_stop_reasons(engine, tokenizer, model_dir)
+
+
 # ---- the vLLM engine
 
 
 @pytest.fixture(scope="module")
 async def vllm_engine(model_dir: Path) -> AsyncIterator[Engine]:
-    pytest.importorskip("vllm")
     args = EngineArgs.model_validate({"engine": "vllm", "dtype": "float32", "max_model_len": 512, "kv_cache_gib": 1})
     vllm = build_engine(
         args, ModelInfo.load(model_dir), cache_dir=Settings().cache_dir, engine_argv=["--enforce-eager"]
@@ -412,3 +435,9 @@ async def test_vllm_engine_reports_the_same_fields(
     )
     jsonschema.validate(json.loads(text_of(tokenizer, constrained)), schema)
     assert text_of(tokenizer, choice) in ("yes", "no")
+
+
+async def test_the_vllm_engine_names_the_token_that_stopped(
+    vllm_engine: Engine, tokenizer: PreTrainedTokenizerBase, model_dir: Path
+) -> None:
+    await check_stop_reasons(vllm_engine, tokenizer, model_dir)

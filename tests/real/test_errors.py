@@ -8,18 +8,10 @@ import httpx
 import openai
 import pytest
 
-from tests.real.conftest import ServerHandle, user
+from tests.helpers import assert_openai_error
+from tests.real.helpers import ServerHandle, user
 
 FRANCE = user("What is the capital of France?")
-
-
-def _error(response: httpx.Response) -> dict[str, Any]:
-    body = response.json()
-    assert set(body) == {"error"}
-    error: dict[str, Any] = body["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert isinstance(error["message"], str) and error["message"]
-    return error
 
 
 def test_unknown_model_is_404(api_client: openai.OpenAI, api_server: ServerHandle) -> None:
@@ -58,8 +50,7 @@ def test_invalid_chat_parameters_are_400(api_server: ServerHandle, body: dict[st
     response = httpx.post(
         f"{api_server.base_url}/chat/completions", json={"model": api_server.model, **body}, timeout=30
     )
-    assert response.status_code == 400
-    error = _error(response)
+    error = assert_openai_error(response, 400)
     assert error["type"] == "invalid_request_error"
     if param is not None:
         assert error["param"] == param
@@ -91,17 +82,14 @@ def test_malformed_json_is_400(api_server: ServerHandle) -> None:
         headers={"content-type": "application/json"},
         timeout=30,
     )
-    assert response.status_code == 400
-    assert "JSON" in _error(response)["message"]
+    assert "JSON" in assert_openai_error(response, 400)["message"]
 
 
 def test_unknown_route_and_method(api_server: ServerHandle) -> None:
     missing = httpx.get(f"{api_server.base_url}/nothing-here", timeout=30)
-    assert missing.status_code == 404
-    _error(missing)
+    assert_openai_error(missing, 404)
     wrong_method = httpx.get(f"{api_server.base_url}/chat/completions", timeout=30)
-    assert wrong_method.status_code == 405
-    _error(wrong_method)
+    assert_openai_error(wrong_method, 405)
 
 
 def test_unknown_openai_fields_are_ignored(api_client: openai.OpenAI, api_server: ServerHandle) -> None:

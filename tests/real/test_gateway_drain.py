@@ -1,19 +1,15 @@
 """SIGTERM, as a deployment sends it: a real ``ise serve`` drains its streams and exits 0.
 
-Each test stops its own server, so each has one, started here with its process at hand.
+Each test stops its own server, so each has one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,58 +18,20 @@ import openai
 import pytest
 
 from adapters.builtin_model import BUILTIN_MODEL_NAME
-from tests.real.conftest import free_port, user
-from tests.real.test_gateway_edge import (
+from tests.helpers import assert_openai_error
+from tests.real.helpers import (
     SMALL_SERVER,
     Attempts,
+    ServerHandle,
     content_events,
     errors_in,
     finish_reasons,
-    sse_payloads,
+    running_server,
+    sse_stream,
+    user,
 )
 
 MODEL = BUILTIN_MODEL_NAME
-
-
-@dataclass
-class Served:
-    proc: subprocess.Popen[bytes]
-    root: str
-    log_path: Path
-
-    @property
-    def base_url(self) -> str:
-        return f"{self.root}/v1"
-
-    def exit_code_within(self, timeout_s: float) -> int:
-        try:
-            return self.proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"ise serve still running {timeout_s} s after SIGTERM:\n{self.log_path.read_text()[-3000:]}")
-
-
-@contextmanager
-def serving(args: list[str], log_path: Path) -> Iterator[Served]:
-    """``ise serve ARGS`` on a free port, with its process; killed at the end if still running."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "server.cli", "serve", "--port", str(port), *args]
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    served = Served(proc, f"http://127.0.0.1:{port}", log_path)
-    try:
-        deadline = time.monotonic() + 600
-        while True:
-            assert proc.poll() is None, f"ise serve exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}"
-            with suppress(httpx.HTTPError):
-                if httpx.get(f"{served.root}/health", timeout=2).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, f"ise serve not healthy:\n{log_path.read_text()[-3000:]}"
-            time.sleep(0.3)
-        yield served
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 @dataclass
@@ -89,7 +47,7 @@ class Stream:
         body = {"model": MODEL, "prompt": "Tell me a long story.", "max_tokens": max_tokens, "ignore_eos": True}
         async with client.stream("POST", f"{base_url}/completions", json={**body, "stream": True}) as response:
             self.status = response.status_code
-            async for payload in sse_payloads(response):
+            async for payload in sse_stream(response):
                 self.payloads.append(payload)
                 if content_events(self.payloads):
                     self.started.set()
@@ -113,12 +71,12 @@ async def _all_started(streams: list[Stream], tasks: list[asyncio.Task[None]]) -
 
 
 @pytest.fixture
-def draining(tmp_path: Path) -> Iterator[Served]:
-    with serving([*SMALL_SERVER, "--drain-timeout", "30"], tmp_path / "ise.log") as served:
+def draining(tmp_path: Path) -> Iterator[ServerHandle]:
+    with running_server([*SMALL_SERVER, "--drain-timeout", "30"], tmp_path / "ise.log") as served:
         yield served
 
 
-async def test_sigterm_drains_streams_refuses_new_work_and_exits_0(draining: Served) -> None:
+async def test_sigterm_drains_streams_refuses_new_work_and_exits_0(draining: ServerHandle) -> None:
     streams = [Stream() for _ in range(3)]
     # Keeps the drain going while the checks below run, whatever the machine's speed; it then leaves.
     keeper = Stream()
@@ -131,17 +89,16 @@ async def test_sigterm_drains_streams_refuses_new_work_and_exits_0(draining: Ser
         assert not any(s.finished for s in [*streams, keeper]), "a stream ended before SIGTERM"
 
         async def health() -> httpx.Response:
-            return await client.get(f"{draining.root}/health")
+            return await client.get(f"{draining.root_url}/health")
 
         while (probe := await health()).status_code == 200:
             assert time.monotonic() - signalled < 10, "/health still 200 10 s after SIGTERM"
             await asyncio.sleep(0.05)
-        assert probe.status_code == 503 and probe.json()["error"]["code"] == "server_shutting_down"
+        assert_openai_error(probe, 503, "server_shutting_down")
 
         body = {"model": MODEL, "messages": user("Hi"), "max_tokens": 2}
         refused = await client.post(f"{draining.base_url}/chat/completions", json=body)
-        assert refused.status_code == 503, refused.text
-        assert refused.json()["error"]["code"] == "server_shutting_down"
+        assert_openai_error(refused, 503, "server_shutting_down")
         assert int(refused.headers["retry-after"]) >= 1
         assert "x-should-retry" not in refused.headers  # so the openai SDK retries it:
 
@@ -170,12 +127,12 @@ async def test_sigterm_drains_streams_refuses_new_work_and_exits_0(draining: Ser
 
 
 @pytest.fixture
-def impatient(tmp_path: Path) -> Iterator[Served]:
-    with serving([*SMALL_SERVER, "--drain-timeout", "0"], tmp_path / "ise.log") as served:
+def impatient(tmp_path: Path) -> Iterator[ServerHandle]:
+    with running_server([*SMALL_SERVER, "--drain-timeout", "0"], tmp_path / "ise.log") as served:
         yield served
 
 
-async def test_zero_grace_ends_streams_with_an_error_event_and_exits_fast(impatient: Served) -> None:
+async def test_zero_grace_ends_streams_with_an_error_event_and_exits_fast(impatient: ServerHandle) -> None:
     raw = Stream()
     sdk_started = asyncio.Event()
     sdk_text: list[str] = []

@@ -2,7 +2,7 @@
 and a small waiting queue, driven by the openai SDK and raw httpx.
 
 One server serves the whole module; its tests run in file order and each uses its own key or
-counts its own deltas. The helpers at the top serve the other ``test_gateway_*`` modules too.
+counts its own deltas.
 """
 
 from __future__ import annotations
@@ -10,23 +10,32 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import httpx2
 import openai
 import pytest
 
-from tests.real.conftest import ServerHandle, running_server, user
-
-# Small and single-threaded: the box is two cores shared with other test runs.
-SMALL_SERVER = ["--dtype", "float32", "--threads", "1", "--max-model-len", "512", "--kv-cache-gib", "0.25"]
+from tests.helpers import assert_openai_error, metric_sample, openai_error, retry_after_s
+from tests.real.helpers import (
+    SMALL_SERVER,
+    Attempts,
+    ServerHandle,
+    bearer,
+    content_events,
+    errors_in,
+    finish_reasons,
+    running_server,
+    scrape,
+    sse_stream,
+    user,
+    wait_until,
+)
 
 OPEN_KEY = "sk-ise-open-9c41d7e2b5f0"  # a flag key (named key-1): no limits
 METERED_KEY = "sk-ise-metered-5e8a13f0c6aa"  # a keys-file key with its own requests per minute
@@ -34,117 +43,6 @@ WRONG_KEY = "sk-ise-wrong-0b6f2c7d19ee"
 METERED_RPM = 20
 BODY_LIMIT = 8192
 MAX_WAITING = 4
-
-
-# --- helpers (also used by test_gateway_drain, test_gateway_slo and test_gateway_vllm) -----------
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-def sample(metrics: str, name: str) -> float:
-    """One sample from Prometheus text: ``name`` may carry labels; a labelled counter never
-    incremented has no line yet and reads 0."""
-    match = re.search(rf"^{re.escape(name)} (\S+)$", metrics, re.MULTILINE)
-    if match is None:
-        assert "{" in name, f"{name} missing from /metrics"
-        return 0.0
-    return float(match.group(1))
-
-
-async def scrape(client: httpx.AsyncClient, root: str, key: str | None = None) -> str:
-    response = await client.get(f"{root}/metrics", headers=bearer(key) if key else {}, timeout=30)
-    assert response.status_code == 200, response.text
-    return response.text
-
-
-async def wait_until(check: Callable[[], Awaitable[bool]], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        assert time.monotonic() < deadline, f"still not {what} after {timeout_s} s"
-        await asyncio.sleep(0.2)
-
-
-async def sse_payloads(response: httpx.Response) -> AsyncIterator[str]:
-    """The ``data:`` payloads of a server-sent event stream, ``[DONE]`` included."""
-    async for line in response.aiter_lines():
-        if line.startswith("data:"):
-            yield line.removeprefix("data:").strip()
-
-
-def content_events(payloads: list[str]) -> int:
-    """How many chunks carried generated text (chat or text completions)."""
-    count = 0
-    for payload in payloads:
-        if payload == "[DONE]":
-            continue
-        choices = json.loads(payload).get("choices") or [{}]
-        if choices[0].get("text") or (choices[0].get("delta") or {}).get("content"):
-            count += 1
-    return count
-
-
-def finish_reasons(payloads: list[str]) -> list[str]:
-    reasons = []
-    for payload in payloads:
-        if payload != "[DONE]":
-            reasons += [c["finish_reason"] for c in json.loads(payload).get("choices", []) if c.get("finish_reason")]
-    return reasons
-
-
-def errors_in(payloads: list[str]) -> list[dict[str, Any]]:
-    return [json.loads(p)["error"] for p in payloads if p != "[DONE]" and "error" in json.loads(p)]
-
-
-@dataclass
-class Attempts:
-    """Every HTTP attempt an openai client makes (through httpx's event hooks): when each request
-    left, and each response's arrival, status and headers."""
-
-    sent: list[float] = field(default_factory=list)
-    answered: list[float] = field(default_factory=list)
-    responses: list[httpx2.Response] = field(default_factory=list)
-
-    def on_request(self, _: httpx2.Request) -> None:
-        self.sent.append(time.monotonic())
-
-    def on_response(self, response: httpx2.Response) -> None:
-        self.answered.append(time.monotonic())
-        self.responses.append(response)
-
-    async def on_request_async(self, request: httpx2.Request) -> None:
-        self.on_request(request)
-
-    async def on_response_async(self, response: httpx2.Response) -> None:
-        self.on_response(response)
-
-    @property
-    def statuses(self) -> list[int]:
-        return [r.status_code for r in self.responses]
-
-    def client(self, base_url: str, key: str, max_retries: int) -> openai.OpenAI:
-        hooks: dict[str, list[Callable[..., Any]]] = {"request": [self.on_request], "response": [self.on_response]}
-        return openai.OpenAI(
-            base_url=base_url,
-            api_key=key,
-            max_retries=max_retries,
-            timeout=120,
-            http_client=openai.DefaultHttpxClient(event_hooks=hooks),
-        )
-
-    def async_client(self, base_url: str, key: str, max_retries: int) -> openai.AsyncOpenAI:
-        hooks: dict[str, list[Callable[..., Any]]] = {
-            "request": [self.on_request_async],
-            "response": [self.on_response_async],
-        }
-        return openai.AsyncOpenAI(
-            base_url=base_url,
-            api_key=key,
-            max_retries=max_retries,
-            timeout=120,
-            http_client=openai.DefaultAsyncHttpxClient(event_hooks=hooks),
-        )
 
 
 # --- the server ---------------------------------------------------------------------------------
@@ -185,10 +83,6 @@ def _until_refused(server: ServerHandle, key: str) -> tuple[list[httpx.Response]
     raise AssertionError(f"no 429 after {3 * METERED_RPM} requests at {METERED_RPM} per minute")
 
 
-def _retry_after_s(response: httpx.Response | httpx2.Response) -> float:
-    return int(response.headers["retry-after-ms"]) / 1000
-
-
 def _inside_one_minute(budget_s: float) -> None:
     """Wait, if need be, so the next ``budget_s`` seconds fall within one wall-clock minute."""
     into = time.time() % 60
@@ -214,12 +108,13 @@ def test_over_the_rate_limit_is_429_with_openais_headers_and_an_honest_retry_aft
     assert remaining == list(range(METERED_RPM - 1, -1, -1))
     assert all(r.headers["x-ratelimit-limit-requests"] == str(METERED_RPM) for r in served)
 
-    error = refused.json()["error"]
-    assert (error["type"], error["code"]) == ("rate_limit_error", "rate_limit_exceeded")
+    error = assert_openai_error(refused, 429, "rate_limit_exceeded")
+    assert error["type"] == "rate_limit_error"
     assert refused.headers["x-ratelimit-remaining-requests"] == "0"
     assert "x-should-retry" not in refused.headers  # worth a retry, after:
-    assert abs(_retry_after_s(refused) - (left_s + 60 / METERED_RPM)) < 1.5, (_retry_after_s(refused), left_s)
-    assert int(refused.headers["retry-after"]) == math.ceil(_retry_after_s(refused))
+    asked_s = retry_after_s(refused.headers)
+    assert abs(asked_s - (left_s + 60 / METERED_RPM)) < 1.5, (asked_s, left_s)
+    assert int(refused.headers["retry-after"]) == math.ceil(asked_s)
 
     attempts = Attempts()
     with (
@@ -237,8 +132,7 @@ def test_over_the_rate_limit_is_429_with_openais_headers_and_an_honest_retry_aft
 def test_missing_or_wrong_key_is_authentication_error_and_not_retried(gateway: ServerHandle) -> None:
     body = {"model": gateway.model, "messages": user("Hi"), "max_tokens": 2}
     bare = httpx.post(f"{gateway.base_url}/chat/completions", json=body, timeout=30)
-    assert bare.status_code == 401
-    assert bare.json()["error"]["code"] == "invalid_api_key" and "didn't provide an API key" in bare.text
+    assert "didn't provide an API key" in assert_openai_error(bare, 401, "invalid_api_key")["message"]
     assert bare.headers["www-authenticate"] == "Bearer"
 
     attempts = Attempts()
@@ -350,9 +244,9 @@ async def test_a_thousand_invalid_requests_all_get_their_4xx(gateway: ServerHand
     wrong = Counter((kind.name, status) for kind, status, _ in results if status != kind.status)
     assert not wrong, f"unexpected statuses (kind, status): {dict(wrong)}"
     for kind, _, body in results:
-        assert body["error"]["message"], kind.name
+        error = openai_error(body)
         if kind.code is not None:
-            assert body["error"]["code"] == kind.code, (kind.name, body)
+            assert error["code"] == kind.code, (kind.name, body)
 
     # The server shrugged it off: a valid request is served at once, and it is healthy.
     started = time.monotonic()
@@ -395,7 +289,7 @@ async def test_overload_burst_every_stream_completes_or_gets_429(gateway: Server
         async with client.stream("POST", f"{gateway.base_url}/chat/completions", json=body, headers=headers) as r:
             outcome = _Outcome(request_id, r.headers["x-request-id"], r.status_code)
             if r.status_code == 200:
-                outcome.payloads = [p async for p in sse_payloads(r)]
+                outcome.payloads = [p async for p in sse_stream(r)]
             else:
                 outcome.error = json.loads(await r.aread())["error"]
                 outcome.retry_after = r.headers.get("retry-after")
@@ -440,7 +334,10 @@ async def test_disconnects_abort_and_free_the_cache(gateway: ServerHandle) -> No
 
         async def idle() -> bool:
             text = await scrape(metrics_client, root, OPEN_KEY)
-            return sample(text, "ise_requests_in_flight") == 0 and sample(text, "ise_num_requests_running") == 0
+            return (
+                metric_sample(text, "ise_requests_in_flight") == 0
+                and metric_sample(text, "ise_num_requests_running") == 0
+            )
 
         await wait_until(idle, 120, "idle before the test")
         before = await scrape(metrics_client, root, OPEN_KEY)
@@ -452,7 +349,7 @@ async def test_disconnects_abort_and_free_the_cache(gateway: ServerHandle) -> No
                 "POST", f"{gateway.base_url}/completions", json=body, headers=bearer(OPEN_KEY)
             ) as r:
                 assert r.status_code == 200
-                async for payload in sse_payloads(r):
+                async for payload in sse_stream(r):
                     seen.append(payload)
                     if content_events(seen) >= 3:
                         break  # leaving the block closes the connection mid-stream
@@ -472,24 +369,24 @@ async def test_disconnects_abort_and_free_the_cache(gateway: ServerHandle) -> No
         assert streamed == [3, 3, 3]
         assert all(timed_out), "a 480-token completion came back within 1 s"
 
-        aborted = 'ise_requests_aborted_total{reason="client_disconnect"}'
+        aborted = {"reason": "client_disconnect"}
         released = "ise_abort_kv_release_seconds_count"
 
         async def cleaned_up() -> bool:
             now = await scrape(metrics_client, root, OPEN_KEY)
             return (
-                sample(now, aborted) == sample(before, aborted) + 5
-                and sample(now, released) >= sample(before, released) + 5
-                and sample(now, "ise_num_requests_running") == 0
-                and sample(now, "ise_requests_in_flight") == 0
-                and sample(now, "ise_kv_cache_blocks_used") == sample(before, "ise_kv_cache_blocks_used")
+                metric_sample(now, "ise_requests_aborted_total", **aborted)
+                == metric_sample(before, "ise_requests_aborted_total", **aborted) + 5
+                and metric_sample(now, released) >= metric_sample(before, released) + 5
+                and metric_sample(now, "ise_num_requests_running") == 0
+                and metric_sample(now, "ise_requests_in_flight") == 0
+                and metric_sample(now, "ise_kv_cache_blocks_used") == metric_sample(before, "ise_kv_cache_blocks_used")
             )
 
         await wait_until(cleaned_up, 60, "all five disconnects aborted and their cache freed")
         after = await scrape(metrics_client, root, OPEN_KEY)
-        assert sample(after, 'ise_requests_aborted_total{reason="send_timeout"}') == sample(
-            before, 'ise_requests_aborted_total{reason="send_timeout"}'
-        )
+        timed_out_before = metric_sample(before, "ise_requests_aborted_total", reason="send_timeout")
+        assert metric_sample(after, "ise_requests_aborted_total", reason="send_timeout") == timed_out_before
 
 
 # --- the SDK waits out a 429 -------------------------------------------------------------------
@@ -503,8 +400,8 @@ def test_the_sdk_waits_out_a_429_and_its_retry_gets_through(gateway: ServerHandl
     """
     for _ in range(5):
         _, refused = _until_refused(gateway, METERED_KEY)
-        if _retry_after_s(refused) > 10:  # this minute's own hits: they fade only once it ends
-            time.sleep(_retry_after_s(refused) - 60 / METERED_RPM + 0.5)
+        if (asked_s := retry_after_s(refused.headers)) > 10:  # this minute's own hits: they fade only once it ends
+            time.sleep(asked_s - 60 / METERED_RPM + 0.5)
             continue
         attempts = Attempts()
         with attempts.client(gateway.base_url, METERED_KEY, max_retries=1) as client:
@@ -512,7 +409,7 @@ def test_the_sdk_waits_out_a_429_and_its_retry_gets_through(gateway: ServerHandl
         if attempts.statuses == [200]:
             continue  # room came back between the refusal above and this call: once more
         assert attempts.statuses == [429, 200]
-        asked_s = _retry_after_s(attempts.responses[0])
+        asked_s = retry_after_s(attempts.responses[0].headers)
         waited_s = attempts.sent[1] - attempts.answered[0]
         assert asked_s <= 10 and asked_s * 0.95 <= waited_s <= asked_s + 10, (asked_s, waited_s)
         assert reply.choices[0].finish_reason in ("stop", "length")

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from tests.real.conftest import ServerHandle, running_server, user
-from tests.real.test_gateway_edge import SMALL_SERVER, Attempts, sample, scrape, wait_until
+from tests.helpers import metric_sample
+from tests.real.helpers import SMALL_SERVER, Attempts, ServerHandle, running_server, scrape, user, wait_until
 
 SLO_MS = 4000
 BURST = 40
@@ -81,13 +81,13 @@ async def test_a_burst_is_refused_by_the_slo_but_a_lone_request_is_not(slo_serve
                 assert answer.retry_after is not None and int(answer.retry_after) >= 1
 
         async def idle() -> bool:
-            return sample(await scrape(client, slo_server.root_url), "ise_requests_in_flight") == 0
+            return metric_sample(await scrape(client, slo_server.root_url), "ise_requests_in_flight") == 0
 
         await wait_until(idle, 120, "idle after the burst")
         again = await _alone(client, slo_server)
         assert again.status_code == 200, again.text
         metrics = await scrape(client, slo_server.root_url)
-        refused = sample(metrics, 'ise_requests_rejected_total{reason="slo_exceeded"}')
+        refused = metric_sample(metrics, "ise_requests_rejected_total", reason="slo_exceeded")
         assert refused == outcomes[(429, "slo_exceeded")]
 
 

@@ -13,8 +13,17 @@ import httpx
 import openai
 import pytest
 
-from tests.real.conftest import ServerHandle, running_server, user
-from tests.real.test_gateway_edge import bearer, content_events, sample, scrape, sse_payloads, wait_until
+from tests.helpers import assert_openai_error, metric_sample, retry_after_s
+from tests.real.helpers import (
+    ServerHandle,
+    bearer,
+    content_events,
+    running_server,
+    scrape,
+    sse_stream,
+    user,
+    wait_until,
+)
 
 KEY = "sk-ise-vllm-open-41c9e07d"
 METERED_KEY = "sk-ise-vllm-metered-8d2f6b13"
@@ -60,15 +69,15 @@ def test_requests_per_minute_on_vllm(vllm_gateway: ServerHandle) -> None:
             break
         assert response.status_code == 200, response.text
     assert statuses[-1] == 429 and len(statuses) >= METERED_RPM + 1, statuses
-    error = response.json()["error"]
-    assert (error["type"], error["code"]) == ("rate_limit_error", "rate_limit_exceeded")
+    error = assert_openai_error(response, 429, "rate_limit_exceeded")
+    assert error["type"] == "rate_limit_error"
     assert response.headers["x-ratelimit-remaining-requests"] == "0"
-    assert int(response.headers["retry-after"]) >= 1 and int(response.headers["retry-after-ms"]) >= 1000
+    assert retry_after_s(response.headers) >= 1
 
 
 async def test_a_disconnect_aborts_the_request_in_vllm(vllm_gateway: ServerHandle) -> None:
     root = vllm_gateway.root_url
-    aborted = 'ise_requests_aborted_total{reason="client_disconnect"}'
+    aborted = {"reason": "client_disconnect"}
     released = "ise_abort_kv_release_seconds_count"
     body = {"model": vllm_gateway.model, "prompt": "Tell me a long story.", "max_tokens": 400, "ignore_eos": True}
     async with httpx.AsyncClient(timeout=300) as client:
@@ -77,7 +86,7 @@ async def test_a_disconnect_aborts_the_request_in_vllm(vllm_gateway: ServerHandl
         url = f"{vllm_gateway.base_url}/completions"
         async with client.stream("POST", url, json={**body, "stream": True}, headers=bearer(KEY)) as r:
             assert r.status_code == 200
-            async for payload in sse_payloads(r):
+            async for payload in sse_stream(r):
                 seen.append(payload)
                 if content_events(seen) >= 3:
                     break  # leaving the block closes the connection mid-stream
@@ -85,10 +94,11 @@ async def test_a_disconnect_aborts_the_request_in_vllm(vllm_gateway: ServerHandl
         async def aborted_and_idle() -> bool:
             now = await scrape(client, root, KEY)
             return (
-                sample(now, aborted) == sample(before, aborted) + 1
-                and sample(now, released) == sample(before, released) + 1
-                and sample(now, "ise_num_requests_running") == 0
-                and sample(now, "ise_requests_in_flight") == 0
+                metric_sample(now, "ise_requests_aborted_total", **aborted)
+                == metric_sample(before, "ise_requests_aborted_total", **aborted) + 1
+                and metric_sample(now, released) == metric_sample(before, released) + 1
+                and metric_sample(now, "ise_num_requests_running") == 0
+                and metric_sample(now, "ise_requests_in_flight") == 0
             )
 
         await wait_until(aborted_and_idle, 60, "the disconnect counted and the request gone from vLLM")

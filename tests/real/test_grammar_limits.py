@@ -22,7 +22,8 @@ import httpx
 import psutil
 import pytest
 
-from tests.real.conftest import ServerHandle, running_server
+from tests.helpers import assert_openai_error, cpu_seconds
+from tests.real.helpers import ServerHandle, running_server
 
 BUDGET_S = 3.0
 SLACK_S = 2.0  # a loaded two-core machine answers late; a compile left to run takes seconds more
@@ -92,14 +93,7 @@ def started(budgeted: ServerHandle) -> None:
 def _cpu_seconds(server: ServerHandle) -> dict[int, float]:
     """CPU seconds of the server process and of each process under it (the compile workers)."""
     root = psutil.Process(server.pid)
-    times = {}
-    for process in [root, *root.children(recursive=True)]:
-        try:
-            cpu = process.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        times[process.pid] = cpu.user + cpu.system
-    return times
+    return cpu_seconds([root, *root.children(recursive=True)])
 
 
 def _assert_cpu_settles(server: ServerHandle) -> None:
@@ -180,8 +174,7 @@ def test_a_hostile_constraint_is_a_400_in_time_and_leaves_no_core_busy(
 ) -> None:
     bystander = _Bystander(budgeted)
     response = bystander.around({**PLAIN, **body})
-    assert response.status_code == 400, response.text[:300]
-    error = response.json()["error"]
+    error = assert_openai_error(response, 400)
     assert error["param"].startswith(param), error
     assert bystander.hostile_seconds < BUDGET_S + SLACK_S, f"answered in {bystander.hostile_seconds:.1f} s"
     # Served at its usual speed throughout, generously: a compile takes one of the two cores, which
@@ -192,8 +185,7 @@ def test_a_hostile_constraint_is_a_400_in_time_and_leaves_no_core_busy(
 
 def test_the_budget_is_named_when_a_compile_outlasts_it(budgeted: ServerHandle) -> None:
     response = _post(budgeted, {**PLAIN, "guided_regex": SLOW_REGEX})
-    assert response.status_code == 400
-    message = response.json()["error"]["message"]
+    message = assert_openai_error(response, 400)["message"]
     assert f"{BUDGET_S:g} s" in message and "--grammar-compile-timeout" in message
     _assert_cpu_settles(budgeted)
 

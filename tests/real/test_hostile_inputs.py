@@ -14,8 +14,9 @@ import httpx
 import openai
 import pytest
 
-from server.text import Tokenization
-from tests.real.conftest import ServerHandle, user
+from server.text.tokenization import Tokenization
+from tests.helpers import assert_openai_error
+from tests.real.helpers import ServerHandle, user
 
 QUESTION = user("What is the capital of France?")
 
@@ -50,8 +51,7 @@ def test_seed_outside_64_bits_is_400_and_a_running_stream_goes_on(
     thread.start()
     response = _post(api_server, "chat/completions", {"messages": QUESTION, "seed": seed, "max_tokens": 4})
     thread.join(timeout=120)
-    assert response.status_code == 400
-    assert response.json()["error"]["param"] == "seed"
+    assert assert_openai_error(response, 400)["param"] == "seed"
     assert reasons[-1] in ("stop", "length") and "".join(texts)
     _alive(api_server, api_client)
 
@@ -86,8 +86,7 @@ def test_penalties_outside_the_safe_range_are_400(
     api_server: ServerHandle, api_client: openai.OpenAI, field: str, value: float
 ) -> None:
     response = _post(api_server, "chat/completions", {"messages": QUESTION, field: value, "max_tokens": 4})
-    assert response.status_code == 400
-    assert response.json()["error"]["param"] == field
+    assert assert_openai_error(response, 400)["param"] == field
 
 
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e400"])
@@ -101,8 +100,7 @@ def test_non_finite_numbers_are_400(api_server: ServerHandle, literal: str) -> N
         headers={"content-type": "application/json"},
         timeout=30,
     )
-    assert response.status_code == 400
-    assert response.json()["error"]["param"] == "temperature"
+    assert assert_openai_error(response, 400)["param"] == "temperature"
 
 
 def test_min_tokens_holds_back_stop_strings(api_server: ServerHandle, api_client: openai.OpenAI) -> None:
@@ -131,8 +129,7 @@ def test_min_tokens_holds_back_stop_strings(api_server: ServerHandle, api_client
 
 def test_min_tokens_above_max_tokens_is_400(api_server: ServerHandle) -> None:
     response = _post(api_server, "completions", {"prompt": "Hello", "max_tokens": 4, "min_tokens": 5})
-    assert response.status_code == 400
-    assert response.json()["error"]["param"] == "min_tokens"
+    assert assert_openai_error(response, 400)["param"] == "min_tokens"
 
 
 @pytest.mark.parametrize("path", ["chat/completions", "completions"])
@@ -142,8 +139,7 @@ def test_stream_options_without_stream_is_400(api_server: ServerHandle, path: st
         response = _post(
             api_server, path, {**prompt, **stream, "max_tokens": 2, "stream_options": {"include_usage": True}}
         )
-        assert response.status_code == 400
-        error = response.json()["error"]
+        error = assert_openai_error(response, 400)
         assert error["param"] == "stream_options" and error["type"] == "invalid_request_error"
 
 

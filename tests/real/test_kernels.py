@@ -14,7 +14,7 @@ import torch
 
 from adapters.cpu.kernels import CPUKernels, cpu_kernels
 from adapters.cpu.packed_linear import ROW_PIECE, RowBucketedLinear, row_bucket
-from server.settings import Settings
+from server.config.settings import Settings
 
 BLOCK = 16
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import openai
 from openai.types.chat import ChatCompletionMessageParam
 
-from tests.real.conftest import ServerHandle
+from tests.real.helpers import ServerHandle
 
 SYSTEM = "You answer questions about the solar system in one short sentence. " * 12
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import openai
 
 from benchmarks import quality
-from server.settings import Settings
-from tests.real.conftest import ServerHandle, running_server, user
+from server.config.settings import Settings
+from tests.real.helpers import ServerHandle, running_server, user
 
 
 def test_int8_weights_score_text_within_tolerance(server: ServerHandle) -> None:
@@ -53,7 +53,18 @@ def test_int8_server_answers_and_batches_exactly_like_solo(server: ServerHandle,
 
 
 def test_int8_refuses_a_dtype_it_cannot_run() -> None:
-    cmd = [sys.executable, "-m", "server.cli", "serve", "--quantization", "int8", "--dtype", "bfloat16", "--port", "0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ise",
+        "serve",
+        "--quantization",
+        "int8",
+        "--dtype",
+        "bfloat16",
+        "--port",
+        "0",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode != 0
     assert "--quantization int8 keeps the arithmetic in float32; use --dtype float32" in result.stderr

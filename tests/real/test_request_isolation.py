@@ -22,10 +22,10 @@ from adapters.cpu.engine_core import CPUEngineConfig, EngineCore
 from adapters.cpu.sampler import Sampler
 from adapters.cpu.sequence import Sequence
 from adapters.engine import EngineRequest, RequestFailedError, SamplingParams
-from server.app import create_app
-from server.state import ServerState
-from server.text import Tokenization
-from tests.real.conftest import ServerHandle, cpu_engine, serving_in_thread, user
+from server.endpoints.state import ServerState
+from server.runtime.app import create_app
+from server.text.tokenization import Tokenization
+from tests.real.helpers import ServerHandle, cpu_engine, serving_in_thread, user
 
 POISON_SEED = 666
 MODEL = "isolated"

@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from server.text import Tokenization
-from tests.real.conftest import ServerHandle, user
+from server.text.tokenization import Tokenization
+from tests.real.helpers import ServerHandle, user
 
 STORY = user("Tell me a short story about a lighthouse keeper.")
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from adapters.cpu import numerics
-from tests.real.conftest import ServerHandle, running_server, user
+from tests.real.helpers import ServerHandle, running_server, user
 
 
 def test_local_model_directory_in_bfloat16(server: ServerHandle, tmp_path: Path) -> None:

@@ -15,10 +15,14 @@ from pathlib import Path
 import pytest
 
 from adapters.builtin_model import ensure_builtin_model
-from benchmarks.report import machine
-from benchmarks.soak import ABORT_KINDS, KINDS, SoakOptions, SoakReport, SoakTarget, run_soak, save
+from benchmarks.save import machine
+from benchmarks.soak.observe import SoakTarget
+from benchmarks.soak.plans import ABORT_KINDS, KINDS, SoakOptions
+from benchmarks.soak.report import save
+from benchmarks.soak.run import run_soak
+from benchmarks.soak.verdict import SoakReport
 from benchmarks.targets import TargetConfig, ise_server
-from server.settings import Settings
+from server.config.settings import Settings
 
 SHORT = SoakOptions(
     requests=300,

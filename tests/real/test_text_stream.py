@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from server.text import Tokenization
-from tests.real.conftest import ServerHandle
+from server.text.tokenization import Tokenization
+from tests.real.helpers import ServerHandle
 
 SAMPLE = "Héllo wörld! 日本語のテキスト 🎉🚀 done. STOP here"
 

@@ -14,7 +14,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from tests.real.conftest import ServerHandle
+from tests.real.helpers import ServerHandle
 
 CONVERSATIONS: list[list[ChatCompletionMessageParam]] = [
     [{"role": "user", "content": "What is the capital of France?"}],

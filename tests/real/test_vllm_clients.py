@@ -23,7 +23,8 @@ from openai.lib.streaming.chat import ChatCompletionStreamState, ParsedChatCompl
 from openai.types.chat import ChatCompletion, ChatCompletionToolParam
 from pydantic import SecretStr
 
-from tests.real.conftest import ServerHandle, running_server, user
+from tests.helpers import assert_openai_error, sse_line
+from tests.real.helpers import ServerHandle, running_server, user
 
 # A prompt of about 1,000 tokens, so its prefill is long enough to tell from a role chunk sent at once.
 WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo")
@@ -55,8 +56,8 @@ def test_the_first_chunk_with_choices_comes_with_the_first_token(server: ServerH
         "POST", f"{server.base_url}/chat/completions", json=body, headers={"x-request-id": request_id}, timeout=300
     ) as response:
         for line in response.iter_lines():
-            if line.startswith("data: {"):
-                chunks.append((time.perf_counter() - started, json.loads(line.removeprefix("data: "))))
+            if (payload := sse_line(line)) not in (None, "[DONE]"):
+                chunks.append((time.perf_counter() - started, json.loads(payload)))
     (opened_at, opening), (_, first) = chunks[:2]
     assert opening["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert first["choices"][0]["delta"]["content"]
@@ -164,22 +165,30 @@ def test_a_tool_call_cut_by_max_tokens_is_not_content(
 
 
 def test_a_path_ise_does_not_serve_is_named_in_a_404(client: openai.OpenAI, server: ServerHandle) -> None:
-    response = httpx.post(f"{server.root_url}/v1/messages/nowhere", json={}, timeout=30)
+    response = httpx.post(f"{server.root_url}/v1/audio/speech", json={}, timeout=30)
     assert response.status_code == 404
     assert response.json() == {
         "error": {
-            "message": "Invalid URL (POST /v1/messages/nowhere): ise does not serve this path.",
+            "message": "Invalid URL (POST /v1/audio/speech): ise does not serve this path.",
             "type": "invalid_request_error",
             "param": None,
             "code": None,
         }
     }
+    # Under Anthropic's routes the same 404 wears Anthropic's shape, as its clients read it.
+    anthropic_path = httpx.post(f"{server.root_url}/v1/messages/nowhere", json={}, timeout=30)
+    assert anthropic_path.status_code == 404
+    assert anthropic_path.json() == {
+        "type": "error",
+        "error": {
+            "type": "not_found_error",
+            "message": "Invalid URL (POST /v1/messages/nowhere): ise does not serve this path.",
+        },
+    }
     wrong = httpx.delete(f"{server.root_url}/v1/models", timeout=30)
-    assert (wrong.status_code, wrong.headers["allow"]) == (405, "GET, HEAD")
-    assert (
-        wrong.json()["error"]["message"]
-        == "Invalid method (DELETE /v1/models): ise serves this path with GET, HEAD only."
-    )
+    assert wrong.headers["allow"] == "GET, HEAD"
+    message = assert_openai_error(wrong, 405)["message"]
+    assert message == "Invalid method (DELETE /v1/models): ise serves this path with GET, HEAD only."
     with pytest.raises(openai.NotFoundError, match=r"Invalid URL \(GET /v1/fine_tuning/jobs\)"):
         client.fine_tuning.jobs.list()
     # LangChain turns any 404 into "model not found"; its message now says what was not found.
@@ -231,7 +240,7 @@ def test_vllm_deployment_flags_start_ise_and_are_named_at_start_up(tmp_path: Pat
 )
 def test_flags_whose_meaning_ise_cannot_give_stop_it_with_the_reason(flag: str, why: str) -> None:
     run = subprocess.run(
-        [sys.executable, "-m", "server.cli", "serve", "--port", "0", flag],
+        [sys.executable, "-m", "ise", "serve", "--port", "0", flag],
         capture_output=True,
         text=True,
         timeout=120,
@@ -249,8 +258,8 @@ def test_every_vllm_server_flag_is_an_ise_option_or_in_the_table() -> None:
     from vllm.entrypoints.launchers.cli_args import make_arg_parser
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
-    from server.settings import Settings
-    from server.vllm_flags import VLLM_FLAGS
+    from server.config.settings import Settings
+    from server.config.vllm_flags import VLLM_FLAGS
 
     def flags(parser: FlexibleArgumentParser) -> set[str]:
         return {s for action in parser._actions for s in action.option_strings if s.startswith("--")}

@@ -23,7 +23,7 @@ import pytest
 from adapters.config import EngineArgs
 from adapters.model_info import ModelInfo
 from adapters.vllm.args import shared_flags, vllm_flags
-from tests.real.conftest import ServerHandle, running_server, user
+from tests.real.helpers import ServerHandle, running_server, user
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("vllm-*.toml"))
 
@@ -51,7 +51,7 @@ def test_both_engines_agree_on_greedy_text(server: ServerHandle, vllm_server: Se
 
 def _serve(*args: str) -> subprocess.CompletedProcess[str]:
     """``ise serve ARGS`` run to its exit (these ones exit while reading their flags)."""
-    command = [sys.executable, "-m", "server.cli", "serve", *args]
+    command = [sys.executable, "-m", "ise", "serve", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
 
 
@@ -70,10 +70,12 @@ def test_shared_options_mean_the_same_on_vllm(server: ServerHandle) -> None:
     model = ModelInfo.load(server.model_dir)
     flags = shared_flags(EngineArgs(max_num_seqs=8, prefix_caching=False, block_size=32, dtype="float32"), model)
 
-    def value(flag: str) -> str:
-        return flags[flags.index(flag) + 1]
+    def value(flag: str, given: list[str] = flags) -> str:
+        return given[given.index(flag) + 1]
 
-    assert (value("--max-model-len"), value("--max-num-seqs"), value("--dtype")) == ("2048", "8", "float32")
+    assert (value("--max-num-seqs"), value("--dtype")) == ("8", "float32")
+    assert "--max-model-len" not in flags  # unset: vLLM's own choice, the model's context
+    assert value("--max-model-len", shared_flags(EngineArgs(max_model_len=512), model)) == "512"
     assert value("--block-size") == "32" and "--no-enable-prefix-caching" in flags
     with pytest.raises(ValueError, match="--prefill-chunk-tokens"):
         shared_flags(EngineArgs(prefill_chunk_tokens=8), model)

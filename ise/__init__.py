@@ -1,0 +1,1 @@
+"""The ``ise`` command: one entry point above the server and the benchmarks."""

@@ -1,0 +1,5 @@
+"""``python -m ise``: the ``ise`` command."""
+
+from ise.cli import main
+
+main()

@@ -1,0 +1,73 @@
+"""``ise serve`` takes ``vllm serve``'s command line: the model first, then ise's and vLLM's flags.
+
+Launch scripts, compose files and Helm charts are written as ``vllm serve MODEL --flags``. ise
+reads the flags it declares (``Settings``, in vLLM's spellings where both have the option) and
+the rest of vLLM's server flags (``server.config.vllm_flags``), and hands every other flag, with its
+values, to vLLM's own engine argument parser, which knows and validates them; the CPU engine
+refuses them with a message that says so. Splitting needs only to know which flags are whose
+and how many values each takes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from server.config.vllm_flags import VLLM_FLAG_ARITY
+
+_NUMBER = re.compile(r"^-\d")
+
+
+@dataclass(frozen=True)
+class SplitArgs:
+    ise: list[str]  # for Settings.load
+    engine: list[str]  # for vLLM's engine argument parser
+    vllm: list[tuple[str, str | None]] = field(default_factory=list)  # vLLM's server flags, for read_vllm_flags
+
+
+def _is_flag(token: str) -> bool:
+    return token.startswith("-") and not _NUMBER.match(token)
+
+
+def split_serve_args(
+    argv: list[str], ise_flags: Mapping[str, int | None], vllm_flags: Mapping[str, int] = VLLM_FLAG_ARITY
+) -> SplitArgs:
+    """Split ``argv`` into ise's flags, vLLM's server flags and the rest; a positional argument is ``--model``.
+
+    ``ise_flags`` gives each of ise's flags the number of values it takes: 0 for a switch, 1, or
+    None for several (``--served-model-name a b``, passed to ise as one JSON list); ``vllm_flags``
+    the same for vLLM's server flags (0 or 1). Any other flag takes the tokens up to the next
+    flag. The model may come first, as in ``vllm serve MODEL``, or after the flags
+    (``docker run IMAGE MODEL`` behind an entrypoint with flags).
+    """
+    ise: list[str] = []
+    engine: list[str] = []
+    vllm: list[tuple[str, str | None]] = []
+    index = 0
+    while index < len(argv):
+        token = argv[index]
+        name = token.split("=", 1)[0]
+        if not _is_flag(token):
+            ise += ["--model", token]
+            index += 1
+            continue
+        end = index + 1
+        if "=" not in token:
+            while end < len(argv) and not _is_flag(argv[end]):
+                end += 1
+        if name in ise_flags:
+            arity = ise_flags[name]
+            if arity is not None and "=" not in token:
+                end = min(end, index + 1 + arity)
+            values = argv[index + 1 : end]
+            ise += [name, json.dumps(values)] if arity is None and values else [token, *values]
+        elif name in vllm_flags:
+            end = min(end, index + 1 + vllm_flags[name])
+            value = token.split("=", 1)[1] if "=" in token else next(iter(argv[index + 1 : end]), None)
+            vllm.append((name, value))
+        else:
+            engine += argv[index:end]
+        index = end
+    return SplitArgs(ise, engine, vllm)

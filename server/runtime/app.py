@@ -1,0 +1,109 @@
+"""The FastAPI application: routes, error handlers, the gateway's middleware, and the engine's lifetime."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+
+from server.endpoints.messages.api import router as messages_router
+from server.endpoints.router import router, stream_schemas
+from server.endpoints.state import ServerState
+from server.gateway.access_log import AccessLogMiddleware
+from server.gateway.auth import APIKeyMiddleware, Keyring
+from server.gateway.body_limit import BodyLimitMiddleware
+from server.gateway.rate_limits import RATE_LIMIT_HEADERS
+from server.gateway.request_id import RequestIdMiddleware
+from server.protocol.chat import ChatCompletionRequest
+from server.protocol.completion import CompletionRequest
+from server.runtime.error_handlers import install_error_handlers
+from server.runtime.messages_errors import MessagesErrorsMiddleware
+
+_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
+
+def _exact_bounds(published: Any, exact: Any) -> None:
+    """Put pydantic's integer bounds back where FastAPI's schema model made them floats.
+
+    FastAPI types ``maximum`` as a float, so the seed's 2**63 - 1 is published as
+    9.223372036854776e18, which is 2**63: a schema-driven client would send a seed ise refuses.
+    """
+    if isinstance(published, dict) and isinstance(exact, dict):
+        for key, value in exact.items():
+            if key in _BOUNDS and isinstance(value, int):
+                published[key] = value
+            elif key in published:
+                _exact_bounds(published[key], value)
+    elif isinstance(published, list) and isinstance(exact, list):
+        for p, e in zip(published, exact, strict=False):
+            _exact_bounds(p, e)
+
+
+class _App(FastAPI):
+    def openapi(self) -> dict[str, Any]:
+        """FastAPI's schema, plus the models that only the completions' event streams carry."""
+        if self.openapi_schema is None:
+            schemas = super().openapi()["components"]["schemas"]
+            schemas.update(stream_schemas())
+            for model in (ChatCompletionRequest, CompletionRequest):
+                exact = model.model_json_schema()
+                _exact_bounds(schemas[model.__name__], exact)
+                for name, definition in exact.get("$defs", {}).items():
+                    _exact_bounds(schemas.get(name), definition)
+        return super().openapi()
+
+
+def create_app(state: ServerState, on_ready: Callable[[], None] = lambda: None) -> FastAPI:
+    """The app over ``state``; raises ``ValueError`` for an unreadable API keys file.
+
+    Middleware, outermost first: request id (every response has one), access log, Anthropic's error
+    shape on its routes (so the log shows the status sent), CORS (so
+    browsers' preflights are answered without a key and every answer has CORS headers), API key,
+    body size; then the routes.
+    """
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        state.grammars.warm()  # the compile workers' fork server imports while the model loads
+        await state.engine.start()
+        state.gateway.metrics.engine_started()
+        on_ready()
+        try:
+            yield
+        finally:
+            await state.grammars.close()
+            await state.engine.shutdown()
+
+    gateway = state.gateway_args
+    docs = not gateway.disable_fastapi_docs
+    app = _App(
+        title="ise",
+        summary="OpenAI-compatible inference serving endpoint",
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+    )
+    app.state.ise = state
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=gateway.max_request_body_bytes)
+    app.add_middleware(APIKeyMiddleware, keyring=Keyring.from_settings(gateway))
+    if gateway.allowed_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=gateway.allowed_origins,
+            allow_methods=gateway.allowed_methods,
+            allow_headers=gateway.allowed_headers,
+            allow_credentials=gateway.allow_credentials,
+            # Browsers may read these: OpenAI's rate-limit and request-id headers.
+            expose_headers=["x-request-id", "retry-after", "retry-after-ms", *RATE_LIMIT_HEADERS],
+        )
+    app.add_middleware(MessagesErrorsMiddleware)
+    app.add_middleware(AccessLogMiddleware, quiet_paths=frozenset(gateway.disable_access_log_for_endpoints))
+    app.add_middleware(RequestIdMiddleware)
+    app.include_router(router)
+    app.include_router(messages_router)
+    return app
