@@ -6,6 +6,10 @@ Shared by ``ise bench step`` (its timings) and its ``--profile`` (the per-op bre
 from __future__ import annotations
 
 import random
+from pathlib import Path
+from typing import TypedDict
+
+import torch
 
 from adapters.cpu.block_manager import BlockManager
 from adapters.cpu.model_runner import ModelRunner
@@ -14,6 +18,18 @@ from adapters.cpu.sequence import Sequence
 from adapters.engine import EngineRequest, SamplingParams
 
 BLOCK_SIZE = 16
+
+
+class StepRun(TypedDict):
+    """What a timed run of engine steps is: the same for the timings and the per-op profile."""
+
+    dtype: torch.dtype
+    batches: list[int]  # decode batch sizes, each timed on its own
+    prompt_len: int  # tokens per prompt
+    steps: int  # decode steps timed per batch size
+    kernel_dir: Path  # where ise's C++ kernels are built
+    seed: int
+    repeats: int  # passes, alternating; each figure is the median
 
 
 def engine_step(runner: ModelRunner, scheduler: Scheduler) -> None:

@@ -21,7 +21,7 @@ from adapters.config import MODEL_IMPLS, ModelImpl
 from adapters.cpu.model_runner import ModelRunner
 from adapters.cpu.numerics import default_threads, resolve_dtype
 from benchmarks import flags, profile
-from benchmarks.engine_batch import BLOCK_SIZE, decode_batch, engine_step
+from benchmarks.engine_batch import BLOCK_SIZE, StepRun, decode_batch, engine_step
 from benchmarks.save import meta, save_result, subplots
 from server.config.settings import Settings
 
@@ -126,23 +126,7 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> None:
     dtype = resolve_dtype(args.dtype)
-    if args.profile:
-        found = profile.measure(
-            flags.model_dir(args),
-            dtype=dtype,
-            batches=args.batch,
-            prompt_len=args.prompt_len,
-            steps=args.steps,
-            kernel_dir=Settings().cache_dir,
-            seed=args.seed,
-            repeats=args.repeats,
-            threads=args.threads or default_threads(),
-        )
-        profile.save(found, meta(dtype), args.out)
-        return
-    results = measure(
-        flags.model_dir(args),
-        impls=args.model_impl,
+    run = StepRun(
         dtype=dtype,
         batches=args.batch,
         prompt_len=args.prompt_len,
@@ -151,4 +135,8 @@ def main(args: argparse.Namespace) -> None:
         seed=args.seed,
         repeats=args.repeats,
     )
-    save(results, meta(dtype), args.out)
+    if args.profile:
+        found = profile.measure(flags.model_dir(args), **run, threads=args.threads or default_threads())
+        profile.save(found, meta(dtype), args.out)
+        return
+    save(measure(flags.model_dir(args), impls=args.model_impl, **run), meta(dtype), args.out)
