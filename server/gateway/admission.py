@@ -27,8 +27,9 @@ from typing import Protocol, TypeVar
 
 from adapters.engine import FinishReason
 from server.gateway.options import GatewayArgs
+from server.gateway.request_record import RequestContext, RequestObserver, RequestRecord
 from server.gateway.ttft_model import TTFTModel
-from server.gateway.vllm_metrics import RequestMetrics, RequestRecord
+from server.gateway.vllm_metrics import RequestMetrics
 from server.protocol.common import ServerTiming
 from server.protocol.errors import APIError, retry_after
 
@@ -83,7 +84,10 @@ class Ticket:
         self.failed = False  # its events ended in an error
         self.closed_early = False  # its events were closed before they ended (an abort)
         self.finish_reason: FinishReason | None = None  # "length" if any choice ran out, else "stop"
-        self.metrics: RequestMetrics | None = None  # set by the gateway: where the request is observed
+        self.metrics: RequestMetrics | None = None  # set by the gateway: where its tokens are timed
+        self.observers: tuple[RequestObserver, ...] = ()  # set by the gateway: who reads its record as it ends
+        self.context = RequestContext()  # set by the gateway: who sent it, its targets, its trace
+        self.number = admission.admitted  # its place in the order of admission (queue positions)
         self.n = 1
         self.max_tokens = 0
         self.last_token_at: float | None = None
@@ -109,8 +113,10 @@ class Ticket:
             self._admission.leave_waiting(self)
         self.ended_at = time.monotonic()
         self._admission.release(self)
-        if self.metrics is not None:
-            self.metrics.finished(self.record())
+        if self.observers:
+            record = self.record()
+            for observe in self.observers:
+                observe(record)
 
     def server_timing(self) -> ServerTiming:
         """Where the request's time went, in milliseconds (ends now if the request has not ended)."""
@@ -139,6 +145,8 @@ class Ticket:
             prefill=None if scheduled is None or first is None else max(0.0, first - scheduled),
             decode=None if first is None or last is None else last - first,
             inference=None if scheduled is None or last is None else max(0.0, last - scheduled),
+            sequences=self.sequences,
+            context=self.context,
         )
 
     async def track(self, events: AsyncGenerator[E, None]) -> AsyncGenerator[E, None]:
@@ -203,6 +211,7 @@ class Admission:
         self.waiting_tokens = 0
         self.decode_s: float | None = None  # moving average of a request's time from first token to end
         self.draining = False
+        self.admitted = 0  # requests admitted so far
         self._idle = asyncio.Event()  # set while no ticket is held
         self._idle.set()
 
@@ -238,6 +247,7 @@ class Admission:
         if target is not None:
             self._check_slo(tokens_ahead, slots_short, target)
         ticket = Ticket(self, prompt_tokens, tokens_ahead, sequences, slots_short)
+        self.admitted += 1
         self.tickets.add(ticket)
         self.sequences += sequences
         self._idle.clear()

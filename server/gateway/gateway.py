@@ -9,6 +9,7 @@ takes numbers (``Demand``), not an endpoint's request: every endpoint goes throu
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from server.gateway.auth import STATE_KEY, APIKey
 from server.gateway.metrics import Metrics
 from server.gateway.options import GatewayArgs
 from server.gateway.rate_limits import RateLimits
+from server.gateway.request_id import current_request_id
+from server.gateway.request_record import RequestContext
 from server.protocol.errors import APIError, invalid_request
 
 
@@ -50,7 +53,7 @@ class Gateway:
 
     def __post_init__(self) -> None:
         self.admission = Admission(self.options, self.batch_slots)
-        self.metrics = Metrics(self.engine, self.admission, self.model_name)
+        self.metrics = Metrics(self.engine, self.admission, self.model_name, self.options)
 
     def charge_request(self, raw: Request) -> dict[str, str]:
         """Count the request against its key's requests-per-minute; the rate-limit headers to send."""
@@ -82,6 +85,14 @@ class Gateway:
                 ticket.end()
                 raise
             ticket.metrics = self.metrics.requests  # admitted: from here on the request is observed
+            ticket.observers = self.metrics.observers
+            ticket.context = RequestContext(
+                request_id=current_request_id.get() or "",
+                route=raw.scope.get("path", ""),
+                api_key_name=key.name if key is not None else None,
+                ttft_target=slo if slo is not None else self.admission.slo_ttft_s,
+                started_at=time.time(),
+            )
             return ticket, headers
 
     def aborted(self, ticket: Ticket, reason: str) -> None:

@@ -72,7 +72,14 @@ class GatewayArgs(BaseModel):
         None,
         gt=0,
         description="Time-to-first-token target: a request whose predicted TTFT misses it gets 429 at once "
-        "(the x-slo-ttft-ms request header sets a request's own target)",
+        "(the x-slo-ttft-ms request header sets a request's own target); /metrics counts the requests that "
+        "met and missed it (ise_request_slo_total)",
+    )
+    slo_tpot_ms: float | None = Field(
+        None,
+        gt=0,
+        description="Time-per-output-token target, in ms per token after the first: /metrics counts the requests "
+        "that met and missed it (ise_request_slo_total), for goodput; no request is refused for it",
     )
     max_request_body_bytes: int = Field(
         4 * 1024 * 1024, gt=0, description="Largest request body accepted; larger bodies get 413"

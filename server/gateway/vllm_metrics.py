@@ -19,13 +19,13 @@ checks before it (parsing, tokenization, a compile) are not in them.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from adapters.engine import ITERATION_TOKENS_BUCKETS, Engine, FinishReason
+from adapters.engine import ITERATION_TOKENS_BUCKETS, Engine
+from server.gateway.request_record import RequestRecord
 
 LABELS = ("model_name", "engine")
 ENGINE_INDEX = "0"  # one engine per server; vLLM labels its first engine "0"
@@ -58,24 +58,6 @@ def request_tokens_buckets(max_model_len: int) -> list[float]:
         scale *= 10
 
 
-@dataclass(frozen=True)
-class RequestRecord:
-    """One request as it ended, in seconds and tokens (vLLM's ``FinishedRequestStats``, per API request)."""
-
-    finish_reason: FinishReason | None  # None: it failed (vLLM's "error")
-    prompt_tokens: int  # as usage counts them
-    generation_tokens: int  # as usage counts them, every choice
-    cached_tokens: int  # prompt tokens the prefix cache served (usage's cached_tokens)
-    n: int
-    max_tokens: int
-    e2e: float  # admission to the end
-    queued: float | None  # admission to the engine's first scheduling (None: the engine does not say)
-    ttft: float | None  # admission to first token (None: no token)
-    prefill: float | None  # first scheduling to first token
-    decode: float | None  # first token to the last (None: no token)
-    inference: float | None  # first scheduling to the last token
-
-
 class RequestMetrics:
     """The per-request series: one observation per request, token counters moved by its usage."""
 
@@ -96,7 +78,7 @@ class RequestMetrics:
         )
         self.tpot = histogram(
             "vllm:request_time_per_output_token_seconds",
-            "A request's decode time over its output tokens after the first",
+            "A request's decode time over its output tokens after the first (per sequence)",
             INTER_TOKEN_LATENCY_BUCKETS,
         )
         self.e2e = histogram("vllm:e2e_request_latency_seconds", "Request latency, admission to end", latency)
@@ -142,8 +124,8 @@ class RequestMetrics:
         ):
             if value is not None:
                 histogram.observe(value)
-        if record.decode is not None and record.generation_tokens > 1:
-            self.tpot.observe(record.decode / (record.generation_tokens - 1))
+        if record.tpot is not None:
+            self.tpot.observe(record.tpot)
         self.prompt_tokens_hist.observe(record.prompt_tokens)
         self.generation_tokens_hist.observe(record.generation_tokens)
         self.params_n.observe(record.n)
