@@ -27,6 +27,7 @@ from server.endpoints.event_stream import EventStream
 from server.endpoints.generation import ChoiceEvent, Generation, Job, build_job
 from server.endpoints.state import ServerState
 from server.gateway.admission import Ticket
+from server.gateway.load import LOAD_FORMAT_HEADER, orca_header
 from server.protocol.base import new_id, now
 from server.protocol.chat import ChatCompletionRequest
 from server.protocol.common import ChoiceFinishReason, CompletionTokensDetails, Usage
@@ -254,12 +255,15 @@ async def _respond(
     raw.state.ticket = ticket  # for the request's log line
     raw.state.end_user = req.user
     headers = {**headers, **token_headers}
+    load_format = raw.headers.get(LOAD_FORMAT_HEADER)
     events = ticket.track(Generation(state.engine, state.tokenization).run(job, ticket.inbox))
     if req.stream:
 
         async def client_gone(_: object) -> None:
             ticket.client_gone = True
 
+        if load_format is not None:
+            headers.update(orca_header(load_format, state.engine.stats()))
         keepalive = fmt.keepalive()
         return EventStream(
             _sse(events, job, fmt, _usage_report(req, state), ticket, state),
@@ -274,6 +278,8 @@ async def _respond(
         state.gateway.aborted(ticket, "client_disconnect")
         return Response(status_code=499)
     headers[SERVER_TIMING_HEADER] = ticket.server_timing().header()
+    if load_format is not None:
+        headers.update(orca_header(load_format, state.engine.stats()))
     return JSONResponse(result.model_dump(), headers=headers)
 
 

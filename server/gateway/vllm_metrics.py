@@ -25,6 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from adapters.engine import ITERATION_TOKENS_BUCKETS, Engine
+from server.gateway.load import kv_cache_usage
 from server.gateway.request_record import RequestRecord
 
 LABELS = ("model_name", "engine")
@@ -157,8 +158,7 @@ class VLLMEngineCollector(Collector):
         gauge, counter = GaugeMetricFamily, CounterMetricFamily
         yield self._family(gauge, "vllm:num_requests_running", "Requests in the running batch", s.running)
         yield self._family(gauge, "vllm:num_requests_waiting", "Requests waiting to be scheduled", s.waiting)
-        usage = s.kv_blocks_used / s.kv_blocks_total if s.kv_blocks_total else 0.0
-        yield self._family(gauge, "vllm:kv_cache_usage_perc", "KV cache usage, 1 is full", usage)
+        yield self._family(gauge, "vllm:kv_cache_usage_perc", "KV cache usage, 1 is full", kv_cache_usage(s))
         yield self._family(counter, "vllm:num_preemptions", "Requests preempted by the engine", s.preemptions)
         yield self._family(
             counter, "vllm:prefix_cache_queries", "Prompt tokens looked up in the prefix cache",
