@@ -23,6 +23,7 @@ import contextlib
 import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
+from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from adapters.engine import FinishReason
@@ -118,6 +119,10 @@ class Ticket:
             for observe in self.observers:
                 observe(record)
 
+    def queue_position(self) -> QueuePosition:
+        """Where the request stands while it waits for its first token."""
+        return self._admission.queue_position(self)
+
     def server_timing(self) -> ServerTiming:
         """Where the request's time went, in milliseconds (ends now if the request has not ended)."""
         r = self.record()
@@ -190,6 +195,15 @@ class Ticket:
         self.cached_tokens += event.num_cached_tokens or 0
         if event.finish_reason is not None and self.finish_reason != "length":
             self.finish_reason = "length" if event.finish_reason == "length" else "stop"
+
+
+@dataclass(frozen=True)
+class QueuePosition:
+    """A waiting request's place: 1 is next. ``estimated_wait_s``: until its first token (None: not yet measured)."""
+
+    position: int
+    waiting: int  # requests waiting in all
+    estimated_wait_s: float | None
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -268,6 +282,19 @@ class Admission:
         if self.decode_s is None or not self.batch_slots:
             return None
         return prefill + slots_short * self.decode_s / self.batch_slots
+
+    def queue_position(self, ticket: Ticket) -> QueuePosition:
+        """``ticket``'s place among the waiting requests, in order of admission, and its predicted wait:
+        the prefill of the prompt tokens waiting ahead of it (its own included), and, if the batch is
+        full, the slots that must free first (as ``predict_ttft`` predicts a new request's TTFT).
+
+        O(requests in flight): called about once a second per stream that asked, never per token.
+        """
+        ahead = [t for t in self.tickets if t.waiting and t.number < ticket.number]
+        held = sum(t.sequences for t in self.tickets if t is not ticket and (not t.waiting or t.number < ticket.number))
+        slots_short = 0 if self.batch_slots is None else max(0, held + ticket.sequences - self.batch_slots)
+        tokens = sum(t.prompt_tokens for t in ahead) + ticket.prompt_tokens
+        return QueuePosition(len(ahead) + 1, self.waiting_requests, self.predict_ttft(tokens, slots_short))
 
     def _check_slo(self, tokens_ahead: int, slots_short: int, target_s: float) -> None:
         if self.waiting_requests == 0 and slots_short == 0:

@@ -90,6 +90,13 @@ class GatewayArgs(BaseModel):
         description="Seconds a stream may wait for a client to take its next event; a client that stops "
         "reading is dropped after it and its request aborted",
     )
+    sse_keep_alive_interval: float = Field(
+        15.0,
+        ge=0,
+        description="Seconds between keep-alive comments (': keep-alive') on every stream, so proxies that cut "
+        "idle connections keep a stream that waits in the queue, reads a long prompt or pauses between tokens "
+        "(Messages streams send Anthropic's ping event instead); 0 sends none",
+    )
     drain_timeout: float = Field(
         30.0,
         ge=0,
