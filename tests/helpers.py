@@ -1,5 +1,5 @@
-"""What both tiers read off the wire (server-sent events, OpenAI's error shape, Retry-After and
-Prometheus text) and the CPU time a process tree spends.
+"""What both tiers read off the wire (server-sent events, OpenAI's error shape, Retry-After,
+Prometheus text and OTLP trace exports) and the CPU time a process tree spends.
 
 One reading of each, so the fast tier's fake and the real tier's model are held to the same format.
 A test that compares a stream byte for byte does so itself; these parse.
@@ -7,13 +7,22 @@ A test that compares a stream byte for byte does so itself; these parse.
 
 from __future__ import annotations
 
+import gzip
+import http.server
 import json
 import re
+import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import httpx
 import psutil
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from prometheus_client.parser import text_string_to_metric_families
 
 ERROR_FIELDS = {"message", "type", "param", "code"}
@@ -126,3 +135,67 @@ def cpu_seconds(processes: Iterable[psutil.Process]) -> dict[int, float]:
             continue
         times[process.pid] = cpu.user + cpu.system
     return times
+
+
+class OTLPReceiver:
+    """A real OTLP/HTTP trace receiver on 127.0.0.1: it decodes each ``POST /v1/traces`` as the
+    protobuf ``ExportTraceServiceRequest`` a collector would, and keeps the spans."""
+
+    def __init__(self) -> None:
+        self.spans: list[Span] = []
+        self.resources: list[dict[str, Any]] = []
+        self._arrived = threading.Condition()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"]))
+                if self.headers.get("content-encoding") == "gzip":
+                    body = gzip.decompress(body)
+                request = ExportTraceServiceRequest.FromString(body)
+                with receiver._arrived:
+                    for resource_spans in request.resource_spans:
+                        resource = {a.key: _any_value(a.value) for a in resource_spans.resource.attributes}
+                        for scope_spans in resource_spans.scope_spans:
+                            receiver.spans += scope_spans.spans
+                            receiver.resources += [resource] * len(scope_spans.spans)
+                    receiver._arrived.notify_all()
+                reply = ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}/v1/traces"
+
+    def __enter__(self) -> OTLPReceiver:
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def wait_for(self, count: int, timeout_s: float = 30.0) -> list[Span]:
+        """The first ``count`` spans, once that many have arrived."""
+        with self._arrived:
+            assert self._arrived.wait_for(lambda: len(self.spans) >= count, timeout_s), (
+                f"{len(self.spans)} of {count} spans arrived within {timeout_s} s"
+            )
+            return self.spans[:count]
+
+
+def span_attributes(span: Span) -> dict[str, Any]:
+    return {attribute.key: _any_value(attribute.value) for attribute in span.attributes}
+
+
+def _any_value(value: AnyValue) -> Any:
+    kind = value.WhichOneof("value")
+    if kind == "array_value":
+        return [_any_value(item) for item in value.array_value.values]
+    return getattr(value, kind) if kind is not None else None

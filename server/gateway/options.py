@@ -97,6 +97,11 @@ class GatewayArgs(BaseModel):
         "idle connections keep a stream that waits in the queue, reads a long prompt or pauses between tokens "
         "(Messages streams send Anthropic's ping event instead); 0 sends none",
     )
+    otlp_traces_endpoint: str | None = Field(
+        None,
+        description="Where to send OpenTelemetry traces, one span per request (vLLM's flag): OTLP over gRPC, or "
+        "over HTTP (the whole URL) with OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=http/protobuf; needs ise[tracing]",
+    )
     drain_timeout: float = Field(
         30.0,
         ge=0,

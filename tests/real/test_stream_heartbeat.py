@@ -32,12 +32,13 @@ async def lines_until_first_token(client: httpx.AsyncClient, server: ServerHandl
     seen: list[str] = []
     async with client.stream("POST", f"{server.base_url}/chat/completions", json=body, headers=headers) as response:
         assert response.status_code == 200
-        async for line in response.aiter_lines():
+        lines = response.aiter_lines()
+        async for line in lines:
             if line.startswith("data:"):
                 break
             if line:
                 seen.append(line)
-        async for _ in response.aiter_lines():
+        async for _ in lines:
             pass
     return seen
 
