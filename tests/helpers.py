@@ -1,5 +1,6 @@
 """What both tiers read off the wire (server-sent events, OpenAI's error shape, Retry-After,
-Prometheus text and OTLP trace exports) and the CPU time a process tree spends.
+Prometheus text and OTLP trace exports), the series the Grafana dashboard queries, and the CPU
+time a process tree spends.
 
 One reading of each, so the fast tier's fake and the real tier's model are held to the same format.
 A test that compares a stream byte for byte does so itself; these parse.
@@ -13,6 +14,7 @@ import json
 import re
 import threading
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -199,3 +201,28 @@ def _any_value(value: AnyValue) -> Any:
     if kind == "array_value":
         return [_any_value(item) for item in value.array_value.values]
     return getattr(value, kind) if kind is not None else None
+
+
+DASHBOARD = Path(__file__).resolve().parents[1] / "configs" / "grafana" / "ise-dashboard.json"
+_SERIES = re.compile(r"\b(?:vllm:[a-z_:]+|ise_[a-z_]+|process_[a-z_]+|python_[a-z_]+)\b")
+_SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "summary": ("_sum", "_count")}
+
+
+def dashboard_series(dashboard: Mapping[str, Any]) -> set[str]:
+    """Every series name the dashboard's PromQL queries (targets' ``expr``, variables' queries) use."""
+    queries: list[str] = [
+        target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", []) if "expr" in target
+    ]
+    queries += [variable["definition"] for variable in dashboard["templating"]["list"] if "definition" in variable]
+    return {name for query in queries for name in _SERIES.findall(query)}
+
+
+def exposed_series(metrics_text: str) -> set[str]:
+    """Every series name ``/metrics`` declares, samples or not (a labelled counter never moved has no
+    sample yet, but Prometheus knows it): a counter's ``_total``, a histogram's ``_bucket``, ..."""
+    names = set()
+    for family in text_string_to_metric_families(metrics_text):
+        suffixes = _SUFFIXES.get(family.type, ("",))
+        names |= {family.name + suffix for suffix in suffixes}
+        names |= {sample.name for sample in family.samples}
+    return names

@@ -30,10 +30,10 @@ _UNFINISHED = "ASGI callable returned without completing response."
 
 class EventStream(EventSourceResponse):
     def __init__(
-        self, *args: Any, heartbeat: Callable[[], ServerSentEvent | None], tick_s: float, **kwargs: Any
+        self, content: Any, *, heartbeat: Callable[[], ServerSentEvent | None], tick_s: float, **kwargs: Any
     ) -> None:
         """``heartbeat`` is asked every ``tick_s`` seconds (0: never) what to send while nothing else is sent."""
-        super().__init__(*args, ping=tick_s, **kwargs)
+        super().__init__(content, ping=tick_s, **kwargs)
         self.heartbeat = heartbeat
 
     async def _ping(self, send: Send) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from adapters.engine import ITERATION_TOKENS_BUCKETS, Engine
@@ -74,9 +74,16 @@ class RequestMetrics:
 
         latency = REQUEST_LATENCY_BUCKETS
         self.ttft = histogram("vllm:time_to_first_token_seconds", "Time to first token", TIME_TO_FIRST_TOKEN_BUCKETS)
-        self.itl = histogram(
-            "vllm:inter_token_latency_seconds", "Time between consecutive output tokens", INTER_TOKEN_LATENCY_BUCKETS
+        itl = Histogram(
+            "vllm:inter_token_latency_seconds",
+            "Time between consecutive output tokens",
+            LABELS,
+            registry=registry,
+            buckets=INTER_TOKEN_LATENCY_BUCKETS,
         )
+        self.itl = itl.labels(*labels)
+        # Its name before vLLM 0.11, which dashboards in circulation still query.
+        registry.register(Renamed(itl, "vllm:time_per_output_token_seconds"))
         self.tpot = histogram(
             "vllm:request_time_per_output_token_seconds",
             "A request's decode time over its output tokens after the first (per sequence)",
@@ -139,6 +146,19 @@ class RequestMetrics:
 Family = GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily
 
 
+class Renamed(Collector):
+    """A series again under an older name of vLLM's (an alias), copied at scrape time: observed once."""
+
+    def __init__(self, source: Collector, name: str) -> None:
+        self.source, self.name = source, name
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self.source.collect():
+            renamed = Metric(self.name, metric.documentation + f" (alias of {metric.name})", metric.type)
+            renamed.samples = [s._replace(name=self.name + s.name[len(metric.name) :]) for s in metric.samples]
+            yield renamed
+
+
 class VLLMEngineCollector(Collector):
     """The engine's own series under vLLM's names, read from its stats at each scrape."""
 
@@ -158,7 +178,12 @@ class VLLMEngineCollector(Collector):
         gauge, counter = GaugeMetricFamily, CounterMetricFamily
         yield self._family(gauge, "vllm:num_requests_running", "Requests in the running batch", s.running)
         yield self._family(gauge, "vllm:num_requests_waiting", "Requests waiting to be scheduled", s.waiting)
-        yield self._family(gauge, "vllm:kv_cache_usage_perc", "KV cache usage, 1 is full", kv_cache_usage(s))
+        usage = kv_cache_usage(s)
+        yield self._family(gauge, "vllm:kv_cache_usage_perc", "KV cache usage, 1 is full", usage)
+        # Its name before vLLM 0.10, which dashboards in circulation still query.
+        yield self._family(
+            gauge, "vllm:gpu_cache_usage_perc", "KV cache usage (alias of vllm:kv_cache_usage_perc)", usage
+        )
         yield self._family(counter, "vllm:num_preemptions", "Requests preempted by the engine", s.preemptions)
         yield self._family(
             counter, "vllm:prefix_cache_queries", "Prompt tokens looked up in the prefix cache",

@@ -58,7 +58,7 @@ def langchain_stream(server: ServerHandle) -> str:
 
 
 async def test_waiting_streams_hear_keep_alives_and_positions_and_clients_parse_them(narrow: ServerHandle) -> None:
-    long = {"model": narrow.model, "prompt": "Once upon a time", "max_tokens": 160, "ignore_eos": True}
+    long = {"model": narrow.model, "prompt": "Once upon a time", "max_tokens": 120, "ignore_eos": True}
     async with httpx.AsyncClient(timeout=600) as client:
         ahead = [asyncio.create_task(client.post(f"{narrow.base_url}/completions", json=long)) for _ in range(2)]
         deadline = time.monotonic() + 120
@@ -90,4 +90,3 @@ async def test_waiting_streams_hear_keep_alives_and_positions_and_clients_parse_
     assert len(asked) >= 3, asked
     assert plain.count(": keep-alive") >= 2, plain
     assert sdk_answer.strip() and langchain_answer.strip()
-
