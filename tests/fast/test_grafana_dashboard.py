@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import httpx
-import yaml
+import yaml  # type: ignore[import-untyped, unused-ignore]
 
 from tests.helpers import DASHBOARD, dashboard_series, exposed_series
 
