@@ -76,6 +76,7 @@ def create_app(state: ServerState, on_ready: Callable[[], None] = lambda: None) 
         finally:
             await state.grammars.close()
             await state.engine.shutdown()
+            await state.gateway.close()
 
     gateway = state.gateway_args
     docs = not gateway.disable_fastapi_docs

@@ -75,7 +75,7 @@ class ResponsesFormat:
         self._items.push(event)
 
     def keepalive(self) -> ServerSentEvent | None:
-        return None  # sse-starlette's comment line: OpenAI's Responses streams name no keep-alive event
+        return None  # the comment line: OpenAI's Responses streams name no keep-alive event
 
     def frame(self, event: BaseModel, with_usage: bool) -> Frame:
         return typed_event(event)
