@@ -64,6 +64,7 @@ class Settings(BaseSettings, EngineArgs, GatewayArgs, ApiArgs):
     )
     host: str = Field("127.0.0.1", description="Address to listen on")
     port: int = Field(8000, ge=0, le=65535, description="Port to listen on")
+    web_ui: bool = Field(True, description="Serve the chat page at / (--no-web-ui: / answers an empty 200)")
     generation_config: Literal["auto", "none"] = Field(
         "auto",
         description="Sampling defaults for fields a request omits: auto takes the model's generation_config.json, "

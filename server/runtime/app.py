@@ -13,13 +13,14 @@ from server.endpoints.messages.api import router as messages_router
 from server.endpoints.router import router, stream_schemas
 from server.endpoints.state import ServerState
 from server.gateway.access_log import AccessLogMiddleware
-from server.gateway.auth import APIKeyMiddleware, Keyring
+from server.gateway.auth import PUBLIC_PATHS, APIKeyMiddleware, Keyring
 from server.gateway.body_limit import BodyLimitMiddleware
 from server.gateway.rate_limits import RATE_LIMIT_HEADERS
 from server.gateway.request_id import RequestIdMiddleware
 from server.protocol.chat import ChatCompletionRequest
 from server.protocol.completion import CompletionRequest
 from server.runtime.error_handlers import install_error_handlers
+from server.runtime import web_ui
 from server.runtime.messages_errors import MessagesErrorsMiddleware
 
 _BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
@@ -56,8 +57,11 @@ class _App(FastAPI):
         return super().openapi()
 
 
-def create_app(state: ServerState, on_ready: Callable[[], None] = lambda: None) -> FastAPI:
-    """The app over ``state``; raises ``ValueError`` for an unreadable API keys file.
+def create_app(
+    state: ServerState, on_ready: Callable[[], None] = lambda: None, *, serve_web_ui: bool = True
+) -> FastAPI:
+    """The app over ``state``, with the chat page at ``/`` unless ``serve_web_ui`` is false; raises
+    ``ValueError`` for an unreadable API keys file.
 
     Middleware, outermost first: request id (every response has one), access log, Anthropic's error
     shape on its routes (so the log shows the status sent), CORS (so
@@ -90,7 +94,8 @@ def create_app(state: ServerState, on_ready: Callable[[], None] = lambda: None) 
     app.state.ise = state
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=gateway.max_request_body_bytes)
-    app.add_middleware(APIKeyMiddleware, keyring=Keyring.from_settings(gateway))
+    public = PUBLIC_PATHS | web_ui.PUBLIC_PATHS if serve_web_ui else PUBLIC_PATHS
+    app.add_middleware(APIKeyMiddleware, keyring=Keyring.from_settings(gateway), public_paths=public)
     if gateway.allowed_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -104,6 +109,8 @@ def create_app(state: ServerState, on_ready: Callable[[], None] = lambda: None) 
     app.add_middleware(MessagesErrorsMiddleware)
     app.add_middleware(AccessLogMiddleware, quiet_paths=frozenset(gateway.disable_access_log_for_endpoints))
     app.add_middleware(RequestIdMiddleware)
+    if serve_web_ui:
+        app.include_router(web_ui.router)  # before the API's root, so GET / is the page (HEAD / stays empty)
     app.include_router(router)
     app.include_router(messages_router)
     return app
