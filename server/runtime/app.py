@@ -19,8 +19,8 @@ from server.gateway.rate_limits import RATE_LIMIT_HEADERS
 from server.gateway.request_id import RequestIdMiddleware
 from server.protocol.chat import ChatCompletionRequest
 from server.protocol.completion import CompletionRequest
-from server.runtime.error_handlers import install_error_handlers
 from server.runtime import web_ui
+from server.runtime.error_handlers import install_error_handlers
 from server.runtime.messages_errors import MessagesErrorsMiddleware
 
 _BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")

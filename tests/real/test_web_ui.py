@@ -93,6 +93,23 @@ def answers(driver: Driver) -> list[WebElement]:
     return driver.find_elements(By.CSS_SELECTOR, ".message.assistant")
 
 
+def prompt_text(driver: Driver) -> str:
+    return str(by_id(driver, "prompt").get_attribute("value") or "")
+
+
+def answer_texts(driver: Driver) -> list[str]:
+    """The answers' text as it stands, read in one go (the page redraws them when one ends)."""
+    texts: list[str] = driver.execute_script(
+        "return [...document.querySelectorAll('.message.assistant .content')].map(e => e.textContent)"
+    )
+    return texts
+
+
+def answered(count: int) -> Callable[[Driver], bool]:
+    """Whether ``count`` answers are there and none is streaming (Stop is disabled again)."""
+    return lambda driver: len(answer_texts(driver)) == count and not by_id(driver, "stop").is_enabled()
+
+
 def ask(driver: Driver, text: str) -> None:
     prompt = by_id(driver, "prompt")
     prompt.clear()
@@ -139,7 +156,9 @@ def test_a_keyed_server_asks_for_the_key_and_refuses_a_wrong_one(browser: Driver
     assert browser.execute_script("return sessionStorage.getItem('ise-api-key')") == "sk-wrong"
     # A question sent with the wrong key is refused as visibly, and stays in the box to send again.
     ask(browser, QUESTION)
-    until(browser, lambda d: "refused this API key" in notice(d) and by_id(d, "prompt").get_attribute("value"), "refused")
+    until(
+        browser, lambda d: "refused this API key" in notice(d) and by_id(d, "prompt").get_attribute("value"), "refused"
+    )
     assert answers(browser) == []
     set_field(browser, "api-key", KEY)
     until(browser, lambda d: notice(d) == "", "accepting the right key")
@@ -155,15 +174,14 @@ def test_a_question_gets_a_streamed_answer_with_its_timings(browser: Driver, key
     lengths: set[int] = set()
 
     def finished(driver: Driver) -> bool:
-        for answer in answers(driver):
-            lengths.add(len(answer.find_element(By.CLASS_NAME, "content").text))
-        return bool(answers(driver)) and by_id(driver, "stop").get_attribute("disabled") is not None
+        lengths.update(len(text) for text in answer_texts(driver))
+        return answered(1)(driver)
 
     until(browser, finished, "done answering", timeout_s=120)
     assert len(lengths - {0}) >= 3, f"the answer did not stream: lengths seen {sorted(lengths)}"
     # The same question as the API answers it, greedy: the page sent what the user set.
     ask(browser, QUESTION)
-    until(browser, lambda d: len(answers(d)) == 2 and d.find_element(By.ID, "stop").get_attribute("disabled"), "done")
+    until(browser, answered(2), "done answering", timeout_s=120)
     # Exactly what the page sent and kept (the displayed text's spaces are the browser's to fold).
     kept = browser.execute_script("return JSON.parse(sessionStorage.getItem('ise-conversation'))")
     assert [m["role"] for m in kept] == ["user", "assistant", "user", "assistant"]
@@ -177,7 +195,7 @@ def test_a_question_gets_a_streamed_answer_with_its_timings(browser: Driver, key
     assert "TTFT" in stats and "tok/s" in stats and "server: queue" in stats and "prefill" in stats, stats
     # The conversation stays in the page (across a reload, in this tab) until Clear.
     browser.refresh()
-    until(browser, lambda d: len(answers(d)) == 2, "the conversation kept")
+    until(browser, lambda d: len(answer_texts(d)) == 2, "the conversation kept")
     SCREENSHOT.parent.mkdir(exist_ok=True)
     browser.save_screenshot(str(SCREENSHOT))
     by_id(browser, "clear").click()
@@ -197,7 +215,7 @@ def test_stop_aborts_the_request_in_the_engine(browser: Driver, keyed: ServerHan
 
     before = scrape()
     ask(browser, "Write a long story about a dragon who learns to bake bread.")
-    until(browser, lambda d: answers(d) and answers(d)[0].find_element(By.CLASS_NAME, "content").text, "answering")
+    until(browser, lambda d: any(answer_texts(d)), "answering", timeout_s=120)
     by_id(browser, "stop").click()
     until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".message.assistant .stopped"), "showing it stopped")
     assert by_id(browser, "send").is_enabled() and notice(browser) == ""
@@ -221,7 +239,7 @@ def test_hostile_text_in_the_conversation_shows_as_text(browser: Driver, keyed: 
     set_field(browser, "system", HOSTILE)
     set_field(browser, "max-tokens", "2")
     ask(browser, HOSTILE)
-    until(browser, lambda d: answers(d) and d.find_element(By.ID, "stop").get_attribute("disabled"), "answered")
+    until(browser, answered(1), "answered")
     user_message = browser.find_element(By.CSS_SELECTOR, ".message.user .content")
     assert user_message.text == HOSTILE
     nothing_ran(browser)
@@ -244,7 +262,7 @@ class _CannedChat(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers["content-length"]))
         deltas = [{"reasoning_content": HOSTILE}, {"content": HOSTILE[:20]}, {"content": HOSTILE[20:]}]
-        chunks = [{"choices": [{"index": 0, "delta": delta}]} for delta in deltas]
+        chunks: list[dict[str, Any]] = [{"choices": [{"index": 0, "delta": delta}]} for delta in deltas]
         chunks.append({"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4}})
         body = "".join(f"data: {json.dumps(chunk)}\n\n" for chunk in chunks) + "data: [DONE]\n\n"
         self._send("text/event-stream", body.encode())
@@ -277,7 +295,7 @@ def test_model_output_is_rendered_as_text(browser: Driver) -> None:
         open_page(browser, url)
         until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#model option"), "listing the model")
         ask(browser, "say something hostile")
-        until(browser, lambda d: answers(d) and d.find_element(By.ID, "stop").get_attribute("disabled"), "answered")
+        until(browser, answered(1), "answered")
         answer = answers(browser)[0]
         assert answer.find_element(By.CLASS_NAME, "content").text == HOSTILE
         reasoning = answer.find_element(By.CLASS_NAME, "reasoning")
@@ -296,6 +314,6 @@ def test_the_page_fits_a_phone(browser: Driver, keyed: ServerHandle) -> None:
             box = browser.execute_script(
                 "const r = arguments[0].getBoundingClientRect(); return [r.left, r.right];", by_id(browser, element_id)
             )
-            assert 0 <= box[0] and box[1] <= width[1], (element_id, box)
+            assert box[0] >= 0 and box[1] <= width[1], (element_id, box)
     finally:
         browser.set_window_size(1000, 760)

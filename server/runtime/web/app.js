@@ -147,7 +147,7 @@ function statsText(t) {
   const parts = [];
   if (t.first !== null) parts.push(`TTFT ${ms(t.first - t.start)}`);
   if (t.tokens > 1 && t.last > t.first) parts.push(`${((t.tokens - 1) / ((t.last - t.first) / 1000)).toFixed(1)} tok/s`);
-  parts.push(`${t.tokens} tokens`);
+  parts.push(`${t.tokens} tokens` + (t.finish === "length" ? " (cut at max tokens)" : ""));
   if (t.server) {
     const phases = ["queue", "prefill", "decode", "total"].filter((p) => typeof t.server[p] === "number");
     parts.push("server: " + phases.map((p) => `${p} ${ms(t.server[p])}`).join(", "));
@@ -174,9 +174,10 @@ function requestBody() {
 }
 
 // Each server-sent event's data, as the stream delivers it: "data: {json}" lines, "[DONE]" last.
-async function* events(response, signal) {
+// Aborting the fetch makes the next read throw, and closes the connection: the server then aborts
+// the request in its engine.
+async function* events(response) {
   const reader = response.body.getReader();
-  signal.addEventListener("abort", () => reader.cancel().catch(() => {}));
   const decoder = new TextDecoder();
   let buffer = "";
   for (;;) {
@@ -199,7 +200,7 @@ async function ask(text) {
   const body = requestBody();
   const answer = { role: "assistant", content: "", reasoning: "" };
   const view = messageElement(answer);
-  const timing = { start: performance.now(), first: null, last: null, tokens: 0, server: null };
+  const timing = { start: performance.now(), first: null, last: null, tokens: 0, server: null, finish: null };
   const controller = new AbortController();
   running = controller;
   $("send").disabled = true;
@@ -217,7 +218,7 @@ async function ask(text) {
       throw new Error("failed");
     }
     let counted = 0;
-    for await (const data of events(response, controller.signal)) {
+    for await (const data of events(response)) {
       if (data === "[DONE]") break;
       const chunk = JSON.parse(data);
       if (chunk.error) {
@@ -228,7 +229,9 @@ async function ask(text) {
         timing.tokens = chunk.usage.completion_tokens;
         timing.server = chunk.usage.server_timing || null;
       }
-      const delta = (chunk.choices && chunk.choices[0] && chunk.choices[0].delta) || {};
+      const choice = (chunk.choices && chunk.choices[0]) || {};
+      const delta = choice.delta || {};
+      if (choice.finish_reason) timing.finish = choice.finish_reason;
       if (delta.content || delta.reasoning_content) {
         const now = performance.now();
         if (timing.first === null) timing.first = now;
@@ -248,12 +251,11 @@ async function ask(text) {
       view.stats.textContent = statsText(timing);
     }
   } catch (error) {
-    if (controller.signal.aborted) {
-      answer.stopped = true;
-    } else if (error.message !== "unauthorized" && error.message !== "failed") {
+    if (!controller.signal.aborted && error.message !== "unauthorized" && error.message !== "failed") {
       notice(`The request failed: ${error.message}`);
     }
   } finally {
+    answer.stopped = controller.signal.aborted;
     running = null;
     $("send").disabled = false;
     $("stop").disabled = true;
