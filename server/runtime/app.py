@@ -21,8 +21,10 @@ from server.protocol.chat import ChatCompletionRequest
 from server.protocol.completion import CompletionRequest
 from server.runtime import web_ui
 from server.runtime.error_handlers import install_error_handlers
+from server.runtime.kserve.server import start_grpc
 from server.runtime.messages_errors import MessagesErrorsMiddleware
 
+_GRPC_STOP_GRACE_S = 5.0
 _BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 
 
@@ -58,9 +60,14 @@ class _App(FastAPI):
 
 
 def create_app(
-    state: ServerState, on_ready: Callable[[], None] = lambda: None, *, serve_web_ui: bool = True
+    state: ServerState,
+    on_ready: Callable[[], None] = lambda: None,
+    *,
+    serve_web_ui: bool = True,
+    grpc_address: tuple[str, int] | None = None,
 ) -> FastAPI:
-    """The app over ``state``, with the chat page at ``/`` unless ``serve_web_ui`` is false; raises
+    """The app over ``state``, with the chat page at ``/`` unless ``serve_web_ui`` is false, and gRPC on
+    ``grpc_address`` (host, port) when given, on the app's event loop for the app's lifetime; raises
     ``ValueError`` for an unreadable API keys file.
 
     Middleware, outermost first: request id (every response has one), access log, Anthropic's error
@@ -70,14 +77,17 @@ def create_app(
     """
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.grammars.warm()  # the compile workers' fork server imports while the model loads
         await state.engine.start()
         state.gateway.metrics.engine_started()
+        grpc_server = None if grpc_address is None else await start_grpc(app, state, *grpc_address)
         on_ready()
         try:
             yield
         finally:
+            if grpc_server is not None:  # HTTP has drained; calls still open get a moment to end
+                await grpc_server.stop(grace=_GRPC_STOP_GRACE_S)
             await state.grammars.close()
             await state.engine.shutdown()
 

@@ -62,6 +62,7 @@ def serve(argv: list[str]) -> None:
                 time.monotonic() - started,
             ),
             serve_web_ui=settings.web_ui,
+            grpc_address=None if settings.grpc_port is None else (settings.host, settings.grpc_port),
         )
     except ValueError as exc:
         raise SystemExit(f"ise serve: {exc}") from None
