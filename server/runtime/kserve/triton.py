@@ -92,6 +92,8 @@ def read_request(request: service_pb2.ModelInferRequest) -> TritonRequest:
         expected = INPUTS.get(tensor.name)
         if expected is None:
             raise TensorError(tensor.name, f"not an input of this model; it takes {', '.join(INPUTS)}")
+        if tensor.name in values:
+            raise TensorError(tensor.name, "given twice")
         if tensor.datatype != expected:
             raise TensorError(tensor.name, f"must be {expected}, not {tensor.datatype}")
         elements = _elements(tensor, raw[index] if raw else None)
