@@ -199,8 +199,9 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
                 raise CallError.from_http(call.status, await call.read(), call.headers, infer)
             ignored = call.headers.get("x-ignored-params")
             if infer.stream:
-                last: dict[str, str | int] | None = None
-                tail: dict[str, Any] = {}
+                # Each piece goes out as it comes, but the last (the chunk with the finish reason)
+                # waits for the usage chunk right behind it, so that it can carry the counts.
+                text, tail = "", {}
                 async for data in _events(call.body()):
                     if data == "[DONE]":
                         break
@@ -211,15 +212,12 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
                         code = grpc.StatusCode.UNAVAILABLE if down else grpc.StatusCode.INTERNAL
                         raise CallError(code, str(error.get("message")))
                     for choice in chunk["choices"]:
-                        if choice["text"]:
-                            if last is not None:
-                                yield response(request, last, final=False)
-                            last = {"text_output": choice["text"]}
                         if choice.get("finish_reason"):
-                            tail["finish_reason"] = choice["finish_reason"]
+                            text, tail["finish_reason"] = choice["text"], choice["finish_reason"]
+                        elif choice["text"]:
+                            yield response(request, {"text_output": choice["text"]}, final=False)
                     if chunk.get("usage"):
                         tail["usage"] = chunk["usage"]
-                text = str(last["text_output"]) if last else ""
                 outputs = _outputs(infer, text, tail.get("finish_reason"), tail.get("usage"))
             else:
                 completion = json.loads(await call.read())
