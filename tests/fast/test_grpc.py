@@ -130,6 +130,10 @@ async def test_infer_answers_as_the_completions_api(grpc_url: str, tiny: TinyMod
     result = await in_thread(lambda: client.infer(MODEL, capped, headers=auth()))
     assert result.as_numpy("num_output_tokens")[0] == 2
     assert result.as_numpy("finish_reason")[0] == b"length"
+    # A field that takes no effect is named, as HTTP's x-ignored-params names it.
+    odd = inputs("Hi", sampling={"max_tokens": 2, "made_up": 1})
+    result = await in_thread(lambda: client.infer(MODEL, odd, headers=auth()))
+    assert result.get_response().parameters["ignored_params"].string_param == "made_up"
 
 
 async def test_stream_sends_pieces_then_the_final_flag(grpc_url: str) -> None:

@@ -51,7 +51,9 @@ async def start_grpc(app: ASGIApp, state: ServerState, host: str, port: int) -> 
         ]
     )
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(app, state), server)
-    health_pb2_grpc.add_HealthServicer_to_server(_Health(state), server)
+    health = _Health(state)
+    await health.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)  # Watch's view; Check looks afresh
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         server.add_insecure_port(address)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from importlib.metadata import version
 from typing import Any, NoReturn
@@ -42,6 +43,7 @@ _CODES = {
     503: grpc.StatusCode.UNAVAILABLE,
 }
 _PASSED_ON = ("authorization", "x-api-key", "x-request-id", "x-slo-ttft-ms")  # metadata the HTTP request carries
+log = logging.getLogger(__name__)
 IGNORED = "ignored_params"  # a response parameter: x-ignored-params, the fields that took no effect
 
 
@@ -165,6 +167,9 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
                     out.put_nowait(exc)
                 else:
                     out.put_nowait(_stream_error(request, f"{exc.code.name}: {exc.message}"))
+            except Exception as exc:  # the stream's other requests go on; this one gets its answer
+                log.exception("A request of a gRPC stream failed")
+                out.put_nowait(_stream_error(request, f"{grpc.StatusCode.INTERNAL.name}: {exc}"))
 
         async def read_all() -> None:
             async for request in request_iterator:
