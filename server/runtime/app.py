@@ -81,9 +81,11 @@ def create_app(
         state.grammars.warm()  # the compile workers' fork server imports while the model loads
         await state.engine.start()
         state.gateway.metrics.engine_started()
-        grpc_server = None if grpc_address is None else await start_grpc(app, state, *grpc_address)
-        on_ready()
+        grpc_server = None
         try:
+            if grpc_address is not None:
+                grpc_server = await start_grpc(app, state, *grpc_address)
+            on_ready()
             yield
         finally:
             if grpc_server is not None:  # HTTP has drained; calls still open get a moment to end

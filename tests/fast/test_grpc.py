@@ -216,3 +216,14 @@ async def test_metadata_names_the_tensors(grpc_url: str) -> None:
     assert {t.name for t in model.outputs} >= {"text_output", "num_input_tokens", "num_output_tokens"}
     server = await in_thread(lambda: client.get_server_metadata(headers=auth()))
     assert server.name == "ise"
+
+
+async def test_a_taken_port_stops_the_start_and_names_it(fake: FakeEngine, tiny: TinyModel) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match=f"cannot listen for gRPC on 127.0.0.1:{port}"):
+            async with _app(fake, tiny, port):
+                pass
+    assert not fake.is_alive  # the engine started for nothing is shut down again
