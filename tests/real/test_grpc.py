@@ -3,15 +3,17 @@
 Inference over gRPC is the text completions API by another road: the same greedy prompt gives
 the same text whole (``ModelInfer``) and streamed (``ModelStreamInfer``) as ``/v1/completions``
 gives it; the key travels in the call's metadata; a client that cancels its stream has its
-request aborted in the engine, as ``/metrics`` shows.
+request aborted in the engine, as ``/metrics`` shows; SIGTERM drains gRPC as it drains HTTP.
 """
 
 from __future__ import annotations
 
 import json
 import queue
+import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -138,3 +140,35 @@ def test_a_cancelled_stream_is_aborted_in_the_engine(grpc_server: tuple[ServerHa
             break
         assert time.monotonic() < deadline, "the cancelled stream's request was not aborted in the engine"
         time.sleep(0.2)
+
+
+def test_sigterm_drains_a_grpc_stream_and_refuses_new_calls(tmp_path: Path) -> None:
+    """The drain is HTTP's: a stream running at SIGTERM ends whole, a new call is UNAVAILABLE, exit 0."""
+    port = free_port()
+    args = [*SMALL_SERVER, "--grpc-port", str(port), "--drain-timeout", "120"]
+    with running_server(args, tmp_path / "ise.log") as server:
+        with triton.InferenceServerClient(f"127.0.0.1:{port}") as client:
+            got: queue.Queue[tuple[Any, Any]] = queue.Queue()
+            client.start_stream(callback=lambda result, error: got.put((result, error)))
+            story = {"temperature": 0, "max_tokens": 48, "ignore_eos": True}
+            client.async_stream_infer(server.model, inputs("Tell me a long story.", True, story))
+            result, error = got.get(timeout=120)
+            assert error is None, error
+            pieces = [text(result)]
+            server.proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while client.is_server_ready():
+                assert time.monotonic() < deadline, "ServerReady still true 10 s after SIGTERM"
+                time.sleep(0.05)
+            with pytest.raises(InferenceServerException) as refused:
+                client.infer(server.model, inputs(PROMPT, False, GREEDY))
+            assert refused.value.status() == "StatusCode.UNAVAILABLE"
+            while True:
+                result, error = got.get(timeout=120)
+                assert error is None, error
+                pieces.append(text(result))
+                if result.get_response().parameters["triton_final_response"].bool_param:
+                    break
+            client.stop_stream()
+        assert len(pieces) > 2 and "".join(pieces)
+        assert server.exit_code_within(60) == 0
