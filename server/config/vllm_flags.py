@@ -161,8 +161,7 @@ VLLM_FLAGS: dict[str, VllmFlag] = {
     ),
     "--h11-max-header-count": _refused("ise keeps uvicorn's header limits", takes_value=True),
     "--headless": _refused("ise always runs its API server"),
-    "--grpc": _refused("ise serves HTTP only"),
-    "--grpc-port": _refused("ise serves HTTP only", takes_value=True),
+    "--grpc": _refused("ise serves HTTP always, and gRPC beside it with --grpc-port (KServe v2 / Triton's protocol)"),
     "--tokens-only": _refused(_TOKENS_ONLY),
     "--enable-scale-out": _refused(_SCALE_OUT),
 }

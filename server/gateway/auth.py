@@ -116,16 +116,18 @@ def _read_keys_file(path: Path, rpm: int | None, tpm: int | None) -> list[APIKey
 class APIKeyMiddleware:
     """Answers 401 unless the request carries a configured key; records which key it was."""
 
-    def __init__(self, app: ASGIApp, keyring: Keyring) -> None:
+    def __init__(self, app: ASGIApp, keyring: Keyring, public_paths: frozenset[bytes] = PUBLIC_PATHS) -> None:
+        """``public_paths``: raw paths ``GET``/``HEAD`` may take without a key (the chat page's files too)."""
         self.app = app
         self.keyring = keyring
+        self.public_paths = public_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket") or not self.keyring.enabled:
             await self.app(scope, receive, send)
             return
         raw_path = scope.get("raw_path") or scope["path"].encode()
-        if scope["type"] == "http" and scope["method"] in _PUBLIC_METHODS and raw_path in PUBLIC_PATHS:
+        if scope["type"] == "http" and scope["method"] in _PUBLIC_METHODS and raw_path in self.public_paths:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)

@@ -13,15 +13,18 @@ from server.endpoints.messages.api import router as messages_router
 from server.endpoints.router import router, stream_schemas
 from server.endpoints.state import ServerState
 from server.gateway.access_log import AccessLogMiddleware
-from server.gateway.auth import APIKeyMiddleware, Keyring
+from server.gateway.auth import PUBLIC_PATHS, APIKeyMiddleware, Keyring
 from server.gateway.body_limit import BodyLimitMiddleware
 from server.gateway.rate_limits import RATE_LIMIT_HEADERS
 from server.gateway.request_id import RequestIdMiddleware
 from server.protocol.chat import ChatCompletionRequest
 from server.protocol.completion import CompletionRequest
+from server.runtime import web_ui
 from server.runtime.error_handlers import install_error_handlers
+from server.runtime.kserve.server import start_grpc
 from server.runtime.messages_errors import MessagesErrorsMiddleware
 
+_GRPC_STOP_GRACE_S = 5.0
 _BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 
 
@@ -56,8 +59,16 @@ class _App(FastAPI):
         return super().openapi()
 
 
-def create_app(state: ServerState, on_ready: Callable[[], None] = lambda: None) -> FastAPI:
-    """The app over ``state``; raises ``ValueError`` for an unreadable API keys file.
+def create_app(
+    state: ServerState,
+    on_ready: Callable[[], None] = lambda: None,
+    *,
+    serve_web_ui: bool = True,
+    grpc_address: tuple[str, int] | None = None,
+) -> FastAPI:
+    """The app over ``state``, with the chat page at ``/`` unless ``serve_web_ui`` is false, and gRPC on
+    ``grpc_address`` (host, port) when given, on the app's event loop for the app's lifetime; raises
+    ``ValueError`` for an unreadable API keys file.
 
     Middleware, outermost first: request id (every response has one), access log, Anthropic's error
     shape on its routes (so the log shows the status sent), CORS (so
@@ -66,14 +77,19 @@ def create_app(state: ServerState, on_ready: Callable[[], None] = lambda: None) 
     """
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.grammars.warm()  # the compile workers' fork server imports while the model loads
         await state.engine.start()
         state.gateway.metrics.engine_started()
-        on_ready()
+        grpc_server = None
         try:
+            if grpc_address is not None:
+                grpc_server = await start_grpc(app, state, *grpc_address)
+            on_ready()
             yield
         finally:
+            if grpc_server is not None:  # HTTP has drained; calls still open get a moment to end
+                await grpc_server.stop(grace=_GRPC_STOP_GRACE_S)
             await state.grammars.close()
             await state.engine.shutdown()
             await state.gateway.close()
@@ -91,7 +107,8 @@ def create_app(state: ServerState, on_ready: Callable[[], None] = lambda: None) 
     app.state.ise = state
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=gateway.max_request_body_bytes)
-    app.add_middleware(APIKeyMiddleware, keyring=Keyring.from_settings(gateway))
+    public = PUBLIC_PATHS | web_ui.PUBLIC_PATHS if serve_web_ui else PUBLIC_PATHS
+    app.add_middleware(APIKeyMiddleware, keyring=Keyring.from_settings(gateway), public_paths=public)
     if gateway.allowed_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -105,6 +122,8 @@ def create_app(state: ServerState, on_ready: Callable[[], None] = lambda: None) 
     app.add_middleware(MessagesErrorsMiddleware)
     app.add_middleware(AccessLogMiddleware, quiet_paths=frozenset(gateway.disable_access_log_for_endpoints))
     app.add_middleware(RequestIdMiddleware)
+    if serve_web_ui:
+        app.include_router(web_ui.router)  # before the API's root, so GET / is the page (HEAD / stays empty)
     app.include_router(router)
     app.include_router(messages_router)
     return app

@@ -54,12 +54,15 @@ def serve(argv: list[str]) -> None:
         app = create_app(
             state,
             on_ready=lambda: log.info(
-                "Serving %s at http://%s:%d/v1 (ready %.1f s after start)",
+                "Serving %s at http://%s:%d/v1%s (ready %.1f s after start)",
                 state.model_name,
                 settings.host,
                 settings.port,
+                f", the chat page at http://{settings.host}:{settings.port}/" if settings.web_ui else "",
                 time.monotonic() - started,
             ),
+            serve_web_ui=settings.web_ui,
+            grpc_address=None if settings.grpc_port is None else (settings.host, settings.grpc_port),
         )
     except ValueError as exc:
         raise SystemExit(f"ise serve: {exc}") from None
