@@ -6,7 +6,8 @@ question and reads the answer as it streams, with its time to first token, token
 the server's own timings; stops a long answer (and the engine lets go of it, as ``/metrics``
 shows); and hostile text (``<img onerror>``, ``<script>``) typed into the conversation or the
 system prompt shows as text, runs nothing and adds no element. The screenshot in the README is
-taken here (docs/web-ui.png).
+taken here: ``ISE_UPDATE_SCREENSHOT=1`` writes it to docs/web-ui.png (otherwise to the test's
+temporary directory, so a test run leaves the checkout as it was).
 
 One test uses a fake: the built-in model cannot be made to answer with chosen markup, so the
 check that the page puts the *model's* output in as text serves the page's own files from a tiny
@@ -18,6 +19,7 @@ alone, not the policy ise adds.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 import time
@@ -42,7 +44,7 @@ from tests.helpers import metric_sample
 from tests.real.helpers import SMALL_SERVER, ServerHandle, bearer, running_server
 
 ROOT = Path(__file__).resolve().parents[2]
-SCREENSHOT = ROOT / "docs" / "web-ui.png"
+README_SCREENSHOT = ROOT / "docs" / "web-ui.png"
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 KEY = "sk-ise-web-ui-test"
@@ -165,7 +167,9 @@ def test_a_keyed_server_asks_for_the_key_and_refuses_a_wrong_one(browser: Driver
     assert [o.text for o in browser.find_elements(By.CSS_SELECTOR, "#model option")] == [keyed.model]
 
 
-def test_a_question_gets_a_streamed_answer_with_its_timings(browser: Driver, keyed: ServerHandle) -> None:
+def test_a_question_gets_a_streamed_answer_with_its_timings(
+    browser: Driver, keyed: ServerHandle, tmp_path: Path
+) -> None:
     with_key(browser, keyed)
     set_field(browser, "temperature", "0")
     set_field(browser, "max-tokens", "48")
@@ -196,8 +200,8 @@ def test_a_question_gets_a_streamed_answer_with_its_timings(browser: Driver, key
     # The conversation stays in the page (across a reload, in this tab) until Clear.
     browser.refresh()
     until(browser, lambda d: len(answer_texts(d)) == 2, "the conversation kept")
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    browser.save_screenshot(str(SCREENSHOT))
+    shot = README_SCREENSHOT if os.environ.get("ISE_UPDATE_SCREENSHOT") == "1" else tmp_path / "web-ui.png"
+    assert browser.save_screenshot(str(shot)) and shot.read_bytes().startswith(b"\x89PNG")
     by_id(browser, "clear").click()
     assert answers(browser) == [] and browser.find_elements(By.CLASS_NAME, "message") == []
 
