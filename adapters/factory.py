@@ -16,6 +16,9 @@ import torch
 from adapters.config import EngineArgs, EngineKind
 from adapters.cpu.engine import CPUEngine
 from adapters.cpu.engine_core import CPUEngineConfig
+from adapters.cpu.numerics import cpu_description, default_threads, resolve_dtype
+from adapters.embedding.config import EmbeddingSpec
+from adapters.embedding.engine import CPUEmbeddingEngine, Embedder
 from adapters.engine import Engine
 from adapters.model_info import ModelInfo
 
@@ -57,3 +60,37 @@ def build_engine(args: EngineArgs, model: ModelInfo, *, cache_dir: Path, engine_
             "arguments and need --engine vllm (ise serve --help lists ise's own)"
         )
     return CPUEngine(CPUEngineConfig.resolve(args, model, kernel_dir=cache_dir))
+
+
+def build_embedder(args: EngineArgs, model: ModelInfo) -> Embedder:
+    """The engine for an embedding model (a sentence-transformers directory), not yet started.
+
+    Raises ValueError where the model's modules cannot be served, or for ``--engine vllm``.
+    """
+    kind = choose_engine(args.engine)
+    if kind == "vllm":
+        raise ValueError(
+            f"{model.path} is an embedding model, which ise serves on its CPU engine only (--engine cpu): "
+            "ise's vLLM adapter drives vLLM's generating runner, not its pooling runner"
+        )
+    spec = EmbeddingSpec.load(model.path, model.context_length)
+    dtype = resolve_dtype(args.dtype)
+    threads = args.threads or default_threads()
+    log.info(
+        "Embedding engine on %s; dtype %s; %d threads; %s pooling%s, %d dimensions, inputs up to %d tokens",
+        cpu_description(),
+        str(dtype).removeprefix("torch."),
+        threads,
+        spec.pooling,
+        ", normalized" if spec.normalize else "",
+        spec.dimensions,
+        spec.max_seq_length,
+    )
+    return CPUEmbeddingEngine(
+        model.path,
+        spec,
+        dtype=dtype,
+        threads=threads,
+        max_batch_tokens=args.max_num_batched_tokens,
+        batch_window_s=args.batch_window_ms / 1000,
+    )

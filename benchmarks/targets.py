@@ -160,7 +160,7 @@ async def ise_engine(config: TargetConfig) -> AsyncIterator[Client]:
     state = build_state(settings)
     await state.engine.start()
     try:
-        yield EngineClient(state.engine, state.tokenization)
+        yield EngineClient(state.generator, state.tokenization)
     finally:
         await state.engine.shutdown()
 

@@ -16,14 +16,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from server.endpoints import chat_completion, completion
+from server.endpoints import chat_completion, completion, embeddings, scores
 from server.endpoints.responses.api import router as responses_router
 from server.endpoints.state import ServerState, get_state
 from server.endpoints.tokenize import detokenize, tokenize
 from server.protocol.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
 from server.protocol.common import ErrorResponse, Health, ModelCard, ModelList, Version
 from server.protocol.completion import Completion, CompletionRequest
+from server.protocol.embeddings import EmbeddingRequest, EmbeddingResponse
 from server.protocol.errors import APIError, api_error_response, error_response
+from server.protocol.scores import RerankRequest, RerankResponse, ScoreRequest, ScoreResponse
 from server.protocol.tokenize import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 
 _REF = "#/components/schemas/"
@@ -118,6 +120,31 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
 @router.post("/v1/completions", response_model=None, responses=_completion_responses(Completion, Completion))
 async def create_completion(body: CompletionRequest, request: Request, state: State) -> Response:
     return await completion.create_completion(body, request, state)
+
+
+@router.post(
+    "/v1/embeddings",
+    response_model=EmbeddingResponse,
+    responses={200: {"model": EmbeddingResponse}, **_errors(400, 401, 404, 413, 429, 500, 503)},
+)
+async def create_embeddings(body: EmbeddingRequest, request: Request, state: State) -> Response:
+    """OpenAI's embeddings, from an embedding model (a 400 from a generating one)."""
+    return await embeddings.create_embeddings(body, request, state)
+
+
+@router.post("/score", response_model=ScoreResponse, responses=_errors(400, 401, 404, 413, 429, 500, 503))
+@router.post("/v1/score", response_model=ScoreResponse, responses=_errors(400, 401, 404, 413, 429, 500, 503))
+async def create_score(body: ScoreRequest, request: Request, state: State) -> Response:
+    """vLLM's: the cosine similarity of each pair's embeddings (text_1 with text_2, 1:1, 1:N or N:N)."""
+    return await scores.create_score(body, request, state)
+
+
+@router.post("/rerank", response_model=RerankResponse, responses=_errors(400, 401, 404, 413, 429, 500, 503))
+@router.post("/v1/rerank", response_model=RerankResponse, responses=_errors(400, 401, 404, 413, 429, 500, 503))
+@router.post("/v2/rerank", response_model=RerankResponse, responses=_errors(400, 401, 404, 413, 429, 500, 503))
+async def create_rerank(body: RerankRequest, request: Request, state: State) -> Response:
+    """vLLM's (Jina's and Cohere's shape): documents by the cosine of their embedding and the query's, best first."""
+    return await scores.create_rerank(body, request, state)
 
 
 @router.head("/", include_in_schema=False)

@@ -168,8 +168,8 @@ async def serve(
     API translated into a chat request names the fields the translation dropped). Every refusal
     (an ``APIError``) comes before the response starts.
     """
-    state.check_model(req.model)
-    headers = {**state.gateway.charge_request(raw), **_ignored([*ignored, *req.ignored_fields()], state)}
+    state.check_model(req.model, "generate")
+    headers = {**state.gateway.charge_request(raw), **ignored_headers([*ignored, *req.ignored_fields()], state)}
     job, fmt = await prepare()
     return await _respond(req, job, fmt, raw, state, headers)
 
@@ -181,14 +181,14 @@ async def compiled(constraint: Constraint | None, raw: Request, state: ServerSta
     """
     if constraint is None:
         return None
-    compiled = await _unless_disconnected(raw, enforceable(constraint, state.grammars))
+    compiled = await unless_disconnected(raw, enforceable(constraint, state.grammars))
     if compiled is None:
         state.gateway.metrics.aborted.labels("client_disconnect").inc()
         raise APIError(499, "The client closed the request while its constraint compiled.")
     return compiled
 
 
-def _ignored(ignored: list[str], state: ServerState) -> dict[str, str]:
+def ignored_headers(ignored: list[str], state: ServerState) -> dict[str, str]:
     """The ``x-ignored-params`` header naming fields that take no effect; under --strict, a 400."""
     if not ignored:
         return {}
@@ -233,7 +233,7 @@ def job_for(
         req,
         prompts,
         max_tokens=max_tokens,
-        max_model_len=state.engine.max_model_len,
+        max_model_len=state.generator.max_model_len,
         vocab_size=state.tokenization.vocab_size(),
         prompt_param=param,
         defaults=state.sampling_defaults,
@@ -254,7 +254,7 @@ async def _respond(
     raw.state.ticket = ticket  # for the request's log line
     raw.state.end_user = req.user
     headers = {**headers, **token_headers}
-    events = ticket.track(Generation(state.engine, state.tokenization).run(job, ticket.inbox))
+    events = ticket.track(Generation(state.generator, state.tokenization).run(job, ticket.inbox))
     if req.stream:
 
         async def client_gone(_: object) -> None:
@@ -269,7 +269,7 @@ async def _respond(
             send_timeout=state.gateway_args.stream_send_timeout,
             client_close_handler_callable=client_gone,
         )
-    result = await _unless_disconnected(raw, _collect(events, job, fmt))
+    result = await unless_disconnected(raw, _collect(events, job, fmt))
     if result is None:
         state.gateway.aborted(ticket, "client_disconnect")
         return Response(status_code=499)
@@ -380,7 +380,7 @@ async def _sse(
         yield frame
 
 
-async def _unless_disconnected(raw: Request, work: Awaitable[T]) -> T | None:
+async def unless_disconnected(raw: Request, work: Awaitable[T]) -> T | None:
     """Await ``work`` unless the client disconnects first; then cancel it (aborting the request)."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_disconnected(raw))

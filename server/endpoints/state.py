@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from fastapi import Request
 
-from adapters.builtin_model import BUILTIN_MODEL_NAME, ensure_builtin_model
+from adapters.builtin_model import BUILTIN_MODEL_NAME, ensure_builtin_model, resolve_builtin
+from adapters.embedding.config import is_embedding_model
+from adapters.embedding.engine import Embedder
 from adapters.engine import Engine
-from adapters.factory import build_engine
+from adapters.factory import build_embedder, build_engine
 from adapters.grammars import tokenizer_info
 from adapters.model_info import ModelInfo
 from server.config.settings import Settings
@@ -19,16 +22,19 @@ from server.endpoints.responses.store import ResponseStore
 from server.gateway.gateway import Gateway
 from server.gateway.options import GatewayArgs
 from server.protocol.base import now
-from server.protocol.errors import APIError
+from server.protocol.errors import APIError, invalid_request
 from server.text.grammar_workers import GrammarWorkers
 from server.text.options import ApiArgs
 from server.text.prompts import Prompts
 from server.text.tokenization import Tokenization
 
+# What a model does: generate text (chat, completions) or embed it.
+Task = Literal["generate", "embed"]
+
 
 @dataclass
 class ServerState:
-    engine: Engine
+    engine: Engine | Embedder  # a generating model's engine, or an embedding model's
     tokenization: Tokenization
     model_name: str
     aliases: tuple[str, ...] = ()  # further names clients may use (--served-model-name a b)
@@ -65,9 +71,41 @@ class ServerState:
     def model_names(self) -> tuple[str, ...]:
         return (self.model_name, *self.aliases)
 
-    def check_model(self, model: str) -> None:
+    def check_model(self, model: str, task: Task | None = None) -> None:
+        """A 404 for a name the model is not served under; with ``task``, the 400 for a model that does not do it."""
         if model not in self.model_names:
             raise APIError(404, f"The model `{model}` does not exist.", param="model", code="model_not_found")
+        if task == "generate":
+            self.generator  # noqa: B018 -- raises for an embedding model
+        elif task == "embed":
+            self.embedder  # noqa: B018 -- raises for a generating model
+
+    @property
+    def generator(self) -> Engine:
+        """The engine of a generating model, for chat, completions, Responses and Messages.
+
+        Raises the 400 a client gets for asking an embedding model to generate.
+        """
+        if isinstance(self.engine, Embedder):
+            raise invalid_request(
+                f"The model `{self.model_name}` is an embedding model: it serves /v1/embeddings, /v1/score and "
+                "/v1/rerank, not text generation.",
+                param="model",
+                code="model_not_supported",
+            )
+        return self.engine
+
+    @property
+    def embedder(self) -> Embedder:
+        """The engine of an embedding model; raises the 400 for asking a generating model for embeddings."""
+        if not isinstance(self.engine, Embedder):
+            raise invalid_request(
+                f"The model `{self.model_name}` is a generative (chat/completion) model: it has no embeddings; "
+                "serve an embedding model (a sentence-transformers directory) for /v1/embeddings.",
+                param="model",
+                code="model_not_supported",
+            )
+        return self.engine
 
 
 def get_state(request: Request) -> ServerState:
@@ -85,9 +123,13 @@ def build_state(settings: Settings, engine_argv: list[str] | None = None) -> Ser
     if settings.model is None:
         model, default_name = ensure_builtin_model(settings.cache_dir), BUILTIN_MODEL_NAME
     else:
-        model, default_name = settings.model, settings.model
+        model, default_name = resolve_builtin(settings.model, settings.cache_dir) or settings.model, settings.model
     info = ModelInfo.load(model)
-    engine = build_engine(settings, info, cache_dir=settings.cache_dir, engine_argv=engine_argv or [])
+    engine: Engine | Embedder
+    if is_embedding_model(model):
+        engine = build_embedder(settings, info)
+    else:
+        engine = build_engine(settings, info, cache_dir=settings.cache_dir, engine_argv=engine_argv or [])
     defaults = SamplingDefaults.from_model(info) if settings.generation_config == "auto" else SamplingDefaults()
     names = settings.served_model_name or [default_name]
     return ServerState(

@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from adapters.engine import ITERATION_TOKENS_BUCKETS, Engine, FinishReason
+from adapters.engine import ITERATION_TOKENS_BUCKETS, EngineBase, FinishReason
 
 LABELS = ("model_name", "engine")
 ENGINE_INDEX = "0"  # one engine per server; vLLM labels its first engine "0"
@@ -159,7 +159,7 @@ Family = GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily
 class VLLMEngineCollector(Collector):
     """The engine's own series under vLLM's names, read from its stats at each scrape."""
 
-    def __init__(self, engine: Engine, model_name: str) -> None:
+    def __init__(self, engine: EngineBase, model_name: str) -> None:
         self.engine = engine
         self.labels = [model_name, ENGINE_INDEX]
 
