@@ -11,7 +11,18 @@ from __future__ import annotations
 import argparse
 from typing import Protocol
 
-from benchmarks import admission, compare, interference, limits, quality, run, static_batch, step, structured
+from benchmarks import (
+    admission,
+    compare,
+    embeddings,
+    interference,
+    limits,
+    quality,
+    run,
+    static_batch,
+    step,
+    structured,
+)
 from benchmarks.soak import command as soak
 
 
@@ -37,6 +48,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "admission": admission,
     "structured": structured,
     "compare": compare,
+    "embeddings": embeddings,
 }
 
 

@@ -197,6 +197,20 @@ def vllm_serve(config: TargetConfig) -> AbstractAsyncContextManager[Client]:
     return _http_target("vllm", cmd, vllm_cpu_env(), config, port, "bench", vllm_fixed_length, timeout_s=1200)
 
 
+@asynccontextmanager
+async def vllm_pooling_server(config: TargetConfig) -> AsyncIterator[str]:
+    """vLLM's own server for an embedding model (``--runner pooling``, eager, tuned); yields its root URL."""
+    port = _free_port()
+    root = f"http://127.0.0.1:{port}"
+    cmd = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(config.model_dir),
+        "--served-model-name", "bench", "--port", str(port), "--host", "127.0.0.1", "--dtype", config.dtype,
+        "--runner", "pooling", "--enforce-eager", "--max-num-seqs", str(config.max_num_seqs),
+    ]  # fmt: skip
+    async with _process("vllm-pooling", cmd, vllm_cpu_env(), config.log_dir, root + "/health", 1200):
+        yield root
+
+
 def ise_vllm(config: TargetConfig) -> AbstractAsyncContextManager[Client]:
     """ise's API over vLLM's engine, in the same environment and tuning as vLLM's own server."""
     return ise_http(config, "--engine", "vllm", env=vllm_cpu_env())
