@@ -53,26 +53,34 @@ def build_engine(args: EngineArgs, model: ModelInfo, *, cache_dir: Path, engine_
                 "for CPUs, and on a CUDA machine `pip install -r requirements/cuda.txt` installs vLLM"
             ) from exc
         return VLLMEngine(vllm_engine_args(args, model, engine_argv), model)
+    _no_vllm_arguments(args, engine_argv)
+    return CPUEngine(CPUEngineConfig.resolve(args, model, kernel_dir=cache_dir))
+
+
+def _no_vllm_arguments(args: EngineArgs, engine_argv: Sequence[str]) -> None:
+    """Raise ValueError for vLLM engine arguments given to ise's own engine."""
     if engine_argv or args.vllm:
         given = engine_argv[0] if engine_argv else f"the [vllm] table ({', '.join(args.vllm)})"
         raise ValueError(
             f"{given}: not an option of ise's CPU engine; options ise does not declare are vLLM engine "
             "arguments and need --engine vllm (ise serve --help lists ise's own)"
         )
-    return CPUEngine(CPUEngineConfig.resolve(args, model, kernel_dir=cache_dir))
 
 
-def build_embedder(args: EngineArgs, model: ModelInfo) -> Embedder:
+def build_embedder(args: EngineArgs, model: ModelInfo, engine_argv: Sequence[str] = ()) -> Embedder:
     """The engine for an embedding model (a sentence-transformers directory), not yet started.
 
-    Raises ValueError where the model's modules cannot be served, or for ``--engine vllm``.
+    Raises ValueError where the model's modules cannot be served, for vLLM engine arguments, and
+    for ``--engine vllm``: ise's vLLM adapter drives vLLM's generating engine only (serving its
+    pooling runner would be a second adapter: vLLM's ``encode`` and its pooling parameters).
     """
-    kind = choose_engine(args.engine)
-    if kind == "vllm":
+    if args.engine == "vllm":
         raise ValueError(
-            f"{model.path} is an embedding model, which ise serves on its CPU engine only (--engine cpu): "
-            "ise's vLLM adapter drives vLLM's generating runner, not its pooling runner"
+            f"--engine vllm: {model.path} is an embedding model, which ise serves on its own CPU engine only "
+            "(--engine cpu); ise's vLLM adapter runs vLLM's generating runner, not its pooling runner. For vLLM's "
+            "pooling runner, run `vllm serve MODEL --runner pooling` beside ise"
         )
+    _no_vllm_arguments(args, engine_argv)
     spec = EmbeddingSpec.load(model.path, model.context_length)
     dtype = resolve_dtype(args.dtype)
     threads = args.threads or default_threads()

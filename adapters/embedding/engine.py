@@ -1,11 +1,13 @@
 """The CPU engine for embedding models: dynamic batching of every client's inputs into shared passes.
 
 Requests hand their inputs (token ids) to one worker thread. The worker waits for the first input,
-then at most ``batch_window_s`` from the moment the oldest waiting input arrived for more to join
-(none when the waiting inputs already fill the budget), packs what waits by length under
+then, while clients are sending concurrently (the last pass served more than one request), at most
+``batch_window_s`` from the moment the oldest waiting input arrived for more to join (not at all
+when the waiting inputs already fill the budget), packs what waits by length under
 ``max_batch_tokens`` (``batching.pack``) and runs the passes through transformers' ``AutoModel``,
 pooling and normalizing as the model's sentence-transformers files say. Inputs that arrive while a
-pass runs join the next one, so under load passes fill up without any window at all.
+pass runs join the next one, so under load passes fill up even without a window; a lone client
+never waits for one.
 
 The queue itself is unbounded: the gateway's admission bounds what reaches it, as for completions.
 A failure of a forward pass stops the engine (as the generating engines do): every waiting input
@@ -61,6 +63,7 @@ class Embedder(EngineBase, Protocol):
 class _Input:
     ids: list[int]
     future: asyncio.Future[Vector]
+    request: int  # which embed() call it came with
     arrived: float = field(default_factory=time.monotonic)
 
 
@@ -96,6 +99,8 @@ class CPUEmbeddingEngine:
         self._steps = 0
         self._tokens = 0
         self._pad_id = 0
+        self._requests = 0  # embed() calls so far, numbering their inputs
+        self._concurrent = False  # the last pass served several requests: worth waiting for more
         self._model: torch.nn.Module | None = None
 
     @property
@@ -142,7 +147,8 @@ class CPUEmbeddingEngine:
         if not self.is_alive:
             raise EngineDeadError("The embedding engine is not running.")
         loop = asyncio.get_running_loop()
-        items = [_Input(list(ids), loop.create_future()) for ids in inputs]
+        self._requests += 1
+        items = [_Input(list(ids), loop.create_future(), self._requests) for ids in inputs]
         self._waiting += len(items)
         self._inbox.put(items)
         try:
@@ -180,7 +186,7 @@ class CPUEmbeddingEngine:
             if isinstance(msg, _Stop):
                 return False
             backlog.extend(msg)
-        deadline = backlog[0].arrived + self.batch_window_s
+        deadline = backlog[0].arrived + (self.batch_window_s if self._concurrent else 0.0)
         while sum(len(item.ids) for item in backlog) < self.max_batch_tokens:
             wait = deadline - time.monotonic()
             try:
@@ -202,6 +208,7 @@ class CPUEmbeddingEngine:
             if not item.future.cancelled():
                 batch.append(item)
                 tokens += len(item.ids)
+        self._concurrent = len({item.request for item in batch}) > 1
         lengths = [len(item.ids) for item in batch]
         for indices in pack(lengths, self.max_batch_tokens):
             members = [batch[i] for i in indices]

@@ -127,7 +127,7 @@ def build_state(settings: Settings, engine_argv: list[str] | None = None) -> Ser
     info = ModelInfo.load(model)
     engine: Engine | Embedder
     if is_embedding_model(model):
-        engine = build_embedder(settings, info)
+        engine = build_embedder(settings, info, engine_argv or [])
     else:
         engine = build_engine(settings, info, cache_dir=settings.cache_dir, engine_argv=engine_argv or [])
     defaults = SamplingDefaults.from_model(info) if settings.generation_config == "auto" else SamplingDefaults()

@@ -17,9 +17,11 @@ import pytest
 from fastapi import FastAPI
 from sentence_transformers import SentenceTransformer
 
+from adapters.config import EngineArgs
 from adapters.embedding.batching import pack, padded_tokens
 from adapters.embedding.config import EmbeddingSpec, is_embedding_model
 from adapters.embedding.engine import CPUEmbeddingEngine
+from adapters.factory import build_embedder
 from adapters.model_info import ModelInfo
 from server.endpoints.state import ServerState
 from server.gateway.options import GatewayArgs
@@ -299,3 +301,10 @@ async def test_a_full_queue_refuses_with_429(model_dir: Path) -> None:
     assert statuses[0] == 200 and statuses[-1] == 429, statuses
     refused = next(r for r in responses if r.status_code == 429)
     assert refused.json()["error"]["code"] == "server_overloaded" and "retry-after" in refused.headers
+
+
+def test_vllm_engine_for_an_embedding_model_is_refused_at_start(model_dir: Path) -> None:
+    with pytest.raises(ValueError, match="is an embedding model, which ise serves on its own CPU engine only"):
+        build_embedder(EngineArgs(engine="vllm"), ModelInfo.load(model_dir))
+    with pytest.raises(ValueError, match="--enforce-eager: not an option of ise's CPU engine"):
+        build_embedder(EngineArgs(engine="cpu"), ModelInfo.load(model_dir), ["--enforce-eager"])
