@@ -36,6 +36,9 @@ def split_serve_args(
 ) -> SplitArgs:
     """Split ``argv`` into ise's flags, vLLM's server flags and the rest; a positional argument is ``--model``.
 
+    Several models (``--model A --model B``, or positional ones) become ``--model A`` and the rest
+    ``--models``, the further models' entries.
+
     ``ise_flags`` gives each of ise's flags the number of values it takes: 0 for a switch, 1, or
     None for several (``--served-model-name a b``, passed to ise as one JSON list); ``vllm_flags``
     the same for vLLM's server flags (0 or 1). Any other flag takes the tokens up to the next
@@ -45,12 +48,21 @@ def split_serve_args(
     ise: list[str] = []
     engine: list[str] = []
     vllm: list[tuple[str, str | None]] = []
+    models: list[str] = []
     index = 0
     while index < len(argv):
         token = argv[index]
         name = token.split("=", 1)[0]
         if not _is_flag(token):
-            ise += ["--model", token]
+            models.append(token)
+            index += 1
+            continue
+        if name == "--model" and "=" not in token and index + 1 < len(argv):
+            models.append(argv[index + 1])
+            index += 2
+            continue
+        if name == "--model":
+            models.append(token.split("=", 1)[1])
             index += 1
             continue
         end = index + 1
@@ -70,4 +82,9 @@ def split_serve_args(
         else:
             engine += argv[index:end]
         index = end
+    if models:
+        # The first is --model; more (--model A --model B) are further models, as a JSON list of entries.
+        ise += ["--model", models[0]]
+        if models[1:]:
+            ise += ["--models", json.dumps([{"model": m} for m in models[1:]])]
     return SplitArgs(ise, engine, vllm)

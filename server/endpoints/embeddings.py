@@ -39,6 +39,7 @@ async def create_embeddings(req: EmbeddingRequest, raw: Request, state: ServerSt
     if problem is not None:
         raise invalid_request(f"'dimensions' cannot be {dimensions}: {problem}.", param="dimensions")
     headers = {**state.gateway.charge_request(raw), **ignored_headers(req.ignored_fields(), state)}
+    raw.state.end_user = req.user  # for the request's log line
     inputs = token_inputs(req.inputs(), state, req, "input")
     vectors, more = await embed_inputs(inputs, raw, state)
     tokens = sum(len(ids) for ids in inputs)

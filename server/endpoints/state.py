@@ -3,10 +3,13 @@ and the gateway's state."""
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import psutil
 from fastapi import Request
 
 from adapters.builtin_model import BUILTIN_MODEL_NAME, ensure_builtin_model, resolve_builtin
@@ -27,6 +30,8 @@ from server.text.grammar_workers import GrammarWorkers
 from server.text.options import ApiArgs
 from server.text.prompts import Prompts
 from server.text.tokenization import Tokenization
+
+log = logging.getLogger(__name__)
 
 # What a model does: generate text (chat, completions) or embed it.
 Task = Literal["generate", "embed"]
@@ -108,9 +113,91 @@ class ServerState:
         return self.engine
 
 
-def get_state(request: Request) -> ServerState:
-    state: ServerState = request.app.state.ise
+@dataclass
+class Models:
+    """Every model the server serves, each with its own state (engine, names, gateway); the first is the default.
+
+    A request goes to the model its ``model`` field names; a name no model is served under goes to
+    the default, whose ``check_model`` answers it with today's 404.
+    """
+
+    states: list[ServerState]
+    by_name: dict[str, ServerState] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for state in self.states:
+            for name in state.model_names:
+                if name in self.by_name:
+                    raise ValueError(f"two models are served as `{name}`: give each its own --served-model-name")
+                self.by_name[name] = state
+        for state in self.states[1:]:
+            state.responses = self.states[0].responses  # GET /v1/responses/{id} names no model
+
+    def route(self, model: object) -> ServerState:
+        return self.by_name.get(model, self.states[0]) if isinstance(model, str) else self.states[0]
+
+
+async def get_state(request: Request) -> ServerState:
+    """The state of the model the request names in its JSON body's ``model`` (the default model without one)."""
+    models: Models = request.app.state.models
+    if len(models.states) == 1:
+        return models.states[0]
+    state = models.route(await _model_field(request))
+    request.state.model = state.model_name  # for the access log
     return state
+
+
+def get_models(request: Request) -> Models:
+    models: Models = request.app.state.models
+    return models
+
+
+async def _model_field(request: Request) -> object:
+    """The body's ``model``; Starlette keeps the body read, so the route's own parsing reads it again for free."""
+    if request.method != "POST":
+        return None
+    try:
+        body = json.loads(await request.body())
+    except ValueError:
+        return None
+    return body.get("model") if isinstance(body, dict) else None
+
+
+def build_models(settings: Settings, engine_argv: list[str] | None = None) -> Models:
+    """Every model the settings name: ``--model`` (the built-in chat model when neither it nor ``models``
+    is set), then each of ``models`` with its own options over the server's.
+
+    Raises ``ValueError`` for settings an engine cannot take, two models under one name, or
+    several models whose memory shares add up to more than the machine has available.
+    """
+    each = [settings] if settings.model is not None or not settings.models else []
+    for entry in settings.models:
+        own = entry.model_dump(include=entry.model_fields_set - {"served_model_name"})
+        each.append(settings.model_copy(update={**own, "served_model_name": entry.served_model_name, "models": []}))
+    states = [build_state(one, engine_argv) for one in each]
+    if len(states) > 1:
+        check_memory(states, each)
+    return Models(states)
+
+
+def check_memory(states: list[ServerState], settings: list[Settings]) -> None:
+    """Refuse models whose weights and KV caches together exceed the memory available now."""
+    shares = []
+    for state, one in zip(states, settings, strict=True):
+        weights = sum(f.stat().st_size for f in Path(str(state.model_path)).glob("*.safetensors"))
+        kv = 0 if isinstance(state.engine, Embedder) else int(one.kv_cache_gib * 2**30)
+        shares.append((state.model_name, weights, kv))
+    total = sum(w + kv for _, w, kv in shares)
+    available = psutil.virtual_memory().available
+    described = "; ".join(
+        f"{name}: {w / 2**30:.2f} GiB weights + {kv / 2**30:.2f} GiB KV cache" for name, w, kv in shares
+    )
+    log.info("Memory shares (%.2f GiB of %.2f GiB available): %s", total / 2**30, available / 2**30, described)
+    if total > available:
+        raise ValueError(
+            f"the models need {total / 2**30:.2f} GiB together ({described}), more than the "
+            f"{available / 2**30:.2f} GiB available: lower a model's kv_cache_gib or serve fewer models"
+        )
 
 
 def build_state(settings: Settings, engine_argv: list[str] | None = None) -> ServerState:

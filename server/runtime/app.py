@@ -9,9 +9,10 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
+from adapters.embedding.engine import Embedder
 from server.endpoints.messages.api import router as messages_router
 from server.endpoints.router import router, stream_schemas
-from server.endpoints.state import ServerState
+from server.endpoints.state import Models, ServerState
 from server.gateway.access_log import AccessLogMiddleware
 from server.gateway.auth import APIKeyMiddleware, Keyring
 from server.gateway.body_limit import BodyLimitMiddleware
@@ -56,8 +57,10 @@ class _App(FastAPI):
         return super().openapi()
 
 
-def create_app(state: ServerState, on_ready: Callable[[], None] = lambda: None) -> FastAPI:
-    """The app over ``state``; raises ``ValueError`` for an unreadable API keys file.
+def create_app(served: ServerState | Models, on_ready: Callable[[], None] = lambda: None) -> FastAPI:
+    """The app over one model's state, or several models'; raises ``ValueError`` for an unreadable API keys file.
+
+    With several models, the first one's gateway options (keys, CORS, body size) are the server's.
 
     Middleware, outermost first: request id (every response has one), access log, Anthropic's error
     shape on its routes (so the log shows the status sent), CORS (so
@@ -65,17 +68,24 @@ def create_app(state: ServerState, on_ready: Callable[[], None] = lambda: None) 
     body size; then the routes.
     """
 
+    models = served if isinstance(served, Models) else Models([served])
+    state = models.states[0]
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        state.grammars.warm()  # the compile workers' fork server imports while the model loads
-        await state.engine.start()
-        state.gateway.metrics.engine_started()
+        for one in models.states:
+            if not isinstance(one.engine, Embedder):
+                one.grammars.warm()  # the compile workers' fork server imports while the model loads
+        for one in models.states:
+            await one.engine.start()
+            one.gateway.metrics.engine_started()
         on_ready()
         try:
             yield
         finally:
-            await state.grammars.close()
-            await state.engine.shutdown()
+            for one in models.states:
+                await one.grammars.close()
+                await one.engine.shutdown()
 
     gateway = state.gateway_args
     docs = not gateway.disable_fastapi_docs
@@ -87,7 +97,8 @@ def create_app(state: ServerState, on_ready: Callable[[], None] = lambda: None) 
         redoc_url="/redoc" if docs else None,
         openapi_url="/openapi.json" if docs else None,
     )
-    app.state.ise = state
+    app.state.ise = state  # the default model's
+    app.state.models = models
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=gateway.max_request_body_bytes)
     app.add_middleware(APIKeyMiddleware, keyring=Keyring.from_settings(gateway))
