@@ -48,22 +48,22 @@ def split_serve_args(
     ise: list[str] = []
     engine: list[str] = []
     vllm: list[tuple[str, str | None]] = []
-    models: list[str] = []
+    more: list[str] = []  # models after the first
     index = 0
     while index < len(argv):
         token = argv[index]
         name = token.split("=", 1)[0]
-        if not _is_flag(token):
-            models.append(token)
-            index += 1
-            continue
-        if name == "--model" and "=" not in token and index + 1 < len(argv):
-            models.append(argv[index + 1])
-            index += 2
-            continue
+        model, taken = (token, 1) if not _is_flag(token) else (None, 0)
         if name == "--model":
-            models.append(token.split("=", 1)[1])
-            index += 1
+            model, taken = (token.split("=", 1)[1], 1) if "=" in token else (next(iter(argv[index + 1 :]), None), 2)
+        if taken:
+            if model is None:
+                ise.append(token)  # --model without a value: Settings.load says so
+            elif "--model" in ise:
+                more.append(model)
+            else:
+                ise += ["--model", model]
+            index += taken
             continue
         end = index + 1
         if "=" not in token:
@@ -82,9 +82,6 @@ def split_serve_args(
         else:
             engine += argv[index:end]
         index = end
-    if models:
-        # The first is --model; more (--model A --model B) are further models, as a JSON list of entries.
-        ise += ["--model", models[0]]
-        if models[1:]:
-            ise += ["--models", json.dumps([{"model": m} for m in models[1:]])]
+    if more:  # --model A --model B: B is a further model, an entry of --models
+        ise += ["--models", json.dumps([{"model": m} for m in more])]
     return SplitArgs(ise, engine, vllm)
