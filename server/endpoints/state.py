@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import psutil
 from fastapi import Request
 
 from adapters.builtin_model import BUILTIN_MODEL_NAME, ensure_builtin_model, resolve_builtin
@@ -188,7 +188,7 @@ def check_memory(states: list[ServerState], settings: list[Settings]) -> None:
         kv = 0 if isinstance(state.engine, Embedder) else int(one.kv_cache_gib * 2**30)
         shares.append((state.model_name, weights, kv))
     total = sum(w + kv for _, w, kv in shares)
-    available = psutil.virtual_memory().available
+    available = _available_memory()
     described = "; ".join(
         f"{name}: {w / 2**30:.2f} GiB weights + {kv / 2**30:.2f} GiB KV cache" for name, w, kv in shares
     )
@@ -198,6 +198,18 @@ def check_memory(states: list[ServerState], settings: list[Settings]) -> None:
             f"the models need {total / 2**30:.2f} GiB together ({described}), more than the "
             f"{available / 2**30:.2f} GiB available: lower a model's kv_cache_gib or serve fewer models"
         )
+
+
+def _available_memory() -> int:
+    """Bytes the machine can give without swapping: Linux's MemAvailable, else the free pages."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
 def build_state(settings: Settings, engine_argv: list[str] | None = None) -> ServerState:

@@ -19,6 +19,7 @@ from adapters.embedding.engine import CPUEmbeddingEngine
 from adapters.model_info import ModelInfo
 from server.config.command_line import split_serve_args
 from server.config.settings import ModelEntry, Settings
+from server.endpoints import state as state_module
 from server.endpoints.state import Models, ServerState, build_models
 from server.runtime.app import create_app
 from server.text.tokenization import Tokenization
@@ -139,3 +140,13 @@ def test_each_model_takes_its_own_options_over_the_servers(tmp_path: Path) -> No
     assert isinstance(a.engine, CPUEmbeddingEngine) and isinstance(b.engine, CPUEmbeddingEngine)
     assert (a.engine.max_batch_tokens, b.engine.max_batch_tokens) == (2048, 64)
     assert a.engine.batch_window_s == b.engine.batch_window_s == 0.007  # the server's, where the entry is silent
+
+
+def test_models_that_need_more_memory_than_available_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = build_embedding_model_dir(tmp_path / "a"), build_embedding_model_dir(tmp_path / "b")
+    settings = Settings.load(["--model", str(first), "--models", json.dumps([{"model": str(second)}])])
+    monkeypatch.setattr(state_module, "_available_memory", lambda: 1000)
+    with pytest.raises(ValueError, match=r"more than the 0.00 GiB available: lower a model's kv_cache_gib"):
+        build_models(settings)
