@@ -102,6 +102,7 @@ class CPUEmbeddingEngine:
         self._requests = 0  # embed() calls so far, numbering their inputs
         self._concurrent = False  # the last pass served several requests: worth waiting for more
         self._model: torch.nn.Module | None = None
+        self._taken: list[_Input] = []  # the inputs of the passes running now
 
     @property
     def spec(self) -> EmbeddingSpec:
@@ -162,9 +163,10 @@ class CPUEmbeddingEngine:
         try:
             while self._take(backlog):
                 self._step(backlog)
-        except Exception as exc:  # the model failed: the engine stops, every waiting input fails
+        except Exception as exc:  # the model failed: the engine stops, every input taken or waiting fails
             log.exception("The embedding engine failed")
             self._error = exc
+            backlog.extend(self._taken)
             backlog.extend(item for msg in self._drain() for item in msg)
             for item in backlog:
                 self._resolve(item, None, EngineDeadError(f"The embedding engine failed: {exc}"))
@@ -200,7 +202,7 @@ class CPUEmbeddingEngine:
 
     def _step(self, backlog: deque[_Input]) -> None:
         """Run the passes for what fits the budget (the oldest inputs first), leaving the rest waiting."""
-        batch: list[_Input] = []
+        batch = self._taken = []  # settled as they run; failed with the engine if a pass raises
         tokens = 0
         while backlog and (not batch or tokens + len(backlog[0].ids) <= self.max_batch_tokens):
             item = backlog.popleft()

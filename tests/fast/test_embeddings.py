@@ -308,3 +308,20 @@ def test_vllm_engine_for_an_embedding_model_is_refused_at_start(model_dir: Path)
         build_embedder(EngineArgs(engine="vllm"), ModelInfo.load(model_dir))
     with pytest.raises(ValueError, match="--enforce-eager: not an option of ise's CPU engine"):
         build_embedder(EngineArgs(engine="cpu"), ModelInfo.load(model_dir), ["--enforce-eager"])
+
+
+async def test_a_failing_forward_pass_stops_the_engine_and_answers_503(model_dir: Path) -> None:
+    app = _app(model_dir)
+    async with app.router.lifespan_context(app), client(app) as http:
+        engine = app.state.ise.engine
+        assert isinstance(engine, CPUEmbeddingEngine)
+
+        def fail(_: list[list[int]]) -> list[object]:
+            raise RuntimeError("out of memory")
+
+        engine._forward = fail  # type: ignore[method-assign,assignment]
+        failed = await http.post("/v1/embeddings", json={"model": EMBED, "input": TEXTS})
+        assert failed.status_code == 503 and failed.json()["error"]["code"] == "engine_dead"
+        after = await http.post("/v1/embeddings", json={"model": EMBED, "input": "paris"})
+        assert after.status_code == 503
+        assert (await http.get("/health")).status_code == 503
