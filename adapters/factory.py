@@ -70,18 +70,20 @@ def _no_vllm_arguments(args: EngineArgs, engine_argv: Sequence[str]) -> None:
 def build_embedder(args: EngineArgs, model: ModelInfo, engine_argv: Sequence[str] = ()) -> Embedder:
     """The engine for an embedding model (a sentence-transformers directory), not yet started.
 
-    Raises ValueError where the model's modules cannot be served, for vLLM engine arguments, and
-    for ``--engine vllm``: ise's vLLM adapter drives vLLM's generating engine only (serving its
-    pooling runner would be a second adapter: vLLM's ``encode`` and its pooling parameters).
+    ise's CPU embedding engine, or with ``--engine vllm`` vLLM's pooling runner (its context
+    window the model's ``max_seq_length``, no prefix caching: encoder models attend both ways).
+    Raises ValueError where the model's modules cannot be served, or for vLLM engine arguments
+    on the CPU engine.
     """
-    if args.engine == "vllm":
-        raise ValueError(
-            f"--engine vllm: {model.path} is an embedding model, which ise serves on its own CPU engine only "
-            "(--engine cpu); ise's vLLM adapter runs vLLM's generating runner, not its pooling runner. For vLLM's "
-            "pooling runner, run `vllm serve MODEL --runner pooling` beside ise"
-        )
-    _no_vllm_arguments(args, engine_argv)
     spec = EmbeddingSpec.load(model.path, model.context_length)
+    if args.engine == "vllm":
+        from adapters.vllm.args import vllm_engine_args
+        from adapters.vllm.embedding import POOLING_FLAGS, VLLMEmbedder
+
+        window = args.max_model_len or spec.max_seq_length
+        pooling = args.model_copy(update={"prefix_caching": False, "max_model_len": window})
+        return VLLMEmbedder(vllm_engine_args(pooling, model, [*engine_argv, *POOLING_FLAGS]), model, spec)
+    _no_vllm_arguments(args, engine_argv)
     dtype = resolve_dtype(args.dtype)
     threads = args.threads or default_threads()
     log.info(

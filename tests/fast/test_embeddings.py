@@ -303,9 +303,7 @@ async def test_a_full_queue_refuses_with_429(model_dir: Path) -> None:
     assert refused.json()["error"]["code"] == "server_overloaded" and "retry-after" in refused.headers
 
 
-def test_vllm_engine_for_an_embedding_model_is_refused_at_start(model_dir: Path) -> None:
-    with pytest.raises(ValueError, match="is an embedding model, which ise serves on its own CPU engine only"):
-        build_embedder(EngineArgs(engine="vllm"), ModelInfo.load(model_dir))
+def test_vllm_engine_arguments_are_refused_by_the_cpu_embedding_engine(model_dir: Path) -> None:
     with pytest.raises(ValueError, match="--enforce-eager: not an option of ise's CPU engine"):
         build_embedder(EngineArgs(engine="cpu"), ModelInfo.load(model_dir), ["--enforce-eager"])
 

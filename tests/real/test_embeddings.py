@@ -169,3 +169,24 @@ def test_errors_a_user_meets(sdk: openai.OpenAI) -> None:
     assert "dimensions" in str(dims.value)
     with pytest.raises(openai.NotFoundError):
         sdk.embeddings.create(model="no-such-model", input="hi")
+
+
+def test_vllm_pooling_runner_serves_the_same_vectors(
+    tmp_path: Path, model_dir: Path, reference: SentenceTransformer
+) -> None:
+    """``--engine vllm``: vLLM's pooling runner behind ise's API, the same vectors (float32, eager)."""
+    args = ["--model", MODEL, "--engine", "vllm", "--dtype", "float32", "--enforce-eager", "--threads", "1"]
+    with (
+        running_server(args, tmp_path / "ise.log", model=MODEL) as server,
+        openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=300) as sdk,
+    ):
+        expected = _expected(reference, TEXTS)
+        result = sdk.embeddings.create(model=MODEL, input=TEXTS)
+        np.testing.assert_allclose([d.embedding for d in result.data], expected, atol=TOLERANCE)
+        ids = AutoTokenizer.from_pretrained(model_dir)(TEXTS[1])["input_ids"]
+        by_ids = sdk.embeddings.create(model=MODEL, input=ids, encoding_format="float")
+        np.testing.assert_allclose(by_ids.data[0].embedding, expected[1], atol=TOLERANCE)
+        card = sdk.models.list().data[0]
+        assert card.model_extra is not None and card.model_extra["max_model_len"] == 256
+        with pytest.raises(openai.BadRequestError, match="is an embedding model"):
+            sdk.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
