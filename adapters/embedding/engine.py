@@ -25,11 +25,12 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 import torch
+from typing_extensions import TypeIs
 
 from adapters.embedding.batching import pack, padded_tokens
 from adapters.embedding.config import EmbeddingSpec
@@ -40,12 +41,8 @@ log = logging.getLogger(__name__)
 Vector = npt.NDArray[np.float32]
 
 
-@runtime_checkable
 class Embedder(EngineBase, Protocol):
-    """An engine that turns inputs (token ids) into embeddings, as its ``spec`` describes them.
-
-    Runtime-checkable: the server tells an embedding model's engine from a generating one by it.
-    """
+    """An engine that turns inputs (token ids) into embeddings, as its ``spec`` describes them."""
 
     @property
     def spec(self) -> EmbeddingSpec: ...
@@ -57,6 +54,14 @@ class Embedder(EngineBase, Protocol):
         Raises ``EngineDeadError`` when the engine has stopped. Cancelling drops the inputs not yet run.
         """
         ...
+
+
+def is_embedder(engine: object) -> TypeIs[Embedder]:
+    """Whether ``engine`` embeds rather than generates: its class has ``embed``.
+
+    Looked up on the class, so no property runs (an engine's may need it started).
+    """
+    return callable(getattr(type(engine), "embed", None))
 
 
 @dataclass

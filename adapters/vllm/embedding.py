@@ -31,13 +31,19 @@ POOLING_FLAGS = ["--runner", "pooling"]
 
 class VLLMEmbedder(VLLMEngine):
     def __init__(self, engine_args: AsyncEngineArgs, model: ModelInfo, spec: EmbeddingSpec) -> None:
-        """``engine_args``: parsed with ``POOLING_FLAGS`` (``vllm_engine_args(..., [*argv, *POOLING_FLAGS])``)."""
+        """``engine_args``: parsed with ``POOLING_FLAGS`` (``vllm_engine_args(..., [*argv, *POOLING_FLAGS])``)
+        and its ``max_model_len`` set (the window is known before vLLM starts)."""
         super().__init__(engine_args, model)
         self._spec = spec
 
     @property
     def spec(self) -> EmbeddingSpec:
         return self._spec
+
+    @property
+    def max_model_len(self) -> int:
+        """The window given to vLLM (readable before start: the server tells the engine's kind by its attributes)."""
+        return int(self.engine_args.max_model_len)
 
     async def embed(self, inputs: Sequence[list[int]]) -> list[Vector]:
         llm = self._llm

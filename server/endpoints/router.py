@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from adapters.embedding.engine import Embedder
+from adapters.embedding.engine import is_embedder
 from server.endpoints import chat_completion, completion, embeddings, scores
 from server.endpoints.metrics_merge import merged_registry
 from server.endpoints.responses.api import router as responses_router
@@ -103,7 +103,7 @@ def _card(state: ServerState, name: str) -> ModelCard:
         created=state.created,
         root=state.model_path,
         max_model_len=state.engine.max_model_len,
-        capabilities=["embedding", "score", "rerank"] if isinstance(state.engine, Embedder) else ["chat", "completion"],
+        capabilities=["embedding", "score", "rerank"] if is_embedder(state.engine) else ["chat", "completion"],
     )
 
 

@@ -14,7 +14,7 @@ from fastapi import Request
 
 from adapters.builtin_model import BUILTIN_MODEL_NAME, ensure_builtin_model, resolve_builtin
 from adapters.embedding.config import is_embedding_model
-from adapters.embedding.engine import Embedder
+from adapters.embedding.engine import Embedder, is_embedder
 from adapters.engine import Engine
 from adapters.factory import build_embedder, build_engine
 from adapters.grammars import tokenizer_info
@@ -91,7 +91,7 @@ class ServerState:
 
         Raises the 400 a client gets for asking an embedding model to generate.
         """
-        if isinstance(self.engine, Embedder):
+        if is_embedder(self.engine):
             raise invalid_request(
                 f"The model `{self.model_name}` is an embedding model: it serves /v1/embeddings, /v1/score and "
                 "/v1/rerank, not text generation.",
@@ -103,7 +103,7 @@ class ServerState:
     @property
     def embedder(self) -> Embedder:
         """The engine of an embedding model; raises the 400 for asking a generating model for embeddings."""
-        if not isinstance(self.engine, Embedder):
+        if not is_embedder(self.engine):
             raise invalid_request(
                 f"The model `{self.model_name}` is a generative (chat/completion) model: it has no embeddings; "
                 "serve an embedding model (a sentence-transformers directory) for /v1/embeddings.",
@@ -185,7 +185,7 @@ def check_memory(states: list[ServerState], settings: list[Settings]) -> None:
     shares = []
     for state, one in zip(states, settings, strict=True):
         weights = sum(f.stat().st_size for f in Path(str(state.model_path)).glob("*.safetensors"))
-        kv = 0 if isinstance(state.engine, Embedder) else int(one.kv_cache_gib * 2**30)
+        kv = 0 if is_embedder(state.engine) else int(one.kv_cache_gib * 2**30)
         shares.append((state.model_name, weights, kv))
     total = sum(w + kv for _, w, kv in shares)
     available = _available_memory()

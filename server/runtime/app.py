@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
-from adapters.embedding.engine import Embedder
+from adapters.embedding.engine import is_embedder
 from server.endpoints.messages.api import router as messages_router
 from server.endpoints.router import router, stream_schemas
 from server.endpoints.state import Models, ServerState
@@ -74,7 +74,7 @@ def create_app(served: ServerState | Models, on_ready: Callable[[], None] = lamb
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         for one in models.states:
-            if not isinstance(one.engine, Embedder):
+            if not is_embedder(one.engine):
                 one.grammars.warm()  # the compile workers' fork server imports while the model loads
         for one in models.states:
             await one.engine.start()
