@@ -22,6 +22,7 @@ from benchmarks import (
     static_batch,
     step,
     structured,
+    vllm_profile,
 )
 from benchmarks.soak import command as soak
 
@@ -49,6 +50,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "structured": structured,
     "compare": compare,
     "embeddings": embeddings,
+    "vllm-profile": vllm_profile,
 }
 
 

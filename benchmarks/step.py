@@ -9,7 +9,6 @@ so the ratios hold on a noisy machine.
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 import time
 from collections.abc import Mapping
@@ -19,17 +18,12 @@ from pathlib import Path
 import torch
 
 from adapters.config import MODEL_IMPLS, ModelImpl
-from adapters.cpu.block_manager import BlockManager
 from adapters.cpu.model_runner import ModelRunner
 from adapters.cpu.numerics import default_threads, resolve_dtype
-from adapters.cpu.scheduler import Scheduler
-from adapters.cpu.sequence import Sequence
-from adapters.engine import EngineRequest, SamplingParams
-from benchmarks import flags
+from benchmarks import flags, profile
+from benchmarks.engine_batch import BLOCK_SIZE, StepRun, decode_batch, engine_step
 from benchmarks.save import meta, save_result, subplots
 from server.config.settings import Settings
-
-BLOCK_SIZE = 16
 
 
 @dataclass(frozen=True)
@@ -42,34 +36,15 @@ class StepResult:
     decode_tokens_per_s: float
 
 
-def _step(runner: ModelRunner, scheduler: Scheduler) -> None:
-    """One engine step, as ``EngineCore.step`` runs it: schedule, execute, update."""
-    scheduler_output = scheduler.schedule()
-    scheduler.update_from_output(scheduler_output, runner.execute_model(scheduler_output))
-
-
 def _measure(runner: ModelRunner, impl: str, batch: int, prompt_len: int, steps: int, seed: int) -> StepResult:
-    scheduler = Scheduler(
-        BlockManager(runner.cache.num_blocks, BLOCK_SIZE, prefix_caching=False),
-        max_num_seqs=batch,
-        max_num_batched_tokens=batch * prompt_len,
-        prefill_chunk_tokens=prompt_len,
-        long_prefill_token_threshold=prompt_len,
-        max_model_len=prompt_len + steps + 10,
-        eos_token_ids=frozenset(),
-    )
-    rng = random.Random(seed)
-    params = SamplingParams(max_tokens=steps + 10, temperature=0.0, ignore_eos=True)
-    for i in range(batch):
-        prompt = [rng.randrange(1000, 40000) for _ in range(prompt_len)]
-        scheduler.add_request(Sequence(EngineRequest(f"step{i}", prompt, params)))
+    scheduler = decode_batch(runner, batch, prompt_len, steps, seed)
     started = time.perf_counter()
-    _step(runner, scheduler)
+    engine_step(runner, scheduler)
     prefill_s = time.perf_counter() - started
     times = []
     for _ in range(steps):
         started = time.perf_counter()
-        _step(runner, scheduler)
+        engine_step(runner, scheduler)
         times.append(time.perf_counter() - started)
     step_s = statistics.median(times[2:])  # the first steps warm up
     return StepResult(impl, batch, prompt_len, batch * prompt_len / prefill_s, step_s * 1e3, batch / step_s)
@@ -145,13 +120,13 @@ PARENT = flags.parent("model-dir", "batch", "prompt-len", "repeats", "dtype", "s
 def add_cli_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-impl", nargs="+", default=["ise", "transformers"], choices=MODEL_IMPLS[1:])
     parser.add_argument("--steps", type=int, default=20, help="decode steps timed per batch size")
+    parser.add_argument("--profile", action="store_true", help="where each step's time goes, per op class (ise impl)")
+    parser.add_argument("--threads", type=int, help="with --profile: 1 reads CPU time, robust on a busy machine")
 
 
 def main(args: argparse.Namespace) -> None:
     dtype = resolve_dtype(args.dtype)
-    results = measure(
-        flags.model_dir(args),
-        impls=args.model_impl,
+    run = StepRun(
         dtype=dtype,
         batches=args.batch,
         prompt_len=args.prompt_len,
@@ -160,4 +135,8 @@ def main(args: argparse.Namespace) -> None:
         seed=args.seed,
         repeats=args.repeats,
     )
-    save(results, meta(dtype), args.out)
+    if args.profile:
+        found = profile.measure(flags.model_dir(args), **run, threads=args.threads or default_threads())
+        profile.save(found, meta(dtype), args.out)
+        return
+    save(measure(flags.model_dir(args), impls=args.model_impl, **run), meta(dtype), args.out)

@@ -379,7 +379,7 @@ void rotary_cache_write(torch::Tensor qkv, const torch::Tensor& cos, const torch
     });
 }
 
-// ---- Linear layers: out = x @ W^T + bias, float32 ----
+// ---- Linear layers: out = x @ W^T + bias, float32 arithmetic ----
 //
 // Why by hand: at the row counts of decode steps (1-64 rows) oneDNN's AVX2 matmul ran the model's
 // shapes at 14-33 GFLOP/s (1 row) and 117-147 (32 rows) on the EPYC under this project; this
@@ -399,13 +399,21 @@ static_assert(kRows == 6, "linear()'s switch covers tails of 1 to 5 rows");
 constexpr int64_t kRowBlockBytes = 128 * 1024;
 constexpr int64_t kPanelsPerItem = 4;
 
-// Weights as stored: float32, or int8 with one float scale per output column (weight-only
-// quantization: the arithmetic stays float32, a quarter of the bytes stream from memory).
+// Weights as stored: float32; bfloat16 (a model loaded in bfloat16, on a CPU without fast
+// bfloat16 arithmetic: half the bytes stream from memory, the arithmetic stays float32); or int8
+// with one float scale per output column (weight-only quantization: a quarter of the bytes).
+// A bfloat16 is the top half of a float32, so widening it is a shift.
 template <typename W>
 inline void load_weights(const W* p, vec8& w0, vec8& w1) {
     if constexpr (std::is_same_v<W, float>) {
         w0 = load8(p);
         w1 = load8(p + kLane);
+    } else if constexpr (std::is_same_v<W, at::BFloat16>) {
+        typedef uint16_t halves8 __attribute__((vector_size(16), aligned(2)));
+        typedef uint32_t words8 __attribute__((vector_size(32)));
+        const auto* h = reinterpret_cast<const halves8*>(p);
+        w0 = reinterpret_cast<vec8>(__builtin_convertvector(h[0], words8) << 16);
+        w1 = reinterpret_cast<vec8>(__builtin_convertvector(h[1], words8) << 16);
     } else {
 #if defined(__AVX2__)
         // GCC lowers the portable conversion below to one scalar load per byte; these are two
@@ -425,31 +433,38 @@ inline void load_weights(const W* p, vec8& w0, vec8& w1) {
 template <typename W>
 constexpr int64_t kStepsPerLine = 64 / (kPanel * static_cast<int64_t>(sizeof(W)));
 
-// Packs weight [N, K] into panels. With `quantize`, also returns each output column's scale:
-// symmetric int8, the column's largest magnitude mapped to 127.
+// Packs weight [N, K] (float32 or bfloat16) into panels of the same dtype. With `quantize`
+// (float32 only), int8 panels instead, and each output column's scale: symmetric int8, the
+// column's largest magnitude mapped to 127.
 std::vector<torch::Tensor> pack_linear_weight(const torch::Tensor& weight, bool quantize) {
-    TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == torch::kFloat32, "weight: float32 [N, K]");
+    TORCH_CHECK(weight.dim() == 2 && weight.is_contiguous() &&
+                    (weight.scalar_type() == torch::kFloat32 || weight.scalar_type() == torch::kBFloat16),
+                "weight: contiguous float32 or bfloat16 [N, K]");
+    TORCH_CHECK(!quantize || weight.scalar_type() == torch::kFloat32, "int8 quantization packs float32 weights");
     const int64_t n = weight.size(0), k = weight.size(1), panels = (n + kPanel - 1) / kPanel;
-    auto packed = torch::zeros({panels, k, kPanel}, weight.options().dtype(quantize ? torch::kInt8 : torch::kFloat32));
-    auto scales = torch::ones({quantize ? n : 0}, weight.options());
-    auto w = weight.accessor<float, 2>();
+    auto packed = torch::zeros({panels, k, kPanel}, weight.options().dtype(quantize ? torch::kInt8 : weight.scalar_type()));
+    auto scales = torch::ones({quantize ? n : 0}, weight.options().dtype(torch::kFloat32));
     float* sp = scales.data_ptr<float>();
-    at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t p = begin; p < end; ++p)
-            for (int64_t c = 0; c < kPanel && p * kPanel + c < n; ++c) {
-                const int64_t col = p * kPanel + c;
-                if (!quantize) {
-                    float* dst = packed.data_ptr<float>();
-                    for (int64_t i = 0; i < k; ++i) dst[(p * k + i) * kPanel + c] = w[col][i];
-                    continue;
+    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, weight.scalar_type(), "pack_linear_weight", [&] {
+        const scalar_t* w = weight.data_ptr<scalar_t>();
+        at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
+            for (int64_t p = begin; p < end; ++p)
+                for (int64_t c = 0; c < kPanel && p * kPanel + c < n; ++c) {
+                    const int64_t col = p * kPanel + c;
+                    const scalar_t* row = w + col * k;
+                    if (!quantize) {
+                        scalar_t* dst = packed.data_ptr<scalar_t>();
+                        for (int64_t i = 0; i < k; ++i) dst[(p * k + i) * kPanel + c] = row[i];
+                        continue;
+                    }
+                    float top = 0.0f;
+                    for (int64_t i = 0; i < k; ++i) top = std::max(top, std::abs(static_cast<float>(row[i])));
+                    sp[col] = top > 0.0f ? top / 127.0f : 1.0f;
+                    int8_t* dst = packed.data_ptr<int8_t>();
+                    for (int64_t i = 0; i < k; ++i)
+                        dst[(p * k + i) * kPanel + c] = static_cast<int8_t>(std::lround(static_cast<float>(row[i]) / sp[col]));
                 }
-                float top = 0.0f;
-                for (int64_t i = 0; i < k; ++i) top = std::max(top, std::abs(w[col][i]));
-                sp[col] = top > 0.0f ? top / 127.0f : 1.0f;
-                int8_t* dst = packed.data_ptr<int8_t>();
-                for (int64_t i = 0; i < k; ++i)
-                    dst[(p * k + i) * kPanel + c] = static_cast<int8_t>(std::lround(w[col][i] / sp[col]));
-            }
+        });
     });
     return {packed, scales};
 }
@@ -525,7 +540,7 @@ void linear_rows(const float* xp, const W* wp, const float* sp, const float* bp,
                 // The first pass over this panel fetches the next one; later passes find both cached.
                 const W* next_panel = p + 1 < p1 ? stored + k * kPanel : nullptr;
                 if constexpr (!std::is_same_v<W, float>) {
-                    // Several passes over an int8 panel: widen it to float once, in cache, rather
+                    // Several passes over a narrow panel: widen it to float once, in cache, rather
                     // than at every pass. Same values, so the same sums to the bit either way.
                     if (r1 - r0 > kRows) {
                         for (int64_t i = 0; i < k; ++i) {
@@ -546,29 +561,37 @@ void linear_rows(const float* xp, const W* wp, const float* sp, const float* bp,
     });
 }
 
-// out = x @ W^T (* scales, for int8 weights) + bias.
+// out = x @ W^T (* scales, for int8 weights) + bias. x and out in float32, or both in bfloat16
+// (the arithmetic in float32, out rounded once) for bfloat16 weights.
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& packed, const torch::Tensor& scales,
                      const std::optional<torch::Tensor>& bias, int64_t n) {
-    TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.scalar_type() == torch::kFloat32, "x: contiguous float32 [M, K]");
+    const auto wtype = packed.scalar_type();
+    TORCH_CHECK(wtype == torch::kFloat32 || wtype == torch::kBFloat16 || wtype == torch::kInt8,
+                "packed weight: float32, bfloat16 or int8");
+    const auto xtype = wtype == torch::kBFloat16 ? torch::kBFloat16 : torch::kFloat32;
+    TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.scalar_type() == xtype,
+                "x: contiguous [M, K], bfloat16 for bfloat16 weights, else float32");
     TORCH_CHECK(packed.dim() == 3 && packed.size(1) == x.size(1) && packed.size(2) == kPanel &&
                     packed.size(0) == (n + kPanel - 1) / kPanel && packed.is_contiguous(),
                 "packed weight does not match x or n");
-    const bool quantized = packed.scalar_type() == torch::kInt8;
-    TORCH_CHECK(quantized || packed.scalar_type() == torch::kFloat32, "packed weight: float32 or int8");
+    const bool quantized = wtype == torch::kInt8;
     TORCH_CHECK(!quantized || (scales.numel() == n && scales.is_contiguous() && scales.scalar_type() == torch::kFloat32),
                 "int8 weights need float32 scales [N]");
     TORCH_CHECK(!bias || (bias->is_contiguous() && bias->numel() == n && bias->scalar_type() == torch::kFloat32),
                 "bias: float32 [N]");
-    const int64_t m = x.size(0), k = x.size(1);
-    auto out = torch::empty({m, n}, x.options());
+    const int64_t m = x.size(0), k = x.size(1), panels = packed.size(0);
+    const torch::Tensor xf = x.to(torch::kFloat32);
+    auto out = torch::empty({m, n}, xf.options());
+    const float* xp = xf.data_ptr<float>();
     const float* bp = bias ? bias->data_ptr<float>() : nullptr;
+    float* op = out.data_ptr<float>();
     if (quantized)
-        linear_rows(x.data_ptr<float>(), packed.data_ptr<int8_t>(), scales.data_ptr<float>(), bp,
-                    out.data_ptr<float>(), m, k, n, packed.size(0));
+        linear_rows(xp, packed.data_ptr<int8_t>(), scales.data_ptr<float>(), bp, op, m, k, n, panels);
+    else if (wtype == torch::kBFloat16)
+        linear_rows(xp, packed.data_ptr<at::BFloat16>(), static_cast<const float*>(nullptr), bp, op, m, k, n, panels);
     else
-        linear_rows(x.data_ptr<float>(), packed.data_ptr<float>(), static_cast<const float*>(nullptr), bp,
-                    out.data_ptr<float>(), m, k, n, packed.size(0));
-    return out;
+        linear_rows(xp, packed.data_ptr<float>(), static_cast<const float*>(nullptr), bp, op, m, k, n, panels);
+    return out.to(xtype);
 }
 
 }  // namespace

@@ -18,11 +18,10 @@ carry float32 values; the tail keeps bfloat16's, which moves no choice a user ca
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from adapters.cpu.kernels import CPUKernels
-from adapters.cpu.packed_linear import PackedLinear
+from adapters.cpu.packed_linear import PackedLinear, fast_linear
 
 # Above OpenAI's largest top_logprobs (20), with room for the near-ties the rounding can reorder.
 REFINED_CANDIDATES = 32
@@ -34,15 +33,18 @@ class RefinedLogits(nn.Module):
     ``hidden`` [..., hidden_size], any float dtype; returns float32 [..., vocab].
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, kernels: CPUKernels) -> None:
         super().__init__()
         self.weight = weight.detach()
         self.bias = None if bias is None else bias.detach()
         self.candidates = min(REFINED_CANDIDATES, self.weight.shape[0])
+        # The whole vocabulary on the dtype's fast path (ise's GEMM where the CPU lacks bfloat16
+        # kernels: torch's fallback there is several times slower).
+        self.product = fast_linear(self.weight, self.bias, kernels)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         rows = hidden.reshape(-1, hidden.shape[-1])
-        logits = F.linear(rows.to(self.weight.dtype), self.weight, self.bias).float()
+        logits: torch.Tensor = self.product(rows.to(self.weight.dtype).contiguous()).float()
         top = logits.topk(self.candidates, dim=-1).indices
         exact = torch.einsum("rd,rkd->rk", rows.float(), self.weight[top].float())
         if self.bias is not None:
@@ -57,4 +59,4 @@ def lm_head(weight: torch.Tensor, bias: torch.Tensor | None, kernels: CPUKernels
     """
     if weight.dtype == torch.float32:
         return PackedLinear(weight, bias, kernels, "none")
-    return RefinedLogits(weight, bias)
+    return RefinedLogits(weight, bias, kernels)

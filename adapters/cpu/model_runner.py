@@ -48,11 +48,8 @@ class TransformersForward:
         self.model = model
         head = model.get_output_embeddings()
         model.set_output_embeddings(lm_head(head.weight, head.bias, kernels))
-        if model.dtype == torch.float32:
-            count = pack_linears(model, kernels, quantization)
-            log.info(
-                "%d linear layers on ise's GEMM, %s weights", count, "int8" if quantization == "int8" else "float32"
-            )
+        count = pack_linears(model, kernels, quantization)
+        log.info("%d linear layers packed, %s weights", count, "int8" if quantization == "int8" else model.dtype)
 
     def __call__(
         self, ids: torch.Tensor, positions: torch.Tensor, attn_metadata: AttentionMetadata, keep: torch.Tensor

@@ -36,6 +36,11 @@ def has_amx_bf16() -> bool:
     return "amx_bf16" in cpu_flags()
 
 
+def has_bf16_kernels() -> bool:
+    """Whether oneDNN has bfloat16 kernels for this CPU (AVX512-BF16 or AMX), so torch runs it fast."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def resolve_dtype(name: str) -> torch.dtype:
     """Turn a dtype setting into a torch dtype; ``auto`` takes bfloat16 only where AMX runs it fast."""
     if name == "auto":

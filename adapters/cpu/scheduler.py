@@ -7,7 +7,12 @@ finished and why, and frees them. Kept apart from model execution so the policy 
 tested without a model.
 
 Every step has a token budget. Running requests come first, oldest first: a decoding request needs
-one token, a request still prefilling takes the next chunk of its prompt. While any request is
+one token, a request still prefilling takes the next chunk of its prompt. Of the budget, at most
+``prompt_tokens_per_step`` go to prompts: a burst of prompts is prefilled a few whole prompts per
+step, each step's decoding requests riding along, so they reach their first tokens in turn (the
+median one after about half the burst's prefill, where two steps of 2,048 tokens made it wait for
+three quarters of it and stalled the streams already running for a whole such step), while each
+step still has rows enough for the GEMMs to run at full rate. While any request is
 decoding, a long prompt is capped to a small chunk per step, so it cannot stall the streams
 already running: it is prefilled a chunk per step, interleaved with their tokens. Short prompts are
 taken whole, first come first served: a burst of them then reaches its first tokens in turn
@@ -31,6 +36,10 @@ from adapters.cpu.block_manager import BlockManager
 from adapters.cpu.outputs import ModelRunnerOutput, SampledToken
 from adapters.cpu.sequence import RequestStatus, Sequence
 from adapters.engine import EngineOutput, RequestFailedError
+
+# Prompt tokens one step computes at most (see the module's docstring): enough rows for the GEMMs
+# to run at full rate, few enough that a burst's prompts finish a few per step.
+PROMPT_TOKENS_PER_STEP = 512
 
 
 @dataclass(frozen=True)
@@ -73,6 +82,7 @@ class Scheduler:
         *,
         max_num_seqs: int,
         max_num_batched_tokens: int,
+        prompt_tokens_per_step: int = PROMPT_TOKENS_PER_STEP,
         prefill_chunk_tokens: int,
         long_prefill_token_threshold: int,
         max_model_len: int,
@@ -81,6 +91,7 @@ class Scheduler:
         self.blocks = blocks
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
+        self.prompt_tokens_per_step = prompt_tokens_per_step
         self.prefill_chunk_tokens = prefill_chunk_tokens
         self.long_prefill_token_threshold = long_prefill_token_threshold
         self.max_model_len = max_model_len
@@ -100,17 +111,24 @@ class Scheduler:
 
     def schedule(self) -> SchedulerOutput:
         scheduled: list[ScheduledRequest] = []
-        budget = self.max_num_batched_tokens
+        budget, prompt_budget = self.max_num_batched_tokens, self.prompt_tokens_per_step
         decoding = any(s.num_tokens - s.num_computed_tokens == 1 for s in self.running)
         preempted = False
         index = 0
         while index < len(self.running) and budget > 0:
             seq = self.running[index]
-            n = min(seq.num_tokens - seq.num_computed_tokens, budget, self._cap(seq, decoding))
+            remaining = seq.num_tokens - seq.num_computed_tokens
+            n = min(remaining, budget, self._cap(seq, decoding))
+            if remaining > 1:
+                n = min(n, prompt_budget)
+            if n == 0:  # a prompt, and this step's prompt tokens are spent
+                index += 1
+                continue
             start = seq.num_computed_tokens
             if self.blocks.allocate_slots(seq, n):
                 scheduled.append(self._scheduled(seq, start, n))
                 budget -= n
+                prompt_budget -= n if remaining > 1 else 0
                 index += 1
                 continue
             preempted = True
@@ -118,11 +136,13 @@ class Scheduler:
             self._preempt(victim)
             if victim is seq:
                 break
-        while not preempted and self.waiting and len(self.running) < self.max_num_seqs and budget > 0:
+        while (
+            not preempted and self.waiting and len(self.running) < self.max_num_seqs and min(budget, prompt_budget) > 0
+        ):
             seq = self.waiting[0]
             cached = [] if seq.needs_prompt_logprobs else self.blocks.get_computed_blocks(seq)
             remaining = seq.num_tokens - len(cached) * self.blocks.block_size
-            n = min(remaining, budget, self._cap(seq, decoding))
+            n = min(remaining, budget, prompt_budget, self._cap(seq, decoding))
             if not self.blocks.allocate_slots(seq, n, cached):
                 if not self.running:
                     raise RuntimeError(f"request {seq.request_id} cannot fit in an empty KV cache")
@@ -135,6 +155,7 @@ class Scheduler:
             self.running.append(seq)
             scheduled.append(self._scheduled(seq, seq.num_computed_tokens, n))
             budget -= n
+            prompt_budget -= n
         return SchedulerOutput(scheduled)
 
     def update_from_output(

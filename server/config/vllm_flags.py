@@ -55,8 +55,10 @@ _CACHED_TOKENS = "ise always reports usage.prompt_tokens_details.cached_tokens"
 _NO_REQUEST_LOG = "ise logs no request's contents unless --log-prompts"
 _ERROR_STACK = "ise logs the traceback of every server error (500), and none for client errors"
 _TOKEN_IDS = "ise writes logprobs' tokens as text with their bytes, never as token_id:N"
-_LOAD = "ise serves no /load route; /metrics has ise_num_requests_running and ise_num_requests_waiting"
-_TIMINGS = "ise puts no timings in responses; its log line per request has queue, prefill and decode times"
+_LOAD = "ise always tracks its load: GET /load reports it, as does the endpoint-load-metrics header when asked"
+_TIMINGS = (
+    "ise always sends a request's timings: the Server-Timing header, and usage.server_timing in a stream's usage chunk"
+)
 _TOKENIZER_INFO = "ise serves no /tokenizer_info route"
 _OFFLINE_DOCS = "ise's /docs load Swagger UI from its CDN"
 _SCALE_OUT = "ise serves none of vLLM's scale-out endpoints"
@@ -104,7 +106,9 @@ VLLM_FLAGS: dict[str, VllmFlag] = {
     "--no-trust-request-chat-template": _accepted(_REQUEST_TEMPLATE),
     "--no-exclude-tools-when-tool-choice-none": _accepted(_TOOLS_NONE),
     "--no-return-tokens-as-token-ids": _accepted(_TOKEN_IDS),
+    "--enable-server-load-tracking": _accepted(_LOAD),
     "--no-enable-server-load-tracking": _accepted(_LOAD),
+    "--enable-per-request-metrics": _accepted(_TIMINGS),
     "--no-enable-per-request-metrics": _accepted(_TIMINGS),
     "--no-enable-log-outputs": _accepted(_NO_OUTPUT_LOG),
     "--enable-log-deltas": _accepted(_NO_OUTPUT_LOG),
@@ -129,15 +133,9 @@ VLLM_FLAGS: dict[str, VllmFlag] = {
     "--no-enable-request-id-headers": _refused(_REQUEST_ID),
     "--no-enable-prompt-tokens-details": _refused(_CACHED_TOKENS),
     "--return-tokens-as-token-ids": _refused(_TOKEN_IDS),
-    "--enable-server-load-tracking": _refused(_LOAD),
-    "--enable-per-request-metrics": _refused(_TIMINGS),
     "--enable-log-outputs": _refused(_NO_OUTPUT_LOG),
     "--enable-tokenizer-info-endpoint": _refused(_TOKENIZER_INFO),
     "--enable-offline-docs": _refused(_OFFLINE_DOCS),
-    "--sse-keep-alive-interval": _refused(
-        "ise's streams send an SSE comment every 15 s of their own; the interval is not an option",
-        takes_value=True,
-    ),
     "--lora-modules": _refused("ise serves no LoRA adapters", takes_value=True),
     "--default-chat-template-kwargs": _refused(
         "ise has no server-wide chat_template_kwargs; requests send their own", takes_value=True

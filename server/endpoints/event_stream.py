@@ -1,4 +1,5 @@
-"""The SSE response: sse-starlette's, with a client that stopped reading dropped quietly.
+"""The SSE response: sse-starlette's, with a client that stopped reading dropped quietly, and a
+heartbeat that may send nothing at a tick.
 
 sse-starlette raises ``SendTimeoutError`` when one send waits past ``send_timeout``. Raised out of
 the response it reaches Starlette's error handling and uvicorn's as two "unhandled" tracebacks,
@@ -11,9 +12,12 @@ connection; ``UnfinishedStreamFilter`` keeps that report out of the error log fo
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from contextvars import ContextVar
+from typing import Any
 
-from sse_starlette import EventSourceResponse
+import anyio
+from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.sse import SendTimeoutError
 from starlette.types import Receive, Scope, Send
 
@@ -25,6 +29,25 @@ _UNFINISHED = "ASGI callable returned without completing response."
 
 
 class EventStream(EventSourceResponse):
+    def __init__(
+        self, content: Any, *, heartbeat: Callable[[], ServerSentEvent | None], tick_s: float, **kwargs: Any
+    ) -> None:
+        """``heartbeat`` is asked every ``tick_s`` seconds (0: never) what to send while nothing else is sent."""
+        super().__init__(content, ping=tick_s, **kwargs)
+        self.heartbeat = heartbeat
+
+    async def _ping(self, send: Send) -> None:
+        """sse-starlette's ping loop (which must send at every tick), sending only what ``heartbeat`` gives."""
+        while self.active:
+            await anyio.sleep(self.ping_interval)
+            event = self.heartbeat()
+            if event is None:
+                continue
+            async with self._send_lock:
+                if self.active:
+                    message = {"type": "http.response.body", "body": event.encode(), "more_body": True}
+                    await self._send_with_timeout(send, message)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)

@@ -22,8 +22,9 @@ from server.endpoints.metrics_merge import merged_registry
 from server.endpoints.responses.api import router as responses_router
 from server.endpoints.state import Models, ServerState, get_models, get_state
 from server.endpoints.tokenize import detokenize, tokenize
+from server.gateway.load import kv_cache_usage
 from server.protocol.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
-from server.protocol.common import ErrorResponse, Health, ModelCard, ModelList, Version
+from server.protocol.common import ErrorResponse, Health, ModelCard, ModelList, ServerLoad, Version
 from server.protocol.completion import Completion, CompletionRequest
 from server.protocol.embeddings import EmbeddingRequest, EmbeddingResponse
 from server.protocol.errors import APIError, api_error_response, error_response
@@ -206,6 +207,20 @@ async def metrics(models: AllModels) -> Response:
         return Response(generate_latest(registries[0]), media_type=CONTENT_TYPE_LATEST)
     names = [state.model_name for state in models.states]
     return Response(generate_latest(merged_registry(registries, names)), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/load", responses=_errors(401))
+async def load(state: State) -> ServerLoad:
+    """vLLM's load report for routers: requests in flight (``server_load``), and the engine's running and
+    waiting requests and KV cache usage. With ``endpoint-load-metrics-format: TEXT`` (or ``JSON``), a
+    completion's response carries the same in vLLM's ORCA header, ``endpoint-load-metrics``."""
+    stats = state.engine.stats()
+    return ServerLoad(
+        server_load=len(state.gateway.admission.tickets),
+        num_requests_running=stats.running,
+        num_requests_waiting=stats.waiting,
+        kv_cache_usage_perc=kv_cache_usage(stats),
+    )
 
 
 @router.post("/tokenize", responses=_errors(400, 401, 404, 413))

@@ -25,8 +25,10 @@ from sse_starlette import ServerSentEvent
 from adapters.engine import StructuredOutput, TokenLogprobs
 from server.endpoints.event_stream import EventStream
 from server.endpoints.generation import ChoiceEvent, Generation, Job, build_job
+from server.endpoints.heartbeat import QUEUE_POSITION_HEADER, Heartbeat, wants_queue_position
 from server.endpoints.state import ServerState
 from server.gateway.admission import Ticket
+from server.gateway.load import LOAD_FORMAT_HEADER, orca_header
 from server.protocol.base import new_id, now
 from server.protocol.chat import ChatCompletionRequest
 from server.protocol.common import ChoiceFinishReason, CompletionTokensDetails, Usage
@@ -66,7 +68,7 @@ class ResponseFormat(Protocol):
         ...
 
     def keepalive(self) -> ServerSentEvent | None:
-        """The event a stream repeats while it has nothing to send (None: sse-starlette's comment line)."""
+        """The event a stream repeats while it has nothing to send (None: the ``: keep-alive`` comment line)."""
         ...
 
     def opening(self, index: int) -> BaseModel | None: ...
@@ -159,17 +161,19 @@ Prepare = Callable[[], Awaitable[tuple[Job, ResponseFormat]]]
 
 
 async def serve(
-    req: SamplingFields, raw: Request, state: ServerState, prepare: Prepare, ignored: Sequence[str] = ()
+    req: SamplingFields, raw: Request, state: ServerState, prepare: Prepare, ignored: Sequence[str] | None = None
 ) -> Response:
     """Answer one completion request, whole or streamed: the model checked, the request charged to its
     key, ignored fields reported, the endpoint's ``prepare`` run, the job admitted, the answer sent.
 
-    ``ignored``: fields the endpoint takes but cannot honour, beyond those ``req`` finds itself (an
-    API translated into a chat request names the fields the translation dropped). Every refusal
-    (an ``APIError``) comes before the response starts.
+    ``ignored``: the fields the client sent that take no effect, by the client's names; by default
+    those ``req`` finds itself (an API translated into a chat request names them as its own request
+    called them, and what the translation dropped). Every refusal (an ``APIError``) comes before the
+    response starts.
     """
     state.check_model(req.model, "generate")
-    headers = {**state.gateway.charge_request(raw), **ignored_headers([*ignored, *req.ignored_fields()], state)}
+    named = req.ignored_fields() if ignored is None else list(ignored)
+    headers = {**state.gateway.charge_request(raw), **ignored_headers(named, state)}
     job, fmt = await prepare()
     return await _respond(req, job, fmt, raw, state, headers)
 
@@ -250,21 +254,26 @@ async def _respond(
         raise APIError(
             503, "The engine is not running; the server cannot serve requests.", code="engine_dead", retryable=False
         )
+    position = req.stream and wants_queue_position(raw.headers.get(QUEUE_POSITION_HEADER))
     ticket, token_headers = state.gateway.admit(raw, job.demand())
     raw.state.ticket = ticket  # for the request's log line
     raw.state.end_user = req.user
     headers = {**headers, **token_headers}
+    load_format = raw.headers.get(LOAD_FORMAT_HEADER)
     events = ticket.track(Generation(state.generator, state.tokenization).run(job, ticket.inbox))
     if req.stream:
 
         async def client_gone(_: object) -> None:
             ticket.client_gone = True
 
-        keepalive = fmt.keepalive()
+        if load_format is not None:
+            headers.update(orca_header(load_format, state.engine.stats()))
+        heartbeat = Heartbeat(fmt.keepalive(), state.gateway_args.sse_keep_alive_interval, ticket if position else None)
         return EventStream(
-            _sse(events, job, fmt, _usage_report(req, state), ticket, state),
+            _sse(events, job, fmt, _usage_report(req, state), ticket, state, heartbeat),
             sep="\n",
-            ping_message_factory=None if keepalive is None else lambda: keepalive,
+            heartbeat=heartbeat,
+            tick_s=heartbeat.tick_s,
             headers=headers,
             send_timeout=state.gateway_args.stream_send_timeout,
             client_close_handler_callable=client_gone,
@@ -274,6 +283,8 @@ async def _respond(
         state.gateway.aborted(ticket, "client_disconnect")
         return Response(status_code=499)
     headers[SERVER_TIMING_HEADER] = ticket.server_timing().header()
+    if load_format is not None:
+        headers.update(orca_header(load_format, state.engine.stats()))
     return JSONResponse(result.model_dump(), headers=headers)
 
 
@@ -329,12 +340,14 @@ async def _sse(
     report: _UsageReport,
     ticket: Ticket,
     state: ServerState,
+    heartbeat: Heartbeat,
 ) -> AsyncIterator[Frame]:
     """The SSE body: the format's opening events, then its events as tokens arrive, then its closing ones.
 
-    Nothing is sent between the opening events and the first token (the choices' opening chunks go
+    No event is sent between the opening events and the first token (the choices' opening chunks go
     with it), so in OpenAI's chunk APIs a request that fails before any token streams only its error
-    event and ``[DONE]``.
+    event and ``[DONE]``; only comments may come before it (keep-alives, the queue position: see
+    ``heartbeat.py``), which every SSE client skips.
 
     sse-starlette cancels this generator when the client goes away, and closes it when a send
     waits past ``--stream-send-timeout`` (a client that stopped reading); either way closing
@@ -346,6 +359,9 @@ async def _sse(
     try:
         for frame in fmt.stream_start():
             yield frame
+        position = heartbeat.position()  # where it waits, at once, when the request asked
+        if position is not None:
+            yield position
         async with aclosing(events):
             async for event in events:
                 if not opened:

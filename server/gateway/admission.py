@@ -23,12 +23,14 @@ import contextlib
 import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
+from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from adapters.engine import FinishReason
 from server.gateway.options import GatewayArgs
+from server.gateway.request_record import RequestContext, RequestObserver, RequestRecord
 from server.gateway.ttft_model import TTFTModel
-from server.gateway.vllm_metrics import RequestMetrics, RequestRecord
+from server.gateway.vllm_metrics import RequestMetrics
 from server.protocol.common import ServerTiming
 from server.protocol.errors import APIError, retry_after
 
@@ -83,7 +85,10 @@ class Ticket:
         self.failed = False  # its events ended in an error
         self.closed_early = False  # its events were closed before they ended (an abort)
         self.finish_reason: FinishReason | None = None  # "length" if any choice ran out, else "stop"
-        self.metrics: RequestMetrics | None = None  # set by the gateway: where the request is observed
+        self.metrics: RequestMetrics | None = None  # set by the gateway: where its tokens are timed
+        self.observers: tuple[RequestObserver, ...] = ()  # set by the gateway: who reads its record as it ends
+        self.context = RequestContext()  # set by the gateway: who sent it, its targets, its trace
+        self.number = admission.admitted  # its place in the order of admission (queue positions)
         self.n = 1
         self.max_tokens = 0
         self.last_token_at: float | None = None
@@ -109,8 +114,14 @@ class Ticket:
             self._admission.leave_waiting(self)
         self.ended_at = time.monotonic()
         self._admission.release(self)
-        if self.metrics is not None:
-            self.metrics.finished(self.record())
+        if self.observers:
+            record = self.record()
+            for observe in self.observers:
+                observe(record)
+
+    def queue_position(self) -> QueuePosition:
+        """Where the request stands while it waits for its first token."""
+        return self._admission.queue_position(self)
 
     def server_timing(self) -> ServerTiming:
         """Where the request's time went, in milliseconds (ends now if the request has not ended)."""
@@ -139,6 +150,8 @@ class Ticket:
             prefill=None if scheduled is None or first is None else max(0.0, first - scheduled),
             decode=None if first is None or last is None else last - first,
             inference=None if scheduled is None or last is None else max(0.0, last - scheduled),
+            sequences=self.sequences,
+            context=self.context,
         )
 
     async def track(self, events: AsyncGenerator[E, None]) -> AsyncGenerator[E, None]:
@@ -184,6 +197,15 @@ class Ticket:
             self.finish_reason = "length" if event.finish_reason == "length" else "stop"
 
 
+@dataclass(frozen=True)
+class QueuePosition:
+    """A waiting request's place: 1 is next. ``estimated_wait_s``: until its first token (None: not yet measured)."""
+
+    position: int
+    waiting: int  # requests waiting in all
+    estimated_wait_s: float | None
+
+
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
 
@@ -203,6 +225,7 @@ class Admission:
         self.waiting_tokens = 0
         self.decode_s: float | None = None  # moving average of a request's time from first token to end
         self.draining = False
+        self.admitted = 0  # requests admitted so far
         self._idle = asyncio.Event()  # set while no ticket is held
         self._idle.set()
 
@@ -238,6 +261,7 @@ class Admission:
         if target is not None:
             self._check_slo(tokens_ahead, slots_short, target)
         ticket = Ticket(self, prompt_tokens, tokens_ahead, sequences, slots_short)
+        self.admitted += 1
         self.tickets.add(ticket)
         self.sequences += sequences
         self._idle.clear()
@@ -258,6 +282,19 @@ class Admission:
         if self.decode_s is None or not self.batch_slots:
             return None
         return prefill + slots_short * self.decode_s / self.batch_slots
+
+    def queue_position(self, ticket: Ticket) -> QueuePosition:
+        """``ticket``'s place among the waiting requests, in order of admission, and its predicted wait:
+        the prefill of the prompt tokens waiting ahead of it (its own included), and, if the batch is
+        full, the slots that must free first (as ``predict_ttft`` predicts a new request's TTFT).
+
+        O(requests in flight): called about once a second per stream that asked, never per token.
+        """
+        ahead = [t for t in self.tickets if t.waiting and t.number < ticket.number]
+        held = sum(t.sequences for t in self.tickets if t is not ticket and (not t.waiting or t.number < ticket.number))
+        slots_short = 0 if self.batch_slots is None else max(0, held + ticket.sequences - self.batch_slots)
+        tokens = sum(t.prompt_tokens for t in ahead) + ticket.prompt_tokens
+        return QueuePosition(len(ahead) + 1, self.waiting_requests, self.predict_ttft(tokens, slots_short))
 
     def _check_slo(self, tokens_ahead: int, slots_short: int, target_s: float) -> None:
         if self.waiting_requests == 0 and slots_short == 0:

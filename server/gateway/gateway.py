@@ -8,7 +8,9 @@ takes numbers (``Demand``), not an endpoint's request: every endpoint goes throu
 
 from __future__ import annotations
 
+import asyncio
 import math
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,6 +23,9 @@ from server.gateway.auth import STATE_KEY, APIKey
 from server.gateway.metrics import Metrics
 from server.gateway.options import GatewayArgs
 from server.gateway.rate_limits import RateLimits
+from server.gateway.request_id import current_request_id
+from server.gateway.request_record import RequestContext
+from server.gateway.tracing import TRACE_HEADERS, Tracing
 from server.protocol.errors import APIError, invalid_request
 
 
@@ -47,10 +52,14 @@ class Gateway:
     admission: Admission = field(init=False)
     rate_limits: RateLimits = field(init=False, default_factory=RateLimits)
     metrics: Metrics = field(init=False)
+    tracing: Tracing | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
+        """Raises ValueError where tracing is asked for and cannot be set up."""
         self.admission = Admission(self.options, self.batch_slots)
-        self.metrics = Metrics(self.engine, self.admission, self.model_name)
+        self.metrics = Metrics(self.engine, self.admission, self.model_name, self.options)
+        if self.options.otlp_traces_endpoint is not None:
+            self.tracing = Tracing(self.options.otlp_traces_endpoint, self.model_name)
 
     def charge_request(self, raw: Request) -> dict[str, str]:
         """Count the request against its key's requests-per-minute; the rate-limit headers to send."""
@@ -82,7 +91,25 @@ class Gateway:
                 ticket.end()
                 raise
             ticket.metrics = self.metrics.requests  # admitted: from here on the request is observed
+            ticket.observers = self.metrics.observers
+            trace_headers = {}
+            if self.tracing is not None:
+                ticket.observers = (*ticket.observers, self.tracing.finished)
+                trace_headers = {name: raw.headers[name] for name in TRACE_HEADERS if name in raw.headers}
+            ticket.context = RequestContext(
+                request_id=current_request_id.get() or "",
+                route=raw.scope.get("path", ""),
+                api_key_name=key.name if key is not None else None,
+                ttft_target=slo if slo is not None else self.admission.slo_ttft_s,
+                started_at=time.time(),
+                trace_headers=trace_headers,
+            )
             return ticket, headers
+
+    async def close(self) -> None:
+        """Export the trace spans still queued (off the event loop: the collector may be slow)."""
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)
 
     def aborted(self, ticket: Ticket, reason: str) -> None:
         """The request ended unfinished (``client_disconnect``, ``send_timeout``): noted and counted."""

@@ -10,7 +10,11 @@ from prometheus_client.registry import Collector
 
 from adapters.engine import EngineBase
 from server.gateway.admission import Admission
-from server.gateway.vllm_metrics import RequestMetrics, VLLMEngineCollector
+from server.gateway.goodput import Goodput
+from server.gateway.key_usage import KeyUsage
+from server.gateway.options import GatewayArgs
+from server.gateway.request_record import RequestObserver
+from server.gateway.vllm_metrics import ENGINE_INDEX, RequestMetrics, VLLMEngineCollector
 
 
 class _EngineCollector(Collector):
@@ -77,13 +81,19 @@ class _AdmissionCollector(Collector):
 class Metrics:
     """The server's Prometheus registry: ise's own series, vLLM's (``vllm_metrics.py``), and the process's."""
 
-    def __init__(self, engine: EngineBase, admission: Admission, model_name: str) -> None:
+    def __init__(self, engine: EngineBase, admission: Admission, model_name: str, options: GatewayArgs) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(_EngineCollector(engine))
         self.registry.register(_AdmissionCollector(admission))
         self.registry.register(VLLMEngineCollector(engine, model_name))
         self.engine, self.model_name = engine, model_name
         self.requests: RequestMetrics | None = None  # once the engine started: its token buckets end at its context
+        labels = (model_name, ENGINE_INDEX)
+        ms = 1 / 1000
+        ttft, tpot = options.slo_ttft_ms, options.slo_tpot_ms
+        self.goodput = Goodput(self.registry, labels, ttft and ttft * ms, tpot and tpot * ms)
+        self.key_usage = KeyUsage(self.registry, labels)
+        self.observers: tuple[RequestObserver, ...] = ()  # what reads each request's record as it ends
         # The standard process_* and python_* series (memory, CPU, open files), as vLLM's /metrics has.
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
@@ -107,3 +117,4 @@ class Metrics:
         """Create the per-request series, whose token buckets end at the context the engine serves."""
         if self.requests is None:  # an app's lifespan may run again (a test client entering it twice)
             self.requests = RequestMetrics(self.registry, self.model_name, self.engine.max_model_len)
+            self.observers = (self.requests.finished, self.goodput.finished, self.key_usage.finished, *self.observers)

@@ -72,7 +72,14 @@ class GatewayArgs(BaseModel):
         None,
         gt=0,
         description="Time-to-first-token target: a request whose predicted TTFT misses it gets 429 at once "
-        "(the x-slo-ttft-ms request header sets a request's own target)",
+        "(the x-slo-ttft-ms request header sets a request's own target); /metrics counts the requests that "
+        "met and missed it (ise_request_slo_total)",
+    )
+    slo_tpot_ms: float | None = Field(
+        None,
+        gt=0,
+        description="Time-per-output-token target, in ms per token after the first: /metrics counts the requests "
+        "that met and missed it (ise_request_slo_total), for goodput; no request is refused for it",
     )
     max_request_body_bytes: int = Field(
         4 * 1024 * 1024, gt=0, description="Largest request body accepted; larger bodies get 413"
@@ -82,6 +89,18 @@ class GatewayArgs(BaseModel):
         gt=0,
         description="Seconds a stream may wait for a client to take its next event; a client that stops "
         "reading is dropped after it and its request aborted",
+    )
+    sse_keep_alive_interval: float = Field(
+        15.0,
+        ge=0,
+        description="Seconds between keep-alive comments (': keep-alive') on every stream, so proxies that cut "
+        "idle connections keep a stream that waits in the queue, reads a long prompt or pauses between tokens "
+        "(Messages streams send Anthropic's ping event instead); 0 sends none",
+    )
+    otlp_traces_endpoint: str | None = Field(
+        None,
+        description="Where to send OpenTelemetry traces, one span per request (vLLM's flag): OTLP over gRPC, or "
+        "over HTTP (the whole URL) with OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=http/protobuf; needs ise[tracing]",
     )
     drain_timeout: float = Field(
         30.0,

@@ -19,13 +19,14 @@ checks before it (parsing, tokenization, a compile) are not in them.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from adapters.engine import ITERATION_TOKENS_BUCKETS, EngineBase, FinishReason
+from adapters.engine import ITERATION_TOKENS_BUCKETS, EngineBase
+from server.gateway.load import kv_cache_usage
+from server.gateway.request_record import RequestRecord
 
 LABELS = ("model_name", "engine")
 ENGINE_INDEX = "0"  # one engine per server; vLLM labels its first engine "0"
@@ -58,24 +59,6 @@ def request_tokens_buckets(max_model_len: int) -> list[float]:
         scale *= 10
 
 
-@dataclass(frozen=True)
-class RequestRecord:
-    """One request as it ended, in seconds and tokens (vLLM's ``FinishedRequestStats``, per API request)."""
-
-    finish_reason: FinishReason | None  # None: it failed (vLLM's "error")
-    prompt_tokens: int  # as usage counts them
-    generation_tokens: int  # as usage counts them, every choice
-    cached_tokens: int  # prompt tokens the prefix cache served (usage's cached_tokens)
-    n: int
-    max_tokens: int
-    e2e: float  # admission to the end
-    queued: float | None  # admission to the engine's first scheduling (None: the engine does not say)
-    ttft: float | None  # admission to first token (None: no token)
-    prefill: float | None  # first scheduling to first token
-    decode: float | None  # first token to the last (None: no token)
-    inference: float | None  # first scheduling to the last token
-
-
 class RequestMetrics:
     """The per-request series: one observation per request, token counters moved by its usage."""
 
@@ -91,12 +74,19 @@ class RequestMetrics:
 
         latency = REQUEST_LATENCY_BUCKETS
         self.ttft = histogram("vllm:time_to_first_token_seconds", "Time to first token", TIME_TO_FIRST_TOKEN_BUCKETS)
-        self.itl = histogram(
-            "vllm:inter_token_latency_seconds", "Time between consecutive output tokens", INTER_TOKEN_LATENCY_BUCKETS
+        itl = Histogram(
+            "vllm:inter_token_latency_seconds",
+            "Time between consecutive output tokens",
+            LABELS,
+            registry=registry,
+            buckets=INTER_TOKEN_LATENCY_BUCKETS,
         )
+        self.itl = itl.labels(*labels)
+        # Its name before vLLM 0.11, which dashboards in circulation still query.
+        registry.register(Renamed(itl, "vllm:time_per_output_token_seconds"))
         self.tpot = histogram(
             "vllm:request_time_per_output_token_seconds",
-            "A request's decode time over its output tokens after the first",
+            "A request's decode time over its output tokens after the first (per sequence)",
             INTER_TOKEN_LATENCY_BUCKETS,
         )
         self.e2e = histogram("vllm:e2e_request_latency_seconds", "Request latency, admission to end", latency)
@@ -142,8 +132,8 @@ class RequestMetrics:
         ):
             if value is not None:
                 histogram.observe(value)
-        if record.decode is not None and record.generation_tokens > 1:
-            self.tpot.observe(record.decode / (record.generation_tokens - 1))
+        if record.tpot is not None:
+            self.tpot.observe(record.tpot)
         self.prompt_tokens_hist.observe(record.prompt_tokens)
         self.generation_tokens_hist.observe(record.generation_tokens)
         self.params_n.observe(record.n)
@@ -154,6 +144,19 @@ class RequestMetrics:
 
 
 Family = GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily
+
+
+class Renamed(Collector):
+    """A series again under an older name of vLLM's (an alias), copied at scrape time: observed once."""
+
+    def __init__(self, source: Collector, name: str) -> None:
+        self.source, self.name = source, name
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self.source.collect():
+            renamed = Metric(self.name, metric.documentation + f" (alias of {metric.name})", metric.type)
+            renamed.samples = [s._replace(name=self.name + s.name[len(metric.name) :]) for s in metric.samples]
+            yield renamed
 
 
 class VLLMEngineCollector(Collector):
@@ -175,8 +178,12 @@ class VLLMEngineCollector(Collector):
         gauge, counter = GaugeMetricFamily, CounterMetricFamily
         yield self._family(gauge, "vllm:num_requests_running", "Requests in the running batch", s.running)
         yield self._family(gauge, "vllm:num_requests_waiting", "Requests waiting to be scheduled", s.waiting)
-        usage = s.kv_blocks_used / s.kv_blocks_total if s.kv_blocks_total else 0.0
+        usage = kv_cache_usage(s)
         yield self._family(gauge, "vllm:kv_cache_usage_perc", "KV cache usage, 1 is full", usage)
+        # Its name before vLLM 0.10, which dashboards in circulation still query.
+        yield self._family(
+            gauge, "vllm:gpu_cache_usage_perc", "KV cache usage (alias of vllm:kv_cache_usage_perc)", usage
+        )
         yield self._family(counter, "vllm:num_preemptions", "Requests preempted by the engine", s.preemptions)
         yield self._family(
             counter, "vllm:prefix_cache_queries", "Prompt tokens looked up in the prefix cache",

@@ -22,6 +22,7 @@ from server.protocol.base import (
 from server.protocol.common import ChoiceFinishReason, Envelope, PromptLogprobs, Usage
 from server.protocol.constraint_limits import Schema
 from server.protocol.sampling import SamplingFields
+from server.protocol.schema_keywords import unenforced_keywords
 
 
 class TextPart(RequestModel):
@@ -107,6 +108,14 @@ class FunctionDefinition(RequestModel):
     description: str | None = None
     parameters: Schema | None = None
     strict: bool | None = None
+
+    def ignored_fields(self, prefix: str = "") -> list[str]:
+        """Also the keywords of a non-strict tool's parameters that its grammar leaves out; a strict
+        tool's are refused when its constraint is checked (``server/protocol/schema_keywords.py``)."""
+        found = super().ignored_fields(prefix)
+        if not self.strict and self.parameters:
+            found += [f"{prefix}parameters.{keyword}" for keyword in unenforced_keywords(self.parameters)]
+        return found
 
 
 class Tool(RequestModel):

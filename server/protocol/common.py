@@ -139,6 +139,15 @@ class ErrorResponse(ResponseModel):
     error: ErrorDetail
 
 
+class ServerLoad(ResponseModel):
+    """What ``/load`` answers: vLLM's ``server_load``, and the engine's load beside it."""
+
+    server_load: int  # requests admitted and not yet ended (vLLM: requests in flight)
+    num_requests_running: int  # in the engine's running batch
+    num_requests_waiting: int  # waiting for the engine to schedule them
+    kv_cache_usage_perc: float  # the fraction of the KV cache held, 1 is full
+
+
 class Version(ResponseModel):
     """What ``/version`` answers, as vLLM's does: ops tools check which server build they talk to."""
 

@@ -24,6 +24,7 @@ from server.protocol.base import (
 )
 from server.protocol.chat import text_only
 from server.protocol.constraint_limits import Schema
+from server.protocol.schema_keywords import unenforced_keywords
 
 # Blocks a text-only model cannot read: a 400 that says so, not a complaint about the block's shape.
 _MEDIA_BLOCKS = {"image": "an image", "document": "a document", "search_result": "a search result"}
@@ -118,6 +119,13 @@ class ToolDefinition(RequestModel):
     @property
     def is_client_tool(self) -> bool:
         return self.type in (None, "custom")
+
+    def ignored_fields(self, prefix: str = "") -> list[str]:
+        """Also the keywords of the input schema its grammar leaves out (``server/protocol/schema_keywords.py``)."""
+        found = super().ignored_fields(prefix)
+        if self.input_schema:
+            found += [f"{prefix}input_schema.{keyword}" for keyword in unenforced_keywords(self.input_schema)]
+        return found
 
 
 class ToolChoice(RequestModel):

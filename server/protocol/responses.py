@@ -3,8 +3,9 @@
 The request is translated into a chat completion request (``server/endpoints/responses/translate.py``)
 and served by the chat pipeline, so only what that translation needs is modelled: every other field
 is kept (``RequestModel`` allows extras) and named in ``x-ignored-params``. Hosted tools (web search,
-file search, ...) and free-text ``custom`` tools are kept as sent (``OtherTool``) for the same
-report. Image, file and audio parts get a 400 naming the part: the model is text-only.
+file search, ...) are kept as sent (``OtherTool``) for the same report. Free-text ``custom`` tools
+(Codex's ``apply_patch``) are offered as tools whose one argument is the text. Image, file and audio
+parts get a 400 naming the part: the model is text-only.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from server.protocol.base import (
     null_is,
 )
 from server.protocol.chat import FunctionDefinition
-from server.protocol.constraint_limits import Schema
+from server.protocol.constraint_limits import MAX_GRAMMAR_CHARS, MAX_REGEX_CHARS, Schema
 
 # Include values ise acts on; the others are named in x-ignored-params.
 OUTPUT_LOGPROBS = "message.output_text.logprobs"
@@ -120,6 +121,27 @@ class FunctionCallItem(RequestModel):
     namespace: Name | None = None
 
 
+class CustomToolCallItem(RequestModel):
+    """A call of a free-text tool an earlier answer made, sent back with its result."""
+
+    type: Literal["custom_tool_call"]
+    call_id: Name
+    name: Name
+    input: str
+    id: Name | None = None
+    status: str | None = None
+    namespace: Name | None = None
+
+
+class CustomToolCallOutputItem(RequestModel):
+    type: Literal["custom_tool_call_output"]
+    call_id: Name
+    output: Content
+    id: Name | None = None
+
+    _check_output = field_validator("output", mode="before")(_text_only)
+
+
 class FunctionCallOutputItem(RequestModel):
     type: Literal["function_call_output"]
     call_id: Name
@@ -145,6 +167,8 @@ InputItem = Annotated[
     Annotated[MessageItem, Tag("message")]
     | Annotated[FunctionCallItem, Tag("function_call")]
     | Annotated[FunctionCallOutputItem, Tag("function_call_output")]
+    | Annotated[CustomToolCallItem, Tag("custom_tool_call")]
+    | Annotated[CustomToolCallOutputItem, Tag("custom_tool_call_output")]
     | Annotated[ReasoningItem, Tag("reasoning")],
     Discriminator(lambda value: _kind(value, "message")),
 ]
@@ -204,9 +228,37 @@ class NamespaceTool(RequestModel):
     tools: Annotated[list[FunctionTool], Field(max_length=MAX_TOOLS)]
 
 
+class TextInputFormat(RequestModel):
+    type: Literal["text"]
+
+
+class GrammarInputFormat(RequestModel):
+    """A custom tool's input grammar: a regex is enforced where the tool's arguments are (a ``pattern``
+    on the text); Lark is not (xgrammar reads no Lark) and is named in x-ignored-params."""
+
+    type: Literal["grammar"]
+    syntax: Literal["lark", "regex"]
+    definition: Annotated[str, Field(max_length=MAX_GRAMMAR_CHARS)]
+
+    @model_validator(mode="after")
+    def _bounded_regex(self) -> Self:
+        if self.syntax == "regex" and len(self.definition) > MAX_REGEX_CHARS:
+            raise field_error("definition", f"a regex is limited to {MAX_REGEX_CHARS} characters.")
+        return self
+
+
+class CustomTool(RequestModel):
+    """A free-text tool: the model writes its input as plain text, not JSON arguments."""
+
+    type: Literal["custom"]
+    name: Name
+    description: str | None = None
+    format: Annotated[TextInputFormat | GrammarInputFormat, Field(discriminator="type")] | None = None
+
+
 class OtherTool(BaseModel):
-    """A hosted tool (``web_search``, ``file_search``, ...) or a free-text ``custom`` tool: kept as sent,
-    and named in x-ignored-params (ise runs no hosted tools; custom tools are not offered)."""
+    """A hosted tool (``web_search``, ``file_search``, ...): kept as sent, and named in x-ignored-params
+    (ise runs no hosted tools)."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -215,19 +267,22 @@ class OtherTool(BaseModel):
 
 def _tool_kind(value: Any) -> str:
     kind = _kind(value)
-    return kind if kind in ("function", "namespace") else "other"
+    return kind if kind in ("function", "namespace", "custom") else "other"
 
 
 ToolItem = Annotated[
     Annotated[FunctionTool, Tag("function")]
     | Annotated[NamespaceTool, Tag("namespace")]
+    | Annotated[CustomTool, Tag("custom")]
     | Annotated[OtherTool, Tag("other")],
     Discriminator(_tool_kind),
 ]
 
 
 class FunctionChoice(RequestModel):
-    type: Literal["function"]
+    """A named function or custom tool the answer must call."""
+
+    type: Literal["function", "custom"]
     name: Name
 
 

@@ -56,7 +56,18 @@ class FunctionCallItemOut(ResponseModel):
     namespace: str | None = Absent
 
 
-OutputItem = MessageOut | ReasoningOut | FunctionCallItemOut
+class CustomToolCallItemOut(ResponseModel):
+    """A call of a free-text tool: its ``input`` is the text, not JSON (OpenAI's item has no status)."""
+
+    id: str
+    type: Literal["custom_tool_call"] = "custom_tool_call"
+    call_id: str
+    name: str
+    input: str
+    namespace: str | None = Absent
+
+
+OutputItem = MessageOut | ReasoningOut | FunctionCallItemOut | CustomToolCallItemOut
 
 
 class InputTokensDetails(ResponseModel):
@@ -193,6 +204,20 @@ class ArgumentsDoneEvent(ResponseEvent):
     output_index: int
     name: str
     arguments: str
+
+
+class CustomInputDeltaEvent(ResponseEvent):
+    type: Literal["response.custom_tool_call_input.delta"] = "response.custom_tool_call_input.delta"
+    item_id: str
+    output_index: int
+    delta: str
+
+
+class CustomInputDoneEvent(ResponseEvent):
+    type: Literal["response.custom_tool_call_input.done"] = "response.custom_tool_call_input.done"
+    item_id: str
+    output_index: int
+    input: str
 
 
 class ErrorEvent(ResponseEvent):

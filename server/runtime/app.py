@@ -86,6 +86,7 @@ def create_app(served: ServerState | Models, on_ready: Callable[[], None] = lamb
             for one in models.states:
                 await one.grammars.close()
                 await one.engine.shutdown()
+                await one.gateway.close()
 
     gateway = state.gateway_args
     docs = not gateway.disable_fastapi_docs

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import xgrammar as xgr
@@ -24,33 +23,7 @@ from jsonschema.validators import validator_for
 
 from adapters.engine import StructuredOutput
 from adapters.grammars import compile_constraint
-
-# JSON Schema keywords xgrammar accepts but does not enforce: a schema using one would get output
-# that may not validate, so it is refused instead (keywords that only annotate are fine).
-UNSUPPORTED_KEYWORDS = frozenset(
-    {
-        "not",
-        "if",
-        "then",
-        "else",
-        "dependentSchemas",
-        "dependentRequired",
-        "dependencies",
-        "uniqueItems",
-        "contains",
-        "minContains",
-        "maxContains",
-        "propertyNames",
-        "unevaluatedProperties",
-        "unevaluatedItems",
-        "multipleOf",
-        "$dynamicRef",
-        "$recursiveRef",
-    }
-)
-
-# Keywords whose value is a map of names to schemas: the names are data, not keywords.
-_SCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions"})
+from server.protocol.schema_keywords import unenforced_keywords
 
 # A problem is shown to the client; xgrammar's may quote the whole constraint back.
 _MAX_PROBLEM_CHARS = 1000
@@ -76,22 +49,7 @@ def _schema_problem(schema: dict[str, Any]) -> str | None:
         validator_for(schema).check_schema(schema)
     except SchemaError as exc:
         return f"the schema is invalid: {exc.message}"[:_MAX_PROBLEM_CHARS]
-    unsupported = sorted(set(_keywords(schema)) & UNSUPPORTED_KEYWORDS)
+    unsupported = unenforced_keywords(schema)
     if unsupported:
         return f"the schema uses {', '.join(unsupported)}, which structured decoding does not support"
     return None
-
-
-def _keywords(schema: Any) -> Iterator[str]:
-    """Every keyword used anywhere in the schema (property names are not keywords)."""
-    if isinstance(schema, list):
-        for item in schema:
-            yield from _keywords(item)
-    elif isinstance(schema, dict):
-        for key, value in schema.items():
-            yield key
-            if key in _SCHEMA_MAPS and isinstance(value, dict):
-                for sub in value.values():
-                    yield from _keywords(sub)
-            elif key not in ("enum", "const", "default", "examples"):
-                yield from _keywords(value)

@@ -448,7 +448,7 @@ async def test_auto_tool_choice_may_answer_in_text(roomy: httpx.AsyncClient, fak
         ({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools.0.function.name"),
         (
             {
-                "tools": [{"type": "function", "function": {"name": "f", "parameters": {"not": {}}}}],
+                "tools": [{"type": "function", "function": {"name": "f", "parameters": {"not": {}}, "strict": True}}],
                 "tool_choice": "required",
             },
             "tools",
@@ -457,6 +457,25 @@ async def test_auto_tool_choice_may_answer_in_text(roomy: httpx.AsyncClient, fak
 )
 async def test_bad_tool_requests_are_400(roomy: httpx.AsyncClient, body: dict[str, Any], param: str) -> None:
     assert assert_openai_error(await roomy.post("/v1/chat/completions", json=_chat(**body)), 400)["param"] == param
+
+
+async def test_a_non_strict_tools_unenforceable_keywords_are_named_not_refused(
+    roomy: httpx.AsyncClient, fake: FakeEngine
+) -> None:
+    """Claude Code's tools use ``propertyNames``: a tool without ``strict`` is guidance, so its grammar
+    enforces the rest of its schema and the keyword is named; a strict tool's is refused above."""
+    parameters = {
+        "type": "object",
+        "properties": {"env": {"type": "object", "propertyNames": {"pattern": "^[A-Z]+$"}}, "n": {"type": "integer"}},
+        "required": ["n"],
+    }
+    tool = {"type": "function", "function": {"name": "run", "parameters": parameters}}
+    response = await roomy.post("/v1/chat/completions", json=_chat(tools=[tool], tool_choice="required"))
+    assert response.status_code == 200, response.text
+    assert response.headers["x-ignored-params"] == "tools.function.parameters.propertyNames"
+    constraint = fake.requests[-1].params.structured_output
+    assert constraint is not None and constraint.json is not None
+    assert "propertyNames" not in constraint.json and '"n"' in constraint.json and '"integer"' in constraint.json
 
 
 @pytest.mark.parametrize("stream", [False, True])

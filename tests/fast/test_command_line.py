@@ -110,7 +110,7 @@ def test_a_switch_does_not_swallow_the_model_after_it() -> None:
     [
         (["--trust-remote-code"], "never runs code shipped with a model"),
         (["--return-tokens-as-token-ids"], "never as token_id:N"),
-        (["--enable-server-load-tracking"], "no /load route"),
+        (["--enable-log-outputs"], "does not log generated text"),
         (["--response-role", "user"], "the assistant's"),
         (["--ssl-keyfile", "key.pem"], "plain HTTP"),
         (["--lora-modules"], "needs a value"),

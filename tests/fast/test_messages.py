@@ -17,7 +17,6 @@ import httpx
 import httpx2
 import pytest
 from fastapi import FastAPI
-from sse_starlette import EventSourceResponse
 
 from server.endpoints.messages import api as messages_api
 from server.endpoints.state import ServerState
@@ -201,6 +200,24 @@ async def test_a_forced_tool_call_whole_and_streamed(roomy: FastAPI, fake: FakeE
     assert events[-2][1]["delta"]["stop_reason"] == "tool_use"
 
 
+async def test_claude_codes_tool_schemas_are_served_with_their_unenforceable_keywords_named(
+    roomy: FastAPI, fake: FakeEngine, tiny: TinyModel
+) -> None:
+    """Claude Code's tools use ``propertyNames``, which structured decoding cannot enforce: the
+    tools' grammar (auto, in the tiny model's generic format) enforces the rest and names it."""
+    fake.script = lambda _: tiny.reply('{"response": "Hi"}')
+    schema = {"type": "object", "properties": {"env": {"type": "object", "propertyNames": {"pattern": "^[A-Z_]+$"}}}}
+    body = _message(max_tokens=500, tools=[WEATHER, {"name": "Bash", "input_schema": schema}])
+    async with client(roomy) as http:
+        response = await http.post("/v1/messages", json=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["content"] == [{"type": "text", "text": "Hi"}]
+    assert response.headers["x-ignored-params"] == "tools.input_schema.propertyNames"
+    constraint = fake.requests[0].params.structured_output
+    assert constraint is not None and constraint.json is not None
+    assert "propertyNames" not in constraint.json and "Bash" in constraint.json
+
+
 @pytest.mark.parametrize(("choice", "want"), [({"type": "any"}, "required"), ({"type": "none"}, "none")])
 async def test_tool_choice_any_and_none(
     roomy: FastAPI, fake: FakeEngine, tiny: TinyModel, choice: dict[str, Any], want: str
@@ -362,15 +379,27 @@ async def test_a_failure_mid_stream_is_an_error_event(
     _anthropic_error(whole, 500, "api_error")
 
 
-async def test_pings_while_the_first_token_is_awaited(
-    fake: FakeEngine, tiny: TinyModel, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+async def test_pings_at_the_keep_alive_interval_while_the_first_token_is_awaited(
+    fake: FakeEngine, tiny: TinyModel
 ) -> None:
-    monkeypatch.setattr(EventSourceResponse, "DEFAULT_PING_INTERVAL", 0.05)
     fake.script = lambda _: tiny.reply("Hello", delays=[0.4])
-    names = [name for name, _ in sse_typed_events((await http.post("/v1/messages", json=_message(stream=True))).text)]
+    async with serving(fake, tiny, sse_keep_alive_interval=0.05) as app, client(app) as http:
+        body = (await http.post("/v1/messages", json=_message(stream=True))).text
+    names = [name for name, _ in sse_typed_events(body)]
     first_block = names.index("content_block_start")
     assert names[0] == "message_start" and names[1:first_block].count("ping") >= 3
     assert set(names[1:first_block]) == {"ping"}
+    assert ": keep-alive" not in body  # Anthropic's event, not the comment line
+
+
+async def test_no_periodic_pings_with_the_interval_at_zero(fake: FakeEngine, tiny: TinyModel) -> None:
+    fake.script = lambda _: tiny.reply("Hello", delays=[0.3])
+    async with serving(fake, tiny, sse_keep_alive_interval=0) as app, client(app) as http:
+        names = [
+            name for name, _ in sse_typed_events((await http.post("/v1/messages", json=_message(stream=True))).text)
+        ]
+    # Anthropic's stream always has its one ping after message_start; nothing more.
+    assert names[:3] == ["message_start", "ping", "content_block_start"]
 
 
 @pytest.mark.parametrize(

@@ -52,6 +52,7 @@ def test_other_routes(spec: dict[str, Any]) -> None:
         "/v1/completions",
         "/health",
         "/metrics",
+        "/load",
         "/tokenize",
         "/detokenize",
         "/version",
@@ -82,6 +83,8 @@ def test_other_routes(spec: dict[str, Any]) -> None:
     assert set(model) == {"200", "401", "404", "default"}
     assert model["200"]["content"]["application/json"]["schema"] == {"$ref": REF + "ModelCard"}
     assert model["404"]["content"] == ERROR
+    load = paths["/load"]["get"]["responses"]
+    assert load["200"]["content"]["application/json"]["schema"] == {"$ref": REF + "ServerLoad"}
     health = paths["/health"]["get"]["responses"]
     assert health["200"]["content"]["application/json"]["schema"] == {"$ref": REF + "Health"}
     assert health["503"]["content"] == ERROR

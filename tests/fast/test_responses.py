@@ -246,6 +246,76 @@ async def test_namespace_tools_are_offered_and_calls_name_their_namespace(
     )
 
 
+PATCH = '*** Begin Patch\n+print("h\u00e9")\n*** End Patch'  # quotes, newlines, a \u escape once encoded
+APPLY_PATCH: Any = {"type": "custom", "name": "apply_patch", "description": "Edit files"}
+
+
+async def test_a_custom_tool_call_is_its_free_text_whole_and_streamed(
+    roomy: FastAPI, fake: FakeEngine, tiny: TinyModel
+) -> None:
+    """Codex's apply_patch: the model's JSON-wrapped text comes back as the call's plain ``input``; a
+    stream sends it as input deltas that join up to it, cut wherever the tokens cut the escapes."""
+    reply = json.dumps({"input": PATCH})
+    fake.script = lambda _: tiny.reply(*[reply[i : i + 2] for i in range(0, len(reply), 2)])
+    choice: Any = {"type": "custom", "name": "apply_patch"}
+    async with sdk_client(roomy) as sdk:
+        whole = await sdk.responses.create(model=MODEL, input="Fix it", tools=[APPLY_PATCH], tool_choice=choice)
+        async with sdk.responses.stream(model=MODEL, input="Fix it", tools=[APPLY_PATCH], tool_choice=choice) as stream:
+            events = [event async for event in stream]
+            streamed = await stream.get_final_response()
+    [call] = whole.output
+    assert call.type == "custom_tool_call" and call.id is not None and call.id.startswith("ctc_")
+    assert (call.name, call.input) == ("apply_patch", PATCH)
+    assert streamed.output[0].type == "custom_tool_call" and streamed.output[0].input == PATCH
+    deltas = [event.delta for event in events if event.type == "response.custom_tool_call_input.delta"]
+    assert len(deltas) > 1 and "".join(deltas) == PATCH
+    names = [event.type for event in events]
+    assert names[2:4] == ["response.output_item.added", "response.custom_tool_call_input.delta"]
+    assert names[-3:] == ["response.custom_tool_call_input.done", "response.output_item.done", "response.completed"]
+    # The offered tool is a function of one string, enforced as the named choice asks.
+    constraint = fake.requests[-1].params.structured_output
+    assert constraint is not None and constraint.json is not None and '"input"' in constraint.json
+
+
+async def test_a_custom_call_sent_back_reaches_the_prompt(roomy: FastAPI, fake: FakeEngine, tiny: TinyModel) -> None:
+    body = {
+        "model": MODEL,
+        "tools": [APPLY_PATCH],
+        "input": [
+            {"role": "user", "content": "Fix it"},
+            {"type": "custom_tool_call", "call_id": "call_1", "name": "apply_patch", "input": "*** Begin Patch"},
+            {"type": "custom_tool_call_output", "call_id": "call_1", "output": "Done: 1 file"},
+        ],
+    }
+    async with client(roomy) as http:
+        response = await http.post("/v1/responses", json=body)
+    assert response.status_code == 200, response.text
+    prompt = _prompt(fake, tiny)
+    assert "*** Begin Patch" in prompt and "Done: 1 file" in prompt and "apply_patch" in prompt
+
+
+async def test_a_custom_tools_regex_is_enforced_and_lark_is_named(
+    roomy: FastAPI, fake: FakeEngine, tiny: TinyModel
+) -> None:
+    fake.script = lambda _: tiny.reply('{"input": "42"}')
+    regex = {**APPLY_PATCH, "format": {"type": "grammar", "syntax": "regex", "definition": "[0-9]+"}}
+    lark = {**APPLY_PATCH, "format": {"type": "grammar", "syntax": "lark", "definition": "start: /[0-9]+/"}}
+    choice = {"type": "custom", "name": "apply_patch"}
+    async with client(roomy) as http:
+        enforced = await http.post(
+            "/v1/responses", json={"model": MODEL, "input": "n?", "tools": [regex], "tool_choice": choice}
+        )
+        named = await http.post(
+            "/v1/responses", json={"model": MODEL, "input": "n?", "tools": [lark], "tool_choice": choice}
+        )
+    assert enforced.status_code == 200 and "x-ignored-params" not in enforced.headers
+    assert enforced.json()["output"][0]["input"] == "42"
+    constraint = fake.requests[0].params.structured_output
+    assert constraint is not None and constraint.json is not None
+    assert '"pattern": "[0-9]+"' in constraint.json.replace('":"', '": "')
+    assert named.status_code == 200 and named.headers["x-ignored-params"] == "tools.custom.format"
+
+
 async def test_text_format_json_schema_is_a_constraint(http: httpx.AsyncClient, fake: FakeEngine) -> None:
     schema = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}
     body = {"model": MODEL, "input": "hi", "text": {"format": {"type": "json_schema", "name": "x", "schema": schema}}}
@@ -268,7 +338,12 @@ CODEX_EXTRAS: dict[str, Any] = {
     "tools": [
         WEATHER,
         {"type": "web_search"},
-        {"type": "custom", "name": "apply_patch", "description": "Patch", "format": {"type": "text"}},
+        {
+            "type": "custom",
+            "name": "apply_patch",
+            "description": "Patch",
+            "format": {"type": "grammar", "syntax": "lark", "definition": 'start: "*** Begin Patch"'},
+        },
     ],
 }
 
@@ -284,7 +359,7 @@ async def test_what_takes_no_effect_is_named(roomy: FastAPI) -> None:
         "reasoning.effort",
         "reasoning.summary",
         "tools.web_search",
-        "tools.custom",
+        "tools.custom.format",
     ]
 
 

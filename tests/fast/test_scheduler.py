@@ -114,6 +114,32 @@ def test_short_prompts_are_taken_whole_first_come_first_served_while_others_deco
     assert [r.samples for r in first.requests] == [True, True, True, False]
 
 
+def test_a_burst_is_prefilled_a_few_whole_prompts_per_step_while_the_first_ones_decode() -> None:
+    scheduler = Scheduler(
+        BlockManager(200, BLOCK),
+        max_num_seqs=8,
+        max_num_batched_tokens=100,
+        prompt_tokens_per_step=24,
+        prefill_chunk_tokens=4,
+        long_prefill_token_threshold=16,
+        max_model_len=1000,
+        eos_token_ids=frozenset({EOS}),
+    )
+    for i in range(5):
+        scheduler.add_request(_seq(f"b{i}", 12))
+    plans = []
+    for _ in range(3):
+        scheduled = scheduler.schedule()
+        plans.append(_plan(scheduled))
+        _run(scheduler, scheduled)
+    # Two prompts per step, however much of the token budget is left; the decodes do not count.
+    assert plans == [
+        [("b0", 12), ("b1", 12)],
+        [("b0", 1), ("b1", 1), ("b2", 12), ("b3", 12)],
+        [("b0", 1), ("b1", 1), ("b2", 1), ("b3", 1), ("b4", 12)],
+    ]
+
+
 def test_newest_request_is_preempted_when_blocks_run_out_and_resumes() -> None:
     scheduler = _scheduler(4, budget=64)  # 16 tokens of cache
     old, new = _seq("old", 8), _seq("new", 7)

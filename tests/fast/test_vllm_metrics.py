@@ -103,3 +103,17 @@ async def test_engine_series_and_cache_info_have_vllm_names(http: httpx.AsyncCli
     }
     assert {name: types.get(name) for name in expected} == expected
     assert 'vllm:cache_config_info{block_size="0",engine="0",num_gpu_blocks="0"} 1.0' in response.text
+
+
+async def test_renamed_series_answer_to_their_older_names(sdk: openai.AsyncOpenAI, http: httpx.AsyncClient) -> None:
+    """Dashboards in circulation query vllm:time_per_output_token_seconds and vllm:gpu_cache_usage_perc,
+    the names before vLLM renamed them: the same samples answer there."""
+    await sdk.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    s = await samples(http)
+    for suffix in ("_count", "_sum"):
+        assert s("vllm:time_per_output_token_seconds" + suffix) == s("vllm:inter_token_latency_seconds" + suffix)
+    assert s("vllm:time_per_output_token_seconds_count") > 0
+    assert s("vllm:time_per_output_token_seconds_bucket", le="0.1") == s(
+        "vllm:inter_token_latency_seconds_bucket", le="0.1"
+    )
+    assert s("vllm:gpu_cache_usage_perc") == s("vllm:kv_cache_usage_perc")

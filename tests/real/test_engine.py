@@ -18,6 +18,7 @@ from transformers import AutoConfig, LlamaConfig
 
 from adapters.cpu.engine import CPUEngine
 from adapters.cpu.llama import unsupported_reason
+from adapters.cpu.numerics import has_bf16_kernels
 from adapters.engine import EngineRequest, SamplingParams
 from server.text.tokenization import Tokenization
 from tests.real.helpers import ServerHandle, cpu_engine
@@ -131,6 +132,21 @@ async def test_ise_forward_computes_what_transformers_computes(engine: CPUEngine
     assert engine.config.args.model_impl == "auto"
     got = await asyncio.gather(*[_generate(engine, f"ise{i}", p, 40) for i, p in enumerate(prompts)])
     assert got == expected
+
+
+@pytest.mark.skipif(has_bf16_kernels(), reason="bfloat16 runs on oneDNN's kernels here, which batching changes")
+async def test_bfloat16_batched_equals_solo_on_ise_gemm(engine: CPUEngine, tokenization: Tokenization) -> None:
+    """Where the CPU has no bfloat16 arithmetic, bfloat16 weights run on ise's GEMM, whose fixed
+    summation order makes greedy bfloat16 tokens independent of the batch too."""
+    prompts = [_prompt(tokenization, q) for q in ["Name three rivers.", "What is a prime number?", "Describe autumn."]]
+    bf16 = cpu_engine(Path(engine.config.model.path), **{**ENGINE_OPTIONS, "dtype": "bfloat16"})
+    await bf16.start()
+    try:
+        solo = [await _generate(bf16, f"bsolo{i}", p, 24) for i, p in enumerate(prompts)]
+        together = await asyncio.gather(*[_generate(bf16, f"bbatch{i}", p, 24) for i, p in enumerate(prompts)])
+    finally:
+        await bf16.shutdown()
+    assert together == solo
 
 
 def test_ise_forward_refuses_models_it_would_compute_differently() -> None:

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from adapters.cpu.kernels import CPUKernels, cpu_kernels
+from adapters.cpu.packed_linear import ROW_PIECE, RowBucketedLinear, row_bucket
 from server.config.settings import Settings
 
 BLOCK = 16
@@ -75,23 +76,44 @@ def test_paged_attention_matches_torch(
     torch.testing.assert_close(out.double(), expected, rtol=tolerance, atol=tolerance)
 
 
-@pytest.mark.parametrize("quantize", [False, True], ids=["float32", "int8"])
+@pytest.mark.parametrize("weights", ["float32", "int8", "bfloat16"])
 @pytest.mark.parametrize(("k", "n"), [(576, 960), (1536, 37), (8, 16)])
 def test_linear_matches_torch_and_gives_each_row_the_same_bits_at_any_batch(
-    kernels: CPUKernels, k: int, n: int, quantize: bool
+    kernels: CPUKernels, k: int, n: int, weights: str
 ) -> None:
     torch.manual_seed(0)
     weight, bias = torch.randn(n, k), torch.randn(n)
-    packed, scales = kernels.pack_linear_weight(weight, quantize)
-    if quantize:
+    x = torch.randn(300, k)  # more rows than one row block holds, and a ragged tail of rows
+    if weights == "bfloat16":  # bfloat16 in and out, float32 arithmetic
+        weight, x = weight.bfloat16(), x.bfloat16()
+    packed, scales = kernels.pack_linear_weight(weight, weights == "int8")
+    if weights == "int8":
         # What the kernel must compute: the weights as their int8 codes times each column's scale.
         step = weight.abs().amax(dim=1, keepdim=True) / 127
         assert packed.dtype == torch.int8 and torch.allclose(scales, step.squeeze(1))
         weight = torch.round(weight / step) * step
-    x = torch.randn(300, k)  # more rows than one row block holds, and a ragged tail of rows
     out = kernels.linear(x, packed, scales, bias, n)
+    assert out.dtype == x.dtype
     expected = x.double() @ weight.double().T + bias.double()
-    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-4 * k**0.5)
+    if weights == "bfloat16":  # the float32 sum, rounded to bfloat16 once
+        torch.testing.assert_close(out, expected.bfloat16(), rtol=1e-2, atol=1e-4 * k**0.5)
+    else:
+        torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-4 * k**0.5)
     for rows in (slice(0, 1), slice(5, 12), slice(17, 49), slice(290, 300)):
         assert torch.equal(kernels.linear(x[rows].contiguous(), packed, scales, bias, n), out[rows])
-    torch.testing.assert_close(kernels.linear(x[:3].contiguous(), packed, scales, None, n), out[:3] - bias)
+    no_bias = kernels.linear(x[:3].contiguous(), packed, scales, None, n).float()
+    if weights == "bfloat16":  # rounded once with the bias and once without
+        torch.testing.assert_close(no_bias, out[:3].float() - bias, rtol=1e-2, atol=0.1)
+    else:
+        torch.testing.assert_close(no_bias, out[:3] - bias)
+
+
+def test_row_bucketed_linear_computes_every_row_count_from_a_few_shapes() -> None:
+    assert [row_bucket(r) for r in (1, 2, 3, 5, 16, 17, 33, 256)] == [1, 2, 4, 8, 16, 32, 48, 256]
+    assert len({row_bucket(r) for r in range(1, ROW_PIECE + 1)}) == 20
+    torch.manual_seed(0)
+    weight, bias = torch.randn(37, 64), torch.randn(37)
+    layer = RowBucketedLinear(weight, bias)
+    for rows in (1, 3, 17, ROW_PIECE, 2 * ROW_PIECE + 5):
+        x = torch.randn(2, rows, 64)
+        torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, weight, bias))

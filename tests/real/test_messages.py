@@ -117,6 +117,30 @@ def test_a_forced_tool_streams_its_input_as_json(sdk: anthropic.Anthropic) -> No
     assert answer.content and answer.content[0].type == "text" and answer.stop_reason in ("end_turn", "max_tokens")
 
 
+def test_a_tool_schema_with_propertynames_is_served(sdk: anthropic.Anthropic) -> None:
+    """Claude Code's TaskUpdate-like tool: ``propertyNames`` cannot be enforced, so the tools' grammar
+    (the built-in model's generic format enforces ``auto``) leaves it out and names it, and the turn
+    is answered, not refused."""
+    task: ToolParam = {
+        "name": "TaskUpdate",
+        "description": "Update a task's metadata",
+        "input_schema": {
+            "type": "object",
+            "properties": {
+                "taskId": {"type": "string"},
+                "metadata": {"type": "object", "propertyNames": {"type": "string"}, "additionalProperties": {}},
+            },
+            "required": ["taskId"],
+        },
+    }
+    raw = sdk.messages.with_raw_response.create(
+        model=BUILTIN_MODEL_NAME, max_tokens=64, messages=QUESTION, tools=[WEATHER, task], extra_body=GREEDY
+    )
+    assert raw.headers["x-ignored-params"] == "tools.input_schema.propertyNames"
+    message = raw.parse()
+    assert message.content and message.stop_reason in ("end_turn", "max_tokens", "tool_use")
+
+
 def test_count_tokens_is_what_usage_charges(sdk: anthropic.Anthropic) -> None:
     system = "You are a helpful assistant."
     counted = sdk.messages.count_tokens(model=BUILTIN_MODEL_NAME, system=system, messages=QUESTION, tools=[WEATHER])

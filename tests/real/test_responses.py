@@ -150,6 +150,33 @@ def test_named_function_choice_streams_its_arguments(api_client: openai.OpenAI, 
     jsonschema.validate(json.loads(arguments), WEATHER_PARAMETERS)
 
 
+def test_a_custom_tool_gets_free_text_whole_and_streamed(api_client: openai.OpenAI, api_server: ServerHandle) -> None:
+    """Codex's free-text tool: the call's ``input`` is plain text, a regex format is enforced on it,
+    and the stream's input deltas join up to the whole greedy answer's."""
+    tool: Any = {
+        "type": "custom",
+        "name": "pick_year",
+        "description": "Answer with a year.",
+        "format": {"type": "grammar", "syntax": "regex", "definition": "(19|20)[0-9]{2}"},
+    }
+    request: Any = {
+        "model": api_server.model,
+        "input": "When did the Berlin Wall fall?",
+        "tools": [tool],
+        "tool_choice": {"type": "custom", "name": "pick_year"},
+        "temperature": 0,
+        "max_output_tokens": 32,
+    }
+    whole = api_client.responses.create(**request)
+    [call] = whole.output
+    assert call.type == "custom_tool_call" and call.name == "pick_year"
+    assert len(call.input) == 4 and call.input[:2] in ("19", "20") and call.input.isdigit()
+    with api_client.responses.stream(**request) as stream:
+        text = "".join(e.delta for e in stream if e.type == "response.custom_tool_call_input.delta")
+        final = stream.get_final_response()
+    assert final.output[0].type == "custom_tool_call" and text == final.output[0].input == call.input
+
+
 def test_structured_output_parses(api_client: openai.OpenAI, api_server: ServerHandle) -> None:
     response = api_client.responses.parse(
         model=api_server.model,

@@ -85,7 +85,7 @@ async def create_response(req: ResponsesRequest, raw: Request, state: State) -> 
 
     async def prepare() -> tuple[Job, ResponseFormat]:
         job, output = await chat_job(chat, raw, state, prompt_param="input")
-        fmt = ResponsesFormat(template, output, translation.namespaces, state.tokenization, chat.logprobs, on_done)
+        fmt = ResponsesFormat(template, output, translation.origins, state.tokenization, chat.logprobs, on_done)
         return job, fmt
 
     return await serve(chat, raw, state, prepare, ignored=translation.ignored)

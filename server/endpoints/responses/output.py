@@ -4,8 +4,9 @@ Responses output items, and the typed events that build them.
 One machine builds both answers: a stream sends its events, a whole response runs the same events
 and keeps only the items, so a streamed response's final object equals the whole one. Items follow
 each other, never interleave: a ``reasoning`` item for the thinking, a ``message`` for the text, a
-``function_call`` per call; an item closes (its ``.done`` events) when the next one opens or the
-choice finishes (``incomplete`` when it ran out of ``max_output_tokens``).
+``function_call`` per call (a ``custom_tool_call`` for a free-text tool's); an item closes (its
+``.done`` events) when the next one opens or the choice finishes (``incomplete`` when it ran out of
+``max_output_tokens``).
 """
 
 from __future__ import annotations
@@ -16,13 +17,17 @@ from typing import Literal
 
 from adapters.engine import TokenLogprobs
 from server.endpoints.generation import ChoiceEvent
-from server.endpoints.responses.translate import item_id
+from server.endpoints.responses.custom_input import final_input, input_so_far
+from server.endpoints.responses.translate import ToolOrigins, item_id
 from server.protocol.chat import TokenLogprob
 from server.protocol.common import ChoiceFinishReason
 from server.protocol.responses_output import (
     ArgumentsDeltaEvent,
     ArgumentsDoneEvent,
     ContentPartEvent,
+    CustomInputDeltaEvent,
+    CustomInputDoneEvent,
+    CustomToolCallItemOut,
     FunctionCallItemOut,
     ItemStatus,
     MessageOut,
@@ -40,8 +45,8 @@ from server.protocol.responses_output import (
 from server.text.chat_output import ChatOutput, ChatPiece
 from server.text.tool_parsers.base import ToolCallDelta
 
-Kind = Literal["message", "reasoning", "function_call"]
-_PREFIX = {"message": "msg", "reasoning": "rs", "function_call": "fc"}
+Kind = Literal["message", "reasoning", "function_call", "custom_tool_call"]
+_PREFIX = {"message": "msg", "reasoning": "rs", "function_call": "fc", "custom_tool_call": "ctc"}
 
 
 @dataclass
@@ -55,6 +60,7 @@ class _Item:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     call_id: str = ""
     name: str = ""
+    shown: str = ""  # a custom call's text sent so far (its whole input once closed)
 
     @property
     def text(self) -> str:
@@ -67,14 +73,14 @@ class OutputItems:
     def __init__(
         self,
         output: ChatOutput,
-        namespaces: dict[str, str],
+        origins: ToolOrigins,
         logprob: Callable[[TokenLogprobs], TokenLogprob] | None,
         sequence: Callable[[], int],
     ) -> None:
         """``logprob``: converts a token's logprobs, when the request asked for them; ``sequence``:
         the next event's sequence number."""
         self._stream = output.stream()
-        self._namespaces = namespaces
+        self._origins = origins
         self._logprob = logprob
         self._seq = sequence
         self.items: list[OutputItem] = []
@@ -135,17 +141,29 @@ class OutputItems:
         events: list[ResponseEvent] = []
         if call.id is not None:  # a call's first fragment names it
             events += self._close()
-            opened = self._calls[call.index] = self._open = self._new("function_call")
+            kind: Kind = "custom_tool_call" if call.name in self._origins.custom else "function_call"
+            opened = self._calls[call.index] = self._open = self._new(kind)
             opened.call_id, opened.name = call.id, call.name or ""
             events.append(self._item_event("response.output_item.added", opened, "in_progress"))
         item = self._calls.get(call.index)
-        if item is not None and call.arguments:
-            item.texts.append(call.arguments)
-            seq = self._seq()
-            events.append(
-                ArgumentsDeltaEvent(sequence_number=seq, item_id=item.id, output_index=item.index, delta=call.arguments)
-            )
+        if item is None or not call.arguments:
+            return events
+        item.texts.append(call.arguments)
+        if item.kind == "custom_tool_call":
+            return events + self._custom_delta(item, input_so_far(item.text))
+        seq = self._seq()
+        events.append(
+            ArgumentsDeltaEvent(sequence_number=seq, item_id=item.id, output_index=item.index, delta=call.arguments)
+        )
         return events
+
+    def _custom_delta(self, item: _Item, text: str | None) -> list[ResponseEvent]:
+        """The part of a custom call's text not yet sent, as a delta (none while it does not grow)."""
+        if text is None or len(text) <= len(item.shown) or not text.startswith(item.shown):
+            return []
+        delta, item.shown = text[len(item.shown) :], text
+        seq = self._seq()
+        return [CustomInputDeltaEvent(sequence_number=seq, item_id=item.id, output_index=item.index, delta=delta)]
 
     def _new(self, kind: Kind) -> _Item:
         item = _Item(kind, self._count, item_id(_PREFIX[kind]))
@@ -163,7 +181,14 @@ class OutputItems:
         if item is None:
             return []
         events: list[ResponseEvent] = []
-        if item.kind == "function_call":
+        if item.kind == "custom_tool_call":
+            text = final_input(item.text)
+            events += self._custom_delta(item, text)
+            item.shown = text
+            seq = self._seq()
+            text_done = CustomInputDoneEvent(sequence_number=seq, item_id=item.id, output_index=item.index, input=text)
+            events.append(text_done)
+        elif item.kind == "function_call":
             seq = self._seq()
             events.append(
                 ArgumentsDoneEvent(
@@ -223,8 +248,12 @@ class OutputItems:
         return OutputItemEvent(type=kind, sequence_number=seq, output_index=item.index, item=self._output(item, status))
 
     def _output(self, item: _Item, status: ItemStatus) -> OutputItem:
+        namespace = self._origins.namespaces.get(item.name)
+        if item.kind == "custom_tool_call":
+            return CustomToolCallItemOut(
+                id=item.id, call_id=item.call_id, name=item.name, input=item.shown, namespace=namespace
+            )
         if item.kind == "function_call":
-            namespace = self._namespaces.get(item.name)
             return FunctionCallItemOut(
                 id=item.id,
                 call_id=item.call_id,

@@ -17,6 +17,7 @@ from sse_starlette import ServerSentEvent
 from server.endpoints.generation import ChoiceEvent
 from server.endpoints.logprobs import token_logprob
 from server.endpoints.responses.output import OutputItems
+from server.endpoints.responses.translate import ToolOrigins
 from server.endpoints.serving import Collected, Frame, typed_event
 from server.protocol.base import now
 from server.protocol.common import Usage
@@ -40,7 +41,7 @@ class ResponsesFormat:
         self,
         template: ResponseObject,
         output: ChatOutput,
-        namespaces: dict[str, str],
+        origins: ToolOrigins,
         tokenization: Tokenization,
         logprobs: bool,
         on_done: Callable[[ResponseObject], None],
@@ -51,7 +52,7 @@ class ResponsesFormat:
         self._seq = -1
         self._reasoning = output.reasoning is not None
         convert = (lambda entry: token_logprob(tokenization, entry)) if logprobs else None
-        self._items = OutputItems(output, namespaces, convert, self._next)
+        self._items = OutputItems(output, origins, convert, self._next)
         self._on_done = on_done
 
     def _next(self) -> int:
@@ -74,7 +75,7 @@ class ResponsesFormat:
         self._items.push(event)
 
     def keepalive(self) -> ServerSentEvent | None:
-        return None  # sse-starlette's comment line: OpenAI's Responses streams name no keep-alive event
+        return None  # the comment line: OpenAI's Responses streams name no keep-alive event
 
     def frame(self, event: BaseModel, with_usage: bool) -> Frame:
         return typed_event(event)

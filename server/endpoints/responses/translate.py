@@ -3,10 +3,12 @@
 ``instructions`` become the system message; the conversation is the previous response's (its
 input and output, when ``previous_response_id`` names one) followed by this ``input``: message
 items become messages, ``function_call`` items an assistant message's ``tool_calls``,
-``function_call_output`` items ``tool`` messages; ``reasoning`` items sent back are not shown to
-the model again (chat templates drop earlier thinking too). Function tools, and the function tools
-inside Codex's ``namespace`` tools, become chat tools; every field or tool that takes no effect is
-named for ``x-ignored-params``.
+``function_call_output`` items ``tool`` messages (and the same for ``custom_tool_call`` items);
+``reasoning`` items sent back are not shown to the model again (chat templates drop earlier thinking
+too). Function tools, and the function tools inside Codex's ``namespace`` tools, become chat tools;
+a free-text ``custom`` tool becomes a chat tool whose one argument, ``input``, is its text (a regex
+format is that argument's ``pattern``); every field or tool that takes no effect is named for
+``x-ignored-params``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from server.protocol.chat import ChatCompletionRequest
 from server.protocol.errors import APIError, invalid_request
 from server.protocol.responses import (
     OUTPUT_LOGPROBS,
+    CustomTool,
+    CustomToolCallItem,
+    CustomToolCallOutputItem,
     FunctionCallItem,
     FunctionCallOutputItem,
     FunctionChoice,
@@ -46,12 +51,24 @@ def item_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
 
 
+# The one argument of the chat tool a custom tool is offered as: the tool's free text.
+CUSTOM_INPUT = "input"
+
+
+@dataclass(frozen=True)
+class ToolOrigins:
+    """Where the chat tools an answer calls came from, so its calls are given back as offered."""
+
+    namespaces: dict[str, str]  # function name -> the namespace tool it was offered in
+    custom: frozenset[str]  # names of free-text custom tools
+
+
 @dataclass(frozen=True)
 class Translation:
     chat: ChatCompletionRequest
     ignored: list[str]  # fields that take no effect, for x-ignored-params
     input_items: list[dict[str, Any]]  # this request's input as items with ids, as stored and listed
-    namespaces: dict[str, str]  # function name -> the namespace tool it was offered in
+    origins: ToolOrigins
 
 
 def translate(req: ResponsesRequest, conversation: list[dict[str, Any]]) -> Translation:
@@ -65,7 +82,7 @@ def translate(req: ResponsesRequest, conversation: list[dict[str, Any]]) -> Tran
     messages += _messages([*earlier, *req.items()])
     if not messages:
         raise invalid_request("The input is empty: send at least one message.", param="input")
-    tools, namespaces, ignored_tools = _tools(req)
+    tools, origins, ignored_tools = _tools(req)
     body: dict[str, Any] = {
         "model": req.model,
         "messages": messages,
@@ -82,7 +99,7 @@ def translate(req: ResponsesRequest, conversation: list[dict[str, Any]]) -> Tran
         "stream": req.stream,
     }
     return Translation(
-        _chat_request(body), [*req.ignored_fields(), *_ignored(req), *ignored_tools], input_items, namespaces
+        _chat_request(body), [*req.ignored_fields(), *_ignored(req), *ignored_tools], input_items, origins
     )
 
 
@@ -93,7 +110,14 @@ def _listed(item: dict[str, Any]) -> dict[str, Any]:
         item = {**item, "content": [{"type": kind, "text": item["content"]}]}
     if "id" in item:
         return item
-    prefix = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
+    prefix = {
+        "message": "msg",
+        "function_call": "fc",
+        "function_call_output": "fco",
+        "custom_tool_call": "ctc",
+        "custom_tool_call_output": "ctco",
+        "reasoning": "rs",
+    }
     return {"id": item_id(prefix.get(item.get("type", "message"), "item")), **item}
 
 
@@ -103,27 +127,26 @@ def _messages(items: list[Any]) -> list[dict[str, Any]]:
     for item in items:
         if isinstance(item, MessageItem):
             messages.append({"role": item.role, "content": content_text(item.content)})
-        elif isinstance(item, FunctionCallItem):
-            call = {
-                "id": item.call_id,
-                "type": "function",
-                "function": {"name": item.name, "arguments": item.arguments},
-            }
+        elif isinstance(item, FunctionCallItem | CustomToolCallItem):
+            arguments = item.arguments if isinstance(item, FunctionCallItem) else json.dumps({CUSTOM_INPUT: item.input})
+            call = {"id": item.call_id, "type": "function", "function": {"name": item.name, "arguments": arguments}}
             if messages and messages[-1]["role"] == "assistant":
                 messages[-1]["tool_calls"] = [*messages[-1].get("tool_calls", []), call]
             else:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
-        elif isinstance(item, FunctionCallOutputItem):
+        elif isinstance(item, FunctionCallOutputItem | CustomToolCallOutputItem):
             messages.append({"role": "tool", "tool_call_id": item.call_id, "content": content_text(item.output)})
         else:
             assert isinstance(item, ReasoningItem)
     return messages
 
 
-def _tools(req: ResponsesRequest) -> tuple[list[dict[str, Any]], dict[str, str], list[str]]:
-    """Chat tools for the function tools (a namespace's flattened), the namespaces, and the tools left out."""
+def _tools(req: ResponsesRequest) -> tuple[list[dict[str, Any]], ToolOrigins, list[str]]:
+    """Chat tools for the function tools (a namespace's flattened) and custom tools, where they came
+    from, and what was left out."""
     tools: list[dict[str, Any]] = []
     namespaces: dict[str, str] = {}
+    custom: set[str] = set()
     ignored: dict[str, None] = {}
     for tool in req.tools or []:
         if isinstance(tool, FunctionTool):
@@ -132,13 +155,33 @@ def _tools(req: ResponsesRequest) -> tuple[list[dict[str, Any]], dict[str, str],
             for inner in tool.tools:
                 tools.append(_chat_tool(inner))
                 namespaces[inner.name] = tool.name
+        elif isinstance(tool, CustomTool):
+            tools.append(_custom_chat_tool(tool))
+            custom.add(tool.name)
+            if tool.format is not None and tool.format.type == "grammar" and tool.format.syntax == "lark":
+                ignored["tools.custom.format"] = None
         else:
             ignored[f"tools.{tool.type}"] = None
-    return tools, namespaces, list(ignored)
+    return tools, ToolOrigins(namespaces, frozenset(custom)), list(ignored)
 
 
 def _chat_tool(tool: FunctionTool) -> dict[str, Any]:
     function = tool.model_dump(include={"name", "description", "parameters", "strict"}, exclude_none=True)
+    return {"type": "function", "function": function}
+
+
+def _custom_chat_tool(tool: CustomTool) -> dict[str, Any]:
+    """A free-text tool as a function of one string: the chat pipeline's tool formats, parsers and
+    grammars all take JSON arguments, so the text travels as ``{"input": "..."}`` and is given back
+    unwrapped. A regex format becomes the string's ``pattern``, enforced wherever the tools' schemas
+    are (a required or named call, and ise's generic tool format)."""
+    text: dict[str, Any] = {"type": "string"}
+    if tool.format is not None and tool.format.type == "grammar" and tool.format.syntax == "regex":
+        text["pattern"] = tool.format.definition
+    parameters = {"type": "object", "properties": {CUSTOM_INPUT: text}, "required": [CUSTOM_INPUT]}
+    function = {"name": tool.name, "parameters": {**parameters, "additionalProperties": False}}
+    if tool.description is not None:
+        function["description"] = tool.description
     return {"type": "function", "function": function}
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from server.protocol.schema_keywords import without_unenforced
+
 ToolChoice = str | Mapping[str, Any]
 
 EMPTY_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
@@ -23,9 +25,14 @@ def tool_name(tool: Mapping[str, Any]) -> str:
 
 
 def tool_parameters(tool: Mapping[str, Any]) -> dict[str, Any]:
-    """A tool's parameters schema; a tool without one takes an empty object."""
-    parameters = tool["function"].get("parameters")
-    return dict(parameters) if parameters else dict(EMPTY_PARAMETERS)
+    """A tool's parameters schema as its grammar enforces it; a tool without one takes an empty object.
+    A tool not marked ``strict`` loses the keywords structured decoding cannot enforce (the request
+    names them as ignored); a strict one keeps them, so its constraint is refused."""
+    function = tool["function"]
+    parameters = function.get("parameters")
+    if not parameters:
+        return dict(EMPTY_PARAMETERS)
+    return dict(parameters) if function.get("strict") else dict(without_unenforced(parameters))
 
 
 def named_function(tool_choice: ToolChoice) -> str | None:
