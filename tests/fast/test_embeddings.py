@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import torch
 from fastapi import FastAPI
 from sentence_transformers import SentenceTransformer
 
@@ -323,3 +324,19 @@ async def test_a_failing_forward_pass_stops_the_engine_and_answers_503(model_dir
         after = await http.post("/v1/embeddings", json={"model": EMBED, "input": "paris"})
         assert after.status_code == 503
         assert (await http.get("/health")).status_code == 503
+
+
+async def test_bfloat16_weights_give_nearly_the_float32_vectors(model_dir: Path) -> None:
+    tokenizer = Tokenization(model_dir).hf
+    ids = [tokenizer(text)["input_ids"] for text in TEXTS]
+    vectors = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        engine = CPUEmbeddingEngine(model_dir, EmbeddingSpec.load(model_dir, 64), dtype=dtype)
+        await engine.start()
+        try:
+            vectors[dtype] = np.stack(await engine.embed(ids))
+        finally:
+            await engine.shutdown()
+    assert vectors[torch.bfloat16].dtype == np.float32  # pooled and normalized in float32
+    np.testing.assert_allclose(vectors[torch.bfloat16], vectors[torch.float32], atol=3e-2)
+    assert not np.array_equal(vectors[torch.bfloat16], vectors[torch.float32])
