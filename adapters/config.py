@@ -99,6 +99,14 @@ class EngineArgs(BaseModel):
         "vLLM's methods (awq, gptq, fp8, ...)",
     )
     threads: int | None = Field(None, gt=0, description="Torch threads; defaults to the usable cores")
+    batch_window_ms: float = Field(
+        2.0,
+        ge=0,
+        le=1000,
+        description="Embedding models: how long a forward pass waits, from its oldest input's arrival, for more "
+        "inputs to share it (up to --max-num-batched-tokens); inputs arriving while a pass runs join the next "
+        "one anyway, so this only helps clients that arrive together on an idle engine",
+    )
 
     def context_window(self, model_context_length: int, kv_cache_tokens: int) -> tuple[int, str]:
         """The served context window in tokens, and why it is that.

@@ -168,17 +168,11 @@ class RequestFailedError(RuntimeError):
     """
 
 
-class Engine(Protocol):
-    """The engine contract shared by the CPU engine and the vLLM adapter."""
+class EngineBase(Protocol):
+    """What every engine has, whatever it computes: a window, a lifetime, and its load for health and metrics."""
 
     @property
     def max_model_len(self) -> int: ...
-
-    def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
-        """Submit the request and iterate its outputs; closing the iterator early aborts it."""
-        ...
-
-    def abort(self, request_id: str) -> None: ...
 
     def stats(self) -> EngineStats: ...
 
@@ -188,3 +182,13 @@ class Engine(Protocol):
     async def start(self) -> None: ...
 
     async def shutdown(self) -> None: ...
+
+
+class Engine(EngineBase, Protocol):
+    """The generating engine's contract, shared by the CPU engine and the vLLM adapter."""
+
+    def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
+        """Submit the request and iterate its outputs; closing the iterator early aborts it."""
+        ...
+
+    def abort(self, request_id: str) -> None: ...

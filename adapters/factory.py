@@ -16,6 +16,9 @@ import torch
 from adapters.config import EngineArgs, EngineKind
 from adapters.cpu.engine import CPUEngine
 from adapters.cpu.engine_core import CPUEngineConfig
+from adapters.cpu.numerics import cpu_description, default_threads, resolve_dtype
+from adapters.embedding.config import EmbeddingSpec
+from adapters.embedding.engine import CPUEmbeddingEngine, Embedder
 from adapters.engine import Engine
 from adapters.model_info import ModelInfo
 
@@ -50,10 +53,54 @@ def build_engine(args: EngineArgs, model: ModelInfo, *, cache_dir: Path, engine_
                 "for CPUs, and on a CUDA machine `pip install -r requirements/cuda.txt` installs vLLM"
             ) from exc
         return VLLMEngine(vllm_engine_args(args, model, engine_argv), model)
+    _no_vllm_arguments(args, engine_argv)
+    return CPUEngine(CPUEngineConfig.resolve(args, model, kernel_dir=cache_dir))
+
+
+def _no_vllm_arguments(args: EngineArgs, engine_argv: Sequence[str]) -> None:
+    """Raise ValueError for vLLM engine arguments given to ise's own engine."""
     if engine_argv or args.vllm:
         given = engine_argv[0] if engine_argv else f"the [vllm] table ({', '.join(args.vllm)})"
         raise ValueError(
             f"{given}: not an option of ise's CPU engine; options ise does not declare are vLLM engine "
             "arguments and need --engine vllm (ise serve --help lists ise's own)"
         )
-    return CPUEngine(CPUEngineConfig.resolve(args, model, kernel_dir=cache_dir))
+
+
+def build_embedder(args: EngineArgs, model: ModelInfo, engine_argv: Sequence[str] = ()) -> Embedder:
+    """The engine for an embedding model (a sentence-transformers directory), not yet started.
+
+    ise's CPU embedding engine, or with ``--engine vllm`` vLLM's pooling runner (its context
+    window the model's ``max_seq_length``, no prefix caching: encoder models attend both ways).
+    Raises ValueError where the model's modules cannot be served, or for vLLM engine arguments
+    on the CPU engine.
+    """
+    spec = EmbeddingSpec.load(model.path, model.context_length)
+    if args.engine == "vllm":
+        from adapters.vllm.args import vllm_engine_args
+        from adapters.vllm.embedding import POOLING_FLAGS, VLLMEmbedder
+
+        window = args.max_model_len or spec.max_seq_length
+        pooling = args.model_copy(update={"prefix_caching": False, "max_model_len": window})
+        return VLLMEmbedder(vllm_engine_args(pooling, model, [*engine_argv, *POOLING_FLAGS]), model, spec)
+    _no_vllm_arguments(args, engine_argv)
+    dtype = resolve_dtype(args.dtype)
+    threads = args.threads or default_threads()
+    log.info(
+        "Embedding engine on %s; dtype %s; %d threads; %s pooling%s, %d dimensions, inputs up to %d tokens",
+        cpu_description(),
+        str(dtype).removeprefix("torch."),
+        threads,
+        spec.pooling,
+        ", normalized" if spec.normalize else "",
+        spec.dimensions,
+        spec.max_seq_length,
+    )
+    return CPUEmbeddingEngine(
+        model.path,
+        spec,
+        dtype=dtype,
+        threads=threads,
+        max_batch_tokens=args.max_num_batched_tokens,
+        batch_window_s=args.batch_window_ms / 1000,
+    )

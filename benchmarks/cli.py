@@ -14,6 +14,7 @@ from typing import Protocol
 from benchmarks import (
     admission,
     compare,
+    embeddings,
     interference,
     limits,
     quality,
@@ -48,6 +49,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "admission": admission,
     "structured": structured,
     "compare": compare,
+    "embeddings": embeddings,
     "vllm-profile": vllm_profile,
 }
 

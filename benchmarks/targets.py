@@ -173,7 +173,7 @@ async def ise_engine(config: TargetConfig) -> AsyncIterator[Client]:
     state = build_state(settings)
     await state.engine.start()
     try:
-        yield EngineClient(state.engine, state.tokenization)
+        yield EngineClient(state.generator, state.tokenization)
     finally:
         await state.engine.shutdown()
 
@@ -208,6 +208,20 @@ def vllm_serve(config: TargetConfig) -> AbstractAsyncContextManager[Client]:
         "--max-num-seqs", str(config.max_num_seqs), "--max-model-len", "2048",
     ]  # fmt: skip
     return _http_target("vllm", cmd, vllm_cpu_env(), config, port, "bench", vllm_fixed_length, timeout_s=1200)
+
+
+@asynccontextmanager
+async def vllm_pooling_server(config: TargetConfig) -> AsyncIterator[str]:
+    """vLLM's own server for an embedding model (``--runner pooling``, eager, tuned); yields its root URL."""
+    port = _free_port()
+    root = f"http://127.0.0.1:{port}"
+    cmd = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(config.model_dir),
+        "--served-model-name", "bench", "--port", str(port), "--host", "127.0.0.1", "--dtype", config.dtype,
+        "--runner", "pooling", "--enforce-eager", "--max-num-seqs", str(config.max_num_seqs),
+    ]  # fmt: skip
+    async with _process("vllm-pooling", cmd, vllm_cpu_env(), config.log_dir, root + "/health", 1200):
+        yield root
 
 
 def ise_vllm(config: TargetConfig) -> AbstractAsyncContextManager[Client]:

@@ -36,6 +36,9 @@ def split_serve_args(
 ) -> SplitArgs:
     """Split ``argv`` into ise's flags, vLLM's server flags and the rest; a positional argument is ``--model``.
 
+    Several models (``--model A --model B``, or positional ones) become ``--model A`` and the rest
+    ``--models``, the further models' entries.
+
     ``ise_flags`` gives each of ise's flags the number of values it takes: 0 for a switch, 1, or
     None for several (``--served-model-name a b``, passed to ise as one JSON list); ``vllm_flags``
     the same for vLLM's server flags (0 or 1). Any other flag takes the tokens up to the next
@@ -45,13 +48,22 @@ def split_serve_args(
     ise: list[str] = []
     engine: list[str] = []
     vllm: list[tuple[str, str | None]] = []
+    more: list[str] = []  # models after the first
     index = 0
     while index < len(argv):
         token = argv[index]
         name = token.split("=", 1)[0]
-        if not _is_flag(token):
-            ise += ["--model", token]
-            index += 1
+        model, taken = (token, 1) if not _is_flag(token) else (None, 0)
+        if name == "--model":
+            model, taken = (token.split("=", 1)[1], 1) if "=" in token else (next(iter(argv[index + 1 :]), None), 2)
+        if taken:
+            if model is None:
+                ise.append(token)  # --model without a value: Settings.load says so
+            elif "--model" in ise:
+                more.append(model)
+            else:
+                ise += ["--model", model]
+            index += taken
             continue
         end = index + 1
         if "=" not in token:
@@ -70,4 +82,6 @@ def split_serve_args(
         else:
             engine += argv[index:end]
         index = end
+    if more:  # --model A --model B: B is a further model, an entry of --models
+        ise += ["--models", json.dumps([{"model": m} for m in more])]
     return SplitArgs(ise, engine, vllm)

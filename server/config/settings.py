@@ -43,6 +43,17 @@ def default_cache_dir() -> Path:
     return Path(base) / "ise"
 
 
+class ModelEntry(EngineArgs):
+    """One more model to serve beside ``--model`` (``--model A --model B``, or a ``[[models]]`` table in TOML).
+
+    Its engine options default to the server's; those set here are its own (its ``kv_cache_gib``,
+    ``max_num_seqs``, ``engine``, ...), so each model's share of memory and batch is explicit.
+    """
+
+    model: str = Field(description="Local model directory, hub id, or a built-in model's name")
+    served_model_name: list[str] | None = Field(None, description="Names clients may call it by; default: --model's")
+
+
 # The server's own settings; the engine's, the gateway's and the API's come from EngineArgs,
 # GatewayArgs and ApiArgs, declared there once. The docstring is what `ise serve --help` shows first.
 class Settings(BaseSettings, EngineArgs, GatewayArgs, ApiArgs):
@@ -58,6 +69,11 @@ class Settings(BaseSettings, EngineArgs, GatewayArgs, ApiArgs):
         None,
         description="Names clients may call the model by (--served-model-name a b); responses carry the name "
         "the request used; defaults to the model's",
+    )
+    models: list[ModelEntry] = Field(
+        default_factory=list,
+        description="Further models served beside --model, each routed to by the request's model field: "
+        "--model A --model B, or [[models]] tables in the config file, each with its own engine options",
     )
     chat_template: str | None = Field(
         None, description="A Jinja chat template, or a file holding one, instead of the tokenizer's"

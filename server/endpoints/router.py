@@ -8,7 +8,7 @@ every error has OpenAI's shape (``ErrorResponse``), never FastAPI's 422.
 from __future__ import annotations
 
 from importlib.metadata import version
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -16,15 +16,19 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from server.endpoints import chat_completion, completion
+from adapters.embedding.engine import is_embedder
+from server.endpoints import chat_completion, completion, embeddings, scores
+from server.endpoints.metrics_merge import merged_registry
 from server.endpoints.responses.api import router as responses_router
-from server.endpoints.state import ServerState, get_state
+from server.endpoints.state import Models, ServerState, get_models, get_state
 from server.endpoints.tokenize import detokenize, tokenize
 from server.gateway.load import kv_cache_usage
 from server.protocol.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
 from server.protocol.common import ErrorResponse, Health, ModelCard, ModelList, ServerLoad, Version
 from server.protocol.completion import Completion, CompletionRequest
+from server.protocol.embeddings import EmbeddingRequest, EmbeddingResponse
 from server.protocol.errors import APIError, api_error_response, error_response
+from server.protocol.scores import RerankRequest, RerankResponse, ScoreRequest, ScoreResponse
 from server.protocol.tokenize import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 
 _REF = "#/components/schemas/"
@@ -91,20 +95,30 @@ State = Annotated[ServerState, Depends(get_state)]
 router.include_router(responses_router)  # /v1/responses: server/endpoints/responses/
 
 
+AllModels = Annotated[Models, Depends(get_models)]
+
+
 def _card(state: ServerState, name: str) -> ModelCard:
-    return ModelCard(id=name, created=state.created, root=state.model_path, max_model_len=state.engine.max_model_len)
+    return ModelCard(
+        id=name,
+        created=state.created,
+        root=state.model_path,
+        max_model_len=state.engine.max_model_len,
+        capabilities=["embedding", "score", "rerank"] if is_embedder(state.engine) else ["chat", "completion"],
+    )
 
 
 @router.head("/v1/models", include_in_schema=False)
 @router.get("/v1/models", responses=_errors(401))
-async def list_models(state: State) -> ModelList:
-    """Every name the model answers to (``--served-model-name a b``), as vLLM lists them."""
-    return ModelList(data=[_card(state, name) for name in state.model_names])
+async def list_models(models: AllModels) -> ModelList:
+    """Every name each model answers to (``--served-model-name a b``), as vLLM lists them, with what it does."""
+    return ModelList(data=[_card(state, name) for state in models.states for name in state.model_names])
 
 
 @router.head("/v1/models/{model:path}", include_in_schema=False)
 @router.get("/v1/models/{model:path}", responses=_errors(401, 404))
-async def get_model(model: str, state: State) -> ModelCard:
+async def get_model(model: str, models: AllModels) -> ModelCard:
+    state = models.route(model)
     state.check_model(model)
     return _card(state, model)
 
@@ -119,6 +133,31 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
 @router.post("/v1/completions", response_model=None, responses=_completion_responses(Completion, Completion))
 async def create_completion(body: CompletionRequest, request: Request, state: State) -> Response:
     return await completion.create_completion(body, request, state)
+
+
+@router.post(
+    "/v1/embeddings",
+    response_model=EmbeddingResponse,
+    responses={200: {"model": EmbeddingResponse}, **_errors(400, 401, 404, 413, 429, 500, 503)},
+)
+async def create_embeddings(body: EmbeddingRequest, request: Request, state: State) -> Response:
+    """OpenAI's embeddings, from an embedding model (a 400 from a generating one)."""
+    return await embeddings.create_embeddings(body, request, state)
+
+
+@router.post("/score", response_model=ScoreResponse, responses=_errors(400, 401, 404, 413, 429, 500, 503))
+@router.post("/v1/score", response_model=ScoreResponse, responses=_errors(400, 401, 404, 413, 429, 500, 503))
+async def create_score(body: ScoreRequest, request: Request, state: State) -> Response:
+    """vLLM's: the cosine similarity of each pair's embeddings (text_1 with text_2, 1:1, 1:N or N:N)."""
+    return await scores.create_score(body, request, state)
+
+
+@router.post("/rerank", response_model=RerankResponse, responses=_errors(400, 401, 404, 413, 429, 500, 503))
+@router.post("/v1/rerank", response_model=RerankResponse, responses=_errors(400, 401, 404, 413, 429, 500, 503))
+@router.post("/v2/rerank", response_model=RerankResponse, responses=_errors(400, 401, 404, 413, 429, 500, 503))
+async def create_rerank(body: RerankRequest, request: Request, state: State) -> Response:
+    """vLLM's (Jina's and Cohere's shape): documents by the cosine of their embedding and the query's, best first."""
+    return await scores.create_rerank(body, request, state)
 
 
 @router.head("/", include_in_schema=False)
@@ -137,14 +176,23 @@ async def root() -> Response:
         **_errors(503),
     },
 )
-async def health(state: State) -> Response:
-    """Liveness and readiness for load balancers; the one route open without an API key."""
-    if not state.engine.is_alive:
+async def health(models: AllModels) -> Response:
+    """Liveness and readiness for load balancers; the one route open without an API key.
+
+    With several models, healthy while one engine runs, each model's state in ``models``: one
+    model's engine failing does not take the others out of the load balancer.
+    """
+    alive = {name: state.engine.is_alive for state in models.states for name in state.model_names}
+    if not any(alive.values()):
         return api_error_response(APIError(503, "The engine is not running.", code="engine_dead", retryable=False))
-    if state.gateway.admission.draining:
+    if models.states[0].gateway.admission.draining:
         message = "The server is draining: it finishes running requests and takes no new ones."
         return error_response(503, message, code="server_shutting_down")
-    return JSONResponse(Health().model_dump())
+    if len(models.states) == 1:
+        return JSONResponse(Health().model_dump())
+    each: dict[str, Literal["ok", "engine_dead"]] = {n: "ok" if up else "engine_dead" for n, up in alive.items()}
+    status: Literal["ok", "degraded"] = "ok" if all(alive.values()) else "degraded"
+    return JSONResponse(Health(status=status, models=each).model_dump(exclude_none=True))
 
 
 @router.get(
@@ -152,8 +200,13 @@ async def health(state: State) -> Response:
     response_class=PlainTextResponse,
     responses={200: {"description": "Prometheus metrics, in its text exposition format."}, **_errors(401)},
 )
-async def metrics(state: State) -> Response:
-    return Response(generate_latest(state.gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+async def metrics(models: AllModels) -> Response:
+    """Each model's series; with several models, ise's own series carry a ``model_name`` label too (vLLM's do)."""
+    registries = [state.gateway.metrics.registry for state in models.states]
+    if len(registries) == 1:
+        return Response(generate_latest(registries[0]), media_type=CONTENT_TYPE_LATEST)
+    names = [state.model_name for state in models.states]
+    return Response(generate_latest(merged_registry(registries, names)), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/load", responses=_errors(401))

@@ -171,9 +171,9 @@ async def serve(
     called them, and what the translation dropped). Every refusal (an ``APIError``) comes before the
     response starts.
     """
-    state.check_model(req.model)
+    state.check_model(req.model, "generate")
     named = req.ignored_fields() if ignored is None else list(ignored)
-    headers = {**state.gateway.charge_request(raw), **_ignored(named, state)}
+    headers = {**state.gateway.charge_request(raw), **ignored_headers(named, state)}
     job, fmt = await prepare()
     return await _respond(req, job, fmt, raw, state, headers)
 
@@ -185,14 +185,14 @@ async def compiled(constraint: Constraint | None, raw: Request, state: ServerSta
     """
     if constraint is None:
         return None
-    compiled = await _unless_disconnected(raw, enforceable(constraint, state.grammars))
+    compiled = await unless_disconnected(raw, enforceable(constraint, state.grammars))
     if compiled is None:
         state.gateway.metrics.aborted.labels("client_disconnect").inc()
         raise APIError(499, "The client closed the request while its constraint compiled.")
     return compiled
 
 
-def _ignored(ignored: list[str], state: ServerState) -> dict[str, str]:
+def ignored_headers(ignored: list[str], state: ServerState) -> dict[str, str]:
     """The ``x-ignored-params`` header naming fields that take no effect; under --strict, a 400."""
     if not ignored:
         return {}
@@ -237,7 +237,7 @@ def job_for(
         req,
         prompts,
         max_tokens=max_tokens,
-        max_model_len=state.engine.max_model_len,
+        max_model_len=state.generator.max_model_len,
         vocab_size=state.tokenization.vocab_size(),
         prompt_param=param,
         defaults=state.sampling_defaults,
@@ -260,7 +260,7 @@ async def _respond(
     raw.state.end_user = req.user
     headers = {**headers, **token_headers}
     load_format = raw.headers.get(LOAD_FORMAT_HEADER)
-    events = ticket.track(Generation(state.engine, state.tokenization).run(job, ticket.inbox))
+    events = ticket.track(Generation(state.generator, state.tokenization).run(job, ticket.inbox))
     if req.stream:
 
         async def client_gone(_: object) -> None:
@@ -278,7 +278,7 @@ async def _respond(
             send_timeout=state.gateway_args.stream_send_timeout,
             client_close_handler_callable=client_gone,
         )
-    result = await _unless_disconnected(raw, _collect(events, job, fmt))
+    result = await unless_disconnected(raw, _collect(events, job, fmt))
     if result is None:
         state.gateway.aborted(ticket, "client_disconnect")
         return Response(status_code=499)
@@ -396,7 +396,7 @@ async def _sse(
         yield frame
 
 
-async def _unless_disconnected(raw: Request, work: Awaitable[T]) -> T | None:
+async def unless_disconnected(raw: Request, work: Awaitable[T]) -> T | None:
     """Await ``work`` unless the client disconnects first; then cancel it (aborting the request)."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_disconnected(raw))

@@ -52,6 +52,8 @@ def _line(scope: Scope, status: int, elapsed_s: float) -> str:
     state = scope.get("state", {})
     key: APIKey | None = state.get(STATE_KEY)
     parts = [scope["method"], scope["path"], str(status or "-"), f"key={key.name if key else '-'}"]
+    if state.get("model") is not None:  # set where the server serves several models: which one answered
+        parts.append(f"model={state['model']}")
     if state.get("end_user") is not None:
         # OpenAI's ``user``: the client's own id for its end user, so abuse can be traced to one.
         parts.append(f"user={json.dumps(state['end_user'])}")

@@ -16,6 +16,7 @@ import contextvars
 import logging
 import signal
 import socket
+from collections.abc import Sequence
 from types import FrameType
 
 import uvicorn
@@ -34,9 +35,11 @@ AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]  #
 
 
 class DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, gateway: Gateway) -> None:
+    def __init__(self, config: uvicorn.Config, gateway: Gateway | Sequence[Gateway]) -> None:
+        """``gateway``: the server's, or each model's where it serves several (all drain together)."""
         super().__init__(config)
-        self.gateway = gateway
+        self.gateways = [gateway] if isinstance(gateway, Gateway) else list(gateway)
+        self.gateway = self.gateways[0]
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain: asyncio.Task[None] | None = None
 
@@ -48,7 +51,8 @@ class DrainingServer(uvicorn.Server):
         if sig != signal.SIGTERM or self._loop is None or self.gateway.admission.draining:
             super().handle_exit(sig, frame)
             return
-        self.gateway.admission.draining = True
+        for gateway in self.gateways:
+            gateway.admission.draining = True
         # A signal handler runs between two bytecodes of the loop's thread: hand the work to the loop,
         # in a context of its own (not the interrupted request's, whose id the log lines would carry).
         self._loop.call_soon_threadsafe(self._start_drain, context=contextvars.Context())
@@ -57,14 +61,17 @@ class DrainingServer(uvicorn.Server):
         self._drain = asyncio.get_running_loop().create_task(self._run_drain())
 
     async def _run_drain(self) -> None:
-        admission, timeout = self.gateway.admission, self.gateway.options.drain_timeout
+        await asyncio.gather(*(self._drain_one(gateway) for gateway in self.gateways))
+        log.info("Drained; shutting down")
+        self.should_exit = True
+
+    async def _drain_one(self, gateway: Gateway) -> None:
+        admission, timeout = gateway.admission, gateway.options.drain_timeout
         log.info("SIGTERM: draining %d in-flight requests (up to %.1f s)", len(admission.tickets), timeout)
         if not await admission.wait_idle(timeout):
             ended = admission.end_all(
                 APIError(503, "The server shut down before the request finished.", code="server_shutting_down")
             )
-            self.gateway.metrics.aborted.labels("shutdown").inc(ended)
+            gateway.metrics.aborted.labels("shutdown").inc(ended)
             log.warning("Drain timeout: ended %d requests still running", ended)
             await admission.wait_idle(_END_GRACE_S)
-        log.info("Drained; shutting down")
-        self.should_exit = True

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 
-from adapters.engine import Engine
+from adapters.engine import EngineBase
 from server.gateway.admission import SLO_HEADER, Admission, Ticket
 from server.gateway.auth import STATE_KEY, APIKey
 from server.gateway.metrics import Metrics
@@ -46,7 +46,7 @@ class Gateway:
     """Options, admission, the keys' rate limits and the metrics, shared by every route."""
 
     options: GatewayArgs
-    engine: Engine
+    engine: EngineBase
     batch_slots: int | None = None  # the engine's --max-num-seqs, for predicting slot waits
     model_name: str = ""  # the served name, which labels vLLM's series
     admission: Admission = field(init=False)

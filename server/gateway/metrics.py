@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, GCCollector, PlatformC
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
-from adapters.engine import Engine
+from adapters.engine import EngineBase
 from server.gateway.admission import Admission
 from server.gateway.goodput import Goodput
 from server.gateway.key_usage import KeyUsage
@@ -20,7 +20,7 @@ from server.gateway.vllm_metrics import ENGINE_INDEX, RequestMetrics, VLLMEngine
 class _EngineCollector(Collector):
     """Reads the engine's stats on each scrape, so the gauges are never stale."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: EngineBase) -> None:
         self.engine = engine
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | SummaryMetricFamily]:
@@ -81,7 +81,7 @@ class _AdmissionCollector(Collector):
 class Metrics:
     """The server's Prometheus registry: ise's own series, vLLM's (``vllm_metrics.py``), and the process's."""
 
-    def __init__(self, engine: Engine, admission: Admission, model_name: str, options: GatewayArgs) -> None:
+    def __init__(self, engine: EngineBase, admission: Admission, model_name: str, options: GatewayArgs) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(_EngineCollector(engine))
         self.registry.register(_AdmissionCollector(admission))

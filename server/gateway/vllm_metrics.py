@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from adapters.engine import ITERATION_TOKENS_BUCKETS, Engine
+from adapters.engine import ITERATION_TOKENS_BUCKETS, EngineBase
 from server.gateway.load import kv_cache_usage
 from server.gateway.request_record import RequestRecord
 
@@ -162,7 +162,7 @@ class Renamed(Collector):
 class VLLMEngineCollector(Collector):
     """The engine's own series under vLLM's names, read from its stats at each scrape."""
 
-    def __init__(self, engine: Engine, model_name: str) -> None:
+    def __init__(self, engine: EngineBase, model_name: str) -> None:
         self.engine = engine
         self.labels = [model_name, ENGINE_INDEX]
 

@@ -92,6 +92,9 @@ class ModelPermission(ResponseModel):
     is_blocking: bool = False
 
 
+Capability = Literal["chat", "completion", "embedding", "score", "rerank"]
+
+
 class ModelCard(ResponseModel):
     """OpenAI's model object with vLLM's fields: clients written for vLLM read ``root`` (``vllm bench
     serve`` takes it as the tokenizer to load) and ``max_model_len``."""
@@ -103,6 +106,9 @@ class ModelCard(ResponseModel):
     root: str | None = None  # where the model was loaded from, as given (a directory or a hub id)
     parent: str | None = None  # the base model of an adapter; ise serves no adapters
     max_model_len: int
+    # What the model does (ise's, as Ollama's ``capabilities``): chat and completion for a generating
+    # model; embedding, score and rerank for an embedding model. A server may serve both kinds.
+    capabilities: list[Capability] = Field(default_factory=list)
     permission: list[ModelPermission] = Field(default_factory=lambda: [ModelPermission()])
 
 
@@ -112,9 +118,14 @@ class ModelList(ResponseModel):
 
 
 class Health(ResponseModel):
-    """What ``/health`` answers while the engine runs."""
+    """What ``/health`` answers while the engine runs (with several models: while one does).
 
-    status: Literal["ok"] = "ok"
+    ``models``, with several models only: each served name's engine, ``ok`` or ``engine_dead``;
+    ``status`` is ``degraded`` while any is dead.
+    """
+
+    status: Literal["ok", "degraded"] = "ok"
+    models: dict[str, Literal["ok", "engine_dead"]] | None = Absent
 
 
 class ErrorDetail(ResponseModel):

@@ -9,9 +9,10 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
+from adapters.embedding.engine import is_embedder
 from server.endpoints.messages.api import router as messages_router
 from server.endpoints.router import router, stream_schemas
-from server.endpoints.state import ServerState
+from server.endpoints.state import Models, ServerState
 from server.gateway.access_log import AccessLogMiddleware
 from server.gateway.auth import PUBLIC_PATHS, APIKeyMiddleware, Keyring
 from server.gateway.body_limit import BodyLimitMiddleware
@@ -60,15 +61,17 @@ class _App(FastAPI):
 
 
 def create_app(
-    state: ServerState,
+    served: ServerState | Models,
     on_ready: Callable[[], None] = lambda: None,
     *,
     serve_web_ui: bool = True,
     grpc_address: tuple[str, int] | None = None,
 ) -> FastAPI:
-    """The app over ``state``, with the chat page at ``/`` unless ``serve_web_ui`` is false, and gRPC on
-    ``grpc_address`` (host, port) when given, on the app's event loop for the app's lifetime; raises
-    ``ValueError`` for an unreadable API keys file.
+    """The app over one model's state, or several models', with the chat page at ``/`` unless
+    ``serve_web_ui`` is false, and gRPC on ``grpc_address`` (host, port) when given, on the app's
+    event loop for the app's lifetime; raises ``ValueError`` for an unreadable API keys file.
+
+    With several models, the first one's gateway options (keys, CORS, body size) are the server's.
 
     Middleware, outermost first: request id (every response has one), access log, Anthropic's error
     shape on its routes (so the log shows the status sent), CORS (so
@@ -76,11 +79,17 @@ def create_app(
     body size; then the routes.
     """
 
+    models = served if isinstance(served, Models) else Models([served])
+    state = models.states[0]
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state.grammars.warm()  # the compile workers' fork server imports while the model loads
-        await state.engine.start()
-        state.gateway.metrics.engine_started()
+        for one in models.states:
+            if not is_embedder(one.engine):
+                one.grammars.warm()  # the compile workers' fork server imports while the model loads
+        for one in models.states:
+            await one.engine.start()
+            one.gateway.metrics.engine_started()
         grpc_server = None
         try:
             if grpc_address is not None:
@@ -90,9 +99,10 @@ def create_app(
         finally:
             if grpc_server is not None:  # HTTP has drained; calls still open get a moment to end
                 await grpc_server.stop(grace=_GRPC_STOP_GRACE_S)
-            await state.grammars.close()
-            await state.engine.shutdown()
-            await state.gateway.close()
+            for one in models.states:
+                await one.grammars.close()
+                await one.engine.shutdown()
+                await one.gateway.close()
 
     gateway = state.gateway_args
     docs = not gateway.disable_fastapi_docs
@@ -104,7 +114,8 @@ def create_app(
         redoc_url="/redoc" if docs else None,
         openapi_url="/openapi.json" if docs else None,
     )
-    app.state.ise = state
+    app.state.ise = state  # the default model's
+    app.state.models = models
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=gateway.max_request_body_bytes)
     public = PUBLIC_PATHS | web_ui.PUBLIC_PATHS if serve_web_ui else PUBLIC_PATHS

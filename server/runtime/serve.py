@@ -15,7 +15,7 @@ from server.config.command_line import split_serve_args
 from server.config.settings import Settings
 from server.config.vllm_flags import read_vllm_flags
 from server.endpoints.event_stream import UnfinishedStreamFilter
-from server.endpoints.state import build_state
+from server.endpoints.state import build_models
 from server.gateway.drain import DrainingServer
 from server.gateway.request_id import RequestIdLogFilter
 from server.runtime.app import create_app
@@ -47,15 +47,15 @@ def serve(argv: list[str]) -> None:
             "; ".join(vllm_flags.accepted),
         )
     try:
-        state = build_state(settings, [*args.engine, *vllm_flags.engine_argv])
+        models = build_models(settings, [*args.engine, *vllm_flags.engine_argv])
     except ValueError as exc:
         raise SystemExit(f"ise serve: {exc}") from None
     try:
         app = create_app(
-            state,
+            models,
             on_ready=lambda: log.info(
                 "Serving %s at http://%s:%d/v1%s (ready %.1f s after start)",
-                state.model_name,
+                ", ".join(state.model_name for state in models.states),
                 settings.host,
                 settings.port,
                 f", the chat page at http://{settings.host}:{settings.port}/" if settings.web_ui else "",
@@ -77,7 +77,7 @@ def serve(argv: list[str]) -> None:
         timeout_graceful_shutdown=int(settings.drain_timeout) + 10,
     )
     try:
-        DrainingServer(config, state.gateway).run()
+        DrainingServer(config, [state.gateway for state in models.states]).run()
     except KeyboardInterrupt:
         # uvicorn shuts down gracefully on Ctrl-C, then raises the signal again; the shutdown is
         # already logged, so a traceback would only alarm.

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from adapters.engine import Engine
+from adapters.engine import EngineBase
 from server.protocol.errors import invalid_request
 from server.text.tokenization import Tokenization
 
@@ -18,7 +18,7 @@ from server.text.tokenization import Tokenization
 class Prompts:
     """Messages and text into the model's prompt token ids, refused first where surely too long."""
 
-    def __init__(self, tokenization: Tokenization, engine: Engine) -> None:
+    def __init__(self, tokenization: Tokenization, engine: EngineBase) -> None:
         """``engine``: whose context window bounds the prompts (read per request: an engine may
         learn it only when it starts)."""
         self.tokenization = tokenization

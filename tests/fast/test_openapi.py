@@ -61,7 +61,22 @@ def test_other_routes(spec: dict[str, Any]) -> None:
         "/v1/responses",
         "/v1/responses/{response_id}",
         "/v1/responses/{response_id}/input_items",
+        "/v1/embeddings",
+        "/score",
+        "/v1/score",
+        "/rerank",
+        "/v1/rerank",
+        "/v2/rerank",
     }
+    embeddings = paths["/v1/embeddings"]["post"]
+    assert embeddings["requestBody"]["content"]["application/json"]["schema"] == {"$ref": REF + "EmbeddingRequest"}
+    assert embeddings["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": REF + "EmbeddingResponse"
+    }
+    for path in ("/rerank", "/v1/rerank", "/v2/rerank"):
+        assert paths[path]["post"]["responses"]["200"]["content"]["application/json"]["schema"] == {
+            "$ref": REF + "RerankResponse"
+        }
     models = paths["/v1/models"]["get"]["responses"]
     assert models["200"]["content"]["application/json"]["schema"] == {"$ref": REF + "ModelList"}
     model = paths["/v1/models/{model}"]["get"]["responses"]

@@ -60,7 +60,7 @@ def _not_found(response_id: str) -> APIError:
     },
 )
 async def create_response(req: ResponsesRequest, raw: Request, state: State) -> Response:
-    state.check_model(req.model)
+    state.check_model(req.model, "generate")
     scope = tenant(raw)
     conversation: list[dict[str, Any]] = []
     if req.previous_response_id is not None:

@@ -1,0 +1,1 @@
+"""Embedding models on the CPU: sentence-transformers directories served with dynamic batching."""
