@@ -132,6 +132,8 @@ class Models:
                 self.by_name[name] = state
         for state in self.states[1:]:
             state.responses = self.states[0].responses  # GET /v1/responses/{id} names no model
+            # A key's requests and tokens per minute are the key's, whichever model they go to.
+            state.gateway.rate_limits = self.states[0].gateway.rate_limits
 
     def route(self, model: object) -> ServerState:
         return self.by_name.get(model, self.states[0]) if isinstance(model, str) else self.states[0]

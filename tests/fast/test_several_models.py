@@ -21,6 +21,7 @@ from server.config.command_line import split_serve_args
 from server.config.settings import ModelEntry, Settings
 from server.endpoints import state as state_module
 from server.endpoints.state import Models, ServerState, build_models
+from server.gateway.options import GatewayArgs
 from server.runtime.app import create_app
 from server.text.tokenization import Tokenization
 from tests.fast.fake_engine import FakeEngine
@@ -39,10 +40,11 @@ def embed_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_embedding_model_dir(tmp_path_factory.mktemp("embed"))
 
 
-def _embedding_state(path: Path, name: str = EMBED) -> ServerState:
+def _embedding_state(path: Path, name: str = EMBED, options: GatewayArgs | None = None) -> ServerState:
     info = ModelInfo.load(path)
     engine = CPUEmbeddingEngine(path, EmbeddingSpec.load(path, info.context_length))
-    return ServerState(engine=engine, tokenization=Tokenization(path, info.vocab_size), model_name=name)
+    tokenization = Tokenization(path, info.vocab_size)
+    return ServerState(engine=engine, tokenization=tokenization, model_name=name, gateway_args=options or GatewayArgs())
 
 
 @pytest.fixture
@@ -150,3 +152,20 @@ def test_models_that_need_more_memory_than_available_are_refused(
     monkeypatch.setattr(state_module, "_available_memory", lambda: 1000)
     with pytest.raises(ValueError, match=r"more than the 0.00 GiB available: lower a model's kv_cache_gib"):
         build_models(settings)
+
+
+async def test_a_keys_rate_limit_counts_its_requests_to_every_model(
+    fake: FakeEngine, tiny: TinyModel, embed_dir: Path
+) -> None:
+    """Two requests a minute for the key: one to the chat model, one to the embedder, and the third,
+    to either, is over the key's limit (not a second allowance per model)."""
+    options = GatewayArgs(api_key=["sk-one"], requests_per_minute=2)
+    chat = ServerState(engine=fake, tokenization=tiny.tokenization, model_name=MODEL, gateway_args=options)
+    app = create_app(Models([chat, _embedding_state(embed_dir, options=options)]))
+    headers = {"Authorization": "Bearer sk-one"}
+    async with app.router.lifespan_context(app), client(app) as http:
+        first = await http.post("/v1/chat/completions", json=CHAT, headers=headers)
+        second = await http.post("/v1/embeddings", json=EMBEDDING, headers=headers)
+        third = await http.post("/v1/embeddings", json=EMBEDDING, headers=headers)
+    assert (first.status_code, second.status_code, third.status_code) == (200, 200, 429)
+    assert second.headers["x-ratelimit-remaining-requests"] == "0"
