@@ -20,7 +20,7 @@ from adapters.embedding.engine import is_embedder
 from server.endpoints import chat_completion, completion, embeddings, scores
 from server.endpoints.metrics_merge import merged_registry
 from server.endpoints.responses.api import router as responses_router
-from server.endpoints.state import Models, ServerState, get_models, get_state
+from server.endpoints.state import Models, ServerState, get_embedding_state, get_models, get_state
 from server.endpoints.tokenize import detokenize, tokenize
 from server.gateway.load import kv_cache_usage
 from server.protocol.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
@@ -92,6 +92,7 @@ router = APIRouter(
     responses={"default": {"model": ErrorResponse, "description": "Any other error, in OpenAI's error shape."}}
 )
 State = Annotated[ServerState, Depends(get_state)]
+EmbeddingState = Annotated[ServerState, Depends(get_embedding_state)]
 router.include_router(responses_router)  # /v1/responses: server/endpoints/responses/
 
 
@@ -147,7 +148,7 @@ async def create_embeddings(body: EmbeddingRequest, request: Request, state: Sta
 
 @router.post("/score", response_model=ScoreResponse, responses=_errors(400, 401, 404, 413, 429, 500, 503))
 @router.post("/v1/score", response_model=ScoreResponse, responses=_errors(400, 401, 404, 413, 429, 500, 503))
-async def create_score(body: ScoreRequest, request: Request, state: State) -> Response:
+async def create_score(body: ScoreRequest, request: Request, state: EmbeddingState) -> Response:
     """vLLM's: the cosine similarity of each pair's embeddings (text_1 with text_2, 1:1, 1:N or N:N)."""
     return await scores.create_score(body, request, state)
 
@@ -155,7 +156,7 @@ async def create_score(body: ScoreRequest, request: Request, state: State) -> Re
 @router.post("/rerank", response_model=RerankResponse, responses=_errors(400, 401, 404, 413, 429, 500, 503))
 @router.post("/v1/rerank", response_model=RerankResponse, responses=_errors(400, 401, 404, 413, 429, 500, 503))
 @router.post("/v2/rerank", response_model=RerankResponse, responses=_errors(400, 401, 404, 413, 429, 500, 503))
-async def create_rerank(body: RerankRequest, request: Request, state: State) -> Response:
+async def create_rerank(body: RerankRequest, request: Request, state: EmbeddingState) -> Response:
     """vLLM's (Jina's and Cohere's shape): documents by the cosine of their embedding and the query's, best first."""
     return await scores.create_rerank(body, request, state)
 

@@ -135,16 +135,32 @@ class Models:
             # A key's requests and tokens per minute are the key's, whichever model they go to.
             state.gateway.rate_limits = self.states[0].gateway.rate_limits
 
-    def route(self, model: object) -> ServerState:
-        return self.by_name.get(model, self.states[0]) if isinstance(model, str) else self.states[0]
+    def route(self, model: object, *, embedding: bool = False) -> ServerState:
+        """The model named ``model``; a request that names none goes to the default model, or for an
+        embedding route (``embedding``) to the first embedding model served."""
+        if isinstance(model, str):
+            return self.by_name.get(model, self.states[0])
+        if embedding:
+            return next((state for state in self.states if is_embedder(state.engine)), self.states[0])
+        return self.states[0]
 
 
 async def get_state(request: Request) -> ServerState:
     """The state of the model the request names in its JSON body's ``model`` (the default model without one)."""
+    return await _routed(request, embedding=False)
+
+
+async def get_embedding_state(request: Request) -> ServerState:
+    """As ``get_state``, but score and rerank requests may leave ``model`` out (vLLM's make it optional):
+    those go to the first embedding model, not to a chat model listed before it."""
+    return await _routed(request, embedding=True)
+
+
+async def _routed(request: Request, *, embedding: bool) -> ServerState:
     models: Models = request.app.state.models
     if len(models.states) == 1:
         return models.states[0]
-    state = models.route(await _model_field(request))
+    state = models.route(await _model_field(request), embedding=embedding)
     request.state.model = state.model_name  # for the access log
     return state
 

@@ -169,3 +169,15 @@ async def test_a_keys_rate_limit_counts_its_requests_to_every_model(
         third = await http.post("/v1/embeddings", json=EMBEDDING, headers=headers)
     assert (first.status_code, second.status_code, third.status_code) == (200, 200, 429)
     assert second.headers["x-ratelimit-remaining-requests"] == "0"
+
+
+async def test_score_and_rerank_without_a_model_go_to_the_embedding_model(http: httpx.AsyncClient) -> None:
+    """vLLM's score and rerank make ``model`` optional: left out, the embedding model answers, not
+    the chat model served first."""
+    rerank = await http.post("/v1/rerank", json={"query": "paris", "documents": ["paris", "hello world"]})
+    assert rerank.status_code == 200, rerank.text
+    assert [r["index"] for r in rerank.json()["results"]] == [0, 1]
+    score = await http.post("/v1/score", json={"text_1": "paris", "text_2": ["paris", "hello world"]})
+    assert score.status_code == 200, score.text
+    chat = await http.post("/v1/chat/completions", json={"messages": CHAT["messages"]})
+    assert chat.status_code == 400  # chat's model is required, as OpenAI's

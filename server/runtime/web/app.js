@@ -65,7 +65,8 @@ async function loadModels() {
   const select = $("model");
   const previous = select.value;
   select.replaceChildren();
-  for (const card of cards) {
+  // Only models that chat: an embedding model served beside them has nothing to say.
+  for (const card of cards.filter((c) => !c.capabilities || c.capabilities.includes("chat"))) {
     const option = document.createElement("option");
     option.value = card.id;
     option.textContent = card.id;
