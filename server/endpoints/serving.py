@@ -50,6 +50,20 @@ T = TypeVar("T")
 Frame = str | ServerSentEvent
 
 
+# How OpenAPI describes a stream of typed events (Anthropic's Messages, OpenAI's Responses): each a
+# named event whose data is one JSON object; the events themselves are the API reference's.
+TYPED_EVENT_STREAM = {
+    "itemSchema": {
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"type": "string"},
+            "data": {"type": "string", "contentMediaType": "application/json"},
+        },
+    }
+}
+
+
 def typed_event(event: BaseModel) -> ServerSentEvent:
     """A typed event (Anthropic's Messages, OpenAI's Responses): its ``type`` names the SSE event too,
     and its lines end as the data-only events' do."""

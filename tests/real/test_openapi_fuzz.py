@@ -49,7 +49,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.helpers import sse_payloads
+from tests.helpers import sse_payloads, sse_typed_events
 from tests.real.helpers import ServerHandle
 
 MAX_EXAMPLES_POSITIVE = 30  # Hypothesis draws per operation
@@ -64,8 +64,16 @@ AnyCase = Case[Any]
 CaseCounts = Counter[tuple[str, str, str, int]]
 
 
+# A stream of typed events ends with its API's last event (Anthropic's, or OpenAI's Responses').
+TYPED_STREAM_ENDS = {
+    "/v1/messages": {"message_stop", "error"},
+    "/v1/responses": {"response.completed", "response.incomplete", "response.failed"},
+}
+
+
 def event_stream_ends_with_done(ctx: CheckContext, response: Response, case: AnyCase) -> bool | None:
-    """A streamed completion's events end with ``data: [DONE]``, and no earlier event is ``[DONE]``.
+    """A streamed completion's events end with ``data: [DONE]``, and no earlier event is ``[DONE]``;
+    a stream of typed events ends with its API's last event.
 
     Schemathesis checks each event on its own against the route's ``itemSchema`` (``data`` a JSON
     string matching its ``contentSchema``, a chunk or an error, or ``[DONE]``); the order, which
@@ -74,6 +82,10 @@ def event_stream_ends_with_done(ctx: CheckContext, response: Response, case: Any
     content_type = (response.headers.get("content-type") or [""])[0]
     if response.status_code != 200 or not content_type.startswith("text/event-stream"):
         return None
+    if case.path in TYPED_STREAM_ENDS:
+        typed = sse_typed_events(response.text)
+        assert typed and typed[-1][0] in TYPED_STREAM_ENDS[case.path], f"The stream ends with {typed[-1:]}"
+        return True
     events = sse_payloads(response.text)
     assert events and events[-1] == "[DONE]", f"The stream does not end with `data: [DONE]`: {events[-1:]}"
     assert "[DONE]" not in events[:-1], f"`data: [DONE]` before the stream's end, at event {events.index('[DONE]')}"

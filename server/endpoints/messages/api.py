@@ -18,7 +18,7 @@ from server.endpoints.chat_completion import chat_job
 from server.endpoints.generation import Job
 from server.endpoints.messages.answer import MessagesFormat
 from server.endpoints.messages.translate import to_chat
-from server.endpoints.serving import ResponseFormat, serve
+from server.endpoints.serving import TYPED_EVENT_STREAM, ResponseFormat, serve
 from server.endpoints.state import ServerState, get_state
 from server.protocol.errors import APIError
 from server.protocol.messages import CountTokensRequest, MessagesRequest
@@ -36,7 +36,17 @@ router = APIRouter(
 State = Annotated[ServerState, Depends(get_state)]
 
 
-@router.post("/v1/messages", response_model=None, responses={200: {"model": Message}})
+@router.post(
+    "/v1/messages",
+    response_model=None,
+    responses={
+        200: {
+            "model": Message,
+            "description": "The message; with stream: true, Anthropic's typed server-sent events instead.",
+            "content": {"text/event-stream": TYPED_EVENT_STREAM},
+        }
+    },
+)
 async def create_message(body: MessagesRequest, request: Request, state: State) -> Response:
     """A message, or with ``stream: true`` Anthropic's typed server-sent events; ``?beta=true`` is ignored."""
     translation = to_chat(body, reasoning=state.api.reasoning_parser is not None)

@@ -22,7 +22,7 @@ from server.endpoints.generation import Job
 from server.endpoints.responses.response_format import ResponsesFormat
 from server.endpoints.responses.store import StoredResponse
 from server.endpoints.responses.translate import item_id, translate
-from server.endpoints.serving import ResponseFormat, serve
+from server.endpoints.serving import TYPED_EVENT_STREAM, ResponseFormat, serve
 from server.endpoints.state import ServerState, get_state
 from server.gateway.auth import STATE_KEY, APIKey
 from server.protocol.base import now
@@ -55,6 +55,7 @@ def _not_found(response_id: str) -> APIError:
         200: {
             "model": ResponseObject,
             "description": "The response; with stream: true, its typed server-sent events instead.",
+            "content": {"text/event-stream": TYPED_EVENT_STREAM},
         },
         **_ERRORS,
     },
