@@ -164,6 +164,13 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
+def scrape_now(root: str, key: str | None = None) -> str:
+    """``/metrics`` read at once, for tests that drive a client which is not asyncio (a browser, gRPC)."""
+    response = httpx.get(f"{root}/metrics", headers=bearer(key) if key else {}, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.text
+
+
 async def scrape(client: httpx.AsyncClient, root: str, key: str | None = None) -> str:
     response = await client.get(f"{root}/metrics", headers=bearer(key) if key else {}, timeout=30)
     assert response.status_code == 200, response.text

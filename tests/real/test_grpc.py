@@ -23,7 +23,7 @@ import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
 from tests.helpers import metric_sample
-from tests.real.helpers import SMALL_SERVER, ServerHandle, bearer, free_port, running_server
+from tests.real.helpers import SMALL_SERVER, ServerHandle, bearer, free_port, running_server, scrape_now
 
 KEY = "sk-ise-grpc-test"
 PROMPT = "The capital of France is"
@@ -113,12 +113,7 @@ def test_a_cancelled_stream_is_aborted_in_the_engine(grpc_server: tuple[ServerHa
     aborted = {"reason": "client_disconnect"}
     released = "ise_abort_kv_release_seconds_count"
 
-    def scrape() -> str:
-        response = httpx.get(f"{server.root_url}/metrics", headers=bearer(KEY), timeout=30)
-        assert response.status_code == 200
-        return response.text
-
-    before = scrape()
+    before = scrape_now(server.root_url, KEY)
     long = {"temperature": 0, "max_tokens": 400, "ignore_eos": True}
     with triton.InferenceServerClient(url) as client:
         got: queue.Queue[tuple[Any, Any]] = queue.Queue()
@@ -130,7 +125,7 @@ def test_a_cancelled_stream_is_aborted_in_the_engine(grpc_server: tuple[ServerHa
         client.stop_stream(cancel_requests=True)
     deadline = time.monotonic() + 60
     while True:
-        now = scrape()
+        now = scrape_now(server.root_url, KEY)
         if (
             metric_sample(now, "ise_requests_aborted_total", **aborted)
             == metric_sample(before, "ise_requests_aborted_total", **aborted) + 1

@@ -41,7 +41,7 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.helpers import metric_sample
-from tests.real.helpers import SMALL_SERVER, ServerHandle, bearer, running_server
+from tests.real.helpers import SMALL_SERVER, ServerHandle, bearer, running_server, scrape_now
 
 ROOT = Path(__file__).resolve().parents[2]
 README_SCREENSHOT = ROOT / "docs" / "web-ui.png"
@@ -212,12 +212,7 @@ def test_stop_aborts_the_request_in_the_engine(browser: Driver, keyed: ServerHan
     aborted = {"reason": "client_disconnect"}
     released = "ise_abort_kv_release_seconds_count"
 
-    def scrape() -> str:
-        response = httpx.get(f"{keyed.root_url}/metrics", headers=bearer(KEY), timeout=30)
-        assert response.status_code == 200
-        return response.text
-
-    before = scrape()
+    before = scrape_now(keyed.root_url, KEY)
     ask(browser, "Write a long story about a dragon who learns to bake bread.")
     until(browser, lambda d: any(answer_texts(d)), "answering", timeout_s=120)
     by_id(browser, "stop").click()
@@ -225,7 +220,7 @@ def test_stop_aborts_the_request_in_the_engine(browser: Driver, keyed: ServerHan
     assert by_id(browser, "send").is_enabled() and notice(browser) == ""
     deadline = time.monotonic() + 30
     while True:
-        now = scrape()
+        now = scrape_now(keyed.root_url, KEY)
         done = (
             metric_sample(now, "ise_requests_aborted_total", **aborted)
             == metric_sample(before, "ise_requests_aborted_total", **aborted) + 1
