@@ -98,6 +98,13 @@ class EngineArgs(BaseModel):
         "output still equal to solo output (its speed and quality: benchmarks/RESULTS.md). vLLM engine: "
         "vLLM's methods (awq, gptq, fp8, ...)",
     )
+    speculative_config: dict[str, Any] | None = Field(
+        None,
+        description="vLLM's speculative decoding config, as JSON. The CPU engine runs the ngram method (prompt "
+        'lookup, no draft model): {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 4, '
+        '"prompt_lookup_min": 2}, and num_speculative_tokens_per_batch_size; greedy output is unchanged by it. '
+        "--engine vllm passes it to vLLM, which takes its other methods too",
+    )
     threads: int | None = Field(None, gt=0, description="Torch threads; defaults to the usable cores")
     batch_window_ms: float = Field(
         2.0,

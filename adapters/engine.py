@@ -155,6 +155,12 @@ class EngineStats:
     # Steps by tokens computed: one count per bucket of ITERATION_TOKENS_BUCKETS, then +Inf (empty: none yet).
     iteration_tokens_counts: tuple[int, ...] = ()
     block_size: int = 0  # tokens per KV cache block (vLLM's cache_config_info reports it)
+    # Speculative decoding, where it is on: steps of a request with drafts, drafts computed, drafts
+    # kept, and drafts kept by position (the first draft of a step, the second, ...).
+    spec_decode_num_drafts: int = 0
+    spec_decode_num_draft_tokens: int = 0
+    spec_decode_num_accepted_tokens: int = 0
+    spec_decode_num_accepted_tokens_per_pos: tuple[int, ...] = ()
 
 
 class EngineDeadError(RuntimeError):

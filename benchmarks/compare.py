@@ -112,11 +112,12 @@ def write_results_md(path: Path, info: dict[str, Any], table: str, images: list[
     m = info["machine"]
     a = info["args"]
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
-    workload = (
-        f"{a['workload']} prompts of {a['input_len']} tokens"
-        + (f" after a shared {a['prefix_len']}-token system prompt" if a["workload"] == "shared-prefix" else "")
-        + f", {a['output_len']} output tokens each (ignore_eos), greedy, seed {a['seed']}"
-    )
+    prompts = f"{a['workload']} prompts of {a['input_len']} tokens"
+    if a["workload"] == "shared-prefix":
+        prompts += f" after a shared {a['prefix_len']}-token system prompt"
+    elif a["workload"] == "copy":
+        prompts = "chats asking for a paragraph of about 100 tokens back word for word"
+    workload = prompts + f", {a['output_len']} output tokens each (ignore_eos), greedy, seed {a['seed']}"
     lines = [
         "# Benchmark results",
         "",

@@ -25,36 +25,8 @@ from adapters.cpu.model_runner import ModelRunner
 from adapters.cpu.numerics import default_threads
 from benchmarks import flags
 from benchmarks.save import meta, save_result
+from benchmarks.workloads import PROSE
 from server.config.settings import Settings
-
-# Plain English prose written for this check (no data set is reachable offline), long enough for
-# a few hundred predictions across ordinary grammar, numbers and names.
-REFERENCE_TEXT = """\
-The river that runs through the old town is not wide, but it has shaped everything around it.
-Mills were built along its banks in the twelfth century, and for six hundred years they ground
-grain, sawed timber and later spun cotton. When the railway arrived in 1847, the mills lost their
-advantage, and most of them closed within a generation. Today only two remain standing: one is a
-museum, and the other has been turned into apartments with tall windows that look over the water.
-
-Walking along the river on a spring morning, you pass the market square, where farmers sell
-cheese, bread and early vegetables from wooden stalls. The church bell rings at eight, and the
-cafe owners carry their chairs outside, even when the air is still cold. Children on their way to
-school stop at the bridge to throw sticks into the current and race to the other side to see
-whose stick comes out first.
-
-In the library, a small exhibition explains how the town kept its records. Births, marriages and
-deaths were written by hand in thick books, one for each parish, and the books were stored in a
-dry room above the council chamber. A fire in 1903 destroyed almost a third of them. Historians
-have since rebuilt part of the lost record from letters, newspapers and the notes of a doctor who
-kept a careful diary of every patient he treated for forty years.
-
-The town council now faces a familiar problem. Young people leave for the cities, where there are
-more jobs and higher wages, while the houses in the centre grow more expensive because visitors
-buy them as holiday homes. Some residents want to limit such purchases; others argue that the
-visitors keep the shops and restaurants open through the winter. A public meeting is planned for
-next month, and the council has promised to publish every written comment it receives.
-"""
-
 
 # Each variant's dtype and quantization; float32 unquantized is the reference every variant is scored against.
 REFERENCE = "float32"
@@ -150,6 +122,6 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
-    text = args.text_file.read_text() if args.text_file else REFERENCE_TEXT
+    text = args.text_file.read_text() if args.text_file else PROSE
     scores = measure(flags.model_dir(args), Settings().cache_dir, args.variants, text)
     save(scores, meta(), args.out)

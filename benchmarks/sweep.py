@@ -14,7 +14,7 @@ from benchmarks.flags import Flag
 from benchmarks.loadgen import LoadShape, run_load, warm_up
 from benchmarks.metrics import SLO, summarize
 from benchmarks.report import Run
-from benchmarks.workloads import RequestSpec, random_workload, shared_prefix_workload
+from benchmarks.workloads import RequestSpec, copy_workload, random_workload, shared_prefix_workload
 
 # The shared flags a sweep takes (benchmarks.flags declares them).
 FLAGS: tuple[Flag, ...] = (
@@ -25,7 +25,12 @@ FLAGS: tuple[Flag, ...] = (
 
 def add_workload_args(parser: argparse.ArgumentParser) -> None:
     """The sweep's own flags: the workload's shape and the load levels."""
-    parser.add_argument("--workload", choices=["random", "shared-prefix"], default="random")
+    parser.add_argument(
+        "--workload",
+        choices=["random", "shared-prefix", "copy"],
+        default="random",
+        help="copy: chats asking for a paragraph back word for word (prompts of about 100 tokens)",
+    )
     parser.add_argument("--prefix-len", type=int, default=1000, help="shared system prompt tokens (shared-prefix)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 32])
     parser.add_argument("--rate", type=float, nargs="+", help="Poisson arrival rates (req/s) instead of concurrency")
@@ -50,6 +55,8 @@ class Sweep:
             return shared_prefix_workload(
                 self.tokenizer, count=count, prefix_len=a.prefix_len, input_len=a.input_len, output_len=out, seed=seed
             )
+        if a.workload == "copy":
+            return copy_workload(count=count, output_len=out)
         return random_workload(self.tokenizer, count=count, input_len=a.input_len, output_len=out, seed=seed)
 
     async def measure(self, target: str, label: str, client: Client, repeat: int = 0) -> list[Run]:

@@ -142,11 +142,11 @@ async def ise_server(
 
 
 def ise_http(
-    config: TargetConfig, *extra: str, env: dict[str, str] | None = None
+    config: TargetConfig, *extra: str, env: dict[str, str] | None = None, name: str | None = None
 ) -> AbstractAsyncContextManager[Client]:
     port = _free_port()
     cmd = ise_command(config, port, *extra)
-    name = "-".join(["ise-http", *(arg.removeprefix("--") for arg in extra)])
+    name = name or "-".join(["ise-http", *(arg.removeprefix("--") for arg in extra)])
     return _http_target(name, cmd, env or dict(os.environ), config, port, "bench", vllm_fixed_length)
 
 
@@ -164,6 +164,14 @@ async def ise_grpc(config: TargetConfig) -> AsyncIterator[Client]:
 
 def ise_int8(config: TargetConfig) -> AbstractAsyncContextManager[Client]:
     return ise_http(config, "--quantization", "int8")
+
+
+# Speculative decoding from the prompt, as both ise's CPU engine and vLLM take it.
+NGRAM_CONFIG = '{"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3, "prompt_lookup_min": 2}'
+
+
+def ise_ngram(config: TargetConfig) -> AbstractAsyncContextManager[Client]:
+    return ise_http(config, "--speculative-config", NGRAM_CONFIG, name="ise-http-ngram")
 
 
 @asynccontextmanager
@@ -199,15 +207,19 @@ def vllm_cpu_env() -> dict[str, str]:
     return env
 
 
-def vllm_serve(config: TargetConfig) -> AbstractAsyncContextManager[Client]:
+def vllm_serve(config: TargetConfig, *extra: str, name: str = "vllm") -> AbstractAsyncContextManager[Client]:
     """vLLM's own OpenAI server (vllm-cpu), tuned."""
     port = _free_port()
     cmd = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(config.model_dir),
         "--served-model-name", "bench", "--port", str(port), "--host", "127.0.0.1", "--dtype", config.dtype,
-        "--max-num-seqs", str(config.max_num_seqs), "--max-model-len", "2048",
+        "--max-num-seqs", str(config.max_num_seqs), "--max-model-len", "2048", *extra,
     ]  # fmt: skip
-    return _http_target("vllm", cmd, vllm_cpu_env(), config, port, "bench", vllm_fixed_length, timeout_s=1200)
+    return _http_target(name, cmd, vllm_cpu_env(), config, port, "bench", vllm_fixed_length, timeout_s=1200)
+
+
+def vllm_ngram(config: TargetConfig) -> AbstractAsyncContextManager[Client]:
+    return vllm_serve(config, "--speculative-config", NGRAM_CONFIG, name="vllm-ngram")
 
 
 @asynccontextmanager
@@ -250,10 +262,12 @@ def transformers_serve(config: TargetConfig) -> AbstractAsyncContextManager[Clie
 TARGETS: dict[str, tuple[str, TargetFactory]] = {
     "ise": ("ise HTTP server (CPU engine)", ise_http),
     "ise-int8": ("ise HTTP server, int8 weights", ise_int8),
+    "ise-ngram": ("ise HTTP server, ngram speculative decoding", ise_ngram),
     "ise-grpc": ("ise over gRPC (KServe v2 / Triton's streaming client)", ise_grpc),
     "engine": ("ise CPU engine in-process (no HTTP)", ise_engine),
     "transformers": ("transformers generate, one request at a time", naive_transformers),
     "vllm": ("vllm serve (vllm-cpu 0.32.0, tuned)", vllm_serve),
+    "vllm-ngram": ("vllm serve (vllm-cpu 0.32.0, tuned), ngram speculative decoding", vllm_ngram),
     "ise-vllm": ("ise HTTP server over vLLM's engine (vllm-cpu 0.32.0, tuned)", ise_vllm),
     "transformers-serve": ("transformers serve --continuous-batching", transformers_serve),
 }

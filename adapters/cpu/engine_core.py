@@ -24,6 +24,7 @@ from adapters.cpu.numerics import cpu_description, default_threads, resolve_dtyp
 from adapters.cpu.packed_linear import quantization_problem
 from adapters.cpu.scheduler import EngineCoreOutputs, Scheduler
 from adapters.cpu.sequence import Sequence
+from adapters.cpu.spec_decode import NgramConfig, NgramProposer
 from adapters.engine import ITERATION_TOKENS_BUCKETS, EngineStats, iteration_bucket
 from adapters.model_info import ModelInfo
 
@@ -41,6 +42,7 @@ class CPUEngineConfig:
     threads: int
     quantization: Quantization  # args.quantization, checked to be one the CPU engine has
     kernel_dir: Path  # where ise's CPU kernels are built and cached
+    speculation: NgramConfig | None  # args.speculative_config, checked to be one the CPU engine runs
 
     @classmethod
     def resolve(cls, args: EngineArgs, model: ModelInfo, kernel_dir: Path) -> CPUEngineConfig:
@@ -57,15 +59,17 @@ class CPUEngineConfig:
             raise ValueError(problem)
         max_model_len, why = cls._context(args, model, dtype)
         threads = args.threads or default_threads()
-        config = cls(args, model, dtype, max_model_len, threads, quantization, kernel_dir)
+        speculation = None if args.speculative_config is None else NgramConfig.parse(args.speculative_config)
+        config = cls(args, model, dtype, max_model_len, threads, quantization, kernel_dir, speculation)
         log.info(
-            "CPU engine on %s; dtype %s, %s; %d threads; context %d tokens (%s)",
+            "CPU engine on %s; dtype %s, %s; %d threads; context %d tokens (%s); speculative decoding: %s",
             cpu_description(),
             str(dtype).removeprefix("torch."),
             "int8 weights" if quantization == "int8" else "weights as dtype",
             config.threads,
             max_model_len,
             why,
+            speculation.describe() if speculation else "off",
         )
         return config
 
@@ -116,6 +120,7 @@ class EngineCore:
             long_prefill_token_threshold=args.long_prefill_token_threshold,
             max_model_len=config.max_model_len,
             eos_token_ids=config.model.eos_token_ids,
+            proposer=None if config.speculation is None else NgramProposer(config.speculation),
         )
         self.steps = 0
         self.tokens_computed = 0
@@ -162,4 +167,8 @@ class EngineCore:
             abort_release_seconds=self.abort_release_seconds,
             iteration_tokens_counts=tuple(self.iteration_tokens_counts),
             block_size=blocks.block_size,
+            spec_decode_num_drafts=scheduler.num_drafts,
+            spec_decode_num_draft_tokens=scheduler.num_draft_tokens,
+            spec_decode_num_accepted_tokens=sum(scheduler.num_accepted_tokens_per_pos),
+            spec_decode_num_accepted_tokens_per_pos=tuple(scheduler.num_accepted_tokens_per_pos),
         )

@@ -115,11 +115,12 @@ class ModelRunner:
     def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
         """Compute the step in one forward pass over a packed row of tokens and sample.
 
-        Returns the next token of each request whose chunk reaches its last known token, in the
-        order of ``scheduler_output.sampling`` (or the error that ended that request alone), and
-        the prompt logprobs of the positions this step computed for requests that asked for them.
+        Returns the new tokens of each request whose chunk reaches its last known token (its
+        next one, after the drafts the sampler kept), in the order of ``scheduler_output.sampling``
+        (or the error that ended that request alone), and the prompt logprobs of the positions
+        this step computed for requests that asked for them.
         """
-        grammars = [seq.grammar for seq in scheduler_output.sampling if seq.grammar is not None]
+        grammars = [r.seq.grammar for r in scheduler_output.sampling if r.seq.grammar is not None]
         masks = self._grammar_pool.submit(_fill_bitmasks, grammars) if grammars else None
         logits = self.forward_step(scheduler_output)
         sample_rows: list[int] = []
@@ -134,8 +135,9 @@ class ModelRunner:
                 prompt[seq.request_id] = prompt_logprobs(logits[row : row + len(positions)], following, num_top)
                 row += len(positions)
             if scheduled.samples:
-                sample_rows.append(row)
-                row += 1
+                rows = 1 + len(scheduled.draft_token_ids)
+                sample_rows += range(row, row + rows)
+                row += rows
         if prompt:
             logits = logits[sample_rows]
         if masks is not None:
@@ -145,8 +147,9 @@ class ModelRunner:
     def forward_step(self, scheduler_output: SchedulerOutput) -> torch.Tensor:
         """Next-token logits at the positions the step keeps, request by request in order.
 
-        Each request's ``prompt_logprob_positions`` first, then its chunk's last position where it
-        samples: without prompt logprobs, one row per sampling request.
+        Each request's ``prompt_logprob_positions`` first, then, where it samples, its chunk's last
+        position and its drafts' positions: without prompt logprobs and drafts, one row per
+        sampling request.
         """
         bs = self.cache.block_size
         ids: list[int] = []
@@ -157,14 +160,16 @@ class ModelRunner:
         for index, scheduled in enumerate(scheduler_output.requests):
             seq, start, n = scheduled.seq, scheduled.num_computed_tokens, scheduled.num_scheduled_tokens
             table = seq.block_table
+            drafts = scheduled.draft_token_ids
             offset = len(ids) - start  # the packed row's index of position 0 of this sequence
-            ids += seq.all_token_ids[start : start + n]
+            ids += seq.all_token_ids[start : start + n - len(drafts)]
+            ids += drafts
             positions += range(start, start + n)
             slots += [table[p // bs] * bs + p % bs for p in range(start, start + n)]
             seq_index += [index] * n
             keep += [offset + p for p in scheduled.prompt_logprob_positions]
             if scheduled.samples:
-                keep.append(len(ids) - 1)
+                keep += range(len(ids) - 1 - len(drafts), len(ids))
         tables = [r.seq.block_table for r in scheduler_output.requests]
         width = max(len(t) for t in tables)
         attn_metadata = AttentionMetadata(

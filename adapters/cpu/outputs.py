@@ -23,9 +23,10 @@ class SampledToken:
 class ModelRunnerOutput:
     """A step's results: what each sampling request drew, and the prompt logprobs it computed."""
 
-    # One per sampling request, in ``SchedulerOutput.sampling`` order: its token, or the error
+    # One per sampling request, in ``SchedulerOutput.sampling`` order: its new tokens (the drafts
+    # the sampler kept, then the token that follows them: one token without drafts), or the error
     # that ended that request alone.
-    sampled: list[SampledToken | RequestFailedError]
+    sampled: list[list[SampledToken] | RequestFailedError]
     # By request id: the prompt positions this step's chunk covered, in order (see
     # ``ScheduledRequest.prompt_logprob_positions``).
     prompt_logprobs: dict[str, list[TokenLogprobs]] = field(default_factory=dict)

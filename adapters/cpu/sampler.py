@@ -18,17 +18,29 @@ prompt token).
 
 A row whose settings make sampling fail (probabilities that are not finite, a grammar allowing no
 token) fails its own request only: the engine and the rest of the batch go on.
+
+A request with drafts (speculative decoding, ``adapters.cpu.spec_decode``) has a row for its last
+token and one after each draft. The rows are taken in order, each draw checked against the draft
+it follows: a greedy row keeps the draft if it is the argmax; a sampled row keeps it with its
+probability, and otherwise draws from the rest of the distribution (rejection sampling against a
+draft that is one token for sure, as vLLM does for ngram drafts), so every token a request gets
+has the distribution it would have had without drafts. The first token that is not its draft is
+the request's last new token of the step; after the last draft it is a token the step adds.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence as Seq
+from typing import TYPE_CHECKING
 
 import torch
 
 from adapters.cpu.outputs import SampledToken
 from adapters.cpu.sequence import Sequence
 from adapters.engine import SAMPLING_EPS, RequestFailedError, TokenLogprobs
+
+if TYPE_CHECKING:
+    from adapters.cpu.scheduler import ScheduledRequest
 
 
 def token_logprobs(logprobs: torch.Tensor, token_id: int, num_top: int) -> TokenLogprobs:
@@ -50,18 +62,39 @@ class Sampler:
     def __init__(self, eos_token_ids: frozenset[int]) -> None:
         self.eos_token_ids = eos_token_ids
 
-    def sample(self, logits: torch.Tensor, seqs: Seq[Sequence]) -> list[SampledToken | RequestFailedError]:
-        """One next token per row of ``logits`` [len(seqs), vocab], or the error that ended that row's request."""
+    def sample(
+        self, logits: torch.Tensor, requests: Seq[ScheduledRequest]
+    ) -> list[list[SampledToken] | RequestFailedError]:
+        """Each request's new tokens, or the error that ended it.
+
+        ``logits`` [rows, vocab]: each request's rows in order, 1 + its number of drafts. A
+        request gets the drafts the sampler kept, then one more token (see the module's docstring).
+        """
         logits = logits.float()
-        if all(self._is_plain_greedy(seq) for seq in seqs):
-            return [SampledToken(int(t)) for t in torch.argmax(logits, dim=-1)]
-        sampled: list[SampledToken | RequestFailedError] = []
-        for row, seq in zip(logits, seqs, strict=True):
+        spans = _row_spans(requests)
+        if all(self._is_plain_greedy(r.seq) for r in requests):
+            best: list[int] = torch.argmax(logits, dim=-1).tolist()
+            return [
+                [SampledToken(t) for t in _kept_greedy(best[span], r.draft_token_ids)]
+                for r, span in zip(requests, spans, strict=True)
+            ]
+        sampled: list[list[SampledToken] | RequestFailedError] = []
+        for r, span in zip(requests, spans, strict=True):
             try:
-                sampled.append(self._sample_with_logprobs(row, seq))
+                sampled.append(self._verify(logits[span], r.seq, r.draft_token_ids))
             except Exception as exc:  # one request's settings must never stop the engine
                 sampled.append(RequestFailedError(f"Sampling failed for this request: {exc}"))
         return sampled
+
+    def _verify(self, rows: torch.Tensor, seq: Sequence, drafts: tuple[int, ...]) -> list[SampledToken]:
+        """The request's rows in order: each draft it keeps, then the first token that is not a draft."""
+        tokens: list[SampledToken] = []
+        for index, row in enumerate(rows):
+            draft = drafts[index] if index < len(drafts) else None
+            tokens.append(self._sample_with_logprobs(row, seq, draft))
+            if tokens[-1].token_id != draft:
+                break
+        return tokens
 
     @staticmethod
     def _is_plain_greedy(seq: Sequence) -> bool:
@@ -77,13 +110,13 @@ class Sampler:
             and seq.num_output_tokens >= params.min_tokens
         )
 
-    def _sample_with_logprobs(self, row: torch.Tensor, seq: Sequence) -> SampledToken:
+    def _sample_with_logprobs(self, row: torch.Tensor, seq: Sequence, draft: int | None) -> SampledToken:
         num_logprobs = seq.request.params.logprobs
         row = self._process(row, seq)
         if num_logprobs is None:
-            return SampledToken(self._sample_row(row, seq))
+            return SampledToken(self._sample_row(row, seq, draft))
         logprobs = torch.log_softmax(row, dim=-1)  # before _sample_row masks the row in place
-        token = self._sample_row(row, seq)
+        token = self._sample_row(row, seq, draft)
         return SampledToken(token, token_logprobs(logprobs, token, num_logprobs))
 
     def _process(self, row: torch.Tensor, seq: Sequence) -> torch.Tensor:
@@ -117,8 +150,12 @@ class Sampler:
         )
         return sorted(set(params.stop_token_ids) | eos)
 
-    def _sample_row(self, row: torch.Tensor, seq: Sequence) -> int:
-        """Draw from a processed row: its grammar's mask, then greedy, or min_p, top-k, top-p and a draw."""
+    def _sample_row(self, row: torch.Tensor, seq: Sequence, draft: int | None) -> int:
+        """Draw from a processed row: its grammar's mask, then greedy, or min_p, top-k, top-p and a draw.
+
+        A sampled row that follows a draft keeps the draft with its probability, else draws from
+        the others.
+        """
         params = seq.request.params
         if seq.grammar is not None:
             seq.grammar.apply_bitmask(row)
@@ -143,6 +180,10 @@ class Sampler:
             drop[0] = False
             sorted_probs = sorted_probs.masked_fill(drop, 0.0)
             probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+        if draft is not None:
+            if float(torch.rand((), generator=seq.generator)) < float(probs[draft]):
+                return draft
+            probs[draft] = 0.0
         return int(torch.multinomial(probs, 1, generator=seq.generator))
 
     @staticmethod
@@ -159,3 +200,21 @@ class Sampler:
             row = row.clone()
             row[ids] -= params.frequency_penalty * counts + params.presence_penalty
         return row
+
+
+def _row_spans(requests: Seq[ScheduledRequest]) -> list[slice]:
+    """Each request's rows of the step's logits: its last token's, then one per draft."""
+    spans: list[slice] = []
+    start = 0
+    for r in requests:
+        spans.append(slice(start, start + 1 + len(r.draft_token_ids)))
+        start = spans[-1].stop
+    return spans
+
+
+def _kept_greedy(best: list[int], drafts: tuple[int, ...]) -> list[int]:
+    """The argmax tokens a greedy request gets: up to and including the first that is not its draft."""
+    for index, draft in enumerate(drafts):
+        if best[index] != draft:
+            return best[: index + 1]
+    return best

@@ -24,6 +24,11 @@ request keeps its output tokens, and so its grammar's state, which has taken exa
 
 A request that asked for prompt logprobs computes its whole prompt, not reading the prefix cache
 (cached positions have no logits), until it has them all, as in vLLM.
+
+With speculative decoding, a decoding request's step also computes the drafts proposed for it
+(``adapters.cpu.spec_decode``), within the step's token budget and never past its max_tokens or
+the context window; the sampler keeps the drafts the model agrees with, and only those count as
+computed, so the cache positions of the rest are simply written again by the next step.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from dataclasses import dataclass
 from adapters.cpu.block_manager import BlockManager
 from adapters.cpu.outputs import ModelRunnerOutput, SampledToken
 from adapters.cpu.sequence import RequestStatus, Sequence
+from adapters.cpu.spec_decode import NgramProposer, speculable
 from adapters.engine import EngineOutput, RequestFailedError
 
 # Prompt tokens one step computes at most (see the module's docstring): enough rows for the GEMMs
@@ -53,6 +59,9 @@ class ScheduledRequest:
     # The chunk's positions whose logits give prompt logprobs the sequence asked for and lacks:
     # position p predicts prompt token p + 1.
     prompt_logprob_positions: range = range(0)
+    # Tokens guessed to follow the sequence, computed after its last token (counted in
+    # num_scheduled_tokens); the step samples at each of their positions too.
+    draft_token_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -66,9 +75,9 @@ class SchedulerOutput:
         return sum(r.num_scheduled_tokens for r in self.requests)
 
     @property
-    def sampling(self) -> list[Sequence]:
-        """The sequences that get a new token from this step, in order."""
-        return [r.seq for r in self.requests if r.samples]
+    def sampling(self) -> list[ScheduledRequest]:
+        """The requests that get new tokens from this step, in order."""
+        return [r for r in self.requests if r.samples]
 
 
 # What a step produced for each request it touched: its new tokens, or why it failed alone.
@@ -87,6 +96,7 @@ class Scheduler:
         long_prefill_token_threshold: int,
         max_model_len: int,
         eos_token_ids: frozenset[int],
+        proposer: NgramProposer | None = None,
     ) -> None:
         self.blocks = blocks
         self.max_num_seqs = max_num_seqs
@@ -96,10 +106,16 @@ class Scheduler:
         self.long_prefill_token_threshold = long_prefill_token_threshold
         self.max_model_len = max_model_len
         self.eos_token_ids = eos_token_ids
+        self.proposer = proposer
         self.requests: dict[str, Sequence] = {}  # every unfinished request, by id
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
+        # Speculative decoding, as vLLM counts it: steps of a request with drafts, the drafts
+        # computed, and those the sampler kept.
+        self.num_drafts = 0
+        self.num_draft_tokens = 0
+        self.num_accepted_tokens_per_pos = [0] * (proposer.config.max_drafts if proposer else 0)
 
     def add_request(self, seq: Sequence) -> None:
         seq.status = RequestStatus.WAITING
@@ -113,6 +129,7 @@ class Scheduler:
         scheduled: list[ScheduledRequest] = []
         budget, prompt_budget = self.max_num_batched_tokens, self.prompt_tokens_per_step
         decoding = any(s.num_tokens - s.num_computed_tokens == 1 for s in self.running)
+        max_drafts = self.proposer.config.drafts_for_batch(len(self.running)) if self.proposer else 0
         preempted = False
         index = 0
         while index < len(self.running) and budget > 0:
@@ -125,9 +142,13 @@ class Scheduler:
                 index += 1
                 continue
             start = seq.num_computed_tokens
-            if self.blocks.allocate_slots(seq, n):
-                scheduled.append(self._scheduled(seq, start, n))
-                budget -= n
+            drafts = self._drafts(seq, min(max_drafts, budget - 1)) if remaining == 1 else ()
+            # Drafts take blocks only where they are free: they never preempt a request.
+            if drafts and not self.blocks.allocate_slots(seq, n + len(drafts)):
+                drafts = ()
+            if drafts or self.blocks.allocate_slots(seq, n):
+                scheduled.append(self._scheduled(seq, start, n, drafts))
+                budget -= n + len(drafts)
                 prompt_budget -= n if remaining > 1 else 0
                 index += 1
                 continue
@@ -164,36 +185,54 @@ class Scheduler:
         """Apply a step's results: one token (or failure) per sampling request, and prompt logprobs."""
         for scheduled in scheduler_output.requests:
             seq = scheduled.seq
-            seq.num_computed_tokens = scheduled.num_computed_tokens + scheduled.num_scheduled_tokens
+            # Drafts count as computed only once the sampler kept them (below).
+            drafts = len(scheduled.draft_token_ids)
+            seq.num_computed_tokens = scheduled.num_computed_tokens + scheduled.num_scheduled_tokens - drafts
             self.blocks.cache_full_blocks(seq)
             seq.prompt_logprobs += runner_output.prompt_logprobs.get(seq.request_id, ())
         outputs: EngineCoreOutputs = []
-        for seq, sampled in zip(scheduler_output.sampling, runner_output.sampled, strict=True):
-            grammar = seq.grammar
-            if isinstance(sampled, SampledToken) and grammar is not None and not grammar.accept_token(sampled.token_id):
-                sampled = RequestFailedError(f"The grammar refused sampled token {sampled.token_id}")
+        for scheduled, sampled in zip(scheduler_output.sampling, runner_output.sampled, strict=True):
+            seq = scheduled.seq
+            kept: list[SampledToken] = []
+            status: RequestStatus | None = None
+            for token in [] if isinstance(sampled, RequestFailedError) else sampled:
+                if seq.grammar is not None and not seq.grammar.accept_token(token.token_id):
+                    sampled = RequestFailedError(f"The grammar refused sampled token {token.token_id}")
+                    break
+                seq.append_token_id(token.token_id)
+                kept.append(token)
+                status = self._check_stop(seq, token.token_id)
+                if status is not None:
+                    break
             if isinstance(sampled, RequestFailedError):
                 self.finish_request(seq, RequestStatus.FINISHED_ERROR)
                 outputs.append((seq.request_id, sampled))
                 continue
-            seq.append_token_id(sampled.token_id)
-            status = self._check_stop(seq, sampled.token_id)
+            if len(kept) > 1:  # every kept token but the last is a draft, its keys and values computed
+                seq.num_computed_tokens += len(kept) - 1
+                self.blocks.cache_full_blocks(seq)
+            if scheduled.draft_token_ids:
+                self.num_drafts += 1
+                self.num_draft_tokens += len(scheduled.draft_token_ids)
+                for position in range(len(sampled) - 1):
+                    self.num_accepted_tokens_per_pos[position] += 1
             if status is not None:
                 self.finish_request(seq, status)
-            outputs.append((seq.request_id, self._output(seq, sampled)))
+            outputs.append((seq.request_id, self._output(seq, kept)))
         return outputs
 
     @staticmethod
-    def _output(seq: Sequence, sampled: SampledToken) -> EngineOutput:
-        first = seq.num_output_tokens == 1
+    def _output(seq: Sequence, sampled: list[SampledToken]) -> EngineOutput:
+        first = seq.num_output_tokens == len(sampled)
         asked_prompt_logprobs = seq.request.params.prompt_logprobs is not None
-        stopped = seq.status == RequestStatus.FINISHED_STOPPED  # by this token: EOS, a stop id, the grammar's end
+        stopped = seq.status == RequestStatus.FINISHED_STOPPED  # by its last token: EOS, a stop id, the grammar's end
+        logprobs = [t.logprobs for t in sampled if t.logprobs is not None]
         return EngineOutput(
-            [sampled.token_id],
+            [t.token_id for t in sampled],
             seq.status.finish_reason,
-            sampled.token_id if stopped else None,
+            sampled[-1].token_id if stopped else None,
             seq.scheduled_at,
-            logprobs=None if sampled.logprobs is None else [sampled.logprobs],
+            logprobs=logprobs or None,
             prompt_logprobs=list(seq.prompt_logprobs) if first and asked_prompt_logprobs else None,
             num_cached_tokens=seq.num_cached_tokens if first else None,
         )
@@ -228,15 +267,29 @@ class Scheduler:
         return None
 
     @staticmethod
-    def _scheduled(seq: Sequence, start: int, n: int) -> ScheduledRequest:
+    def _scheduled(seq: Sequence, start: int, n: int, drafts: tuple[int, ...] = ()) -> ScheduledRequest:
         prompt_positions = range(0)
         if seq.needs_prompt_logprobs:
             prompt_positions = range(
                 max(start, len(seq.prompt_logprobs) - 1), min(start + n, seq.num_prompt_tokens - 1)
             )
         return ScheduledRequest(
-            seq, start, n, samples=start + n == seq.num_tokens, prompt_logprob_positions=prompt_positions
+            seq,
+            start,
+            n + len(drafts),
+            samples=start + n == seq.num_tokens,
+            prompt_logprob_positions=prompt_positions,
+            draft_token_ids=drafts,
         )
+
+    def _drafts(self, seq: Sequence, limit: int) -> tuple[int, ...]:
+        """The drafts a decoding request computes this step: at most ``limit``, none past its
+        max_tokens or the context window (its last token then comes from the sampler)."""
+        if self.proposer is None or not speculable(seq):
+            return ()
+        params = seq.request.params
+        room = min(params.max_tokens - seq.num_output_tokens, self.max_model_len - seq.num_tokens) - 1
+        return self.proposer.propose(seq, min(limit, room))
 
     def _cap(self, seq: Sequence, decoding: bool) -> int:
         """The most tokens of ``seq`` one step may compute."""

@@ -18,6 +18,7 @@ import torch
 from adapters.engine import EngineRequest, FinishReason, TokenLogprobs
 
 if TYPE_CHECKING:
+    from adapters.cpu.ngram_index import NgramIndex
     from adapters.cpu.structured_output import Grammar
 
 
@@ -66,6 +67,7 @@ class Sequence:
     output_counts: Counter[int] = field(default_factory=Counter)  # for presence and frequency penalties
     generator: torch.Generator = field(init=False)
     grammar: Grammar | None = None  # its structured-output constraint, compiled
+    ngram_index: NgramIndex | None = None  # where speculative decoding looks up its drafts, built on first use
     # Where it asked for prompt_logprobs: those of its prompt positions computed so far (None for
     # the first token, which nothing precedes).
     prompt_logprobs: list[TokenLogprobs | None] = field(default_factory=lambda: [None])

@@ -74,6 +74,8 @@ def shared_flags(args: EngineArgs, model: ModelInfo) -> list[str]:
         flags += ["--dtype", args.dtype]
     if args.quantization != "none":
         flags += ["--quantization", args.quantization]
+    if args.speculative_config is not None:
+        flags += ["--speculative-config", json.dumps(args.speculative_config)]
     return flags
 
 

@@ -71,6 +71,19 @@ class _StatsRecorder(StatLoggerBase):  # type: ignore[misc]  # vLLM is not type-
                 prefix_cache_queried_tokens=stats.prefix_cache_queried_tokens + prefix.queries,
                 prefix_cache_hit_tokens=stats.prefix_cache_hit_tokens + prefix.hits,
             )
+            spec = scheduler_stats.spec_decoding_stats
+            if spec is not None:
+                per_pos = list(stats.spec_decode_num_accepted_tokens_per_pos)
+                per_pos += [0] * (len(spec.num_accepted_tokens_per_pos) - len(per_pos))
+                for position, accepted in enumerate(spec.num_accepted_tokens_per_pos):
+                    per_pos[position] += accepted
+                stats = replace(
+                    stats,
+                    spec_decode_num_drafts=stats.spec_decode_num_drafts + spec.num_drafts,
+                    spec_decode_num_draft_tokens=stats.spec_decode_num_draft_tokens + spec.num_draft_tokens,
+                    spec_decode_num_accepted_tokens=stats.spec_decode_num_accepted_tokens + spec.num_accepted_tokens,
+                    spec_decode_num_accepted_tokens_per_pos=tuple(per_pos),
+                )
         if iteration_stats is not None:
             # vLLM's own tokens per step: prompt tokens computed (not those read from the cache) and generated.
             step_tokens = iteration_stats.prompt_token_stats.computed + iteration_stats.num_generation_tokens

@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from adapters.engine import ITERATION_TOKENS_BUCKETS, EngineBase
+from adapters.engine import ITERATION_TOKENS_BUCKETS, EngineBase, EngineStats
 from server.gateway.load import kv_cache_usage
 from server.gateway.request_record import RequestRecord
 
@@ -200,12 +200,36 @@ class VLLMEngineCollector(Collector):
             buckets.append((_bound(bound), cumulative))
         steps.add_metric(self.labels, buckets, sum_value=s.tokens_computed)
         yield steps
+        if s.spec_decode_num_accepted_tokens_per_pos:  # speculative decoding is on
+            yield from self._spec_decode(s)
         # llm-d's scheduler reads the block size and count from this info metric.
         info = GaugeMetricFamily(
             "vllm:cache_config_info", "The KV cache's configuration", labels=["block_size", "num_gpu_blocks", "engine"]
         )
         info.add_metric([str(s.block_size), str(s.kv_blocks_total), ENGINE_INDEX], 1)
         yield info
+
+    def _spec_decode(self, s: EngineStats) -> Iterator[Family]:
+        """vLLM's speculative decoding counters: acceptance rate is accepted over draft tokens."""
+        counter = CounterMetricFamily
+        yield self._family(
+            counter, "vllm:spec_decode_num_drafts", "Number of spec decoding drafts.", s.spec_decode_num_drafts
+        )
+        yield self._family(
+            counter, "vllm:spec_decode_num_draft_tokens", "Number of draft tokens.", s.spec_decode_num_draft_tokens
+        )
+        yield self._family(
+            counter, "vllm:spec_decode_num_accepted_tokens", "Number of accepted tokens.",
+            s.spec_decode_num_accepted_tokens,
+        )  # fmt: skip
+        per_pos = CounterMetricFamily(
+            "vllm:spec_decode_num_accepted_tokens_per_pos",
+            "Accepted tokens per draft's position.",
+            labels=[*LABELS, "position"],
+        )
+        for position, accepted in enumerate(s.spec_decode_num_accepted_tokens_per_pos):
+            per_pos.add_metric([*self.labels, str(position)], accepted)
+        yield per_pos
 
 
 def _bound(bound: float) -> str:

@@ -29,12 +29,11 @@ def test_a_vllm_serve_command_line_splits_into_ise_and_vllm_flags() -> None:
     )  # fmt: skip
     assert ise == [
         "--model", "/models/llama", "--served-model-name", '["llama", "chat"]', "--max-model-len", "4k",
-        "--enable-prefix-caching", "--port", "8001",
+        "--enable-prefix-caching", "--speculative-config", '{"method": "ngram"}', "--port", "8001",
     ]  # fmt: skip
-    assert engine == [
-        "--tensor-parallel-size", "4", "--gpu-memory-utilization=0.9", "--enforce-eager",
-        "--speculative-config", '{"method": "ngram"}', "--seed", "-1",
-    ]  # fmt: skip
+    assert engine == ["--tensor-parallel-size", "4", "--gpu-memory-utilization=0.9", "--enforce-eager", "--seed", "-1"]
+    # Both engines take --speculative-config (the CPU engine runs the ngram method): it is ise's, as JSON.
+    assert Settings.load(ise).speculative_config == {"method": "ngram"}
 
 
 def test_vllm_spellings_of_shared_options_mean_the_same() -> None:

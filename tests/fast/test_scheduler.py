@@ -53,7 +53,7 @@ def _run(scheduler: Scheduler, scheduled: SchedulerOutput, token: int = 7) -> di
         for r in scheduled.requests
         if r.prompt_logprob_positions
     }
-    sampled: list[SampledToken | RequestFailedError] = [SampledToken(token)] * len(scheduled.sampling)
+    sampled: list[list[SampledToken] | RequestFailedError] = [[SampledToken(token)]] * len(scheduled.sampling)
     outputs = scheduler.update_from_output(scheduled, ModelRunnerOutput(sampled, prompt))
     return {request_id: out for request_id, out in outputs if isinstance(out, EngineOutput)}
 

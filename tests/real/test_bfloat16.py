@@ -20,6 +20,7 @@ from adapters.cpu.kernels import cpu_kernels
 from adapters.cpu.lm_head import REFINED_CANDIDATES, RefinedLogits
 from adapters.engine import EngineRequest, SamplingParams
 from benchmarks import quality
+from benchmarks.workloads import PROSE
 from server.config.settings import Settings
 from server.text.tokenization import Tokenization
 from tests.real.helpers import ServerHandle, cpu_engine
@@ -60,7 +61,7 @@ async def test_canonical_greedy_answers_in_bfloat16(bfloat16_engine: CPUEngine, 
 
 
 def test_bfloat16_scores_the_reference_text_like_float32(server: ServerHandle) -> None:
-    reference, bf16 = quality.measure(server.model_dir, Settings().cache_dir, ["bfloat16"], quality.REFERENCE_TEXT)
+    reference, bf16 = quality.measure(server.model_dir, Settings().cache_dir, ["bfloat16"], PROSE)
     assert bf16.variant == "bfloat16" and reference.top2_ties == 0.0
     assert bf16.top2_ties == 0.0, "two candidates tied: logits were rounded to bfloat16"
     assert abs(bf16.perplexity_ratio - 1) < 0.005, bf16

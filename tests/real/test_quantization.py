@@ -15,12 +15,13 @@ from pathlib import Path
 import openai
 
 from benchmarks import quality
+from benchmarks.workloads import PROSE
 from server.config.settings import Settings
 from tests.real.helpers import ServerHandle, running_server, user
 
 
 def test_int8_weights_score_text_within_tolerance(server: ServerHandle) -> None:
-    reference, result = quality.measure(server.model_dir, Settings().cache_dir, ["int8"], quality.REFERENCE_TEXT)
+    reference, result = quality.measure(server.model_dir, Settings().cache_dir, ["int8"], PROSE)
     assert (reference.variant, result.variant) == ("float32", "int8")
     assert result.tokens > 300
     assert 1.0 < result.perplexity_ratio <= 1.02, result

@@ -33,10 +33,10 @@ STORY = user("Tell me a long story about a lighthouse keeper.")
 
 
 class PoisonedSampler(Sampler):
-    def _sample_row(self, row: torch.Tensor, seq: Sequence) -> int:
+    def _sample_row(self, row: torch.Tensor, seq: Sequence, draft: int | None) -> int:
         if seq.request.params.seed == POISON_SEED:
             raise RuntimeError("injected sampling failure")
-        return super()._sample_row(row, seq)
+        return super()._sample_row(row, seq, draft)
 
 
 class PoisonedCore(EngineCore):
