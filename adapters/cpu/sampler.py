@@ -91,7 +91,7 @@ class Sampler:
         tokens: list[SampledToken] = []
         for index, row in enumerate(rows):
             draft = drafts[index] if index < len(drafts) else None
-            tokens.append(self._sample_with_logprobs(row, seq, draft))
+            tokens.append(self._sample_with_logprobs(row, seq, draft, index))
             if tokens[-1].token_id != draft:
                 break
         return tokens
@@ -110,19 +110,22 @@ class Sampler:
             and seq.num_output_tokens >= params.min_tokens
         )
 
-    def _sample_with_logprobs(self, row: torch.Tensor, seq: Sequence, draft: int | None) -> SampledToken:
+    def _sample_with_logprobs(
+        self, row: torch.Tensor, seq: Sequence, draft: int | None = None, offset: int = 0
+    ) -> SampledToken:
+        """The token of a row ``offset`` tokens after the sequence's last one (after that many drafts)."""
         num_logprobs = seq.request.params.logprobs
-        row = self._process(row, seq)
+        row = self._process(row, seq, offset)
         if num_logprobs is None:
             return SampledToken(self._sample_row(row, seq, draft))
         logprobs = torch.log_softmax(row, dim=-1)  # before _sample_row masks the row in place
         token = self._sample_row(row, seq, draft)
         return SampledToken(token, token_logprobs(logprobs, token, num_logprobs))
 
-    def _process(self, row: torch.Tensor, seq: Sequence) -> torch.Tensor:
+    def _process(self, row: torch.Tensor, seq: Sequence, offset: int) -> torch.Tensor:
         """The row the request samples from, before its grammar and truncation; a copy where changed."""
         params = seq.request.params
-        banned = self._min_tokens_ban(seq)
+        banned = self._min_tokens_ban(seq, seq.num_output_tokens + offset)
         if banned or params.logit_bias:
             row = row.clone()
             if banned:
@@ -135,15 +138,16 @@ class Sampler:
             row = row / params.temperature
         return row
 
-    def _min_tokens_ban(self, seq: Sequence) -> list[int]:
-        """The stop tokens the request may not sample yet, below its min_tokens.
+    def _min_tokens_ban(self, seq: Sequence, num_output_tokens: int) -> list[int]:
+        """The stop tokens the request may not sample as its output token number ``num_output_tokens``
+        (counted from 0), below its min_tokens.
 
         A constrained output may end where its grammar is complete even below min_tokens: the
         grammar then often allows nothing but an end-of-sequence token, and banning it would leave
         no token at all.
         """
         params = seq.request.params
-        if seq.num_output_tokens >= params.min_tokens:
+        if num_output_tokens >= params.min_tokens:
             return []
         eos = (
             set() if params.ignore_eos or (seq.grammar is not None and seq.grammar.is_completed) else self.eos_token_ids

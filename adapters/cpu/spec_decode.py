@@ -13,8 +13,8 @@ Greedy output is exactly what the engine would produce without speculation (the 
 each row the same result whatever else the step computes); a sampled request's tokens keep
 their distribution (rejection sampling against the draft, as in vLLM), not their exact values.
 So a request with a seed, whose tokens must not depend on what shares its batch, and a request
-whose sampling depends on its previous tokens (penalties, a grammar, min_tokens still to reach)
-are not speculated.
+whose sampling depends on the tokens it has drawn (penalties, a grammar) are not speculated; a
+request below its min_tokens is (the sampler bans its stop tokens at each draft's position).
 """
 
 from __future__ import annotations
@@ -120,7 +120,6 @@ def speculable(seq: Sequence) -> bool:
         and seq.grammar is None
         and params.repetition_penalty == 1.0
         and not (params.presence_penalty or params.frequency_penalty)
-        and seq.num_output_tokens >= params.min_tokens
     )
 
 

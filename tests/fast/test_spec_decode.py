@@ -176,7 +176,7 @@ def test_drafts_follow_vllms_batch_size_schedule() -> None:
     assert _drafts(scheduler.schedule()) == {"a": (), "b": ()}  # two running: no drafts
 
 
-def test_requests_whose_sampling_depends_on_their_tokens_or_seed_are_not_speculated() -> None:
+def test_requests_whose_sampling_depends_on_their_draws_or_seed_are_not_speculated() -> None:
     def params(**fields: object) -> SamplingParams:
         return SamplingParams(**{"max_tokens": 100, "temperature": 0.0, **fields})  # type: ignore[arg-type]
 
@@ -186,7 +186,7 @@ def test_requests_whose_sampling_depends_on_their_tokens_or_seed_are_not_specula
     assert not speculable(_seq("sampled, seeded", params(temperature=0.8, seed=3)))
     assert not speculable(_seq("penalized", params(repetition_penalty=1.2)))
     assert not speculable(_seq("penalized", params(frequency_penalty=0.5)))
-    assert not speculable(_seq("below min_tokens", params(min_tokens=5)))
+    assert speculable(_seq("below min_tokens", params(min_tokens=5)))
 
 
 def _request(seq: Sequence, drafts: tuple[int, ...]) -> ScheduledRequest:
@@ -235,3 +235,15 @@ def test_sampled_rows_keep_each_tokens_distribution() -> None:
         share = counts[token] / draws
         assert abs(share - p) < 4 * (p * (1 - p) / draws) ** 0.5, (token, share, p)
     assert kept_draft == counts[1]
+
+
+def test_min_tokens_bans_stop_tokens_at_each_drafts_position() -> None:
+    """Two output tokens to go below min_tokens: the first two rows may not stop, the third may."""
+    sampler = Sampler(frozenset({EOS}))
+    params = SamplingParams(max_tokens=10, temperature=0.0, min_tokens=3)
+    seq = Sequence(EngineRequest("m", [1, 3, 4], params))
+    seq.append_token_id(5)  # one output token so far
+    logits = _logits(EOS, EOS, EOS)
+    logits[:, 6] = 4.0  # the best token that is not a stop token
+    (kept,) = sampler.sample(logits, [_request(seq, (6, 6))])
+    assert isinstance(kept, list) and [t.token_id for t in kept] == [6, 6, EOS]
