@@ -87,7 +87,7 @@ class HttpClient:
             "model": self.model,
             **spec.body(),
             "max_tokens": spec.max_tokens,
-            "temperature": 0.0,
+            "temperature": spec.temperature,
             "stream": True,
             "stream_options": {"include_usage": True},
         }
@@ -167,7 +167,7 @@ class TritonGrpcClient:
     def inputs(self, spec: RequestSpec) -> list[tritonclient.grpc.InferInput]:
         if spec.api != "completions" or spec.prompt is None:
             raise ValueError("the gRPC target takes text completions (--workload random)")
-        sampling = {"max_tokens": spec.max_tokens, "temperature": 0.0}
+        sampling = {"max_tokens": spec.max_tokens, "temperature": spec.temperature}
         if spec.fixed_length:
             sampling.update(vllm_fixed_length(spec.max_tokens))
         made = []
@@ -234,7 +234,7 @@ class EngineClient:
         ids = prompt_ids(self.tokenization, spec)
         params = SamplingParams(
             max_tokens=spec.max_tokens,
-            temperature=0.0,
+            temperature=spec.temperature,
             ignore_eos=spec.fixed_length,
             min_tokens=spec.max_tokens if spec.fixed_length else 0,
         )

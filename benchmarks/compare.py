@@ -117,7 +117,8 @@ def write_results_md(path: Path, info: dict[str, Any], table: str, images: list[
         prompts += f" after a shared {a['prefix_len']}-token system prompt"
     elif a["workload"] == "copy":
         prompts = "chats asking for a paragraph of about 100 tokens back word for word"
-    workload = prompts + f", {a['output_len']} output tokens each (ignore_eos), greedy, seed {a['seed']}"
+    sampling = f"temperature {a['temperature']:g}" if a.get("temperature") else "greedy"
+    workload = prompts + f", {a['output_len']} output tokens each (ignore_eos), {sampling}, seed {a['seed']}"
     lines = [
         "# Benchmark results",
         "",

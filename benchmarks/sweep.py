@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 from transformers import PreTrainedTokenizerBase
 
@@ -32,6 +33,9 @@ def add_workload_args(parser: argparse.ArgumentParser) -> None:
         help="copy: chats asking for a paragraph back word for word (prompts of about 100 tokens)",
     )
     parser.add_argument("--prefix-len", type=int, default=1000, help="shared system prompt tokens (shared-prefix)")
+    parser.add_argument(
+        "--temperature", type=float, default=0.0, help="sampling temperature of every request (0: greedy)"
+    )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 32])
     parser.add_argument("--rate", type=float, nargs="+", help="Poisson arrival rates (req/s) instead of concurrency")
 
@@ -52,12 +56,14 @@ class Sweep:
         a = self.args
         out = output_len or a.output_len
         if a.workload == "shared-prefix":
-            return shared_prefix_workload(
+            specs = shared_prefix_workload(
                 self.tokenizer, count=count, prefix_len=a.prefix_len, input_len=a.input_len, output_len=out, seed=seed
             )
-        if a.workload == "copy":
-            return copy_workload(count=count, output_len=out)
-        return random_workload(self.tokenizer, count=count, input_len=a.input_len, output_len=out, seed=seed)
+        elif a.workload == "copy":
+            specs = copy_workload(count=count, output_len=out)
+        else:
+            specs = random_workload(self.tokenizer, count=count, input_len=a.input_len, output_len=out, seed=seed)
+        return [replace(spec, temperature=a.temperature) for spec in specs]
 
     async def measure(self, target: str, label: str, client: Client, repeat: int = 0) -> list[Run]:
         a = self.args

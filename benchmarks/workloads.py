@@ -25,6 +25,7 @@ class RequestSpec:
     max_tokens: int = 128
     # Ask for exactly max_tokens (ignore_eos), so every target generates the same amount.
     fixed_length: bool = True
+    temperature: float = 0.0  # greedy unless a sampled run is asked for (no seed: each draw differs)
     # More body fields, sent as they are (a response_format, say); HTTP clients only.
     extra_body: dict[str, Any] | None = None
 
