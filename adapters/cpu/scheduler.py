@@ -8,11 +8,13 @@ tested without a model.
 
 Every step has a token budget. Running requests come first, oldest first: a decoding request needs
 one token, a request still prefilling takes the next chunk of its prompt. Of the budget, at most
-``prompt_tokens_per_step`` go to prompts: a burst of prompts is prefilled a few whole prompts per
-step, each step's decoding requests riding along, so they reach their first tokens in turn (the
-median one after about half the burst's prefill, where two steps of 2,048 tokens made it wait for
-three quarters of it and stalled the streams already running for a whole such step), while each
-step still has rows enough for the GEMMs to run at full rate. While any request is
+``prompt_tokens_per_step`` go to prompts while nothing decodes, and at most
+``decoding_prompt_tokens_per_step`` while something does: a burst of prompts is prefilled a few
+whole prompts in its first step and then about one prompt per step, each step's decoding requests
+riding along, so they reach their first tokens in turn (the median one after about half the
+burst's prefill, where two steps of 2,048 tokens made it wait for three quarters of it), while a
+step that streams already running must wait for stays short (each prompt token costs them about
+what a decode step's row does). While any request is
 decoding, a long prompt is capped to a small chunk per step, so it cannot stall the streams
 already running: it is prefilled a chunk per step, interleaved with their tokens. Short prompts are
 taken whole, first come first served: a burst of them then reaches its first tokens in turn
@@ -46,6 +48,10 @@ from adapters.engine import EngineOutput, RequestFailedError
 # Prompt tokens one step computes at most (see the module's docstring): enough rows for the GEMMs
 # to run at full rate, few enough that a burst's prompts finish a few per step.
 PROMPT_TOKENS_PER_STEP = 512
+# The same while requests are decoding, whose next tokens wait for the step: at 32 streams of a
+# burst of 128-token prompts, 512 made their inter-token latency p99 7x its median, 128 made it
+# 2.8x, at the same time to first token (benchmarks/RESULTS.md, issue 25).
+DECODING_PROMPT_TOKENS_PER_STEP = 128
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,7 @@ class Scheduler:
         max_num_seqs: int,
         max_num_batched_tokens: int,
         prompt_tokens_per_step: int = PROMPT_TOKENS_PER_STEP,
+        decoding_prompt_tokens_per_step: int = DECODING_PROMPT_TOKENS_PER_STEP,
         prefill_chunk_tokens: int,
         long_prefill_token_threshold: int,
         max_model_len: int,
@@ -102,6 +109,7 @@ class Scheduler:
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.prompt_tokens_per_step = prompt_tokens_per_step
+        self.decoding_prompt_tokens_per_step = decoding_prompt_tokens_per_step
         self.prefill_chunk_tokens = prefill_chunk_tokens
         self.long_prefill_token_threshold = long_prefill_token_threshold
         self.max_model_len = max_model_len
@@ -127,8 +135,9 @@ class Scheduler:
 
     def schedule(self) -> SchedulerOutput:
         scheduled: list[ScheduledRequest] = []
-        budget, prompt_budget = self.max_num_batched_tokens, self.prompt_tokens_per_step
         decoding = any(s.num_tokens - s.num_computed_tokens == 1 for s in self.running)
+        budget = self.max_num_batched_tokens
+        prompt_budget = self.decoding_prompt_tokens_per_step if decoding else self.prompt_tokens_per_step
         max_drafts = self.proposer.config.drafts_for_batch(len(self.running)) if self.proposer else 0
         preempted = False
         index = 0

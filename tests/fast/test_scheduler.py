@@ -120,6 +120,7 @@ def test_a_burst_is_prefilled_a_few_whole_prompts_per_step_while_the_first_ones_
         max_num_seqs=8,
         max_num_batched_tokens=100,
         prompt_tokens_per_step=24,
+        decoding_prompt_tokens_per_step=12,
         prefill_chunk_tokens=4,
         long_prefill_token_threshold=16,
         max_model_len=1000,
@@ -128,14 +129,16 @@ def test_a_burst_is_prefilled_a_few_whole_prompts_per_step_while_the_first_ones_
     for i in range(5):
         scheduler.add_request(_seq(f"b{i}", 12))
     plans = []
-    for _ in range(3):
+    for _ in range(4):
         scheduled = scheduler.schedule()
         plans.append(_plan(scheduled))
         _run(scheduler, scheduled)
-    # Two prompts per step, however much of the token budget is left; the decodes do not count.
+    # Two prompts in the first step, then one per step while the first ones decode, however much of
+    # the token budget is left; the decodes do not count.
     assert plans == [
         [("b0", 12), ("b1", 12)],
-        [("b0", 1), ("b1", 1), ("b2", 12), ("b3", 12)],
+        [("b0", 1), ("b1", 1), ("b2", 12)],
+        [("b0", 1), ("b1", 1), ("b2", 1), ("b3", 12)],
         [("b0", 1), ("b1", 1), ("b2", 1), ("b3", 1), ("b4", 12)],
     ]
 
