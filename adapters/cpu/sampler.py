@@ -177,14 +177,7 @@ class Sampler:
             row = row.masked_fill(row < kth, float("-inf"))
         probs = torch.softmax(row, dim=-1)
         if params.top_p < 1.0:
-            sorted_probs, order = torch.sort(probs, descending=True)
-            cumulative = torch.cumsum(sorted_probs, dim=-1)
-            # Keep the smallest prefix whose mass reaches top_p. The top token always stays, also
-            # when top_p is below float32's smallest value (5e-324 is 0 there, which drops all).
-            drop = (cumulative - sorted_probs) >= params.top_p
-            drop[0] = False
-            sorted_probs = sorted_probs.masked_fill(drop, 0.0)
-            probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+            probs = _nucleus(probs, params.top_p)
         if draft is not None:
             keep = float(probs[draft])
             if float(torch.rand((), generator=seq.generator)) < keep:
@@ -208,6 +201,29 @@ class Sampler:
             row = row.clone()
             row[ids] -= params.frequency_penalty * counts + params.presence_penalty
         return row
+
+
+def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """``probs`` with every token outside the smallest most likely set whose mass reaches ``top_p`` at 0.
+
+    The set is looked for among the k most likely tokens, k growing from 256: it lies within them
+    as soon as their mass reaches top_p, which it almost always does at once. Written so because
+    sorting a row of a 49,152-token vocabulary (torch.sort) took 31 ms on this project's CPUs, and
+    torch.topk of 256 0.13 ms: at 32 sampled requests with SmolLM2's default top_p of 0.9, a
+    decode step spent most of its time sorting. The top token always stays, also when top_p is
+    below float32's smallest value (5e-324 is 0 there, which would drop all).
+    """
+    size = probs.shape[0]
+    k = min(256, size)
+    while True:
+        values, order = torch.topk(probs, k)  # most likely first
+        cumulative = torch.cumsum(values, dim=-1)
+        if float(cumulative[-1]) >= top_p or k == size:
+            break
+        k = min(k * 8, size)
+    drop = (cumulative - values) >= top_p
+    drop[0] = False
+    return torch.zeros_like(probs).scatter_(0, order, values.masked_fill(drop, 0.0))
 
 
 def _draw(probs: torch.Tensor, generator: torch.Generator) -> int:
