@@ -76,6 +76,9 @@ def build_embedder(args: EngineArgs, model: ModelInfo, engine_argv: Sequence[str
     on the CPU engine.
     """
     spec = EmbeddingSpec.load(model.path, model.context_length)
+    if args.speculative_config is not None:  # a server-wide option, with a chat model beside this one
+        log.warning("--speculative-config is ignored for the embedding model %s: it generates no tokens", model.path)
+        args = args.model_copy(update={"speculative_config": None})
     if args.engine == "vllm":
         from adapters.vllm.args import vllm_engine_args
         from adapters.vllm.embedding import POOLING_FLAGS, VLLMEmbedder

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -307,6 +308,16 @@ async def test_a_full_queue_refuses_with_429(model_dir: Path) -> None:
 def test_vllm_engine_arguments_are_refused_by_the_cpu_embedding_engine(model_dir: Path) -> None:
     with pytest.raises(ValueError, match="--enforce-eager: not an option of ise's CPU engine"):
         build_embedder(EngineArgs(engine="cpu"), ModelInfo.load(model_dir), ["--enforce-eager"])
+
+
+def test_speculative_decoding_is_reported_ignored_for_an_embedding_model(
+    model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server-wide --speculative-config (for a chat model served beside it) does not stop an embedder."""
+    args = EngineArgs(engine="cpu", speculative_config={"method": "ngram", "num_speculative_tokens": 4})
+    with caplog.at_level(logging.WARNING, logger="adapters.factory"):
+        assert build_embedder(args, ModelInfo.load(model_dir)) is not None
+    assert "--speculative-config is ignored for the embedding model" in caplog.text
 
 
 async def test_a_failing_forward_pass_stops_the_engine_and_answers_503(model_dir: Path) -> None:
