@@ -77,6 +77,11 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature < SAMPLING_EPS or self.top_k == 1
 
+    @property
+    def penalized(self) -> bool:
+        """Any of the repetition, presence and frequency penalties is on: each token's odds depend on those drawn."""
+        return self.repetition_penalty != 1.0 or bool(self.presence_penalty or self.frequency_penalty)
+
 
 @dataclass(frozen=True)
 class EngineRequest:

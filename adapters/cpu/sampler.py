@@ -102,17 +102,14 @@ class Sampler:
         params = seq.request.params
         return (
             params.greedy
-            and params.repetition_penalty == 1.0
-            and not (params.presence_penalty or params.frequency_penalty)
+            and not params.penalized
             and not params.logit_bias
             and params.logprobs is None
             and seq.grammar is None
             and seq.num_output_tokens >= params.min_tokens
         )
 
-    def _sample_with_logprobs(
-        self, row: torch.Tensor, seq: Sequence, draft: int | None = None, offset: int = 0
-    ) -> SampledToken:
+    def _sample_with_logprobs(self, row: torch.Tensor, seq: Sequence, draft: int | None, offset: int) -> SampledToken:
         """The token of a row ``offset`` tokens after the sequence's last one (after that many drafts)."""
         num_logprobs = seq.request.params.logprobs
         row = self._process(row, seq, offset)

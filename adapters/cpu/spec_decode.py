@@ -115,12 +115,7 @@ class NgramConfig(BaseModel):
 def speculable(seq: Sequence) -> bool:
     """Whether the request's drafts can be checked in one step (see the module's docstring)."""
     params = seq.request.params
-    return (
-        (params.greedy or params.seed is None)
-        and seq.grammar is None
-        and params.repetition_penalty == 1.0
-        and not (params.presence_penalty or params.frequency_penalty)
-    )
+    return (params.greedy or params.seed is None) and seq.grammar is None and not params.penalized
 
 
 class NgramProposer:
