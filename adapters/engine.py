@@ -179,6 +179,23 @@ class RequestFailedError(RuntimeError):
     """
 
 
+class ConstraintDeadEndError(RequestFailedError):
+    """A constrained request reached a point where its constraint allows no token of the model's.
+
+    The client's constraint is at fault, not the server: it requires text the model's vocabulary
+    cannot spell (a byte-level vocabulary may lack some bytes: SmolLM2's has no token for 0xF1,
+    the first byte of many supplementary-plane characters), or a token ``min_tokens`` bans. The
+    server answers it as a 400 naming the constraint's field.
+    """
+
+    def __init__(self, num_output_tokens: int) -> None:
+        super().__init__(
+            f"allows no token of this model's vocabulary after {num_output_tokens} output tokens: the model cannot "
+            "spell the text it requires next (or min_tokens bans the only tokens it allows)"
+        )
+        self.num_output_tokens = num_output_tokens
+
+
 class EngineBase(Protocol):
     """What every engine has, whatever it computes: a window, a lifetime, and its load for health and metrics."""
 

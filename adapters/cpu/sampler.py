@@ -37,7 +37,7 @@ import torch
 
 from adapters.cpu.outputs import SampledToken
 from adapters.cpu.sequence import Sequence
-from adapters.engine import SAMPLING_EPS, RequestFailedError, TokenLogprobs
+from adapters.engine import SAMPLING_EPS, ConstraintDeadEndError, RequestFailedError, TokenLogprobs
 
 if TYPE_CHECKING:
     from adapters.cpu.scheduler import ScheduledRequest
@@ -82,6 +82,8 @@ class Sampler:
         for r, span in zip(requests, spans, strict=True):
             try:
                 sampled.append(self._verify(logits[span], r.seq, r.draft_token_ids))
+            except ConstraintDeadEndError as exc:
+                sampled.append(exc)
             except Exception as exc:  # one request's settings must never stop the engine
                 sampled.append(RequestFailedError(f"Sampling failed for this request: {exc}"))
         return sampled
@@ -160,6 +162,8 @@ class Sampler:
         params = seq.request.params
         if seq.grammar is not None:
             seq.grammar.apply_bitmask(row)
+            if float(row.max()) == float("-inf"):  # else softmax gives NaN and the draw fails obscurely
+                raise ConstraintDeadEndError(seq.num_output_tokens)
         if params.greedy:
             token = int(torch.argmax(row))
             if row[token] == float("-inf"):

@@ -29,6 +29,7 @@ from vllm.v1.metrics.loggers import StatLoggerBase
 
 from adapters.engine import (
     ITERATION_TOKENS_BUCKETS,
+    ConstraintDeadEndError,
     EngineDeadError,
     EngineOutput,
     EngineRequest,
@@ -224,8 +225,11 @@ class VLLMEngine:
             # awaits the abort reaching vLLM's engine core): that wait is the release time.
             async with aclosing(llm.generate(prompt, params, request.request_id)) as outputs:
                 try:
-                    first = True
+                    first, num_output_tokens = True, 0
                     async for out in outputs:
+                        if out.finished and out.outputs[0].finish_reason == "error":
+                            raise _request_error(request, num_output_tokens + len(out.outputs[0].token_ids) - 1)
+                        num_output_tokens += len(out.outputs[0].token_ids)
                         yield self._output(request, out, first)
                         first = False
                 except (GeneratorExit, asyncio.CancelledError):
@@ -233,6 +237,8 @@ class VLLMEngine:
                     raise
         except VLLMEngineDeadError as exc:
             raise EngineDeadError(f"The vLLM engine failed: {exc}") from exc
+        except RequestFailedError:
+            raise
         except Exception as exc:
             if llm.errored:
                 raise EngineDeadError(f"The vLLM engine failed: {exc!r}") from exc
@@ -247,7 +253,7 @@ class VLLMEngine:
         params = request.params
         completion = out.outputs[0]
         token_ids = list(completion.token_ids)
-        # vLLM's reasons are ise's; any other it may add ends the request as a stop.
+        # vLLM's reasons are ise's ("error" fails the request first); any other it may add ends it as a stop.
         reason = _FINISH_REASONS.get(completion.finish_reason, "stop") if out.finished else None
         stats = getattr(out, "metrics", None)  # vLLM's times are time.monotonic(), as ise's
         logprobs = None
@@ -275,3 +281,16 @@ class VLLMEngine:
             task = asyncio.get_running_loop().create_task(self._llm.abort(request_id))
             self._aborts.add(task)
             task.add_done_callback(self._aborts.discard)
+
+
+def _request_error(request: EngineRequest, num_output_tokens: int) -> RequestFailedError:
+    """What vLLM's finish reason "error" means for ``request``, which wrote ``num_output_tokens`` tokens.
+
+    vLLM ends a request so when its grammar rejects the token sampled (``Scheduler.update_from_output``).
+    That happens where the grammar allowed no token of the vocabulary: every logit was masked and the
+    sampler drew one anyway (a dead end, the client's constraint at fault). Any other cause is this
+    request's failure alone.
+    """
+    if request.params.structured_output is not None:
+        return ConstraintDeadEndError(num_output_tokens)
+    return RequestFailedError("vLLM ended the request with an error (its log says why)")

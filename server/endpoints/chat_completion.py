@@ -139,11 +139,11 @@ async def chat_job(
     )
     # Checked against the context before the constraint compiles: a prompt that cannot fit costs no
     # compile, and its client hears about the numbers it can change (Claude Code's max_tokens).
-    job = job_for(req, [prompt], req.requested_max_tokens(), state, prompt_param, None)
-    structured = await compiled(constraint, raw, state)
+    job = job_for(req, [prompt], req.requested_max_tokens(), state, prompt_param)
+    checked = await compiled(constraint, raw, state)
     output = plan.output
-    if structured is not None:
-        job = replace(job, params=[replace(params, structured_output=structured) for params in job.params])
+    if checked is not None:
+        job = job.constrained(checked)
         if output.reasoning is not None:
             # The constraint holds from the first token, so no thinking precedes the answer: it is
             # reasoning only where the constrained text itself opens the tags.

@@ -146,10 +146,12 @@ async def create_completion(req: CompletionRequest, raw: Request, state: ServerS
     async def prepare() -> tuple[Job, ResponseFormat]:
         log_prompt(state, req.prompt)
         prompts = _prompts(req, state)
-        structured = await compiled(req.constraint(), raw, state)
+        constraint = await compiled(req.constraint(), raw, state)
         logprobs = req.num_logprobs()
         echo_logprobs = logprobs if req.echo and logprobs is not None else None
-        job = job_for(req, prompts, req.requested_max_tokens(), state, "prompt", structured, echo_logprobs)
+        job = job_for(req, prompts, req.requested_max_tokens(), state, "prompt", echo_logprobs)
+        if constraint is not None:
+            job = job.constrained(constraint)
         echo = _echo_texts(req, prompts, state) if req.echo else None
         return job, TextFormat(req.model, state.tokenization, job, echo, logprobs, req.prompt_logprobs is not None)
 

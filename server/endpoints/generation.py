@@ -12,13 +12,21 @@ from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass, field, fields, replace
 
-from adapters.engine import Engine, EngineRequest, SamplingParams, StructuredOutput, TokenLogprobs, wrap_seed
+from adapters.engine import (
+    ConstraintDeadEndError,
+    Engine,
+    EngineOutput,
+    EngineRequest,
+    SamplingParams,
+    TokenLogprobs,
+    wrap_seed,
+)
 from adapters.model_info import ModelInfo
 from server.gateway.gateway import Demand
 from server.protocol.base import new_id
 from server.protocol.common import ChoiceFinishReason, PromptTokensDetails, Usage
 from server.protocol.errors import invalid_request
-from server.protocol.sampling import SamplingFields
+from server.protocol.sampling import Constraint, SamplingFields
 from server.text.tokenization import Tokenization
 
 
@@ -68,6 +76,15 @@ class Job:
     n: int
     stop: list[str]
     include_stop: bool = False  # vLLM's include_stop_str_in_output
+    constraint_param: str | None = None  # the field that set the output's constraint, if any
+
+    def constrained(self, constraint: Constraint) -> Job:
+        """The job with every choice's output held to ``constraint`` (checked to compile)."""
+        return replace(
+            self,
+            params=[replace(p, structured_output=constraint.output) for p in self.params],
+            constraint_param=constraint.param,
+        )
 
     @property
     def num_choices(self) -> int:
@@ -108,19 +125,17 @@ def build_job(
     vocab_size: int,
     prompt_param: str,
     defaults: SamplingDefaults,
-    structured: StructuredOutput | None = None,
     prompt_logprobs: int | None = None,
 ) -> Job:
     """The request checked against the model and turned into engine requests.
 
-    ``structured``: the output's constraint (``server.text.structured_outputs``, or a tool call's);
     ``prompt_logprobs``: alternatives per prompt token, when the prompt's logprobs are wanted
     (vLLM's field, or an echoed prompt's); raises a 400 ``APIError`` naming the field at fault.
     """
     bad_ids = [t for t in req.stop_token_ids or () if not 0 <= t < vocab_size]
     if bad_ids:
         raise invalid_request(f"stop_token_ids holds ids outside the vocabulary: {bad_ids}", param="stop_token_ids")
-    base = _base_params(req, defaults, vocab_size, structured, prompt_logprobs)
+    base = _base_params(req, defaults, vocab_size, prompt_logprobs)
     params = []
     for prompt in prompts:
         if not prompt:
@@ -178,7 +193,6 @@ def _base_params(
     req: SamplingFields,
     defaults: SamplingDefaults,
     vocab_size: int,
-    structured: StructuredOutput | None,
     prompt_logprobs: int | None,
 ) -> SamplingParams:
     """The request's own sampling fields, with the model's defaults where it leaves them out;
@@ -200,7 +214,6 @@ def _base_params(
         logit_bias=_logit_bias(req, vocab_size),
         logprobs=req.num_logprobs(),
         prompt_logprobs=prompt_logprobs if prompt_logprobs is not None else req.prompt_logprobs,
-        structured_output=structured,
     )
 
 
@@ -232,7 +245,7 @@ class Generation:
         # Leaving this block early (stop string, client gone) closes the engine's stream, which
         # aborts the request and frees its KV cache blocks.
         first = True
-        async with aclosing(self.engine.generate(request)) as outputs:
+        async with aclosing(_constraint_errors(self.engine.generate(request), job)) as outputs:
             async for out in outputs:
                 ids = out.new_token_ids
                 # The token that stopped the request counts, but is not text (as in vLLM).
@@ -258,6 +271,19 @@ class Generation:
                     return
                 if delta or event.num_tokens:
                     yield event
+
+
+async def _constraint_errors(
+    outputs: AsyncGenerator[EngineOutput, None], job: Job
+) -> AsyncGenerator[EngineOutput, None]:
+    """The engine's outputs; a constraint that reached a dead end is the client's 400, naming its field."""
+    try:
+        async with aclosing(outputs):
+            async for out in outputs:
+                yield out
+    except ConstraintDeadEndError as exc:
+        param = job.constraint_param
+        raise invalid_request(f"'{param}' {exc}.", param=param) from exc
 
 
 def _choice_params(params: SamplingParams, k: int) -> SamplingParams:

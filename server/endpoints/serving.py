@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from sse_starlette import ServerSentEvent
 
-from adapters.engine import StructuredOutput, TokenLogprobs
+from adapters.engine import TokenLogprobs
 from server.endpoints.event_stream import EventStream
 from server.endpoints.generation import ChoiceEvent, Generation, Job, build_job
 from server.endpoints.heartbeat import QUEUE_POSITION_HEADER, Heartbeat, wants_queue_position
@@ -192,8 +192,8 @@ async def serve(
     return await _respond(req, job, fmt, raw, state, headers)
 
 
-async def compiled(constraint: Constraint | None, raw: Request, state: ServerState) -> StructuredOutput | None:
-    """The constraint for the engine once it compiled within the budget (None: the request has none).
+async def compiled(constraint: Constraint | None, raw: Request, state: ServerState) -> Constraint | None:
+    """The constraint once it compiled within the budget (None: the request has none).
 
     A client that goes away meanwhile stops the compile; its request ends with a 499 nobody reads.
     """
@@ -244,7 +244,6 @@ def job_for(
     max_tokens: int | None,
     state: ServerState,
     param: str,
-    structured: StructuredOutput | None,
     prompt_logprobs: int | None = None,
 ) -> Job:
     return build_job(
@@ -255,7 +254,6 @@ def job_for(
         vocab_size=state.tokenization.vocab_size(),
         prompt_param=param,
         defaults=state.sampling_defaults,
-        structured=structured,
         prompt_logprobs=prompt_logprobs,
     )
 

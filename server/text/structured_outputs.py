@@ -11,14 +11,13 @@ never a core kept busy, and never an answer that silently ignores it.
 
 from __future__ import annotations
 
-from adapters.engine import StructuredOutput
 from server.protocol.errors import APIError, invalid_request, retry_after
 from server.protocol.sampling import Constraint
 from server.text.grammar_workers import CompileQueueFull, CompileTimeout, GrammarWorkers
 
 
-async def enforceable(constraint: Constraint, workers: GrammarWorkers) -> StructuredOutput:
-    """The constraint for the engine, once it has compiled within the budget; a 400 ``APIError``
+async def enforceable(constraint: Constraint, workers: GrammarWorkers) -> Constraint:
+    """The constraint, once it has compiled within the budget; a 400 ``APIError``
     naming its field otherwise. Cancelling the wait (the client left) stops the compile."""
     try:
         problem = await workers.problem(constraint.output)
@@ -39,4 +38,4 @@ async def enforceable(constraint: Constraint, workers: GrammarWorkers) -> Struct
         ) from None
     if problem is not None:
         raise invalid_request(f"'{constraint.param}' cannot be enforced: {problem}", param=constraint.param)
-    return constraint.output
+    return constraint

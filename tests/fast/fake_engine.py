@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from adapters.engine import (
+    ConstraintDeadEndError,
     EngineDeadError,
     EngineOutput,
     EngineRequest,
@@ -47,7 +48,9 @@ class Reply:
     wait before each token, in seconds: one value for every token, or one per token (tokens past
     the end of the list come at once). With ``fail_at`` set, the fake fails just before that
     token (0-based): ``"request"`` fails this request alone with ``RequestFailedError``;
-    ``"engine"`` kills the engine, failing every in-flight request with ``EngineDeadError``.
+    ``"engine"`` kills the engine, failing every in-flight request with ``EngineDeadError``;
+    ``"constraint"`` fails it as a constraint that reached a dead end there (``ConstraintDeadEndError``,
+    which needs a real model's vocabulary and a constraint it cannot spell to happen for real).
     ``gates`` holds a token back until the test opens its gate: ``{0: event}`` keeps the request
     waiting for its first token until ``event`` is set (after that token's delay).
     """
@@ -55,7 +58,7 @@ class Reply:
     token_ids: Sequence[int]
     delays: float | Sequence[float] = 0.0
     fail_at: int | None = None
-    failure: Literal["request", "engine"] = "request"
+    failure: Literal["request", "engine", "constraint"] = "request"
     gates: Mapping[int, asyncio.Event] = field(default_factory=dict)
 
     def delay(self, index: int) -> float:
@@ -117,7 +120,7 @@ class FakeEngine:
                 if index in reply.gates:
                     await self._wait_for(reply.gates[index])
                 if index == reply.fail_at:
-                    self._fail(reply.failure)
+                    self._fail(reply.failure, index)
                 reason = self._finish_reason(request, token, index + 1)
                 finished = reason is not None
                 self.emitted.append((request.request_id, token))
@@ -168,10 +171,12 @@ class FakeEngine:
         if self._stopped.is_set():
             raise EngineDeadError("The engine failed: injected failure")
 
-    def _fail(self, failure: Literal["request", "engine"]) -> None:
+    def _fail(self, failure: Literal["request", "engine", "constraint"], index: int) -> None:
         if failure == "engine":
             self._stopped.set()
             raise EngineDeadError("The engine failed: injected failure")
+        if failure == "constraint":
+            raise ConstraintDeadEndError(index)
         raise RequestFailedError("The request failed: injected failure")
 
     def _finish_reason(self, request: EngineRequest, token: int, count: int) -> FinishReason | None:

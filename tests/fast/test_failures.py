@@ -112,6 +112,41 @@ async def test_one_failed_request_leaves_the_rest_alone(
     assert again.json()["choices"][0]["message"]["content"] == "still here"
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/chat/completions", _chat("hi", guided_regex="a+"), "guided_regex"),
+        ("/v1/chat/completions", _chat("hi", response_format={"type": "json_object"}), "response_format"),
+        ("/v1/completions", {"model": MODEL, "prompt": "hi", "structured_outputs": {"regex": "a+"}},
+         "structured_outputs.regex"),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_constraint_at_a_dead_end_is_the_clients_400_naming_it(
+    http: httpx.AsyncClient,
+    fake: FakeEngine,
+    tiny: TinyModel,
+    path: str,
+    body: dict[str, Any],
+    param: str,
+    stream: bool,
+) -> None:
+    """A constraint the model cannot spell is the request's fault: a 400 (or the stream's error
+    event) naming the field that set it, with the output it reached, never a 500."""
+    fake.script = lambda _: tiny.reply("a", "a", fail_at=1, failure="constraint")
+    response = await http.post(path, json={**body, "stream": stream})
+    if stream:
+        assert response.status_code == 200
+        *_, payload, done = sse_payloads(response.text)
+        assert done == "[DONE]"
+        error = openai_error(json.loads(payload))
+    else:
+        error = assert_openai_error(response, 400)
+    assert error["type"] == "invalid_request_error" and error["param"] == param, error
+    assert error["message"].startswith(f"'{param}' allows no token of this model's vocabulary after 1 output tokens")
+    assert fake.is_alive and (await http.get("/health")).status_code == 200
+
+
 async def test_unexpected_error_is_an_openai_500(app: FastAPI, fake: FakeEngine) -> None:
     def broken(request: EngineRequest) -> Reply:
         raise ValueError("a bug, not a failure the engine reports")

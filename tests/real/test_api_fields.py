@@ -100,6 +100,33 @@ def test_unsupported_schema_is_a_400_naming_it(api_client: openai.OpenAI) -> Non
     assert "not" in caught.value.message and caught.value.param == "response_format"
 
 
+# U+4516D is F1 85 85 AD in UTF-8, and SmolLM2's byte-level vocabulary has no token holding the byte
+# 0xF1: the model cannot write the character, so after "A" its constraint allows no token at all.
+UNSPELLABLE = "A\U0004516d"
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_constraint_the_model_cannot_spell_is_a_400_naming_it(api_client: openai.OpenAI, temperature: float) -> None:
+    kwargs: dict[str, Any] = {
+        "model": _model(api_client),
+        "messages": user("hi"),
+        "max_tokens": 4,
+        "temperature": temperature,
+        "extra_body": {"guided_regex": UNSPELLABLE},
+    }
+    with pytest.raises(openai.BadRequestError) as caught:
+        api_client.chat.completions.create(**kwargs)
+    assert caught.value.param == "guided_regex"
+    assert "after 1 output tokens" in caught.value.message, caught.value.message
+    # Streamed, the headers are gone by then: the error comes as the stream's last event.
+    with pytest.raises(openai.APIError) as streamed:
+        for _ in api_client.chat.completions.create(stream=True, **kwargs):
+            pass
+    assert "'guided_regex' allows no token" in streamed.value.message
+    text, _ = _answer(api_client, user("hi"), False, max_tokens=3, extra_body={"guided_regex": "A[a-z]+"})
+    assert text.startswith("A")
+
+
 # Tool calls are valid calls of the tools given.
 
 
