@@ -2,7 +2,7 @@
 
 Starts every target on loopback (or in process), sends each in turn the identical requests,
 ``--repeats`` times over, alternating, stops them, and writes JSON, a Markdown table with ratios
-to the first target, PNG plots and ``benchmarks/RESULTS.md``.
+to the first target, PNG plots and a Markdown page of the run (``RESULTS.md`` beside them).
 """
 
 from __future__ import annotations
@@ -31,7 +31,11 @@ DEFAULT_TARGETS = ["ise", "engine", "transformers"]
 
 def add_cli_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--targets", nargs="+", default=DEFAULT_TARGETS, choices=list(TARGETS))
-    parser.add_argument("--results-md", type=Path, default=Path("benchmarks/RESULTS.md"))
+    # Beside the run's JSON and plots by default: benchmarks/RESULTS.md is the curated record of
+    # every past run, which one run's page must not replace.
+    parser.add_argument(
+        "--results-md", type=Path, default=None, help="the run's Markdown page (default: OUT/RESULTS.md)"
+    )
     add_workload_args(parser)
 
 
@@ -74,8 +78,9 @@ async def _main(args: argparse.Namespace) -> None:
     images = save_result(
         args.out, "table", payload, table, report.figures(runs) if runs else None, json_name="results.json"
     )
-    write_results_md(args.results_md, found, table, images, runs)
-    print(f"Wrote {args.results_md}")
+    results_md = args.results_md or args.out / "RESULTS.md"
+    write_results_md(results_md, found, table, images, runs)
+    print(f"Wrote {results_md}")
 
 
 def targets_check(runs: list[Run]) -> list[str]:
