@@ -14,6 +14,7 @@ from benchmarks.clients import Client
 from benchmarks.flags import Flag
 from benchmarks.loadgen import LoadShape, run_load, warm_up
 from benchmarks.metrics import SLO, summarize
+from benchmarks.quiet import WINDOW_S, until_quiet
 from benchmarks.report import Run
 from benchmarks.workloads import RequestSpec, copy_workload, random_workload, shared_prefix_workload
 
@@ -77,6 +78,9 @@ class Sweep:
             # be served from the prefix cache the pass before filled.
             specs = self.specs(count, seed=a.seed + index + 1000 * repeat)
             shape = LoadShape(concurrency=concurrency, rate=rate, max_duration_s=a.max_duration, seed=a.seed)
+            waited, busy = await until_quiet()
+            if waited > 2 * WINDOW_S:
+                print(f"{target} {shape.label()}: waited {waited:.1f} s for the cores to go quiet ({busy:.0f}% busy)")
             result = await run_load(client, specs, shape, desc=f"{target} {shape.label()}")
             summary = summarize(result.records, result.duration_s, self.slo)
             runs.append(Run(target, label, concurrency, rate, summary, result.records, repeat))
