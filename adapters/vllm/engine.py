@@ -242,7 +242,9 @@ class VLLMEngine:
         except Exception as exc:
             if llm.errored:
                 raise EngineDeadError(f"The vLLM engine failed: {exc!r}") from exc
-            raise RequestFailedError(f"The request failed in vLLM: {exc}") from exc
+            # vLLM wraps what went wrong in an EngineGenerateError with no message: say the cause.
+            cause = exc.__cause__ or exc
+            raise RequestFailedError(f"The request failed in vLLM: {type(cause).__name__}: {cause}") from exc
         finally:
             if closed_at is not None and self._recorder is not None:
                 self._recorder.record_abort(time.monotonic() - closed_at)

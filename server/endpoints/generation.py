@@ -198,6 +198,9 @@ def _base_params(
     """The request's own sampling fields, with the model's defaults where it leaves them out;
     ``max_tokens`` is each prompt's own, set by the caller."""
     top_k = defaults.top_k if req.top_k is None else req.top_k
+    # A top_k of the whole vocabulary or more keeps every token, as 0 and -1 do; said as 0 so no
+    # engine meets an integer it cannot take (vLLM's engine core failed to serialize 2**70).
+    top_k = 0 if top_k >= vocab_size else top_k
     return SamplingParams(
         max_tokens=1,
         temperature=defaults.temperature if req.temperature is None else req.temperature,

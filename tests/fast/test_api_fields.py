@@ -48,6 +48,17 @@ async def test_logit_bias_and_min_p_reach_the_engine(http: httpx.AsyncClient, fa
     assert params.min_p == 0.2
 
 
+@pytest.mark.parametrize(("top_k", "engine_top_k"), [(5, 5), (-1, 0), (2**70, 0)])
+async def test_top_k_reaches_the_engine_as_a_count_it_can_take(
+    http: httpx.AsyncClient, fake: FakeEngine, top_k: int, engine_top_k: int
+) -> None:
+    """A top_k past the vocabulary keeps every token, as 0 does: the engine is told 0, never a
+    number vLLM's engine core cannot serialize (2**70 was a 500 there)."""
+    response = await http.post("/v1/chat/completions", json=_chat(top_k=top_k))
+    assert response.status_code == 200, response.text
+    assert fake.requests[0].params.top_k == engine_top_k
+
+
 @pytest.mark.parametrize(
     ("body", "param"),
     [
