@@ -167,7 +167,7 @@ class Sampler:
         if params.greedy:
             token = int(torch.argmax(row))
             if row[token] == float("-inf"):
-                raise ValueError("no token is allowed here (its grammar and its banned tokens exclude all)")
+                raise ValueError("no token is allowed here (the stop tokens min_tokens bans exclude all)")
             return token
         if params.min_p > 0.0:
             probs = torch.softmax(row, dim=-1)

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field, fields, replace
 from adapters.engine import (
     ConstraintDeadEndError,
     Engine,
-    EngineOutput,
     EngineRequest,
     SamplingParams,
     TokenLogprobs,
@@ -248,45 +247,36 @@ class Generation:
         # Leaving this block early (stop string, client gone) closes the engine's stream, which
         # aborts the request and frees its KV cache blocks.
         first = True
-        async with aclosing(_constraint_errors(self.engine.generate(request), job)) as outputs:
-            async for out in outputs:
-                ids = out.new_token_ids
-                # The token that stopped the request counts, but is not text (as in vLLM).
-                if out.stop_reason is not None:
-                    ids = ids[:-1]
-                delta = text.push(ids)
-                event = ChoiceEvent(
-                    index,
-                    delta,
-                    len(out.new_token_ids),
-                    scheduled_at=out.scheduled_at,
-                    logprobs=(out.logprobs or [])[: len(ids)],
-                    prompt_logprobs=out.prompt_logprobs if first else None,
-                    num_cached_tokens=out.num_cached_tokens if first else None,
-                )
-                first = False
-                if text.stopped:
-                    yield replace(event, finish_reason="stop", stop_string=text.stop_string)
-                    return
-                if out.finish_reason is not None:
-                    reason: ChoiceFinishReason = "length" if out.finish_reason == "length" else "stop"
-                    yield replace(event, text=delta + text.flush(), finish_reason=reason)
-                    return
-                if delta or event.num_tokens:
-                    yield event
-
-
-async def _constraint_errors(
-    outputs: AsyncGenerator[EngineOutput, None], job: Job
-) -> AsyncGenerator[EngineOutput, None]:
-    """The engine's outputs; a constraint that reached a dead end is the client's 400, naming its field."""
-    try:
-        async with aclosing(outputs):
-            async for out in outputs:
-                yield out
-    except ConstraintDeadEndError as exc:
-        param = job.constraint_param
-        raise invalid_request(f"'{param}' {exc}.", param=param) from exc
+        try:
+            async with aclosing(self.engine.generate(request)) as outputs:
+                async for out in outputs:
+                    ids = out.new_token_ids
+                    # The token that stopped the request counts, but is not text (as in vLLM).
+                    if out.stop_reason is not None:
+                        ids = ids[:-1]
+                    delta = text.push(ids)
+                    event = ChoiceEvent(
+                        index,
+                        delta,
+                        len(out.new_token_ids),
+                        scheduled_at=out.scheduled_at,
+                        logprobs=(out.logprobs or [])[: len(ids)],
+                        prompt_logprobs=out.prompt_logprobs if first else None,
+                        num_cached_tokens=out.num_cached_tokens if first else None,
+                    )
+                    first = False
+                    if text.stopped:
+                        yield replace(event, finish_reason="stop", stop_string=text.stop_string)
+                        return
+                    if out.finish_reason is not None:
+                        reason: ChoiceFinishReason = "length" if out.finish_reason == "length" else "stop"
+                        yield replace(event, text=delta + text.flush(), finish_reason=reason)
+                        return
+                    if delta or event.num_tokens:
+                        yield event
+        except ConstraintDeadEndError as exc:  # the client's constraint at fault: a 400 naming its field
+            param = job.constraint_param
+            raise invalid_request(f"'{param}' {exc}.", param=param) from exc
 
 
 def _choice_params(params: SamplingParams, k: int) -> SamplingParams:
